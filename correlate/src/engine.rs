@@ -1,0 +1,938 @@
+//! The correlator: one UDP datagram in (already out of its link, IP and UDP layers), events out.
+//!
+//! GTP-C feeds the session table (requests wait in a bounded pending table for their responses);
+//! GTP-U G-PDUs are attributed to a session by tunnel, their inner uplink packets are scanned for
+//! tokens, and each valid token becomes a sighting (attributed) or an unattributed event. Time comes
+//! only from the packet timestamps passed in, so a replay is deterministic.
+use crate::event::{Attribution, Event, SessionEvent, Sighting, Unattributed};
+use crate::flow::{self, FlowKey, FlowKind, FlowState, FlowTable, SegmentOrder, CARRY_LEN};
+use crate::scan::{dns, http::HttpState, tls, Carrier, TokenFinder};
+use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey};
+use crate::wire::gtpu::{self, Transport};
+use crate::wire::{gtpv0, gtpv1, gtpv2, Tbcd, WireError};
+use gtpcharge_proto::Token;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+/// Limits and ports. Every table has a bound here; see ARCHITECTURE.md for the eviction rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub gtpc_ports: Vec<u16>,
+    pub gtpu_ports: Vec<u16>,
+    pub gtpv0_ports: Vec<u16>,
+    pub sessions_max: usize,
+    pub session_idle_timeout_s: u64,
+    pub pending_max: usize,
+    pub pending_timeout_ms: u64,
+    pub flows_max: usize,
+    pub flow_idle_timeout_s: u64,
+    /// Bytes of one packet's payload that are scanned for tokens.
+    pub scan_bytes_max: usize,
+    /// A token seen again for the same subscriber within this window is not reported again.
+    pub sighting_dedupe_window_s: u64,
+    pub sighting_dedupe_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gtpc_ports: vec![2123],
+            gtpu_ports: vec![2152],
+            gtpv0_ports: vec![3386],
+            sessions_max: 2_000_000,
+            session_idle_timeout_s: 24 * 3600,
+            pending_max: 65_536,
+            pending_timeout_ms: 30_000,
+            flows_max: 1_000_000,
+            flow_idle_timeout_s: 300,
+            scan_bytes_max: 4096,
+            sighting_dedupe_window_s: 600,
+            sighting_dedupe_max: 1_000_000,
+        }
+    }
+}
+
+/// A UDP datagram as the capture layer hands it over.
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram<'a> {
+    pub ts_us: u64,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub payload: &'a [u8],
+}
+
+/// Counters. Every packet that is not fully processed lands in `drops` under a reason; `notes` counts
+/// things worth knowing that are not drops (retransmissions, look-alike tokens ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub datagrams: u64,
+    pub gtpc_messages: BTreeMap<(u8, u8), u64>,
+    pub gtpu_messages: BTreeMap<u8, u64>,
+    pub g_pdus: u64,
+    pub sessions_up: u64,
+    pub sessions_updated: u64,
+    pub sessions_down: u64,
+    pub sightings: u64,
+    pub unattributed: u64,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub notes: BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    fn drop(&mut self, reason: &'static str) {
+        *self.drops.entry(reason).or_default() += 1;
+    }
+    fn note(&mut self, what: &'static str) {
+        *self.notes.entry(what).or_default() += 1;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PendingKey {
+    requester: IpAddr,
+    responder: IpAddr,
+    sequence: u32,
+    version: u8,
+}
+
+#[derive(Debug, Clone)]
+enum PendingKind {
+    CreateV1 { fields: gtpv1::ControlFields, version: u8, tid: Option<u64> },
+    UpdateV1 { session: u64, fields: gtpv1::ControlFields, sender_is_access: bool },
+    DeleteV1 { sessions: Vec<u64> },
+    CreateV2 { fields: gtpv2::ControlFields },
+    ModifyV2 { session: u64, fields: gtpv2::ControlFields, sender_is_access: bool },
+    DeleteV2 { session: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    ts_us: u64,
+    kind: PendingKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct DedupeKey {
+    token: Token,
+    who: u128,
+}
+
+const SWEEP_INTERVAL_US: u64 = 1_000_000;
+const SESSION_SWEEP_INTERVAL_US: u64 = 60_000_000;
+/// At most this many piggybacked GTPv2 messages are read from one datagram.
+const PIGGYBACK_MAX: usize = 2;
+
+pub struct Correlator {
+    config: Config,
+    sessions: SessionTable,
+    pending: HashMap<PendingKey, Pending>,
+    flows: FlowTable,
+    dedupe: HashMap<DedupeKey, u64>,
+    finder: TokenFinder,
+    stats: Stats,
+    now_us: u64,
+    next_sweep_us: u64,
+    next_session_sweep_us: u64,
+}
+
+impl Correlator {
+    pub fn new(config: Config) -> Correlator {
+        Correlator {
+            sessions: SessionTable::new(config.sessions_max),
+            flows: FlowTable::new(config.flows_max),
+            pending: HashMap::new(),
+            dedupe: HashMap::new(),
+            finder: TokenFinder::default(),
+            stats: Stats::default(),
+            now_us: 0,
+            next_sweep_us: 0,
+            next_session_sweep_us: 0,
+            config,
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
+    pub fn flows_len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Counts a packet the capture layer could not decode, so all drops live in one place.
+    pub fn count_drop(&mut self, reason: &'static str) {
+        self.stats.drop(reason);
+    }
+
+    /// Processes one UDP datagram; appends what it caused to `out`.
+    pub fn on_datagram(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
+        self.stats.datagrams += 1;
+        self.advance_time(datagram.ts_us, out);
+        let (sport, dport) = (datagram.source.port(), datagram.destination.port());
+        let is = |ports: &[u16]| ports.contains(&dport) || ports.contains(&sport);
+        if self.config.gtpu_ports.contains(&dport) || (!is(&self.config.gtpc_ports) && is(&self.config.gtpu_ports)) {
+            self.on_gtpu(datagram, out);
+        } else if is(&self.config.gtpc_ports) {
+            self.on_gtpc(datagram, out);
+        } else if is(&self.config.gtpv0_ports) {
+            self.on_gtpv0(datagram, out);
+        } else {
+            self.stats.drop("udp-not-gtp-port");
+        }
+    }
+
+    fn advance_time(&mut self, ts_us: u64, out: &mut Vec<Event>) {
+        if ts_us <= self.now_us {
+            return;
+        }
+        self.now_us = ts_us;
+        if self.now_us >= self.next_sweep_us {
+            self.next_sweep_us = self.now_us + SWEEP_INTERVAL_US;
+            let pending_cutoff = self.now_us.saturating_sub(self.config.pending_timeout_ms * 1000);
+            let before = self.pending.len();
+            self.pending.retain(|_, p| p.ts_us >= pending_cutoff);
+            for _ in self.pending.len()..before {
+                self.stats.note("gtpc-request-unanswered");
+            }
+            self.flows.expire(self.now_us.saturating_sub(self.config.flow_idle_timeout_s * 1_000_000));
+            let dedupe_cutoff = self.now_us.saturating_sub(self.config.sighting_dedupe_window_s * 1_000_000);
+            self.dedupe.retain(|_, seen| *seen >= dedupe_cutoff);
+        }
+        if self.now_us >= self.next_session_sweep_us {
+            self.next_session_sweep_us = self.now_us + SESSION_SWEEP_INTERVAL_US;
+            let cutoff = self.now_us.saturating_sub(self.config.session_idle_timeout_s * 1_000_000);
+            for session in self.sessions.expire(cutoff) {
+                self.session_down(&session, "idle-timeout", out);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- GTP-C
+
+    fn on_gtpc(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
+        match datagram.payload.first().map(|flags| flags >> 5) {
+            Some(1) => self.on_gtpv1c(datagram, out),
+            Some(2) => {
+                let mut data = datagram.payload;
+                for _ in 0..=PIGGYBACK_MAX {
+                    match gtpv2::Header::parse(data) {
+                        Ok(header) => {
+                            self.on_gtpv2c(datagram, &header, out);
+                            if !header.piggybacked || header.next.is_empty() {
+                                break;
+                            }
+                            data = header.next;
+                        }
+                        Err(error) => {
+                            self.stats.drop(error.reason());
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(0) => self.on_gtpv0(datagram, out),
+            _ => self.stats.drop("gtpc-bad-version"),
+        }
+    }
+
+    fn pending_insert(&mut self, key: PendingKey, kind: PendingKind) {
+        if self.pending.len() >= self.config.pending_max && !self.pending.contains_key(&key) {
+            self.stats.drop("pending-table-full");
+            return;
+        }
+        self.pending.insert(key, Pending { ts_us: self.now_us, kind });
+    }
+
+    fn pending_take(&mut self, datagram: &Datagram<'_>, sequence: u32, version: u8) -> Option<PendingKind> {
+        let key = PendingKey {
+            requester: datagram.destination.ip(),
+            responder: datagram.source.ip(),
+            sequence,
+            version,
+        };
+        match self.pending.remove(&key) {
+            Some(pending) => Some(pending.kind),
+            None => {
+                self.stats.note("gtpc-response-without-request");
+                None
+            }
+        }
+    }
+
+    fn request_key(datagram: &Datagram<'_>, sequence: u32, version: u8) -> PendingKey {
+        PendingKey { requester: datagram.source.ip(), responder: datagram.destination.ip(), sequence, version }
+    }
+
+    fn on_gtpv1c(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
+        let header = match gtpv1::Header::parse(datagram.payload) {
+            Ok(header) => header,
+            Err(error) => return self.stats.drop(error.reason()),
+        };
+        *self.stats.gtpc_messages.entry((1, header.message_type)).or_default() += 1;
+        use gtpv1::message::*;
+        let relevant = matches!(
+            header.message_type,
+            CREATE_PDP_REQUEST
+                | CREATE_PDP_RESPONSE
+                | UPDATE_PDP_REQUEST
+                | UPDATE_PDP_RESPONSE
+                | DELETE_PDP_REQUEST
+                | DELETE_PDP_RESPONSE
+        );
+        if !relevant {
+            return;
+        }
+        let Some(sequence) = header.sequence else {
+            return self.stats.drop("gtpc-no-sequence");
+        };
+        let fields = match gtpv1::ControlFields::parse(header.body) {
+            Ok(fields) => fields,
+            Err(error) => return self.stats.drop(error.reason()),
+        };
+        let key = Self::request_key(datagram, u32::from(sequence), 1);
+        let receiver = TunnelKey { address: datagram.destination.ip(), teid: header.teid };
+        match header.message_type {
+            CREATE_PDP_REQUEST => {
+                let mut fields = fields;
+                if let (Some(linked), true) = (fields.linked_nsapi, header.teid != 0) {
+                    // Secondary context: it inherits the subscriber of the primary it is linked to.
+                    match self.sessions.by_control(receiver, linked).and_then(|id| self.sessions.get(id)) {
+                        Some(primary) => {
+                            fields.imsi = fields.imsi.or(Some(primary.imsi));
+                            fields.msisdn = fields.msisdn.or(Some(primary.msisdn));
+                            fields.imei = fields.imei.or(Some(primary.imei));
+                            fields.ue_ipv4 = fields.ue_ipv4.or(primary.ue_ipv4);
+                            fields.ue_ipv6 = fields.ue_ipv6.or(primary.ue_ipv6);
+                            if fields.apn.is_none() {
+                                fields.apn = primary.apn.as_deref().and_then(crate::wire::Apn::from_text);
+                            }
+                        }
+                        None => self.stats.note("gtpc-secondary-without-primary"),
+                    }
+                }
+                self.pending_insert(key, PendingKind::CreateV1 { fields, version: 1, tid: None });
+            }
+            UPDATE_PDP_REQUEST | DELETE_PDP_REQUEST => {
+                let nsapis: Vec<u8> = match (header.message_type, fields.teardown, fields.nsapi) {
+                    (DELETE_PDP_REQUEST, true, _) | (_, _, None) => (0..16).collect(),
+                    (_, _, Some(nsapi)) => vec![nsapi],
+                };
+                let sessions: Vec<u64> =
+                    nsapis.iter().filter_map(|nsapi| self.sessions.by_control(receiver, *nsapi)).collect();
+                if sessions.is_empty() {
+                    return self.stats.note("gtpc-unknown-context");
+                }
+                let kind = if header.message_type == DELETE_PDP_REQUEST {
+                    PendingKind::DeleteV1 { sessions }
+                } else {
+                    let session = sessions[0]; // indexing: not empty, checked above
+                    let sender_is_access =
+                        self.sessions.get(session).is_some_and(|s| s.core.control == Some(receiver));
+                    PendingKind::UpdateV1 { session, fields, sender_is_access }
+                };
+                self.pending_insert(key, kind);
+            }
+            CREATE_PDP_RESPONSE | UPDATE_PDP_RESPONSE | DELETE_PDP_RESPONSE => {
+                let Some(request) = self.pending_take(datagram, u32::from(sequence), 1) else { return };
+                let accepted = fields.cause.is_some_and(gtpv1::cause_accepted);
+                self.on_v1_response(datagram, request, &fields, accepted, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_v1_response(
+        &mut self,
+        datagram: &Datagram<'_>,
+        request: PendingKind,
+        response: &gtpv1::ControlFields,
+        accepted: bool,
+        out: &mut Vec<Event>,
+    ) {
+        let (requester, responder) = (datagram.destination.ip(), datagram.source.ip());
+        match request {
+            PendingKind::CreateV1 { fields, version, tid } => {
+                if !accepted {
+                    return self.stats.note("gtpc-create-rejected");
+                }
+                let access = v1_endpoint(&fields, requester);
+                let core = v1_endpoint(response, responder);
+                let session = Session {
+                    id: 0,
+                    gtp_version: version,
+                    imsi: fields.imsi.unwrap_or(Tbcd::EMPTY),
+                    msisdn: fields.msisdn.unwrap_or(Tbcd::EMPTY),
+                    imei: fields.imei.unwrap_or(Tbcd::EMPTY),
+                    apn: self.sessions.intern_apn(fields.apn),
+                    ue_ipv4: response.ue_ipv4.or(fields.ue_ipv4),
+                    ue_ipv6: response.ue_ipv6.or(fields.ue_ipv6),
+                    nsapi: fields.nsapi.unwrap_or(0),
+                    tid,
+                    access,
+                    core,
+                    last_seen_us: self.now_us,
+                };
+                self.session_up(session, out);
+            }
+            PendingKind::UpdateV1 { session, fields, sender_is_access } => {
+                if !accepted {
+                    return self.stats.note("gtpc-update-rejected");
+                }
+                let (sender, responder_side) = (v1_endpoint(&fields, requester), v1_endpoint(response, responder));
+                self.session_update(session, out, |s| {
+                    let (sender_end, responder_end) =
+                        if sender_is_access { (&mut s.access, &mut s.core) } else { (&mut s.core, &mut s.access) };
+                    merge_endpoint(sender_end, sender);
+                    merge_endpoint(responder_end, responder_side);
+                    s.ue_ipv4 = response.ue_ipv4.or(s.ue_ipv4);
+                    s.ue_ipv6 = response.ue_ipv6.or(s.ue_ipv6);
+                });
+            }
+            PendingKind::DeleteV1 { sessions } => {
+                // 192 "Non-existent": the peer has no such context either; it is gone all the same.
+                if accepted || response.cause == Some(192) {
+                    for id in sessions {
+                        if let Some(session) = self.sessions.remove(id) {
+                            self.session_down(&session, "deleted", out);
+                        }
+                    }
+                } else {
+                    self.stats.note("gtpc-delete-rejected");
+                }
+            }
+            _ => self.stats.note("gtpc-response-type-mismatch"),
+        }
+    }
+
+    fn on_gtpv2c(&mut self, datagram: &Datagram<'_>, header: &gtpv2::Header<'_>, out: &mut Vec<Event>) {
+        *self.stats.gtpc_messages.entry((2, header.message_type)).or_default() += 1;
+        use gtpv2::message::*;
+        if !matches!(header.message_type, CREATE_SESSION_REQUEST..=DELETE_SESSION_RESPONSE) {
+            return;
+        }
+        let fields = match gtpv2::ControlFields::parse(header.body) {
+            Ok(fields) => fields,
+            Err(error) => return self.stats.drop(error.reason()),
+        };
+        let key = Self::request_key(datagram, header.sequence, 2);
+        let receiver = TunnelKey { address: datagram.destination.ip(), teid: header.teid.unwrap_or(0) };
+        match header.message_type {
+            CREATE_SESSION_REQUEST => self.pending_insert(key, PendingKind::CreateV2 { fields }),
+            MODIFY_BEARER_REQUEST | DELETE_SESSION_REQUEST => {
+                let Some(session) = self.sessions.by_control(receiver, 0) else {
+                    return self.stats.note("gtpc-unknown-context");
+                };
+                let kind = if header.message_type == DELETE_SESSION_REQUEST {
+                    PendingKind::DeleteV2 { session }
+                } else {
+                    let sender_is_access =
+                        self.sessions.get(session).is_some_and(|s| s.core.control == Some(receiver));
+                    PendingKind::ModifyV2 { session, fields, sender_is_access }
+                };
+                self.pending_insert(key, kind);
+            }
+            CREATE_SESSION_RESPONSE | MODIFY_BEARER_RESPONSE | DELETE_SESSION_RESPONSE => {
+                let Some(request) = self.pending_take(datagram, header.sequence, 2) else { return };
+                let accepted = fields.cause.is_some_and(gtpv2::cause_accepted);
+                self.on_v2_response(datagram, request, &fields, accepted, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_v2_response(
+        &mut self,
+        datagram: &Datagram<'_>,
+        request: PendingKind,
+        response: &gtpv2::ControlFields,
+        accepted: bool,
+        out: &mut Vec<Event>,
+    ) {
+        let (requester, responder) = (datagram.destination.ip(), datagram.source.ip());
+        match request {
+            PendingKind::CreateV2 { fields } => {
+                if !accepted {
+                    return self.stats.note("gtpc-create-rejected");
+                }
+                let access = Endpoint {
+                    control: fields.sender_control.map(|f| fteid_key(&f, requester)),
+                    user: fields.downlink_fteid().map(|f| fteid_key(&f, requester)),
+                };
+                let core = Endpoint {
+                    control: response.sender_control.map(|f| fteid_key(&f, responder)),
+                    user: response.uplink_fteid().map(|f| fteid_key(&f, responder)),
+                };
+                let session = Session {
+                    id: 0,
+                    gtp_version: 2,
+                    imsi: fields.imsi.unwrap_or(Tbcd::EMPTY),
+                    msisdn: fields.msisdn.unwrap_or(Tbcd::EMPTY),
+                    imei: fields.mei.unwrap_or(Tbcd::EMPTY),
+                    apn: self.sessions.intern_apn(fields.apn),
+                    ue_ipv4: response.ue_ipv4.or(fields.ue_ipv4),
+                    ue_ipv6: response.ue_ipv6.or(fields.ue_ipv6),
+                    nsapi: 0,
+                    tid: None,
+                    access,
+                    core,
+                    last_seen_us: self.now_us,
+                };
+                self.session_up(session, out);
+            }
+            PendingKind::ModifyV2 { session, fields, sender_is_access } => {
+                if !accepted {
+                    return self.stats.note("gtpc-update-rejected");
+                }
+                self.session_update(session, out, |s| {
+                    for message in [&fields, response] {
+                        if let Some(f) = message.downlink_fteid() {
+                            s.access.user = Some(fteid_key(&f, requester));
+                        }
+                        if let Some(f) = message.uplink_fteid() {
+                            s.core.user = Some(fteid_key(&f, responder));
+                        }
+                    }
+                    if let Some(f) = fields.sender_control {
+                        let end = if sender_is_access { &mut s.access } else { &mut s.core };
+                        end.control = Some(fteid_key(&f, requester));
+                    }
+                });
+            }
+            PendingKind::DeleteV2 { session } => {
+                // 64 "Context Not Found": the peer has no such session either.
+                if accepted || response.cause == Some(64) {
+                    if let Some(session) = self.sessions.remove(session) {
+                        self.session_down(&session, "deleted", out);
+                    }
+                } else {
+                    self.stats.note("gtpc-delete-rejected");
+                }
+            }
+            _ => self.stats.note("gtpc-response-type-mismatch"),
+        }
+    }
+
+    fn on_gtpv0(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
+        let header = match gtpv0::Header::parse(datagram.payload) {
+            Ok(header) => header,
+            Err(error) => return self.stats.drop(error.reason()),
+        };
+        *self.stats.gtpc_messages.entry((0, header.message_type)).or_default() += 1;
+        use gtpv1::message::*;
+        match header.message_type {
+            G_PDU => {
+                self.stats.g_pdus += 1;
+                let found = self.sessions.by_tid(header.tid_key()).map(|id| {
+                    let uplink = self.sessions.get(id).and_then(|s| s.core.user).map(|k| k.address)
+                        == Some(datagram.destination.ip());
+                    (id, if uplink { Direction::Uplink } else { Direction::Downlink })
+                });
+                self.on_user_packet(found, header.body, out);
+            }
+            CREATE_PDP_REQUEST => {
+                let mut fields = match gtpv0::control_fields(header.body) {
+                    Ok(fields) => fields,
+                    Err(error) => return self.stats.drop(error.reason()),
+                };
+                fields.imsi = Some(header.imsi());
+                fields.nsapi = Some(header.nsapi());
+                let key = Self::request_key(datagram, u32::from(header.sequence), 0);
+                self.pending_insert(key, PendingKind::CreateV1 { fields, version: 0, tid: Some(header.tid_key()) });
+            }
+            CREATE_PDP_RESPONSE => {
+                let fields = match gtpv0::control_fields(header.body) {
+                    Ok(fields) => fields,
+                    Err(error) => return self.stats.drop(error.reason()),
+                };
+                let Some(request) = self.pending_take(datagram, u32::from(header.sequence), 0) else { return };
+                let accepted = fields.cause.is_some_and(gtpv1::cause_accepted);
+                self.on_v1_response(datagram, request, &fields, accepted, out);
+            }
+            DELETE_PDP_REQUEST => {
+                if let Some(id) = self.sessions.by_tid(header.tid_key()) {
+                    let key = Self::request_key(datagram, u32::from(header.sequence), 0);
+                    self.pending_insert(key, PendingKind::DeleteV1 { sessions: vec![id] });
+                }
+            }
+            DELETE_PDP_RESPONSE => {
+                let fields = gtpv0::control_fields(header.body).unwrap_or_default();
+                let Some(request) = self.pending_take(datagram, u32::from(header.sequence), 0) else { return };
+                let accepted = fields.cause.is_some_and(gtpv1::cause_accepted);
+                self.on_v1_response(datagram, request, &fields, accepted, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn session_up(&mut self, session: Session, out: &mut Vec<Event>) {
+        match self.sessions.insert(session) {
+            Some((id, displaced)) => {
+                for old in displaced {
+                    self.session_down(&old, "replaced", out);
+                }
+                if let Some(session) = self.sessions.get(id) {
+                    self.stats.sessions_up += 1;
+                    out.push(Event::SessionUp(session_event(session, self.now_us, "created")));
+                }
+            }
+            None => self.stats.drop("session-table-full"),
+        }
+    }
+
+    fn session_update(&mut self, id: u64, out: &mut Vec<Event>, change: impl FnOnce(&mut Session)) {
+        let displaced = self.sessions.update(id, change);
+        for old in displaced {
+            self.session_down(&old, "replaced", out);
+        }
+        self.sessions.touch(id, self.now_us);
+        if let Some(session) = self.sessions.get(id) {
+            self.stats.sessions_updated += 1;
+            out.push(Event::SessionUpdate(session_event(session, self.now_us, "updated")));
+        }
+    }
+
+    fn session_down(&mut self, session: &Session, reason: &'static str, out: &mut Vec<Event>) {
+        self.stats.sessions_down += 1;
+        out.push(Event::SessionDown(session_event(session, self.now_us, reason)));
+    }
+
+    // ---------------------------------------------------------------- GTP-U
+
+    fn on_gtpu(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
+        let header = match gtpv1::Header::parse(datagram.payload) {
+            Ok(header) => header,
+            Err(WireError::Version(_)) if datagram.payload.first().map(|f| f >> 5) == Some(0) => {
+                return self.on_gtpv0(datagram, out);
+            }
+            Err(error) => return self.stats.drop(error.reason()),
+        };
+        if header.message_type != gtpv1::message::G_PDU {
+            *self.stats.gtpu_messages.entry(header.message_type).or_default() += 1;
+            return;
+        }
+        self.stats.g_pdus += 1;
+        let found = self.sessions.by_user(TunnelKey { address: datagram.destination.ip(), teid: header.teid });
+        self.on_user_packet(found, header.body, out);
+    }
+
+    /// One subscriber packet from a G-PDU; `found` is the tunnel's session, if the tunnel is known.
+    fn on_user_packet(&mut self, found: Option<(u64, Direction)>, inner: &[u8], out: &mut Vec<Event>) {
+        let packet = match gtpu::inner_packet(inner) {
+            Ok(packet) => packet,
+            Err(error) => return self.stats.drop(error.reason()),
+        };
+        let attributed = match found {
+            Some((id, direction)) => {
+                self.sessions.touch(id, self.now_us);
+                if direction == Direction::Downlink {
+                    self.stats.note("g-pdu-downlink");
+                    return; // tokens count only in the subscriber's own (uplink) traffic
+                }
+                let session = self.sessions.get(id);
+                let owns_source = session.is_some_and(|s| {
+                    s.ue_ipv4.map(IpAddr::V4) == Some(packet.source) || s.ue_ipv6.map(IpAddr::V6) == Some(packet.source)
+                        || (s.ue_ipv4.is_none() && s.ue_ipv6.is_none())
+                });
+                if !owns_source {
+                    self.stats.note("inner-source-not-ue-ip");
+                }
+                Some((id, Attribution::Tunnel))
+            }
+            None => {
+                self.stats.note("g-pdu-unknown-tunnel");
+                self.sessions.by_ue_ip(packet.source).map(|id| {
+                    self.sessions.touch(id, self.now_us);
+                    self.stats.note("attributed-by-ue-ip");
+                    (id, Attribution::UeIp)
+                })
+            }
+        };
+        let session_id = attributed.map_or(0, |(id, _)| id);
+        let mut found_tokens: [Option<(Token, Carrier)>; 4] = [None; 4];
+        let (source_port, destination_port) = match packet.transport {
+            Transport::Udp { source_port, destination_port, payload } => {
+                if destination_port == 53 {
+                    let mut name = [0u8; dns::NAME_MAX];
+                    match dns::query_name(payload, &mut name) {
+                        Ok(len) => {
+                            let name = name.get(..len).unwrap_or_default();
+                            self.collect(name, Carrier::Dns, &mut found_tokens);
+                        }
+                        Err(_) => self.stats.note("dns-not-a-query"),
+                    }
+                }
+                (source_port, destination_port)
+            }
+            Transport::Tcp { source_port, destination_port, sequence, syn, fin, rst, payload } => {
+                let key = FlowKey {
+                    session: session_id,
+                    source: packet.source,
+                    destination: packet.destination,
+                    source_port,
+                    destination_port,
+                };
+                self.on_tcp(key, sequence, syn, fin || rst, payload, &mut found_tokens);
+                (source_port, destination_port)
+            }
+            Transport::Other => return,
+        };
+        let source = SocketAddr::new(packet.source, source_port);
+        let destination = SocketAddr::new(packet.destination, destination_port);
+        for (token, carrier) in found_tokens.into_iter().flatten() {
+            self.report(token, carrier, source, destination, attributed, out);
+        }
+    }
+
+    fn collect(&mut self, haystack: &[u8], carrier: Carrier, found: &mut [Option<(Token, Carrier)>; 4]) {
+        let haystack = haystack.get(..self.config.scan_bytes_max).unwrap_or(haystack);
+        let counts = self.finder.scan(haystack, |_, token| push_token(found, token, carrier));
+        for _ in 0..counts.rejected {
+            self.stats.note("token-look-alike");
+        }
+    }
+
+    fn on_tcp(
+        &mut self,
+        key: FlowKey,
+        sequence: u32,
+        syn: bool,
+        closing: bool,
+        payload: &[u8],
+        found: &mut [Option<(Token, Carrier)>; 4],
+    ) {
+        if syn {
+            // A new connection: any older state under this key is from a previous one.
+            if !self.flows.insert(key, FlowState::new(sequence.wrapping_add(1), self.now_us)) {
+                self.stats.drop("flow-table-full");
+            }
+            return;
+        }
+        if payload.is_empty() {
+            if closing {
+                self.flows.remove(&key);
+            }
+            return;
+        }
+        let now = self.now_us;
+        if self.flows.get_mut(&key).is_none() && !self.flows.insert(key, FlowState::new(sequence, now)) {
+            // No room for state: scan this segment alone (no carry, no retransmission check).
+            self.stats.note("flow-table-full");
+            let mut state = FlowState::new(sequence, now);
+            self.scan_segment(&mut state, payload, 0, false, found);
+            return;
+        }
+        let Some(mut state) = self.flows.get_mut(&key).map(|s| s.clone()) else { return };
+        state.last_seen_us = now;
+        let (skip, contiguous) = match flow::order(state.next_sequence, sequence, payload.len()) {
+            SegmentOrder::Retransmission => {
+                self.stats.note("tcp-retransmission");
+                return;
+            }
+            SegmentOrder::InOrder { skip } => (skip, true),
+            SegmentOrder::AfterGap => {
+                self.stats.note("tcp-gap");
+                (0, false)
+            }
+        };
+        let end = sequence.wrapping_add(payload.len() as u32);
+        if end.wrapping_sub(state.next_sequence) as i32 > 0 || !contiguous {
+            state.next_sequence = end;
+        }
+        self.scan_segment(&mut state, payload, skip, contiguous, found);
+        if closing {
+            self.flows.remove(&key);
+        } else if let Some(slot) = self.flows.get_mut(&key) {
+            *slot = state;
+        }
+    }
+
+    /// Scans the new bytes of a segment (`payload[skip..]`) with the flow's carrier rules.
+    fn scan_segment(
+        &mut self,
+        state: &mut FlowState,
+        payload: &[u8],
+        skip: usize,
+        contiguous: bool,
+        found: &mut [Option<(Token, Carrier)>; 4],
+    ) {
+        let fresh = payload.get(skip..).unwrap_or_default();
+        if state.kind == FlowKind::Undecided {
+            state.kind = if fresh.starts_with(&[0x16, 0x03]) {
+                FlowKind::Tls
+            } else if {
+                let mut probe = HttpState::default();
+                let mut any = false;
+                probe.regions(fresh, |_, _| any = true);
+                any
+            } {
+                FlowKind::Http
+            } else {
+                FlowKind::Other
+            };
+            if state.kind == FlowKind::Tls {
+                let mut name = [0u8; dns::NAME_MAX];
+                match tls::client_hello_sni(fresh, &mut name) {
+                    Ok(len) => self.collect(name.get(..len).unwrap_or_default(), Carrier::TlsSni, found),
+                    Err(tls::TlsError::Truncated) => self.stats.note("tls-client-hello-truncated"),
+                    Err(_) => self.stats.note("tls-no-server-name"),
+                }
+                return;
+            }
+        }
+        if state.kind != FlowKind::Http {
+            return;
+        }
+        if !contiguous {
+            state.carry_len = 0;
+        }
+        let budget = self.config.scan_bytes_max;
+        let mut regions: [Option<(Carrier, std::ops::Range<usize>)>; 8] = Default::default();
+        let mut count = 0usize;
+        state.http.regions(fresh, |carrier, range| {
+            if let Some(slot) = regions.get_mut(count) {
+                *slot = Some((carrier, range));
+                count += 1;
+            }
+        });
+        // A token that began in the previous segment: join the carry with the head of this one.
+        if state.carry_len > 0 {
+            let carry = state.carry();
+            let head = fresh.get(..CARRY_LEN.min(fresh.len())).unwrap_or_default();
+            let carry_len = carry.len();
+            let mut joined = [0u8; 2 * CARRY_LEN];
+            if let Some(slot) = joined.get_mut(..carry_len) {
+                slot.copy_from_slice(carry);
+            }
+            if let Some(slot) = joined.get_mut(carry_len..carry_len + head.len()) {
+                slot.copy_from_slice(head);
+            }
+            let carrier = state.carry_carrier;
+            let joined = joined.get(..carry_len + head.len()).unwrap_or_default();
+            // Only tokens that start in the carry are new here; look-alikes are counted in their segment.
+            self.finder.scan(joined, |at, token| {
+                if at < carry_len {
+                    push_token(found, token, carrier)
+                }
+            });
+        }
+        state.carry_len = 0;
+        for (carrier, range) in regions.iter().flatten().cloned() {
+            let start = range.start.min(budget);
+            let end = range.end.min(budget);
+            let Some(bytes) = fresh.get(start..end) else { continue };
+            self.collect(bytes, carrier, found);
+            if range.end == fresh.len() {
+                state.keep_tail(fresh.get(range.clone()).unwrap_or_default(), carrier);
+            }
+        }
+    }
+
+    fn report(
+        &mut self,
+        token: Token,
+        carrier: Carrier,
+        source: SocketAddr,
+        destination: SocketAddr,
+        attributed: Option<(u64, Attribution)>,
+        out: &mut Vec<Event>,
+    ) {
+        let session = attributed.and_then(|(id, how)| self.sessions.get(id).map(|s| (s, how)));
+        let who = match session {
+            Some((s, _)) if !s.imsi.is_empty() => u128::from(u64::from_le_bytes(s.imsi.packed())),
+            Some((s, _)) if !s.msisdn.is_empty() => u128::from(u64::from_le_bytes(s.msisdn.packed())) | 1 << 64,
+            Some((s, _)) => u128::from(s.id) | 2 << 64,
+            None => ip_bits(source.ip()) | 3 << 126,
+        };
+        let key = DedupeKey { token, who };
+        if self.dedupe.contains_key(&key) {
+            self.stats.note("sighting-duplicate");
+            return;
+        }
+        if self.dedupe.len() < self.config.sighting_dedupe_max {
+            self.dedupe.insert(key, self.now_us);
+        }
+        match session {
+            Some((session, attribution)) => {
+                self.stats.sightings += 1;
+                out.push(Event::Sighting(Sighting {
+                    ts_us: self.now_us,
+                    token,
+                    identity: session.identity(),
+                    carrier,
+                    source,
+                    destination,
+                    attribution,
+                }));
+            }
+            None => {
+                self.stats.unattributed += 1;
+                let reason = if self.sessions.is_empty() { "no-live-session" } else { "unknown-tunnel" };
+                out.push(Event::Unattributed(Unattributed {
+                    ts_us: self.now_us,
+                    token,
+                    ue_ip: source.ip(),
+                    reason,
+                    carrier,
+                    source,
+                    destination,
+                }));
+            }
+        }
+    }
+}
+
+fn push_token(found: &mut [Option<(Token, Carrier)>; 4], token: Token, carrier: Carrier) {
+    if found.iter().flatten().any(|(t, _)| *t == token) {
+        return;
+    }
+    if let Some(slot) = found.iter_mut().find(|s| s.is_none()) {
+        *slot = Some((token, carrier));
+    }
+}
+
+
+fn ip_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6) >> 2,
+    }
+}
+
+fn session_event(session: &Session, ts_us: u64, reason: &'static str) -> SessionEvent {
+    SessionEvent {
+        ts_us,
+        identity: session.identity(),
+        teid_up: session.teid_up(),
+        teid_down: session.teid_down(),
+        gtp_version: session.gtp_version,
+        reason,
+    }
+}
+
+/// A GTPv1 sender's tunnel ends: GSN addresses (control, then user) and TEIDs from its IEs; the packet's
+/// source address stands in for a missing GSN address.
+fn v1_endpoint(fields: &gtpv1::ControlFields, sender: IpAddr) -> Endpoint {
+    let control_address = fields.gsn_control.unwrap_or(sender);
+    let user_address = fields.gsn_user.unwrap_or(control_address);
+    Endpoint {
+        control: fields.teid_control.map(|teid| TunnelKey { address: control_address, teid }),
+        user: fields.teid_data.map(|teid| TunnelKey { address: user_address, teid }),
+    }
+}
+
+fn merge_endpoint(end: &mut Endpoint, new: Endpoint) {
+    end.control = new.control.or(end.control);
+    end.user = new.user.or(end.user);
+}
+
+fn fteid_key(fteid: &gtpv2::FTeid, sender: IpAddr) -> TunnelKey {
+    TunnelKey { address: fteid.address().unwrap_or(sender), teid: fteid.teid }
+}

@@ -1,0 +1,172 @@
+//! Per-flow state for uplink TCP: where the next in-order byte is (so retransmissions are not scanned
+//! twice), the tail of the last scanned bytes (so a token split across two segments is found), and
+//! where the flow is in its HTTP request. Bounded by `flows_max`; idle flows are swept.
+use crate::scan::http::HttpState;
+use crate::scan::Carrier;
+use gtpcharge_proto::token::TEXT_LEN;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// Bytes kept from the end of a segment: one less than a token, so any token crossing the boundary has
+/// its start in the carry.
+pub const CARRY_LEN: usize = TEXT_LEN - 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The session the flow belongs to (0: none), so equal private addresses on two APNs do not mix.
+    pub session: u64,
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub source_port: u16,
+    pub destination_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowKind {
+    Undecided,
+    Http,
+    Tls,
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct FlowState {
+    pub next_sequence: u32,
+    pub kind: FlowKind,
+    pub http: HttpState,
+    pub carry: [u8; CARRY_LEN],
+    pub carry_len: u8,
+    pub carry_carrier: Carrier,
+    pub last_seen_us: u64,
+}
+
+impl FlowState {
+    pub fn new(next_sequence: u32, ts_us: u64) -> FlowState {
+        FlowState {
+            next_sequence,
+            kind: FlowKind::Undecided,
+            http: HttpState::default(),
+            carry: [0; CARRY_LEN],
+            carry_len: 0,
+            carry_carrier: Carrier::HttpUrl,
+            last_seen_us: ts_us,
+        }
+    }
+
+    pub fn carry(&self) -> &[u8] {
+        self.carry.get(..usize::from(self.carry_len)).unwrap_or_default()
+    }
+
+    /// Keeps the last bytes of `scanned` (which ended at the segment's end) as the carry.
+    pub fn keep_tail(&mut self, scanned: &[u8], carrier: Carrier) {
+        let take = scanned.len().min(CARRY_LEN);
+        let tail = scanned.get(scanned.len() - take..).unwrap_or_default();
+        if let Some(slot) = self.carry.get_mut(..take) {
+            slot.copy_from_slice(tail);
+        }
+        self.carry_len = take as u8; // take <= CARRY_LEN < 256
+        self.carry_carrier = carrier;
+    }
+}
+
+/// Where a segment stands against what the flow already saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentOrder {
+    /// Starts at the next expected byte (or the flow is new): `skip` bytes at its start were seen before.
+    InOrder { skip: usize },
+    /// Every byte was seen before.
+    Retransmission,
+    /// Starts after a hole: the carry no longer joins it.
+    AfterGap,
+}
+
+/// Classifies a segment by TCP sequence arithmetic (RFC 793, modulo 2^32).
+pub fn order(next_sequence: u32, sequence: u32, len: usize) -> SegmentOrder {
+    let offset = sequence.wrapping_sub(next_sequence) as i32;
+    if offset > 0 {
+        return SegmentOrder::AfterGap;
+    }
+    let behind = offset.unsigned_abs() as usize;
+    if behind >= len {
+        SegmentOrder::Retransmission
+    } else {
+        SegmentOrder::InOrder { skip: behind }
+    }
+}
+
+/// A bounded map of flows.
+pub struct FlowTable {
+    flows: HashMap<FlowKey, FlowState>,
+    flows_max: usize,
+}
+
+impl FlowTable {
+    pub fn new(flows_max: usize) -> FlowTable {
+        FlowTable { flows: HashMap::new(), flows_max }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.flows.get_mut(key)
+    }
+
+    /// Inserts (or replaces) a flow; `false` when the table is full and the flow is new.
+    pub fn insert(&mut self, key: FlowKey, state: FlowState) -> bool {
+        if self.flows.len() >= self.flows_max && !self.flows.contains_key(&key) {
+            return false;
+        }
+        self.flows.insert(key, state);
+        true
+    }
+
+    pub fn remove(&mut self, key: &FlowKey) {
+        self.flows.remove(key);
+    }
+
+    /// Drops flows idle since `cutoff_us`; returns how many.
+    pub fn expire(&mut self, cutoff_us: u64) -> usize {
+        let before = self.flows.len();
+        self.flows.retain(|_, f| f.last_seen_us >= cutoff_us);
+        before - self.flows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_order() {
+        assert_eq!(order(1000, 1000, 10), SegmentOrder::InOrder { skip: 0 });
+        assert_eq!(order(1000, 990, 10), SegmentOrder::Retransmission);
+        assert_eq!(order(1000, 995, 10), SegmentOrder::InOrder { skip: 5 });
+        assert_eq!(order(1000, 1010, 10), SegmentOrder::AfterGap);
+        // Across the 2^32 wrap.
+        assert_eq!(order(5, u32::MAX - 4, 10), SegmentOrder::Retransmission);
+        assert_eq!(order(5, u32::MAX - 4, 20), SegmentOrder::InOrder { skip: 10 });
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut table = FlowTable::new(1);
+        let key = |port| FlowKey {
+            session: 1,
+            source: IpAddr::from([1, 1, 1, 1]),
+            destination: IpAddr::from([2, 2, 2, 2]),
+            source_port: port,
+            destination_port: 80,
+        };
+        assert!(table.insert(key(1), FlowState::new(0, 10)));
+        assert!(!table.insert(key(2), FlowState::new(0, 10)));
+        assert!(table.insert(key(1), FlowState::new(5, 10)), "replacing an existing flow is allowed");
+        assert_eq!(table.expire(11), 1);
+        assert!(table.is_empty());
+    }
+}

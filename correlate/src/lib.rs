@@ -1,0 +1,23 @@
+//! GTP correlation: from UDP datagrams of a Gn/S5/S8 mirror to subscriber sessions and token sightings.
+//!
+//! - [`wire`]: zero-copy GTPv0/GTPv1-C/GTPv2-C/GTP-U parsers (no allocation, no panic on any input).
+//! - [`session`]: live contexts, tunnel and UE-address indices, the bounded table of open requests.
+//! - [`scan`]: token carriers (HTTP request line and headers, DNS query names, TLS SNI).
+//! - [`flow`]: per-flow TCP state for split tokens and retransmissions.
+//! - [`engine`]: [`Correlator`], which ties them together and produces [`Event`]s.
+//!
+//! Deliberately absent: libpcap, link-layer and outer IP decoding (the `capture` crate does those and
+//! hands over [`Datagram`]s), wall-clock time (timestamps come with each datagram), and any I/O.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod engine;
+pub mod event;
+pub mod flow;
+pub mod scan;
+pub mod session;
+pub mod wire;
+
+pub use engine::{Config, Correlator, Datagram, Stats};
+pub use event::{Attribution, Event, Identity, SessionEvent, Sighting, Unattributed};

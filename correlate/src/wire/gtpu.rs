@@ -1,0 +1,97 @@
+//! GTP-U (TS 29.281): a G-PDU carries one subscriber IP packet after the GTPv1 header (and its
+//! extension headers, walked by [`super::gtpv1::Header::parse`]); this module decodes that inner packet
+//! down to the transport payload the token scanner reads. Inner parsing uses etherparse's borrowed slices.
+use etherparse::{IpNumber, IpSlice, TcpSlice, UdpSlice};
+use std::net::IpAddr;
+
+/// What the inner packet carried, borrowed from the G-PDU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport<'a> {
+    Tcp { source_port: u16, destination_port: u16, sequence: u32, syn: bool, fin: bool, rst: bool, payload: &'a [u8] },
+    Udp { source_port: u16, destination_port: u16, payload: &'a [u8] },
+    /// Another protocol (ICMP, ESP ...): not scanned.
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerPacket<'a> {
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub transport: Transport<'a>,
+}
+
+/// Why an inner packet was not decoded (each a counter reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InnerError {
+    Ip,
+    Fragment,
+    Tcp,
+    Udp,
+}
+
+impl InnerError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InnerError::Ip => "inner-ip-malformed",
+            InnerError::Fragment => "inner-ip-fragment",
+            InnerError::Tcp => "inner-tcp-malformed",
+            InnerError::Udp => "inner-udp-malformed",
+        }
+    }
+}
+
+/// Decodes the subscriber's packet of a G-PDU.
+pub fn inner_packet(data: &[u8]) -> Result<InnerPacket<'_>, InnerError> {
+    let ip = IpSlice::from_slice(data).map_err(|_| InnerError::Ip)?;
+    let (source, destination) = (ip.source_addr(), ip.destination_addr());
+    if ip.is_fragmenting_payload() {
+        return Err(InnerError::Fragment);
+    }
+    let payload = ip.payload().payload;
+    let transport = match ip.payload_ip_number() {
+        IpNumber::TCP => {
+            let tcp = TcpSlice::from_slice(payload).map_err(|_| InnerError::Tcp)?;
+            Transport::Tcp {
+                source_port: tcp.source_port(),
+                destination_port: tcp.destination_port(),
+                sequence: tcp.sequence_number(),
+                syn: tcp.syn(),
+                fin: tcp.fin(),
+                rst: tcp.rst(),
+                payload: tcp.payload(),
+            }
+        }
+        IpNumber::UDP => {
+            let udp = UdpSlice::from_slice(payload).map_err(|_| InnerError::Udp)?;
+            Transport::Udp {
+                source_port: udp.source_port(),
+                destination_port: udp.destination_port(),
+                payload: udp.payload(),
+            }
+        }
+        _ => Transport::Other,
+    };
+    Ok(InnerPacket { source, destination, transport })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_and_udp_inner_packets() {
+        let mut tcp = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [93, 184, 216, 34], 64)
+            .tcp(40000, 80, 1000, 64240)
+            .write(&mut tcp, b"GET / HTTP/1.1\r\n")
+            .unwrap();
+        let inner = inner_packet(&tcp).unwrap();
+        assert_eq!(inner.source, IpAddr::from([10, 0, 0, 1]));
+        assert!(matches!(inner.transport, Transport::Tcp { destination_port: 80, sequence: 1000, payload: b"GET / HTTP/1.1\r\n", .. }));
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ipv6([0x20; 16], [0x30; 16], 64).udp(5353, 53, ).write(&mut udp, b"q").unwrap();
+        assert!(matches!(inner_packet(&udp).unwrap().transport, Transport::Udp { destination_port: 53, .. }));
+        assert_eq!(inner_packet(&tcp[..30]), Err(InnerError::Ip), "IP total length beyond the data");
+        assert_eq!(inner_packet(&[0x45, 0, 0]), Err(InnerError::Ip));
+    }
+}

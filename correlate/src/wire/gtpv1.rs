@@ -1,0 +1,386 @@
+//! GTPv1 header (TS 29.060 6 / TS 29.281 5), shared by GTPv1-C and GTP-U, and the GTPv1-C information
+//! elements the correlator reads (TS 29.060 7.7).
+//!
+//! ```text
+//!  0        1        2        3        4 .. 7     8..9   10     11
+//! |V|P|-|E|S|N| type | length (after byte 8) | TEID | seq | N-PDU | next ext |  (last 4 only if E|S|N)
+//! ```
+use super::{be_u16, be_u32, ip_from, need, Apn, Tbcd, WireError, GTPU_EXT_HDRS_MAX, IES_MAX};
+use std::net::IpAddr;
+
+pub mod message {
+    pub const ECHO_REQUEST: u8 = 1;
+    pub const ECHO_RESPONSE: u8 = 2;
+    pub const CREATE_PDP_REQUEST: u8 = 16;
+    pub const CREATE_PDP_RESPONSE: u8 = 17;
+    pub const UPDATE_PDP_REQUEST: u8 = 18;
+    pub const UPDATE_PDP_RESPONSE: u8 = 19;
+    pub const DELETE_PDP_REQUEST: u8 = 20;
+    pub const DELETE_PDP_RESPONSE: u8 = 21;
+    pub const ERROR_INDICATION: u8 = 26;
+    pub const END_MARKER: u8 = 254;
+    pub const G_PDU: u8 = 255;
+}
+
+/// A checked GTPv1 header and the message body it frames (extension headers skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub message_type: u8,
+    pub teid: u32,
+    pub sequence: Option<u16>,
+    pub n_pdu: Option<u8>,
+    /// Number of extension headers walked.
+    pub extensions: u8,
+    /// The bytes after the header and its extension headers, cut to the length field.
+    pub body: &'a [u8],
+    /// Bytes after this message in the same datagram (GTP allows none, but they are reported).
+    pub trailing: usize,
+}
+
+impl<'a> Header<'a> {
+    pub const FIXED_LEN: usize = 8;
+
+    /// Parses a GTPv1 header (version 1, PT=1) and walks the extension header chain, bounded by
+    /// [`GTPU_EXT_HDRS_MAX`].
+    pub fn parse(data: &'a [u8]) -> Result<Header<'a>, WireError> {
+        need("GTPv1 header", data, Self::FIXED_LEN)?;
+        let flags = data[0]; // checked: len >= 8
+        if flags >> 5 != 1 {
+            return Err(WireError::Version("GTPv1"));
+        }
+        if flags & 0x10 == 0 {
+            return Err(WireError::GtpPrime);
+        }
+        let message_type = data[1];
+        let length = usize::from(u16::from_be_bytes([data[2], data[3]]));
+        let teid = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+        let total = Self::FIXED_LEN + length;
+        need("GTPv1 message", data, total)?;
+        let message = &data[..total];
+        let (mut sequence, mut n_pdu, mut extensions) = (None, None, 0u8);
+        let mut at = Self::FIXED_LEN;
+        if flags & 0x07 != 0 {
+            need("GTPv1 optional fields", message, 12)?;
+            if flags & 0x02 != 0 {
+                sequence = be_u16(message, 8);
+            }
+            if flags & 0x01 != 0 {
+                n_pdu = message.get(10).copied();
+            }
+            let mut next = if flags & 0x04 != 0 { message[11] } else { 0 };
+            at = 12;
+            while next != 0 {
+                if usize::from(extensions) >= GTPU_EXT_HDRS_MAX {
+                    return Err(WireError::TooManyExtensions);
+                }
+                let units = usize::from(*message.get(at).ok_or(WireError::Truncated {
+                    layer: "GTP extension header",
+                    needed: at + 1,
+                    have: message.len(),
+                })?);
+                if units == 0 {
+                    return Err(WireError::ZeroLengthExtension);
+                }
+                let end = at + units * 4;
+                need("GTP extension header", message, end)?;
+                next = message[end - 1];
+                at = end;
+                extensions += 1;
+            }
+        }
+        Ok(Header {
+            message_type,
+            teid,
+            sequence,
+            n_pdu,
+            extensions,
+            body: &message[at..],
+            trailing: data.len() - total,
+        })
+    }
+}
+
+/// Length of a TV information element's value, by type (TS 29.060 7.7); `None` for unknown types.
+pub fn tv_value_len(ie_type: u8) -> Option<usize> {
+    Some(match ie_type {
+        1 => 1,   // Cause
+        2 => 8,   // IMSI
+        3 => 6,   // Routeing Area Identity
+        4 => 4,   // TLLI
+        5 => 4,   // P-TMSI
+        8 => 1,   // Reordering Required
+        9 => 28,  // Authentication Triplet
+        11 => 1,  // MAP Cause
+        12 => 3,  // P-TMSI Signature
+        13 => 1,  // MS Validated
+        14 => 1,  // Recovery
+        15 => 1,  // Selection Mode
+        16 => 4,  // TEID Data I
+        17 => 4,  // TEID Control Plane
+        18 => 5,  // TEID Data II
+        19 => 1,  // Teardown Ind
+        20 => 1,  // NSAPI
+        21 => 1,  // RANAP Cause
+        22 => 9,  // RAB Context
+        23 => 1,  // Radio Priority SMS
+        24 => 1,  // Radio Priority
+        25 => 2,  // Packet Flow Id
+        26 => 2,  // Charging Characteristics
+        27 => 2,  // Trace Reference
+        28 => 2,  // Trace Type
+        29 => 1,  // MS Not Reachable Reason
+        127 => 4, // Charging ID
+        _ => return None,
+    })
+}
+
+/// One information element: its type and value bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ie<'a> {
+    pub ie_type: u8,
+    pub value: &'a [u8],
+}
+
+/// Walks TV and TLV IEs. Yields an error (and then stops) on an unknown TV type or a truncated IE.
+pub struct IeIter<'a> {
+    data: &'a [u8],
+    at: usize,
+    walked: usize,
+    tv_len: fn(u8) -> Option<usize>,
+    done: bool,
+}
+
+impl<'a> IeIter<'a> {
+    pub fn new(data: &'a [u8]) -> IeIter<'a> {
+        IeIter::with_tv_table(data, tv_value_len)
+    }
+
+    pub(crate) fn with_tv_table(data: &'a [u8], tv_len: fn(u8) -> Option<usize>) -> IeIter<'a> {
+        IeIter { data, at: 0, walked: 0, tv_len, done: false }
+    }
+
+    fn step(&mut self) -> Result<Ie<'a>, WireError> {
+        let rest = self.data.get(self.at..).unwrap_or_default();
+        let ie_type = *rest.first().ok_or(WireError::BadIe("GTPv1-C"))?;
+        let (header_len, value_len) = if ie_type >= 128 {
+            let len = be_u16(rest, 1).ok_or(WireError::Truncated { layer: "GTPv1-C TLV IE", needed: 3, have: rest.len() })?;
+            (3, usize::from(len))
+        } else {
+            (1, (self.tv_len)(ie_type).ok_or(WireError::UnknownTv(ie_type))?)
+        };
+        let value = rest.get(header_len..header_len + value_len).ok_or(WireError::Truncated {
+            layer: "GTPv1-C IE",
+            needed: header_len + value_len,
+            have: rest.len(),
+        })?;
+        self.at += header_len + value_len;
+        Ok(Ie { ie_type, value })
+    }
+}
+
+impl<'a> Iterator for IeIter<'a> {
+    type Item = Result<Ie<'a>, WireError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.at >= self.data.len() {
+            return None;
+        }
+        self.walked += 1;
+        if self.walked > IES_MAX {
+            self.done = true;
+            return Some(Err(WireError::BadIe("GTPv1-C: too many IEs")));
+        }
+        let item = self.step();
+        if item.is_err() {
+            self.done = true;
+        }
+        Some(item)
+    }
+}
+
+/// The fields of a GTPv1-C Create/Update/Delete message that the session table needs. Every field is
+/// optional on the wire; absent ones stay `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlFields {
+    pub cause: Option<u8>,
+    pub imsi: Option<Tbcd>,
+    pub msisdn: Option<Tbcd>,
+    pub imei: Option<Tbcd>,
+    pub apn: Option<Apn>,
+    pub nsapi: Option<u8>,
+    /// The second NSAPI IE: a secondary context's Linked NSAPI (its primary).
+    pub linked_nsapi: Option<u8>,
+    pub teardown: bool,
+    pub teid_data: Option<u32>,
+    pub teid_control: Option<u32>,
+    pub ue_ipv4: Option<std::net::Ipv4Addr>,
+    pub ue_ipv6: Option<std::net::Ipv6Addr>,
+    /// First GSN Address IE: the sender's control-plane address.
+    pub gsn_control: Option<IpAddr>,
+    /// Second GSN Address IE: the sender's user-plane address.
+    pub gsn_user: Option<IpAddr>,
+}
+
+impl ControlFields {
+    /// Reads the IEs of one message body. A malformed IE fails the whole message: half a context
+    /// would attribute traffic on partial information.
+    pub fn parse(body: &[u8]) -> Result<ControlFields, WireError> {
+        Self::parse_with(IeIter::new(body))
+    }
+
+    pub(crate) fn parse_with(ies: IeIter<'_>) -> Result<ControlFields, WireError> {
+        let mut fields = ControlFields::default();
+        let mut gsn_addresses = 0;
+        for ie in ies {
+            let Ie { ie_type, value } = ie?;
+            match ie_type {
+                1 => fields.cause = value.first().copied(),
+                2 => fields.imsi = Tbcd::from_wire(value),
+                16 => fields.teid_data = be_u32(value, 0),
+                17 => fields.teid_control = be_u32(value, 0),
+                19 => fields.teardown = value.first().is_some_and(|b| b & 1 == 1),
+                // NSAPI: low 4 bits. A second NSAPI IE is the Linked NSAPI of a secondary context.
+                20 => {
+                    let nsapi = value.first().map(|b| b & 0x0F);
+                    if fields.nsapi.is_none() {
+                        fields.nsapi = nsapi;
+                    } else if fields.linked_nsapi.is_none() {
+                        fields.linked_nsapi = nsapi;
+                    }
+                }
+                128 => fields.read_end_user_address(value)?,
+                131 => fields.apn = Some(Apn::from_wire(value).ok_or(WireError::BadIe("GTPv1-C APN"))?),
+                133 => {
+                    let address = ip_from(value).ok_or(WireError::BadIe("GTPv1-C GSN Address"))?;
+                    match gsn_addresses {
+                        0 => fields.gsn_control = Some(address),
+                        1 => fields.gsn_user = Some(address),
+                        _ => {}
+                    }
+                    gsn_addresses += 1;
+                }
+                // MSISDN: one octet of nature of address / numbering plan, then TBCD digits.
+                134 => fields.msisdn = value.get(1..).and_then(Tbcd::from_wire),
+                154 => fields.imei = Tbcd::from_wire(value),
+                _ => {}
+            }
+        }
+        Ok(fields)
+    }
+
+    /// End User Address (TS 29.060 7.7.27): spare/PDP type organisation, PDP type number, address.
+    fn read_end_user_address(&mut self, value: &[u8]) -> Result<(), WireError> {
+        let organisation = value.first().ok_or(WireError::BadIe("End User Address"))? & 0x0F;
+        let number = *value.get(1).ok_or(WireError::BadIe("End User Address"))?;
+        let address = value.get(2..).unwrap_or_default();
+        if organisation != 1 {
+            return Ok(()); // ETSI (PPP) or other: no IP address to learn
+        }
+        match (number, address.len()) {
+            (0x21, 4) | (0x8D, 4) => self.ue_ipv4 = <[u8; 4]>::try_from(address).ok().map(Into::into),
+            (0x57, 16) | (0x8D, 16) => self.ue_ipv6 = <[u8; 16]>::try_from(address).ok().map(Into::into),
+            (0x8D, 20) => {
+                self.ue_ipv4 = address.get(..4).and_then(|a| <[u8; 4]>::try_from(a).ok()).map(Into::into);
+                self.ue_ipv6 = address.get(4..).and_then(|a| <[u8; 16]>::try_from(a).ok()).map(Into::into);
+            }
+            // No address yet (a request asking for dynamic allocation), or an unknown PDP type.
+            (_, 0) => {}
+            _ => return Err(WireError::BadIe("End User Address")),
+        }
+        Ok(())
+    }
+}
+
+/// Whether a GTPv1 cause value means the request was accepted (TS 29.060 7.7.1: 128-191 acceptance).
+pub fn cause_accepted(cause: u8) -> bool {
+    (128..=191).contains(&cause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Create PDP Context Request of zeek's gtp_create_pdp_ctx.pcap (frame 2), GTP part, rebuilt field
+    /// by field from the trace.
+    pub(crate) fn create_pdp_request() -> Vec<u8> {
+        let mut ies = Vec::new();
+        ies.extend_from_slice(&[2, 0x64, 0x00, 0x40, 0x01, 0x00, 0x00, 0x01, 0xF1]); // IMSI 460004100000101
+        ies.extend_from_slice(&[14, 0x05]); // Recovery
+        ies.extend_from_slice(&[15, 0xFC]); // Selection mode
+        ies.extend_from_slice(&[16, 0x32, 0xF0, 0x2B, 0xF9]); // TEID Data I
+        ies.extend_from_slice(&[17, 0x32, 0xF0, 0x2B, 0xF9]); // TEID C-plane
+        ies.extend_from_slice(&[20, 0x05]); // NSAPI 5
+        ies.extend_from_slice(&[128, 0, 2, 0xF1, 0x21]); // End User Address: IPv4, dynamic
+        ies.extend_from_slice(&[131, 0, 7, 6, b'e', b'e', b't', b'e', b's', b't']); // APN eetest
+        ies.extend_from_slice(&[133, 0, 4, 192, 169, 100, 1]); // SGSN address for signalling
+        ies.extend_from_slice(&[133, 0, 4, 192, 169, 100, 2]); // SGSN address for user traffic
+        ies.extend_from_slice(&[134, 0, 8, 0x91, 0x68, 0x51, 0x22, 0x01, 0x00, 0x01, 0xF1]); // MSISDN
+        let mut message = vec![0x32, 16];
+        message.extend_from_slice(&((ies.len() + 4) as u16).to_be_bytes());
+        message.extend_from_slice(&[0, 0, 0, 0]); // TEID 0: no context yet
+        message.extend_from_slice(&[0x13, 0x0B, 0, 0]); // sequence 0x130b
+        message.extend_from_slice(&ies);
+        message
+    }
+
+    #[test]
+    fn create_pdp_request_fields() {
+        let data = create_pdp_request();
+        let header = Header::parse(&data).unwrap();
+        assert_eq!(header.message_type, message::CREATE_PDP_REQUEST);
+        assert_eq!(header.sequence, Some(0x130B));
+        let fields = ControlFields::parse(header.body).unwrap();
+        assert_eq!(fields.imsi.unwrap().to_string(), "460004100000101");
+        assert_eq!(fields.msisdn.unwrap().to_string(), "8615221000101");
+        assert_eq!(fields.apn.unwrap().as_str(), "eetest");
+        assert_eq!(fields.teid_data, Some(0x32F0_2BF9));
+        assert_eq!(fields.nsapi, Some(5));
+        assert_eq!(fields.gsn_user, Some("192.169.100.2".parse().unwrap()));
+        assert_eq!(fields.ue_ipv4, None);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let data = create_pdp_request();
+        for cut in 0..data.len() {
+            let result = Header::parse(&data[..cut]).and_then(|h| ControlFields::parse(h.body));
+            assert!(result.is_err(), "cut at {cut} parsed");
+        }
+    }
+
+    #[test]
+    fn unknown_tv_stops_the_message() {
+        let body = [14, 0x05, 100, 1, 2, 3];
+        assert_eq!(ControlFields::parse(&body), Err(WireError::UnknownTv(100)));
+    }
+
+    #[test]
+    fn end_user_address_kinds() {
+        let v4 = ControlFields::parse(&[128, 0, 6, 0xF1, 0x21, 10, 0, 0, 7]).unwrap();
+        assert_eq!(v4.ue_ipv4, Some("10.0.0.7".parse().unwrap()));
+        let mut dual = vec![128, 0, 22, 0xF1, 0x8D, 10, 0, 0, 8];
+        dual.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let dual = ControlFields::parse(&dual).unwrap();
+        assert_eq!(dual.ue_ipv4, Some("10.0.0.8".parse().unwrap()));
+        assert_eq!(dual.ue_ipv6, Some("2001:db8::1".parse().unwrap()));
+        assert!(ControlFields::parse(&[128, 0, 5, 0xF1, 0x21, 10, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn extension_headers_are_walked_and_bounded() {
+        // G-PDU, E flag, one PDU session container (type 0x85, 1 unit), then the payload "xy".
+        let mut data = vec![0x34, 0xFF, 0, 10, 0, 0, 0, 1, 0, 0, 0, 0x85, 1, 0x10, 0x09, 0x00, b'x', b'y'];
+        let header = Header::parse(&data).unwrap();
+        assert_eq!((header.extensions, header.body), (1, &b"xy"[..]));
+        data[15] = 0x85; // the extension now claims another one follows, which runs past the end
+        assert!(Header::parse(&data).is_err());
+        let mut zero = data.clone();
+        zero[12] = 0;
+        assert_eq!(Header::parse(&zero), Err(WireError::ZeroLengthExtension));
+    }
+
+    #[test]
+    fn version_and_prime_are_refused() {
+        assert_eq!(Header::parse(&[0x48, 1, 0, 0, 0, 0, 0, 0]), Err(WireError::Version("GTPv1")));
+        assert_eq!(Header::parse(&[0x20, 1, 0, 0, 0, 0, 0, 0]), Err(WireError::GtpPrime));
+    }
+}

@@ -1,0 +1,341 @@
+//! GTPv2-C (TS 29.274): header and the IEs of Create Session, Modify Bearer and Delete Session.
+//!
+//! ```text
+//!  0          1      2..3     4..7 (if T)   then 3-byte sequence, 1 spare
+//! |V=2|P|T|MP| type | length | TEID        | seq | spare |
+//! IE: type(1) length(2) spare|instance(1) value(length); Bearer Context (93) is grouped (IEs inside).
+//! ```
+//! A piggybacked message (P flag) follows its carrier in the same datagram; [`Header::parse`] reports
+//! the carrier and where the next message starts.
+use super::{be_u16, be_u32, need, Apn, Tbcd, WireError, IES_MAX};
+use std::net::IpAddr;
+
+pub mod message {
+    pub const ECHO_REQUEST: u8 = 1;
+    pub const ECHO_RESPONSE: u8 = 2;
+    pub const CREATE_SESSION_REQUEST: u8 = 32;
+    pub const CREATE_SESSION_RESPONSE: u8 = 33;
+    pub const MODIFY_BEARER_REQUEST: u8 = 34;
+    pub const MODIFY_BEARER_RESPONSE: u8 = 35;
+    pub const DELETE_SESSION_REQUEST: u8 = 36;
+    pub const DELETE_SESSION_RESPONSE: u8 = 37;
+}
+
+mod ie {
+    pub const IMSI: u8 = 1;
+    pub const CAUSE: u8 = 2;
+    pub const APN: u8 = 71;
+    pub const EBI: u8 = 73;
+    pub const MEI: u8 = 75;
+    pub const MSISDN: u8 = 76;
+    pub const PAA: u8 = 79;
+    pub const F_TEID: u8 = 87;
+    pub const BEARER_CONTEXT: u8 = 93;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub message_type: u8,
+    pub teid: Option<u32>,
+    pub sequence: u32,
+    pub body: &'a [u8],
+    /// The rest of the datagram after this message (a piggybacked message when the P flag is set).
+    pub next: &'a [u8],
+    pub piggybacked: bool,
+}
+
+impl<'a> Header<'a> {
+    pub fn parse(data: &'a [u8]) -> Result<Header<'a>, WireError> {
+        need("GTPv2-C header", data, 8)?;
+        #[allow(clippy::indexing_slicing)] // checked: data.len() >= 8
+        let (flags, message_type, length) = (data[0], data[1], usize::from(u16::from_be_bytes([data[2], data[3]])));
+        if flags >> 5 != 2 {
+            return Err(WireError::Version("GTPv2-C"));
+        }
+        let has_teid = flags & 0x08 != 0;
+        let total = 4 + length;
+        let header_len = if has_teid { 12 } else { 8 };
+        if total < header_len {
+            return Err(WireError::Truncated { layer: "GTPv2-C length field", needed: header_len, have: total });
+        }
+        need("GTPv2-C message", data, total)?;
+        let teid = if has_teid { be_u32(data, 4) } else { None };
+        let seq_at = if has_teid { 8 } else { 4 };
+        #[allow(clippy::indexing_slicing)] // checked: total >= header_len = seq_at + 4
+        let sequence = u32::from_be_bytes([0, data[seq_at], data[seq_at + 1], data[seq_at + 2]]);
+        Ok(Header {
+            message_type,
+            teid,
+            sequence,
+            body: data.get(header_len..total).unwrap_or_default(),
+            next: data.get(total..).unwrap_or_default(),
+            piggybacked: flags & 0x10 != 0,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ie<'a> {
+    pub ie_type: u8,
+    pub instance: u8,
+    pub value: &'a [u8],
+}
+
+/// Walks one level of IEs; stops with an error on a truncated IE.
+pub struct IeIter<'a> {
+    data: &'a [u8],
+    at: usize,
+    walked: usize,
+    done: bool,
+}
+
+impl<'a> IeIter<'a> {
+    pub fn new(data: &'a [u8]) -> IeIter<'a> {
+        IeIter { data, at: 0, walked: 0, done: false }
+    }
+}
+
+impl<'a> Iterator for IeIter<'a> {
+    type Item = Result<Ie<'a>, WireError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.at >= self.data.len() {
+            return None;
+        }
+        self.walked += 1;
+        let rest = self.data.get(self.at..).unwrap_or_default();
+        let item = match (rest.first(), be_u16(rest, 1), rest.get(3)) {
+            _ if self.walked > IES_MAX => Err(WireError::BadIe("GTPv2-C: too many IEs")),
+            (Some(&ie_type), Some(len), Some(&spare_instance)) => {
+                let len = usize::from(len);
+                match rest.get(4..4 + len) {
+                    Some(value) => {
+                        self.at += 4 + len;
+                        Ok(Ie { ie_type, instance: spare_instance & 0x0F, value })
+                    }
+                    None => Err(WireError::Truncated { layer: "GTPv2-C IE", needed: 4 + len, have: rest.len() }),
+                }
+            }
+            _ => Err(WireError::Truncated { layer: "GTPv2-C IE header", needed: 4, have: rest.len() }),
+        };
+        if item.is_err() {
+            self.done = true;
+        }
+        Some(item)
+    }
+}
+
+/// A Fully Qualified TEID (TS 29.274 8.22).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FTeid {
+    pub interface_type: u8,
+    pub teid: u32,
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+}
+
+impl FTeid {
+    pub fn parse(value: &[u8]) -> Result<FTeid, WireError> {
+        let bad = WireError::BadIe("GTPv2-C F-TEID");
+        let flags = *value.first().ok_or(bad)?;
+        let teid = be_u32(value, 1).ok_or(bad)?;
+        let mut at = 5;
+        let mut fteid = FTeid { interface_type: flags & 0x3F, teid, ipv4: None, ipv6: None };
+        if flags & 0x80 != 0 {
+            fteid.ipv4 = value.get(at..at + 4).and_then(|a| <[u8; 4]>::try_from(a).ok()).map(Into::into);
+            fteid.ipv4.ok_or(bad)?;
+            at += 4;
+        }
+        if flags & 0x40 != 0 {
+            fteid.ipv6 = value.get(at..at + 16).and_then(|a| <[u8; 16]>::try_from(a).ok()).map(Into::into);
+            fteid.ipv6.ok_or(bad)?;
+        }
+        Ok(fteid)
+    }
+
+    /// The address, IPv4 preferred.
+    pub fn address(&self) -> Option<IpAddr> {
+        self.ipv4.map(IpAddr::V4).or(self.ipv6.map(IpAddr::V6))
+    }
+
+    /// Whether this F-TEID receives uplink user traffic (the network side of a GTP-U tunnel):
+    /// S1-U SGW (1), S12 SGW (3), S5/S8 PGW (5), S4 SGW (16).
+    pub fn is_uplink_receiver(&self) -> bool {
+        matches!(self.interface_type, 1 | 3 | 5 | 16)
+    }
+
+    /// Whether this F-TEID receives downlink user traffic (the access side): S1-U eNodeB (0), S12 RNC (2),
+    /// S5/S8 SGW (4), S4 SGSN (15).
+    pub fn is_downlink_receiver(&self) -> bool {
+        matches!(self.interface_type, 0 | 2 | 4 | 15)
+    }
+}
+
+/// Bearer F-TEIDs kept from one message (bounded; more are counted as ignored).
+pub const BEARER_FTEIDS_MAX: usize = 4;
+
+/// The fields of a Create Session / Modify Bearer / Delete Session message that the session table needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlFields {
+    pub cause: Option<u8>,
+    pub imsi: Option<Tbcd>,
+    pub msisdn: Option<Tbcd>,
+    pub mei: Option<Tbcd>,
+    pub apn: Option<Apn>,
+    pub ue_ipv4: Option<std::net::Ipv4Addr>,
+    pub ue_ipv6: Option<std::net::Ipv6Addr>,
+    /// The sender's control-plane F-TEID (top-level F-TEID, instance 0).
+    pub sender_control: Option<FTeid>,
+    /// The EBI of the first bearer context (the default bearer of a Create Session).
+    pub ebi: Option<u8>,
+    /// User-plane F-TEIDs found in bearer contexts.
+    pub bearer_fteids: [Option<FTeid>; BEARER_FTEIDS_MAX],
+}
+
+impl ControlFields {
+    pub fn parse(body: &[u8]) -> Result<ControlFields, WireError> {
+        let mut fields = ControlFields::default();
+        for ie in IeIter::new(body) {
+            let ie = ie?;
+            match (ie.ie_type, ie.instance) {
+                (ie::IMSI, _) => fields.imsi = Tbcd::from_wire(ie.value),
+                (ie::CAUSE, _) => fields.cause = ie.value.first().copied(),
+                (ie::APN, _) => fields.apn = Some(Apn::from_wire(ie.value).ok_or(WireError::BadIe("GTPv2-C APN"))?),
+                (ie::MEI, _) => fields.mei = Tbcd::from_wire(ie.value),
+                (ie::MSISDN, _) => fields.msisdn = Tbcd::from_wire(ie.value),
+                (ie::PAA, _) => fields.read_paa(ie.value)?,
+                (ie::F_TEID, 0) => fields.sender_control = Some(FTeid::parse(ie.value)?),
+                (ie::BEARER_CONTEXT, _) => fields.read_bearer_context(ie.value)?,
+                _ => {}
+            }
+        }
+        Ok(fields)
+    }
+
+    /// PDN Address Allocation (TS 29.274 8.14): PDN type, then IPv6 prefix length + address and/or IPv4.
+    fn read_paa(&mut self, value: &[u8]) -> Result<(), WireError> {
+        let bad = WireError::BadIe("GTPv2-C PAA");
+        let pdn_type = value.first().ok_or(bad)? & 0x07;
+        let v4 = |at: usize| value.get(at..at + 4).and_then(|a| <[u8; 4]>::try_from(a).ok()).map(Into::into);
+        let v6 = value.get(2..18).and_then(|a| <[u8; 16]>::try_from(a).ok()).map(Into::into);
+        match pdn_type {
+            1 => self.ue_ipv4 = Some(v4(1).ok_or(bad)?),
+            2 => self.ue_ipv6 = Some(v6.ok_or(bad)?),
+            3 => {
+                self.ue_ipv6 = Some(v6.ok_or(bad)?);
+                self.ue_ipv4 = Some(v4(18).ok_or(bad)?);
+            }
+            _ => {} // non-IP PDN: nothing to learn
+        }
+        // 0.0.0.0 in a request means "allocate one": it is not an address.
+        if self.ue_ipv4.is_some_and(|a| a.is_unspecified()) {
+            self.ue_ipv4 = None;
+        }
+        if self.ue_ipv6.is_some_and(|a| a.is_unspecified()) {
+            self.ue_ipv6 = None;
+        }
+        Ok(())
+    }
+
+    fn read_bearer_context(&mut self, value: &[u8]) -> Result<(), WireError> {
+        let mut first_ebi = None;
+        for ie in IeIter::new(value) {
+            let ie = ie?;
+            match ie.ie_type {
+                ie::EBI => first_ebi = first_ebi.or(ie.value.first().map(|b| b & 0x0F)),
+                ie::F_TEID => {
+                    let fteid = FTeid::parse(ie.value)?;
+                    if let Some(slot) = self.bearer_fteids.iter_mut().find(|s| s.is_none()) {
+                        *slot = Some(fteid);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.ebi.is_none() {
+            self.ebi = first_ebi;
+        }
+        Ok(())
+    }
+
+    /// The user-plane F-TEID receiving uplink (network side), if the message carried one.
+    pub fn uplink_fteid(&self) -> Option<FTeid> {
+        self.bearer_fteids.iter().flatten().copied().find(FTeid::is_uplink_receiver)
+    }
+
+    /// The user-plane F-TEID receiving downlink (access side), if the message carried one.
+    pub fn downlink_fteid(&self) -> Option<FTeid> {
+        self.bearer_fteids.iter().flatten().copied().find(FTeid::is_downlink_receiver)
+    }
+}
+
+/// Whether a GTPv2 cause means accepted (TS 29.274 8.4: 16 accepted, 17-19 partially accepted...).
+pub fn cause_accepted(cause: u8) -> bool {
+    (16..=63).contains(&cause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ie(ie_type: u8, instance: u8, value: &[u8]) -> Vec<u8> {
+        let mut out = vec![ie_type];
+        out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        out.push(instance);
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// A Create Session Request shaped like nDPI's gtp_c.pcap frame 1.
+    fn create_session_request() -> Vec<u8> {
+        let bearer = [ie(73, 0, &[5]), ie(87, 0, &[0x84, 0x35, 0x52, 0x92, 0x05, 10, 101, 0, 2])].concat();
+        let body = [
+            ie(1, 0, &[0x89, 0x67, 0x45, 0x11, 0x22, 0x33, 0x44, 0xF5]), // IMSI 987654112233445
+            ie(76, 0, &[0x98, 0x76, 0x54, 0x12, 0x34, 0x56]),            // MSISDN 896745214365
+            ie(75, 0, &[0x34, 0x56, 0x78, 0x90, 0x12, 0x01, 0x02, 0xF3]), // MEI
+            ie(87, 0, &[0x86, 0x35, 0x52, 0x92, 0x04, 10, 101, 0, 2]),   // sender F-TEID (S5/S8 SGW GTP-C)
+            ie(71, 0, b"\x08internet"),
+            ie(79, 0, &[1, 33, 23, 23, 1]),
+            ie(93, 0, &bearer),
+        ]
+        .concat();
+        let mut message = vec![0x48, 32];
+        message.extend_from_slice(&((body.len() + 8) as u16).to_be_bytes());
+        message.extend_from_slice(&[0, 0, 0, 0, 0x4B, 0x54, 0x62, 0]);
+        message.extend_from_slice(&body);
+        message
+    }
+
+    #[test]
+    fn create_session_request_fields() {
+        let data = create_session_request();
+        let header = Header::parse(&data).unwrap();
+        assert_eq!((header.message_type, header.teid, header.sequence), (32, Some(0), 0x4B5462));
+        let fields = ControlFields::parse(header.body).unwrap();
+        assert_eq!(fields.imsi.unwrap().to_string(), "987654112233445");
+        assert_eq!(fields.msisdn.unwrap().to_string(), "896745214365");
+        assert_eq!(fields.mei.unwrap().to_string(), "436587092110203");
+        assert_eq!(fields.apn.unwrap().as_str(), "internet");
+        assert_eq!(fields.ue_ipv4, Some("33.23.23.1".parse().unwrap()));
+        assert_eq!(fields.sender_control.unwrap().teid, 0x3552_9204);
+        assert_eq!(fields.ebi, Some(5));
+        let down = fields.downlink_fteid().unwrap();
+        assert_eq!((down.interface_type, down.teid), (4, 0x3552_9205));
+        assert!(fields.uplink_fteid().is_none());
+    }
+
+    #[test]
+    fn truncations_fail_cleanly() {
+        let data = create_session_request();
+        for cut in 0..data.len() {
+            assert!(Header::parse(&data[..cut]).and_then(|h| ControlFields::parse(h.body)).is_err(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_fteid_and_paa() {
+        assert!(FTeid::parse(&[0x80, 0, 0, 0, 1, 10, 0]).is_err(), "IPv4 flag but 2 address bytes");
+        assert!(ControlFields::parse(&ie(79, 0, &[1, 10, 0])).is_err());
+        let unspecified = ControlFields::parse(&ie(79, 0, &[1, 0, 0, 0, 0])).unwrap();
+        assert_eq!(unspecified.ue_ipv4, None);
+    }
+}
