@@ -1,1 +1,350 @@
-fn main() {}
+//! `gtpcharge`: the probe (replay, capture), the token tool and the capture generator.
+//! See README.md for the commands and ARCHITECTURE.md for the code map.
+mod jsonl;
+mod probe;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gtpcharge_capture::{DecoderConfig, FileSource, LiveConfig, LiveSource};
+use gtpcharge_correlate::Config;
+use probe::Probe;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "gtpcharge", version, about = "Carrier-side DPI billing correlator for GTP (Gn, S5/S8)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay capture files (pcap or pcapng), in order, as fast as possible.
+    Replay {
+        /// Capture files, read one after another as one stream.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        probe: ProbeArgs,
+    },
+    /// Capture live from a span/mirror interface until SIGINT or SIGTERM.
+    Capture {
+        /// Interface to capture on.
+        #[arg(long, short = 'i', env = "GTPCHARGE_INTERFACE")]
+        interface: String,
+        /// Bytes kept of each frame.
+        #[arg(long, default_value_t = 65535)]
+        snaplen: i32,
+        /// Kernel capture buffer in bytes.
+        #[arg(long, default_value_t = 64 << 20)]
+        buffer_size: i32,
+        /// Do not put the interface in promiscuous mode.
+        #[arg(long)]
+        no_promiscuous: bool,
+        /// Do not use immediate mode (deliver in batches instead).
+        #[arg(long)]
+        no_immediate: bool,
+        #[command(flatten)]
+        probe: ProbeArgs,
+    },
+    /// Purchase tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Write a deterministic synthetic Gn/S5 capture (see pcaps/).
+    Generate {
+        /// Output pcap file.
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long, default_value_t = 24)]
+        subscribers: u32,
+        /// Rounds of traffic per subscriber.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// Token-free packet pairs per subscriber per round (the bulk of a benchmark capture).
+        #[arg(long, default_value_t = 2)]
+        background: u32,
+        /// Leave out the malformed packets and edge cases.
+        #[arg(long)]
+        no_edge_cases: bool,
+        /// Also write the generator's truth (expected sightings) as JSON here.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print fresh valid tokens, one per line.
+    New {
+        #[arg(short = 'n', long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Check tokens given as arguments; exit 1 if any is invalid.
+    Check { tokens: Vec<String> },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Emit {
+    /// One JSON object per event on stdout.
+    Jsonl,
+    /// Only the summary.
+    None,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// What to write on stdout.
+    #[arg(long, value_enum, default_value = "none")]
+    emit: Emit,
+    /// BPF filter applied by libpcap.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Extra UDP ports carrying GTP-C (2123 always does).
+    #[arg(long = "gtpc-port")]
+    gtpc_ports: Vec<u16>,
+    /// Extra UDP ports carrying GTP-U (2152 always does).
+    #[arg(long = "gtpu-port")]
+    gtpu_ports: Vec<u16>,
+    /// Live sessions kept at most; new contexts beyond are refused and counted.
+    #[arg(long, default_value_t = 2_000_000)]
+    sessions_max: usize,
+    /// Sessions with no signalling and no traffic for this long (packet time) are ended.
+    #[arg(long, default_value_t = 86_400)]
+    session_idle_timeout_s: u64,
+    /// TCP flows tracked at most (for split tokens and retransmissions).
+    #[arg(long, default_value_t = 1_000_000)]
+    flows_max: usize,
+    /// Fragmented outer packets reassembled at once at most.
+    #[arg(long, default_value_t = 4096)]
+    fragments_max: usize,
+    /// Bytes of each packet scanned for tokens.
+    #[arg(long, default_value_t = 4096)]
+    scan_bytes_max: usize,
+}
+
+impl ProbeArgs {
+    fn probe(&self) -> Probe {
+        let mut config = Config::default();
+        config.gtpc_ports.extend(&self.gtpc_ports);
+        config.gtpu_ports.extend(&self.gtpu_ports);
+        config.sessions_max = self.sessions_max;
+        config.session_idle_timeout_s = self.session_idle_timeout_s;
+        config.flows_max = self.flows_max;
+        config.scan_bytes_max = self.scan_bytes_max;
+        let decoder = DecoderConfig { fragments_max: self.fragments_max, ..DecoderConfig::default() };
+        Probe::new(config, decoder)
+    }
+}
+
+/// Where events go: JSON lines on stdout, or nowhere.
+struct EventOut {
+    writer: Option<BufWriter<std::io::StdoutLock<'static>>>,
+    error: Option<std::io::Error>,
+}
+
+impl EventOut {
+    fn new(emit: Emit) -> EventOut {
+        let writer = (emit == Emit::Jsonl).then(|| BufWriter::with_capacity(1 << 16, std::io::stdout().lock()));
+        EventOut { writer, error: None }
+    }
+
+    fn write(&mut self, event: &gtpcharge_correlate::Event) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(writer) = &mut self.writer {
+            let line = jsonl::to_json(event).to_string();
+            if let Err(error) = writeln!(writer, "{line}") {
+                self.error = Some(error);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        if let Some(writer) = &mut self.writer {
+            if let Err(error) = writer.flush() {
+                self.error.get_or_insert(error);
+            }
+        }
+        match self.error {
+            // A closed pipe (`| head`) is the reader's choice, not a failure.
+            Some(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Some(error) => Err(error).context("writing events to stdout"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
+    // Open every file before writing anything: a bad name fails the run with nothing half-written.
+    let mut sources = Vec::with_capacity(files.len());
+    let mut total_bytes = 0u64;
+    for path in files {
+        sources.push(FileSource::open(path, args.filter.as_deref())?);
+        total_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    }
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(total_bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let mut probe = args.probe();
+    let mut out = EventOut::new(args.emit);
+    let mut all_read = true;
+    let mut position = 0u64;
+    for source in &mut sources {
+        if let Some(bar) = &progress {
+            bar.set_message(source.path().display().to_string());
+        }
+        loop {
+            match source.next_frame() {
+                Ok(Some(frame)) => {
+                    position += 16 + frame.data.len() as u64;
+                    probe.frame(&frame, |event| out.write(event));
+                    if probe.packets % 8192 == 0 {
+                        if let Some(bar) = &progress {
+                            bar.set_position(position);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // A file cut short mid-record (a capture killed while writing): keep what was read.
+                    if let Some(bar) = &progress {
+                        bar.suspend(|| eprintln!("gtpcharge: {error}"));
+                    } else {
+                        eprintln!("gtpcharge: {error}");
+                    }
+                    all_read = false;
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    out.finish()?;
+    eprint!("{}", probe.summary());
+    Ok(all_read)
+}
+
+fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the SIGINT/SIGTERM handler")?;
+    let mut source = LiveSource::open(&live)?;
+    let mut probe = args.probe();
+    let mut out = EventOut::new(args.emit);
+    eprintln!("gtpcharge: capturing on {} (stop with SIGINT or SIGTERM)", live.interface);
+    while !stop.load(Ordering::SeqCst) {
+        match source.next_frame()? {
+            Some(frame) => probe.frame(&frame, |event| out.write(event)),
+            None => continue,
+        }
+    }
+    out.finish()?;
+    let stats = source.stats()?;
+    eprint!("{}", probe.summary());
+    eprintln!(
+        "libpcap received {}  dropped {}  interface dropped {}",
+        stats.received, stats.dropped, stats.interface_dropped
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay { files, probe } => replay(&files, &probe),
+        Command::Capture { interface, snaplen, buffer_size, no_promiscuous, no_immediate, probe } => {
+            let live = LiveConfig {
+                interface,
+                snaplen,
+                buffer_size_bytes: buffer_size,
+                promiscuous: !no_promiscuous,
+                immediate: !no_immediate,
+                filter: probe.filter.clone(),
+                ..LiveConfig::default()
+            };
+            capture(live, &probe).map(|()| true)
+        }
+        Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
+        Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
+        Command::Generate { out, seed, subscribers, rounds, background, no_edge_cases, truth } => {
+            let scenario = gtpcharge_pcapgen::Scenario {
+                seed,
+                subscribers,
+                traffic_rounds: rounds,
+                background_per_round: background,
+                edge_cases: !no_edge_cases,
+            };
+            generate(&scenario, &out, truth.as_deref()).map(|()| true)
+        }
+    };
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(error) => {
+            eprintln!("gtpcharge: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn token_new(count: u32) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for _ in 0..count {
+        let token = gtpcharge_proto::Token::generate().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        writeln!(stdout, "{token}")?;
+    }
+    Ok(())
+}
+
+fn token_check(tokens: &[String]) -> bool {
+    let mut all_valid = true;
+    for text in tokens {
+        match text.parse::<gtpcharge_proto::Token>() {
+            Ok(token) => println!("{text}\tvalid\t{token}"),
+            Err(error) => {
+                println!("{text}\tinvalid\t{error}");
+                all_valid = false;
+            }
+        }
+    }
+    all_valid
+}
+
+fn generate(scenario: &gtpcharge_pcapgen::Scenario, out: &std::path::Path, truth_path: Option<&std::path::Path>) -> Result<()> {
+    let mut file = gtpcharge_pcapgen::PcapFile::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let truth = gtpcharge_pcapgen::generate(scenario, &mut file);
+    file.finish().with_context(|| format!("{}: write failed", out.display()))?;
+    if let Some(path) = truth_path {
+        let value = serde_json::json!({
+            "frames": truth.frames,
+            "sightings": truth.sightings.iter().map(|(t, m)| serde_json::json!({"token": t.to_string(), "msisdn": m})).collect::<Vec<_>>(),
+            "unattributed": truth.unattributed.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            "sessions_up": truth.sessions_up,
+            "sessions_down": truth.sessions_down,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&value)? + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    eprintln!("gtpcharge: wrote {} frames to {}", truth.frames, out.display());
+    if truth.sightings.is_empty() {
+        bail!("the scenario produced no sightings");
+    }
+    Ok(())
+}

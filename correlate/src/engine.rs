@@ -31,6 +31,9 @@ pub struct Config {
     /// A token seen again for the same subscriber within this window is not reported again.
     pub sighting_dedupe_window_s: u64,
     pub sighting_dedupe_max: usize,
+    /// How long the tunnel ends of an ended session stay marked (traffic on them is never attributed by
+    /// UE address during that time).
+    pub tombstone_s: u64,
 }
 
 impl Default for Config {
@@ -48,6 +51,7 @@ impl Default for Config {
             scan_bytes_max: 4096,
             sighting_dedupe_window_s: 600,
             sighting_dedupe_max: 1_000_000,
+            tombstone_s: 600,
         }
     }
 }
@@ -203,6 +207,7 @@ impl Correlator {
                 self.stats.note("gtpc-request-unanswered");
             }
             self.flows.expire(self.now_us.saturating_sub(self.config.flow_idle_timeout_s * 1_000_000));
+            self.sessions.expire_tombstones(self.now_us.saturating_sub(self.config.tombstone_s * 1_000_000));
             let dedupe_cutoff = self.now_us.saturating_sub(self.config.sighting_dedupe_window_s * 1_000_000);
             self.dedupe.retain(|_, seen| *seen >= dedupe_cutoff);
         }
@@ -304,7 +309,7 @@ impl Correlator {
                 let mut fields = fields;
                 if let (Some(linked), true) = (fields.linked_nsapi, header.teid != 0) {
                     // Secondary context: it inherits the subscriber of the primary it is linked to.
-                    match self.sessions.by_control(receiver, linked).and_then(|id| self.sessions.get(id)) {
+                    match self.sessions.by_control(receiver, linked, datagram.source.ip()).and_then(|id| self.sessions.get(id)) {
                         Some(primary) => {
                             fields.imsi = fields.imsi.or(Some(primary.imsi));
                             fields.msisdn = fields.msisdn.or(Some(primary.msisdn));
@@ -326,7 +331,7 @@ impl Correlator {
                     (_, _, Some(nsapi)) => vec![nsapi],
                 };
                 let sessions: Vec<u64> =
-                    nsapis.iter().filter_map(|nsapi| self.sessions.by_control(receiver, *nsapi)).collect();
+                    nsapis.iter().filter_map(|nsapi| self.sessions.by_control(receiver, *nsapi, datagram.source.ip())).collect();
                 if sessions.is_empty() {
                     return self.stats.note("gtpc-unknown-context");
                 }
@@ -427,7 +432,7 @@ impl Correlator {
         match header.message_type {
             CREATE_SESSION_REQUEST => self.pending_insert(key, PendingKind::CreateV2 { fields }),
             MODIFY_BEARER_REQUEST | DELETE_SESSION_REQUEST => {
-                let Some(session) = self.sessions.by_control(receiver, 0) else {
+                let Some(session) = self.sessions.by_control(receiver, 0, datagram.source.ip()) else {
                     return self.stats.note("gtpc-unknown-context");
                 };
                 let kind = if header.message_type == DELETE_SESSION_REQUEST {
@@ -535,7 +540,7 @@ impl Correlator {
                         == Some(datagram.destination.ip());
                     (id, if uplink { Direction::Uplink } else { Direction::Downlink })
                 });
-                self.on_user_packet(found, header.body, out);
+                self.on_user_packet(found, None, header.body, out);
             }
             CREATE_PDP_REQUEST => {
                 let mut fields = match gtpv0::control_fields(header.body) {
@@ -619,16 +624,24 @@ impl Correlator {
             return;
         }
         self.stats.g_pdus += 1;
-        let found = self.sessions.by_user(TunnelKey { address: datagram.destination.ip(), teid: header.teid });
-        self.on_user_packet(found, header.body, out);
+        let tunnel = TunnelKey { address: datagram.destination.ip(), teid: header.teid };
+        let found = self.sessions.by_user(tunnel);
+        self.on_user_packet(found, Some(tunnel), header.body, out);
     }
 
     /// One subscriber packet from a G-PDU; `found` is the tunnel's session, if the tunnel is known.
-    fn on_user_packet(&mut self, found: Option<(u64, Direction)>, inner: &[u8], out: &mut Vec<Event>) {
+    fn on_user_packet(
+        &mut self,
+        found: Option<(u64, Direction)>,
+        tunnel: Option<TunnelKey>,
+        inner: &[u8],
+        out: &mut Vec<Event>,
+    ) {
         let packet = match gtpu::inner_packet(inner) {
             Ok(packet) => packet,
             Err(error) => return self.stats.drop(error.reason()),
         };
+        let mut unattributed_reason = "unknown-tunnel";
         let attributed = match found {
             Some((id, direction)) => {
                 self.sessions.touch(id, self.now_us);
@@ -648,11 +661,17 @@ impl Correlator {
             }
             None => {
                 self.stats.note("g-pdu-unknown-tunnel");
-                self.sessions.by_ue_ip(packet.source).map(|id| {
-                    self.sessions.touch(id, self.now_us);
-                    self.stats.note("attributed-by-ue-ip");
-                    (id, Attribution::UeIp)
-                })
+                match self.fallback(tunnel, packet.source) {
+                    Ok(id) => {
+                        self.sessions.touch(id, self.now_us);
+                        self.stats.note("attributed-by-ue-ip");
+                        Some((id, Attribution::UeIp))
+                    }
+                    Err(reason) => {
+                        unattributed_reason = reason;
+                        None
+                    }
+                }
             }
         };
         let session_id = attributed.map_or(0, |(id, _)| id);
@@ -687,7 +706,27 @@ impl Correlator {
         let source = SocketAddr::new(packet.source, source_port);
         let destination = SocketAddr::new(packet.destination, destination_port);
         for (token, carrier) in found_tokens.into_iter().flatten() {
-            self.report(token, carrier, source, destination, attributed, out);
+            self.report(token, carrier, source, destination, attributed, unattributed_reason, out);
+        }
+    }
+
+    /// The UE-address fallback for a G-PDU on an unknown tunnel. It answers only when it cannot be
+    /// wrong: the tunnel is not one of an ended session, exactly one live session holds the address, and
+    /// that session's uplink tunnel ends at the same GSN address the packet was sent to.
+    fn fallback(&self, tunnel: Option<TunnelKey>, source: IpAddr) -> Result<u64, &'static str> {
+        if tunnel.is_some_and(|t| self.sessions.is_tombstone(t)) {
+            return Err("ended-tunnel");
+        }
+        let id = self.sessions.by_ue_ip(source).ok_or(if self.sessions.is_empty() { "no-live-session" } else { "unknown-tunnel" })?;
+        let same_gsn = match (tunnel, self.sessions.get(id).and_then(|s| s.core.user)) {
+            (Some(tunnel), Some(core)) => tunnel.address == core.address,
+            (None, _) => true, // GTPv0: no tunnel key, the TID lookup already failed
+            (Some(_), None) => false,
+        };
+        if same_gsn {
+            Ok(id)
+        } else {
+            Err("unknown-tunnel")
         }
     }
 
@@ -842,6 +881,7 @@ impl Correlator {
         source: SocketAddr,
         destination: SocketAddr,
         attributed: Option<(u64, Attribution)>,
+        unattributed_reason: &'static str,
         out: &mut Vec<Event>,
     ) {
         let session = attributed.and_then(|(id, how)| self.sessions.get(id).map(|s| (s, how)));
@@ -874,12 +914,11 @@ impl Correlator {
             }
             None => {
                 self.stats.unattributed += 1;
-                let reason = if self.sessions.is_empty() { "no-live-session" } else { "unknown-tunnel" };
                 out.push(Event::Unattributed(Unattributed {
                     ts_us: self.now_us,
                     token,
                     ue_ip: source.ip(),
-                    reason,
+                    reason: unattributed_reason,
                     carrier,
                     source,
                     destination,

@@ -100,11 +100,17 @@ struct IpOwners {
 /// Live sessions and their indices. Every index entry points at a live session.
 pub struct SessionTable {
     sessions: HashMap<u64, Session>,
-    by_control: HashMap<(TunnelKey, u8), u64>,
+    /// Control-plane keys are not unique across interfaces: a SGW may use one TEID on S11 and S5.
+    /// Each key keeps every session that uses it (a short list); lookups prefer the one whose peer sent.
+    by_control: HashMap<(TunnelKey, u8), Vec<u64>>,
     by_user: HashMap<TunnelKey, (u64, Direction)>,
     by_tid: HashMap<u64, u64>,
     by_ue_ip: HashMap<IpAddr, IpOwners>,
     apns: HashMap<Apn, Arc<str>>,
+    /// User-plane tunnel ends of sessions that ended, with when: traffic still arriving on them belongs
+    /// to nobody, and must not fall back to the UE address (which may already be someone else's).
+    tombstones: HashMap<TunnelKey, u64>,
+    tombstones_max: usize,
     next_id: u64,
     sessions_max: usize,
     apns_max: usize,
@@ -119,6 +125,8 @@ impl SessionTable {
             by_tid: HashMap::new(),
             by_ue_ip: HashMap::new(),
             apns: HashMap::new(),
+            tombstones: HashMap::new(),
+            tombstones_max: 262_144,
             next_id: 1,
             sessions_max,
             apns_max: 4096,
@@ -154,8 +162,17 @@ impl SessionTable {
         Some(name)
     }
 
-    pub fn by_control(&self, key: TunnelKey, nsapi: u8) -> Option<u64> {
-        self.by_control.get(&(key, nsapi)).copied()
+    /// The session a control message sent to `key` by `peer` is about: among the sessions using that
+    /// key, the one whose other side is `peer`, else the most recent.
+    pub fn by_control(&self, key: TunnelKey, nsapi: u8, peer: IpAddr) -> Option<u64> {
+        let ids = self.by_control.get(&(key, nsapi))?;
+        let peer_matches = |id: &&u64| {
+            self.sessions.get(id).is_some_and(|s| {
+                let other = if s.access.control == Some(key) { s.core.control } else { s.access.control };
+                other.is_some_and(|o| o.address == peer)
+            })
+        };
+        ids.iter().find(peer_matches).or(ids.last()).copied()
     }
 
     pub fn by_user(&self, key: TunnelKey) -> Option<(u64, Direction)> {
@@ -207,15 +224,20 @@ impl SessionTable {
         let (access, core, nsapi, tid) = (session.access, session.core, session.nsapi, session.tid);
         let mut displaced_ids = Vec::new();
         for control in [access.control, core.control].into_iter().flatten() {
-            if let Some(old) = self.by_control.insert((control, nsapi), id) {
-                if old != id {
-                    displaced_ids.push(old);
-                }
+            let ids = self.by_control.entry((control, nsapi)).or_default();
+            if !ids.contains(&id) {
+                ids.push(id);
             }
         }
-        let users = [(access.user, Direction::Downlink), (core.user, Direction::Uplink)];
+        // GTPv0 user traffic is keyed by its TID (port 3386), not by GTPv1 tunnel ends.
+        let users = if tid.is_some() {
+            [(None, Direction::Downlink), (None, Direction::Uplink)]
+        } else {
+            [(access.user, Direction::Downlink), (core.user, Direction::Uplink)]
+        };
         for (key, direction) in users {
             if let Some(key) = key {
+                self.tombstones.remove(&key);
                 if let Some((old, _)) = self.by_user.insert(key, (id, direction)) {
                     if old != id {
                         displaced_ids.push(old);
@@ -244,11 +266,7 @@ impl SessionTable {
         let nsapi = session.nsapi;
         // Drop the old keys that pointed here, then index the new ones.
         for control in [before.0.control, before.1.control].into_iter().flatten() {
-            if let Entry::Occupied(entry) = self.by_control.entry((control, nsapi)) {
-                if *entry.get() == id {
-                    entry.remove();
-                }
-            }
+            self.unindex_control(control, nsapi, id);
         }
         for user in [before.0.user, before.1.user].into_iter().flatten() {
             if let Entry::Occupied(entry) = self.by_user.entry(user) {
@@ -260,20 +278,41 @@ impl SessionTable {
         self.index(id)
     }
 
-    /// Removes a session and every index entry that points at it.
+    /// Whether this tunnel end belonged to a session that ended (and the mark has not expired).
+    pub fn is_tombstone(&self, key: TunnelKey) -> bool {
+        self.tombstones.contains_key(&key)
+    }
+
+    /// Forgets tunnel ends of sessions that ended before `cutoff_us`.
+    pub fn expire_tombstones(&mut self, cutoff_us: u64) {
+        self.tombstones.retain(|_, ended| *ended >= cutoff_us);
+    }
+
+    fn unindex_control(&mut self, control: TunnelKey, nsapi: u8, id: u64) {
+        if let Entry::Occupied(mut entry) = self.by_control.entry((control, nsapi)) {
+            entry.get_mut().retain(|other| *other != id);
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+    }
+
+    /// Removes a session and every index entry that points at it; its user-plane tunnel ends are
+    /// remembered as tombstones (bounded: when full, no new marks are kept and the fallback stays off
+    /// only by the TEID lookup failing, see `Correlator`).
     pub fn remove(&mut self, id: u64) -> Option<Session> {
         let session = self.sessions.remove(&id)?;
         for control in [session.access.control, session.core.control].into_iter().flatten() {
-            if let Entry::Occupied(entry) = self.by_control.entry((control, session.nsapi)) {
-                if *entry.get() == id {
-                    entry.remove();
-                }
-            }
+            self.unindex_control(control, session.nsapi, id);
         }
         for user in [session.access.user, session.core.user].into_iter().flatten() {
             if let Entry::Occupied(entry) = self.by_user.entry(user) {
+                // A key another session has taken over is that session's now: no tombstone for it.
                 if entry.get().0 == id {
                     entry.remove();
+                    if self.tombstones.len() < self.tombstones_max {
+                        self.tombstones.insert(user, session.last_seen_us);
+                    }
                 }
             }
         }

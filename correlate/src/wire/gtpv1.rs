@@ -235,8 +235,9 @@ impl ControlFields {
             match ie_type {
                 1 => fields.cause = value.first().copied(),
                 2 => fields.imsi = Tbcd::from_wire(value),
-                16 => fields.teid_data = be_u32(value, 0),
-                17 => fields.teid_control = be_u32(value, 0),
+                // GTPv0 carries 2-byte flow labels under the same types; they play the TEIDs' part.
+                16 => fields.teid_data = be_u32(value, 0).or(be_u16(value, 0).map(u32::from)),
+                17 => fields.teid_control = be_u32(value, 0).or(be_u16(value, 0).map(u32::from)),
                 19 => fields.teardown = value.first().is_some_and(|b| b & 1 == 1),
                 // NSAPI: low 4 bits. A second NSAPI IE is the Linked NSAPI of a secondary context.
                 20 => {

@@ -183,7 +183,9 @@ pub struct ControlFields {
     pub apn: Option<Apn>,
     pub ue_ipv4: Option<std::net::Ipv4Addr>,
     pub ue_ipv6: Option<std::net::Ipv6Addr>,
-    /// The sender's control-plane F-TEID (top-level F-TEID, instance 0).
+    /// The sender's control-plane F-TEID: the top-level F-TEID of instance 0 (TS 29.274), or, when a
+    /// message has none (some PGWs send only instance 1, "PGW S5/S8 F-TEID for control plane"), the first
+    /// top-level F-TEID.
     pub sender_control: Option<FTeid>,
     /// The EBI of the first bearer context (the default bearer of a Create Session).
     pub ebi: Option<u8>,
@@ -203,7 +205,12 @@ impl ControlFields {
                 (ie::MEI, _) => fields.mei = Tbcd::from_wire(ie.value),
                 (ie::MSISDN, _) => fields.msisdn = Tbcd::from_wire(ie.value),
                 (ie::PAA, _) => fields.read_paa(ie.value)?,
-                (ie::F_TEID, 0) => fields.sender_control = Some(FTeid::parse(ie.value)?),
+                (ie::F_TEID, instance) => {
+                    let fteid = FTeid::parse(ie.value)?;
+                    if instance == 0 || fields.sender_control.is_none() {
+                        fields.sender_control = Some(fteid);
+                    }
+                }
                 (ie::BEARER_CONTEXT, _) => fields.read_bearer_context(ie.value)?,
                 _ => {}
             }

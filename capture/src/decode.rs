@@ -1,0 +1,243 @@
+//! From a link-layer frame to a UDP datagram.
+//!
+//! The link walk is ours (a few fixed offsets, with any number of VLAN tags and MPLS labels, bounded);
+//! IPv4, IPv6 with its extension headers, and UDP are etherparse's borrowed slices. A frame that is not
+//! UDP over IP, or is malformed, yields a counter reason; nothing here panics on any input.
+use crate::reassembly::{FragmentKey, Outcome, Reassembler};
+use etherparse::{IpNumber, IpSlice, UdpSlice};
+use std::net::{IpAddr, SocketAddr};
+
+/// libpcap DLT values this decoder reads.
+pub mod linktype {
+    pub const NULL: i32 = 0;
+    pub const ETHERNET: i32 = 1;
+    pub const RAW: i32 = 12;
+    pub const RAW_OPENBSD: i32 = 14;
+    pub const RAW_LINKTYPE: i32 = 101;
+    pub const LOOP: i32 = 108;
+    pub const LINUX_SLL: i32 = 113;
+    pub const IPV4: i32 = 228;
+    pub const IPV6: i32 = 229;
+    pub const LINUX_SLL2: i32 = 276;
+}
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86DD;
+const ETHERTYPE_VLAN: [u16; 4] = [0x8100, 0x88A8, 0x9100, 0x9200];
+const ETHERTYPE_MPLS: [u16; 2] = [0x8847, 0x8848];
+/// VLAN tags and MPLS labels walked before a frame is refused.
+pub const LINK_TAGS_MAX: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecoderConfig {
+    pub fragments_max: usize,
+    pub fragment_timeout_ms: u64,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig { fragments_max: 4096, fragment_timeout_ms: 2_000 }
+    }
+}
+
+/// A UDP datagram, borrowed from the frame or from the decoder's reassembly buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Udp<'a> {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub payload: &'a [u8],
+}
+
+pub struct Decoder {
+    reassembler: Reassembler,
+    reassembled: Vec<u8>,
+    reported_timeouts: u64,
+}
+
+fn be16(data: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*data.get(at)?, *data.get(at + 1)?]))
+}
+
+/// The network-layer bytes of a frame and whether they are IPv4 or IPv6 (by ethertype or version nibble).
+fn network_layer(linktype: i32, data: &[u8]) -> Result<&[u8], &'static str> {
+    let (mut ethertype, mut rest) = match linktype {
+        linktype::ETHERNET => (be16(data, 12).ok_or("link-truncated")?, data.get(14..).ok_or("link-truncated")?),
+        linktype::LINUX_SLL => (be16(data, 14).ok_or("link-truncated")?, data.get(16..).ok_or("link-truncated")?),
+        linktype::LINUX_SLL2 => (be16(data, 0).ok_or("link-truncated")?, data.get(20..).ok_or("link-truncated")?),
+        linktype::RAW | linktype::RAW_OPENBSD | linktype::RAW_LINKTYPE | linktype::IPV4 | linktype::IPV6 => {
+            return Ok(data)
+        }
+        linktype::NULL | linktype::LOOP => {
+            // A 4-byte address family, in the capturing host's byte order (NULL) or network order (LOOP).
+            return data.get(4..).ok_or("link-truncated");
+        }
+        _ => return Err("link-type-unsupported"),
+    };
+    for _ in 0..LINK_TAGS_MAX {
+        if ETHERTYPE_VLAN.contains(&ethertype) {
+            ethertype = be16(rest, 2).ok_or("link-truncated")?;
+            rest = rest.get(4..).ok_or("link-truncated")?;
+        } else if ETHERTYPE_MPLS.contains(&ethertype) {
+            let label = rest.get(..4).ok_or("link-truncated")?;
+            let bottom_of_stack = label.get(2).is_some_and(|b| b & 1 == 1);
+            rest = rest.get(4..).ok_or("link-truncated")?;
+            if bottom_of_stack {
+                return Ok(rest); // IP by its version nibble
+            }
+        } else {
+            break;
+        }
+    }
+    match ethertype {
+        ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => Ok(rest),
+        t if ETHERTYPE_VLAN.contains(&t) || ETHERTYPE_MPLS.contains(&t) => Err("link-too-many-tags"),
+        _ => Err("not-ip"),
+    }
+}
+
+impl Decoder {
+    pub fn new(config: &DecoderConfig) -> Decoder {
+        Decoder {
+            reassembler: Reassembler::new(config.fragments_max, config.fragment_timeout_ms * 1000),
+            reassembled: Vec::new(),
+            reported_timeouts: 0,
+        }
+    }
+
+    /// Fragmented packets dropped for timing out since the last call.
+    pub fn take_fragment_timeouts(&mut self) -> u64 {
+        let new = self.reassembler.timed_out - self.reported_timeouts;
+        self.reported_timeouts = self.reassembler.timed_out;
+        new
+    }
+
+    /// Decodes one frame. `Ok(None)`: a fragment was held for reassembly. `Err(reason)`: dropped.
+    pub fn decode<'a>(&'a mut self, linktype: i32, ts_us: u64, data: &'a [u8]) -> Result<Option<Udp<'a>>, &'static str> {
+        let network = network_layer(linktype, data)?;
+        let ip = IpSlice::from_slice(network).map_err(|_| "ip-malformed")?;
+        let (source, destination) = (ip.source_addr(), ip.destination_addr());
+        let protocol = ip.payload_ip_number();
+        if protocol != IpNumber::UDP {
+            return Err(if protocol == IpNumber::TCP { "not-udp-tcp" } else { "not-udp" });
+        }
+        if ip.is_fragmenting_payload() {
+            let (identification, offset, more) = match &ip {
+                IpSlice::Ipv4(v4) => {
+                    let h = v4.header();
+                    (u32::from(h.identification()), h.fragments_offset(), h.more_fragments())
+                }
+                IpSlice::Ipv6(v6) => {
+                    let fragment = v6
+                        .extensions()
+                        .clone()
+                        .into_iter()
+                        .find_map(|ext| match ext {
+                            etherparse::Ipv6ExtensionSlice::Fragment(f) => Some(f.to_header()),
+                            _ => None,
+                        })
+                        .ok_or("ip-malformed")?;
+                    (fragment.identification, fragment.fragment_offset, fragment.more_fragments)
+                }
+            };
+            let key = FragmentKey { source, destination, identification, protocol: protocol.0 };
+            let payload = ip.payload().payload;
+            return match self.reassembler.add(ts_us, key, offset, more, payload)? {
+                Outcome::Held => Ok(None),
+                Outcome::Complete(whole) => {
+                    let previous = std::mem::replace(&mut self.reassembled, whole);
+                    self.reassembler.recycle(previous);
+                    udp(source, destination, &self.reassembled).map(Some)
+                }
+            };
+        }
+        udp(source, destination, ip.payload().payload).map(Some)
+    }
+}
+
+fn udp(source: IpAddr, destination: IpAddr, transport: &[u8]) -> Result<Udp<'_>, &'static str> {
+    let udp = UdpSlice::from_slice(transport).map_err(|_| "udp-malformed")?;
+    Ok(Udp {
+        source: SocketAddr::new(source, udp.source_port()),
+        destination: SocketAddr::new(destination, udp.destination_port()),
+        payload: udp.payload(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn udp_frame(vlans: usize) -> Vec<u8> {
+        let mut inner = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(2152, 2152).write(&mut inner, b"gtp").unwrap();
+        let mut frame = vec![0u8; 12];
+        for _ in 0..vlans {
+            frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x0A]);
+        }
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&inner);
+        frame
+    }
+
+    #[test]
+    fn ethernet_with_any_number_of_tags() {
+        let mut decoder = Decoder::new(&DecoderConfig::default());
+        for vlans in 0..=3 {
+            let frame = udp_frame(vlans);
+            let udp = decoder.decode(linktype::ETHERNET, 0, &frame).unwrap().unwrap();
+            assert_eq!((udp.destination.port(), udp.payload), (2152, &b"gtp"[..]));
+        }
+        assert_eq!(decoder.decode(linktype::ETHERNET, 0, &udp_frame(9)), Err("link-too-many-tags"));
+    }
+
+    #[test]
+    fn every_truncation_is_a_reason() {
+        let mut decoder = Decoder::new(&DecoderConfig::default());
+        let frame = udp_frame(2);
+        for cut in 0..frame.len() {
+            assert!(decoder.decode(linktype::ETHERNET, 0, &frame[..cut]).is_err(), "cut {cut}");
+        }
+        assert_eq!(decoder.decode(999, 0, &frame), Err("link-type-unsupported"));
+    }
+
+    #[test]
+    fn sll2_and_raw() {
+        let mut decoder = Decoder::new(&DecoderConfig::default());
+        let ip = &udp_frame(0)[14..];
+        let mut sll2 = vec![0x08, 0x00];
+        sll2.extend_from_slice(&[0; 18]);
+        sll2.extend_from_slice(ip);
+        assert!(decoder.decode(linktype::LINUX_SLL2, 0, &sll2).unwrap().is_some());
+        assert!(decoder.decode(linktype::RAW, 0, ip).unwrap().is_some());
+    }
+
+    #[test]
+    fn fragmented_ipv4_is_reassembled() {
+        // A 1600-byte UDP payload in two fragments, as on Gn.
+        let payload = vec![0x5Au8; 1600];
+        let mut whole = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(2152, 2152).write(&mut whole, &payload).unwrap();
+        let transport = &whole[20..];
+        let mut header = etherparse::Ipv4Header::from_slice(&whole).unwrap().0;
+        header.identification = 77;
+        let split = 1000;
+        let mut frames = Vec::new();
+        for (start, end, more) in [(0, split, true), (split, transport.len(), false)] {
+            let mut h = header.clone();
+            h.more_fragments = more;
+            h.fragment_offset = etherparse::IpFragOffset::try_new((start / 8) as u16).unwrap();
+            h.set_payload_len(end - start).unwrap();
+            h.header_checksum = h.calc_header_checksum();
+            let mut frame = vec![0u8; 12];
+            frame.extend_from_slice(&[0x08, 0x00]);
+            frame.extend_from_slice(&h.to_bytes());
+            frame.extend_from_slice(&transport[start..end]);
+            frames.push(frame);
+        }
+        let mut decoder = Decoder::new(&DecoderConfig::default());
+        assert_eq!(decoder.decode(linktype::ETHERNET, 0, &frames[1]), Ok(None));
+        let udp = decoder.decode(linktype::ETHERNET, 1, &frames[0]).unwrap().unwrap();
+        assert_eq!(udp.payload, &payload[..]);
+    }
+}

@@ -1,0 +1,121 @@
+//! The probe loop shared by `replay` and `capture`: frames → decode → correlate → events, with the
+//! counters the summary prints. Single-threaded: one core keeps up with the committed and generated
+//! captures; the multi-worker pipeline is issue #4's.
+use gtpcharge_capture::{Decoder, DecoderConfig, Frame};
+use gtpcharge_correlate::{Config, Correlator, Datagram, Event};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+pub struct Probe {
+    decoder: Decoder,
+    pub correlator: Correlator,
+    events: Vec<Event>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub fragments_held: u64,
+    pub started: Instant,
+}
+
+impl Probe {
+    pub fn new(config: Config, decoder: DecoderConfig) -> Probe {
+        Probe {
+            decoder: Decoder::new(&decoder),
+            correlator: Correlator::new(config),
+            events: Vec::with_capacity(64),
+            packets: 0,
+            bytes: 0,
+            fragments_held: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Processes one frame; hands each resulting event to `emit`.
+    pub fn frame(&mut self, frame: &Frame<'_>, mut emit: impl FnMut(&Event)) {
+        self.packets += 1;
+        self.bytes += u64::from(frame.wire_len);
+        match self.decoder.decode(frame.linktype, frame.ts_us, frame.data) {
+            Ok(Some(udp)) => {
+                let datagram =
+                    Datagram { ts_us: frame.ts_us, source: udp.source, destination: udp.destination, payload: udp.payload };
+                self.correlator.on_datagram(&datagram, &mut self.events);
+            }
+            Ok(None) => self.fragments_held += 1,
+            Err(reason) => self.correlator.count_drop(reason),
+        }
+        for _ in 0..self.decoder.take_fragment_timeouts() {
+            self.correlator.count_drop("fragment-timeout");
+        }
+        for event in self.events.drain(..) {
+            emit(&event);
+        }
+    }
+
+    /// The human summary printed on stderr at the end.
+    pub fn summary(&self) -> String {
+        let stats = self.correlator.stats();
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line(format!(
+            "packets {}  bytes {}  elapsed {:.3}s  {:.0} packets/s  {:.3} Gbit/s",
+            self.packets,
+            self.bytes,
+            elapsed,
+            self.packets as f64 / elapsed,
+            self.bytes as f64 * 8.0 / elapsed / 1e9
+        ));
+        let names: BTreeMap<String, u64> = stats
+            .gtpc_messages
+            .iter()
+            .map(|((version, kind), count)| (format!("v{version} {}", message_name(*version, *kind)), *count))
+            .collect();
+        line(format!("gtp-c messages {}", join(&names)));
+        line(format!("g-pdus {}  other gtp-u {}", stats.g_pdus, stats.gtpu_messages.values().sum::<u64>()));
+        line(format!(
+            "sessions up {}  updated {}  down {}  live at end {}",
+            stats.sessions_up,
+            stats.sessions_updated,
+            stats.sessions_down,
+            self.correlator.sessions().len()
+        ));
+        line(format!("sightings {}  unattributed {}", stats.sightings, stats.unattributed));
+        let drops: u64 = stats.drops.values().sum();
+        line(format!("drops {drops} {}", join(&stats.drops)));
+        line(format!("notes {}", join(&stats.notes)));
+        out
+    }
+}
+
+fn join<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
+    if map.is_empty() {
+        return "(none)".into();
+    }
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("[{}]", parts.join(" "))
+}
+
+fn message_name(version: u8, kind: u8) -> String {
+    let name = match (version, kind) {
+        (0 | 1, 1) | (2, 1) => "echo-request",
+        (0 | 1, 2) | (2, 2) => "echo-response",
+        (0 | 1, 16) => "create-pdp-request",
+        (0 | 1, 17) => "create-pdp-response",
+        (0 | 1, 18) => "update-pdp-request",
+        (0 | 1, 19) => "update-pdp-response",
+        (0 | 1, 20) => "delete-pdp-request",
+        (0 | 1, 21) => "delete-pdp-response",
+        (0 | 1, 26) => "error-indication",
+        (0, 255) => "g-pdu",
+        (2, 32) => "create-session-request",
+        (2, 33) => "create-session-response",
+        (2, 34) => "modify-bearer-request",
+        (2, 35) => "modify-bearer-response",
+        (2, 36) => "delete-session-request",
+        (2, 37) => "delete-session-response",
+        _ => return format!("type-{kind}"),
+    };
+    name.into()
+}
