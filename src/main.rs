@@ -208,29 +208,22 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
         if let Some(bar) = &progress {
             bar.set_message(source.path().display().to_string());
         }
-        loop {
-            match source.next_frame() {
-                Ok(Some(frame)) => {
-                    position += 16 + frame.data.len() as u64;
-                    probe.frame(&frame, |event| out.write(event));
-                    if probe.packets % 8192 == 0 {
-                        if let Some(bar) = &progress {
-                            bar.set_position(position);
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    // A file cut short mid-record (a capture killed while writing): keep what was read.
-                    if let Some(bar) = &progress {
-                        bar.suspend(|| eprintln!("gtpcharge: {error}"));
-                    } else {
-                        eprintln!("gtpcharge: {error}");
-                    }
-                    all_read = false;
-                    break;
+        let result = source.for_each(|frame| {
+            position += 16 + frame.data.len() as u64;
+            probe.frame(frame, |event| out.write(event));
+            if probe.packets % 8192 == 0 {
+                if let Some(bar) = &progress {
+                    bar.set_position(position);
                 }
             }
+        });
+        if let Err(error) = result {
+            // A file cut short mid-record (a capture killed while writing): keep what was read, go on.
+            match &progress {
+                Some(bar) => bar.suspend(|| eprintln!("gtpcharge: {error}")),
+                None => eprintln!("gtpcharge: {error}"),
+            }
+            all_read = false;
         }
     }
     if let Some(bar) = progress {

@@ -33,11 +33,94 @@ fn timestamp_us(header: &pcap::PacketHeader) -> u64 {
 }
 
 /// One capture file, read in order.
+///
+/// libpcap reads it. One case libpcap (1.10) refuses and Wireshark reads: a pcapng file whose interfaces
+/// differ in snap length or link type ("an interface has a snapshot length ... different from the first
+/// interface"). For that case only, reading continues with the pure-Rust pcapng parser of the
+/// `pcap-file` crate from where libpcap stopped, with the BPF filter still compiled and run by libpcap.
 pub struct FileSource {
     path: PathBuf,
-    capture: pcap::Capture<pcap::Offline>,
-    linktype: i32,
+    filter: Option<String>,
+    backend: Backend,
+    /// Packets delivered so far (to resume after a switch of backend).
+    delivered: u64,
 }
+
+enum Backend {
+    Libpcap { capture: pcap::Capture<pcap::Offline>, linktype: i32 },
+    PcapNg(Box<PcapNgFallback>),
+}
+
+struct PcapNgFallback {
+    reader: pcap_file::pcapng::PcapNgReader<std::io::BufReader<std::fs::File>>,
+    /// Per interface: link type, timestamp ticks per second, the filter compiled for that link type.
+    interfaces: Vec<(i32, u64, Option<pcap::BpfProgram>)>,
+    data: Vec<u8>,
+    filter: Option<String>,
+}
+
+impl PcapNgFallback {
+    /// The next packet that passes the filter; `None` at the end.
+    fn next(&mut self, path: &Path) -> Result<Option<Frame<'_>>, CaptureError> {
+        use pcap_file::pcapng::Block;
+        let read_error = |message: String| CaptureError::Read { path: path.into(), message };
+        // Bounded by the file: every turn consumes one block.
+        loop {
+            let Some(block) = self.reader.next_block() else { return Ok(None) };
+            let block = block.map_err(|e| read_error(format!("pcapng: {e}")))?;
+            let (interface, ticks, wire_len) = match block {
+                Block::SectionHeader(_) => {
+                    self.interfaces.clear();
+                    continue;
+                }
+                Block::InterfaceDescription(idb) => {
+                    let linktype = i32::try_from(u32::from(idb.linktype)).unwrap_or(-1);
+                    let resolution = idb.options.iter().find_map(|o| match o {
+                        pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+                        _ => None,
+                    });
+                    let per_second = match resolution {
+                        Some(r) if r & 0x80 != 0 => 1u64.checked_shl(u32::from(r & 0x7F)).unwrap_or(0),
+                        Some(r) => 10u64.checked_pow(u32::from(r)).unwrap_or(0),
+                        None => 1_000_000,
+                    };
+                    let program = match &self.filter {
+                        Some(filter) => Some(
+                            pcap::Capture::dead(pcap::Linktype(linktype))
+                                .and_then(|dead| dead.compile(filter, true))
+                                .map_err(|e| read_error(format!("BPF filter: {e}")))?,
+                        ),
+                        None => None,
+                    };
+                    self.interfaces.push((linktype, per_second, program));
+                    continue;
+                }
+                Block::EnhancedPacket(epb) => {
+                    self.data.clear();
+                    self.data.extend_from_slice(&epb.data);
+                    (epb.interface_id as usize, epb.timestamp.as_nanos() as u64, epb.original_len)
+                }
+                Block::SimplePacket(spb) => {
+                    self.data.clear();
+                    self.data.extend_from_slice(&spb.data);
+                    (0, 0, spb.original_len)
+                }
+                _ => continue,
+            };
+            let Some((linktype, per_second, program)) = self.interfaces.get(interface) else {
+                return Err(read_error(format!("pcapng: packet on undeclared interface {interface}")));
+            };
+            if program.as_ref().is_some_and(|p| !p.filter(&self.data)) {
+                continue;
+            }
+            // `ticks` is the raw 64-bit timestamp in the interface's resolution.
+            let ts_us = if *per_second == 0 { 0 } else { (u128::from(ticks) * 1_000_000 / u128::from(*per_second)) as u64 };
+            return Ok(Some(Frame { ts_us, wire_len, linktype: *linktype, data: &self.data }));
+        }
+    }
+}
+
+const PCAPNG_MAGIC: [u8; 4] = [0x0A, 0x0D, 0x0D, 0x0A];
 
 impl FileSource {
     pub fn open(path: &Path, filter: Option<&str>) -> Result<FileSource, CaptureError> {
@@ -61,25 +144,79 @@ impl FileSource {
             })?;
         }
         let linktype = capture.get_datalink().0;
-        Ok(FileSource { path: path.into(), capture, linktype })
+        Ok(FileSource {
+            path: path.into(),
+            filter: filter.map(str::to_owned),
+            backend: Backend::Libpcap { capture, linktype },
+            delivered: 0,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The next frame, `Ok(None)` at the end of the file.
-    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, CaptureError> {
-        match self.capture.next_packet() {
-            Ok(packet) => Ok(Some(Frame {
-                ts_us: timestamp_us(packet.header),
-                wire_len: packet.header.len,
-                linktype: self.linktype,
-                data: packet.data,
-            })),
-            Err(pcap::Error::NoMorePackets) => Ok(None),
-            Err(error) => Err(CaptureError::Read { path: self.path.clone(), message: error.to_string() }),
+    /// Calls `each` for every frame of the file, in order. Returns the number of frames; an error
+    /// names the file (frames before it were delivered).
+    pub fn for_each(&mut self, mut each: impl FnMut(&Frame<'_>)) -> Result<u64, CaptureError> {
+        loop {
+            match self.next_frame() {
+                Ok(Some(frame)) => each(&frame),
+                Ok(None) => return Ok(self.delivered),
+                Err(error) => {
+                    let Backend::Libpcap { .. } = self.backend else { return Err(error) };
+                    if !self.is_pcapng() {
+                        return Err(error);
+                    }
+                    let fallback = self.fallback(&error)?;
+                    self.backend = Backend::PcapNg(Box::new(fallback));
+                }
+            }
         }
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>, CaptureError> {
+        let path = &self.path;
+        let frame = match &mut self.backend {
+            Backend::Libpcap { capture, linktype } => match capture.next_packet() {
+                Ok(packet) => Some(Frame {
+                    ts_us: timestamp_us(packet.header),
+                    wire_len: packet.header.len,
+                    linktype: *linktype,
+                    data: packet.data,
+                }),
+                Err(pcap::Error::NoMorePackets) => None,
+                Err(error) => return Err(CaptureError::Read { path: path.clone(), message: error.to_string() }),
+            },
+            Backend::PcapNg(fallback) => fallback.next(path)?,
+        };
+        if frame.is_some() {
+            self.delivered += 1;
+        }
+        Ok(frame)
+    }
+
+    fn is_pcapng(&self) -> bool {
+        let mut magic = [0u8; 4];
+        std::fs::File::open(&self.path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok_and(|()| magic == PCAPNG_MAGIC)
+    }
+
+    /// Opens the pcapng parser and skips the packets libpcap already delivered.
+    fn fallback(&self, libpcap_error: &CaptureError) -> Result<PcapNgFallback, CaptureError> {
+        let read_error = |message: String| CaptureError::Read { path: self.path.clone(), message };
+        let file = std::fs::File::open(&self.path).map_err(|e| read_error(e.to_string()))?;
+        let reader = pcap_file::pcapng::PcapNgReader::new(std::io::BufReader::new(file))
+            .map_err(|e| read_error(format!("{libpcap_error}; pcapng parser: {e}")))?;
+        let mut fallback =
+            PcapNgFallback { reader, interfaces: Vec::new(), data: Vec::new(), filter: self.filter.clone() };
+        for _ in 0..self.delivered {
+            if fallback.next(&self.path)?.is_none() {
+                break;
+            }
+        }
+        Ok(fallback)
     }
 }
 

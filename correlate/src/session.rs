@@ -75,11 +75,19 @@ impl Session {
         }
     }
 
+    /// The uplink TEID (0 when unknown, and for GTPv0, whose flow labels are not TEIDs).
     pub fn teid_up(&self) -> u32 {
+        if self.tid.is_some() {
+            return 0;
+        }
         self.core.user.map_or(0, |k| k.teid)
     }
 
+    /// The downlink TEID (0 when unknown, and for GTPv0).
     pub fn teid_down(&self) -> u32 {
+        if self.tid.is_some() {
+            return 0;
+        }
         self.access.user.map_or(0, |k| k.teid)
     }
 

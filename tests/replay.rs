@@ -1,0 +1,131 @@
+//! The probe end to end on generated captures: the real binary replays a pcap written through libpcap
+//! and its events are checked against the generator's truth (what the capture means), plus the
+//! committed sample against its committed expected events (a snapshot).
+mod common;
+
+use common::{gtpcharge, of_kind, replay};
+use gtpcharge_pcapgen::{generate, PcapFile, Scenario};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn write_capture(dir: &Path, scenario: &Scenario) -> (std::path::PathBuf, gtpcharge_pcapgen::Truth) {
+    let path = dir.join(format!("gen-{}.pcap", scenario.seed));
+    let mut file = PcapFile::create(&path).unwrap();
+    let truth = generate(scenario, &mut file);
+    file.finish().unwrap();
+    (path, truth)
+}
+
+#[test]
+fn every_token_is_attributed_to_the_subscriber_that_sent_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in [1, 2, 3] {
+        let scenario = Scenario { seed, subscribers: 40, traffic_rounds: 3, background_per_round: 1, edge_cases: true };
+        let (path, truth) = write_capture(dir.path(), &scenario);
+        let (events, summary, code) = replay(&[&path]);
+        assert_eq!(code, 0, "{summary}");
+        let sightings: BTreeSet<(String, String)> = of_kind(&events, "sighting")
+            .iter()
+            .map(|e| (e["token"].as_str().unwrap().to_owned(), e["msisdn"].as_str().unwrap().to_owned()))
+            .collect();
+        let expected: BTreeSet<(String, String)> =
+            truth.sightings.iter().map(|(t, m)| (t.to_string(), m.clone())).collect();
+        assert_eq!(sightings, expected, "seed {seed}: sightings differ from the generator's truth");
+        assert_eq!(of_kind(&events, "sighting").len(), expected.len(), "seed {seed}: a token was reported twice");
+        let unattributed: BTreeSet<String> =
+            of_kind(&events, "unattributed").iter().map(|e| e["token"].as_str().unwrap().to_owned()).collect();
+        let expected_unattributed: BTreeSet<String> = truth.unattributed.iter().map(|t| t.to_string()).collect();
+        assert_eq!(unattributed, expected_unattributed, "seed {seed}");
+        let ups: Vec<&str> = of_kind(&events, "session_up").iter().map(|e| e["msisdn"].as_str().unwrap()).collect();
+        assert_eq!(ups.len(), truth.sessions_up.len(), "seed {seed}");
+        let deleted: Vec<&str> = of_kind(&events, "session_down")
+            .iter()
+            .filter(|e| e["reason"] == "deleted")
+            .map(|e| e["msisdn"].as_str().unwrap())
+            .collect();
+        assert_eq!(deleted.len(), truth.sessions_down.len(), "seed {seed}");
+        // Malformed packets are counted by reason, not lost silently.
+        assert!(summary.contains("gtpc-unknown-tv-ie=1"), "{summary}");
+        assert!(summary.contains("gtpu-zero-length-extension=1"), "{summary}");
+    }
+}
+
+#[test]
+fn replaying_two_files_in_a_row_is_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, truth_a) = write_capture(dir.path(), &Scenario { seed: 11, ..Scenario::sample() });
+    let (events_one, _, _) = replay(&[&a]);
+    let (events_two, summary, code) = replay(&[&a, &a]);
+    assert_eq!(code, 0);
+    // The second pass repeats sessions and tokens: tokens are suppressed as duplicates per subscriber.
+    assert_eq!(of_kind(&events_two, "sighting").len(), truth_a.sightings.len(), "{summary}");
+    assert!(of_kind(&events_two, "session_up").len() > of_kind(&events_one, "session_up").len());
+}
+
+#[test]
+fn committed_sample_matches_its_expected_events() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sample = root.join("pcaps/sample.pcap");
+    let expected = std::fs::read_to_string(root.join("pcaps/sample.expected.jsonl")).unwrap();
+    let output = gtpcharge(&["replay", "--emit", "jsonl", sample.to_str().unwrap()]);
+    assert!(output.status.success());
+    let actual = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        actual, expected,
+        "events changed; if intended, regenerate with: gtpcharge replay --emit jsonl pcaps/sample.pcap > pcaps/sample.expected.jsonl"
+    );
+}
+
+#[test]
+fn committed_sample_is_what_the_generator_writes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = write_capture(dir.path(), &Scenario::sample());
+    assert_eq!(std::fs::read(path).unwrap(), std::fs::read(root.join("pcaps/sample.pcap")).unwrap(),
+        "pcaps/sample.pcap is stale: regenerate with `gtpcharge generate --out pcaps/sample.pcap`");
+}
+
+#[test]
+fn unreadable_files_fail_with_one_line_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "this is not a capture\n").unwrap();
+    let (good, _) = write_capture(dir.path(), &Scenario::sample());
+    for bad in [text.clone(), dir.path().join("missing.pcap"), dir.path().to_path_buf()] {
+        // The bad file comes second: nothing of the good first file may be written either.
+        let output = gtpcharge(&["replay", "--emit", "jsonl", good.to_str().unwrap(), bad.to_str().unwrap()]);
+        assert!(!output.status.success());
+        assert!(output.stdout.is_empty(), "half-written output for {}", bad.display());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(bad.to_str().unwrap()), "{stderr}");
+    }
+}
+
+#[test]
+fn a_file_cut_short_keeps_what_was_read_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, _) = write_capture(dir.path(), &Scenario::sample());
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 7]).unwrap();
+    let (events, stderr, code) = replay(&[&cut]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("cut.pcap"), "{stderr}");
+    assert!(!events.is_empty(), "events before the cut are kept");
+}
+
+#[test]
+fn token_new_prints_valid_tokens() {
+    let output = gtpcharge(&["token", "new", "-n", "5"]);
+    assert!(output.status.success());
+    let tokens: Vec<String> = String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(tokens.len(), 5);
+    assert_eq!(tokens.iter().collect::<BTreeSet<_>>().len(), 5);
+    let mut args = vec!["token", "check"];
+    args.extend(tokens.iter().map(String::as_str));
+    assert!(gtpcharge(&args).status.success());
+    let mut forged = tokens[0].clone().into_bytes();
+    forged[10] = if forged[10] == b'a' { b'b' } else { b'a' };
+    assert!(!gtpcharge(&["token", "check", std::str::from_utf8(&forged).unwrap()]).status.success());
+}
