@@ -1,5 +1,6 @@
 //! `gtpcharge`: the probe (replay, capture), the token tool and the capture generator.
 //! See README.md for the commands and ARCHITECTURE.md for the code map.
+mod billing;
 mod jsonl;
 mod probe;
 
@@ -55,6 +56,29 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Run the billing API (gRPC): an embedded SQLite file by default, PostgreSQL with --database-url.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:50051", env = "GTPCHARGE_LISTEN")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// PEM certificate chain: serve TLS (with --tls-key).
+        #[arg(long, env = "GTPCHARGE_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, env = "GTPCHARGE_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// PEM CA whose client certificates are accepted (probes with mutual TLS).
+        #[arg(long, env = "GTPCHARGE_TLS_CLIENT_CA", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
+    },
+    /// Operator tasks on the billing database (service providers, credentials, accounts).
+    Admin {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Write a deterministic synthetic Gn/S5 capture (see pcaps/).
     Generate {
         /// Output pcap file.
@@ -88,6 +112,79 @@ enum TokenCommand {
     },
     /// Check tokens given as arguments; exit 1 if any is invalid.
     Check { tokens: Vec<String> },
+}
+
+#[derive(Args)]
+struct DatabaseArgs {
+    /// postgres://USER@HOST/DB or sqlite://FILE?mode=rwc.
+    #[arg(long, env = "GTPCHARGE_DATABASE_URL", default_value = gtpcharge_billing_api::db::DEFAULT_SQLITE_URL, global = true)]
+    database_url: String,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Service providers.
+    Sp {
+        #[command(subcommand)]
+        command: SpCommand,
+    },
+    /// Probe credentials.
+    Probe {
+        #[command(subcommand)]
+        command: NamedCreate,
+    },
+    /// Operator keys (for the AccountService).
+    Operator {
+        #[command(subcommand)]
+        command: NamedCreate,
+    },
+    /// Revoke any key by its id.
+    Revoke { key_id: String },
+    /// Subscriber accounts.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Check that the ledger balances: the sum of entries per currency is zero.
+    CheckLedger,
+}
+
+#[derive(Subcommand)]
+enum SpCommand {
+    /// Register an SP; prints its id, key id and API key (shown once).
+    Create { name: String },
+    /// A new API key for an SP.
+    Key { service_provider_id: i64 },
+}
+
+#[derive(Subcommand)]
+enum NamedCreate {
+    /// Create one; prints its key id and secret (shown once).
+    Create { name: String },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create or update a subscriber account (amounts in minor units).
+    Set {
+        msisdn: String,
+        #[arg(long)]
+        currency: String,
+        /// Prepaid balance to set (a top-up or correction, recorded in the ledger).
+        #[arg(long, conflicts_with = "credit_limit")]
+        balance: Option<i64>,
+        /// Postpaid credit limit.
+        #[arg(long)]
+        credit_limit: Option<i64>,
+        #[arg(long)]
+        daily_cap: Option<i64>,
+        #[arg(long)]
+        monthly_cap: Option<i64>,
+        #[arg(long)]
+        barred: Option<bool>,
+    },
+    /// Show an account with today's and this month's spending.
+    Show { msisdn: String },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -274,6 +371,16 @@ fn main() -> std::process::ExitCode {
             };
             capture(live, &probe).map(|()| true)
         }
+        Command::Serve { listen, database, tls_cert, tls_key, tls_client_ca } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(certificate), Some(key)) => {
+                    Some(gtpcharge_billing_api::server::TlsFiles { certificate, key, client_ca: tls_client_ca })
+                }
+                _ => None,
+            };
+            billing::serve(listen, &database.database_url, tls).map(|()| true)
+        }
+        Command::Admin { database, command } => billing::admin(&database.database_url, command).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
         Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
         Command::Generate { out, seed, subscribers, rounds, background, no_edge_cases, truth } => {

@@ -1,0 +1,21 @@
+//! The billing API: purchase tokens for SPs, exactly-once charging of sightings reported by probes, and
+//! subscriber accounts for operators, over gRPC (tonic), on a double-entry ledger in PostgreSQL or an
+//! embedded SQLite file (sqlx).
+//!
+//! - [`db`]: connection, migrations, backend differences.
+//! - [`ledger`]: the domain operations, each one database transaction.
+//! - [`auth`]: credentials (hashed at rest).
+//! - [`service`]: the tonic services and the protobuf ↔ domain conversion.
+//! - [`server`]: serving (health, reflection, TLS, limits, graceful shutdown) and the expiry sweeper.
+//!
+//! Only this crate and the root binary know protobuf.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod db;
+pub mod ledger;
+pub mod server;
+pub mod service;
+
+pub use db::Db;
+pub use ledger::Ledger;

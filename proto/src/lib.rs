@@ -9,3 +9,13 @@
 pub mod token;
 
 pub use token::{Token, TokenError};
+
+/// The generated gRPC code of `gtpcharge.v1` (protobuf messages, tonic clients and servers).
+#[cfg(feature = "grpc")]
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("gtpcharge.v1");
+
+    /// The encoded file descriptor set, for the gRPC reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gtpcharge_descriptor");
+}

@@ -1,0 +1,978 @@
+//! The ledger: purchases, subscriber accounts, double-entry entries and the exactly-once charge.
+//!
+//! Every operation that changes money or a purchase's state is one database transaction. A charge moves
+//! the purchase from `pending` to `charged` (with the MSISDN that paid), debits the subscriber and credits
+//! the SP, after the caps and the balance are checked, all under row locks (PostgreSQL) or SQLite's single
+//! writer, so concurrent reports of one token give one charge and the same answer to all. Entries are
+//! only ever inserted; a refund is a new pair of entries. Each state change also appends a row to
+//! `purchase_changes`, the SP's resumable change stream.
+use crate::auth::{self, Caller, Kind, NewSecret};
+use crate::db::{opt_text, Db};
+use gtpcharge_proto::Token;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("missing, unknown or revoked credential")]
+    Unauthenticated,
+    #[error("{0}")]
+    PermissionDenied(&'static str),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("no randomness available")]
+    Random,
+}
+
+pub type Result<T> = std::result::Result<T, LedgerError>;
+
+fn invalid(message: impl Into<String>) -> LedgerError {
+    LedgerError::Invalid(message.into())
+}
+
+pub fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// ISO 4217 alphabetic codes of current currencies.
+const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP \
+BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ \
+GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD \
+MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR \
+RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH \
+UGX USD UYU UZS VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG ZWL";
+
+pub fn validate_currency(code: &str) -> Result<()> {
+    if code.len() == 3 && ISO_4217.split(' ').any(|c| c == code) {
+        Ok(())
+    } else {
+        Err(invalid(format!("currency must be an ISO 4217 code such as EUR (got {:?})", truncate(code))))
+    }
+}
+
+pub fn validate_msisdn(msisdn: &str) -> Result<()> {
+    if (5..=15).contains(&msisdn.len()) && msisdn.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(invalid("msisdn must be 5 to 15 digits"))
+    }
+}
+
+fn validate_text(field: &str, value: &str, min: usize, max: usize) -> Result<()> {
+    let chars = value.chars().count();
+    if chars < min || chars > max {
+        return Err(invalid(format!("{field} must be {min} to {max} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(())
+}
+
+fn validate_amount(field: &str, amount: i64) -> Result<()> {
+    if amount <= 0 || amount > 1_000_000_000_000 {
+        return Err(invalid(format!("{field} must be a positive integer number of minor units, at most 10^12")));
+    }
+    Ok(())
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(16).collect()
+}
+
+/// Start of the UTC day and of the UTC month containing `now_us`.
+fn day_and_month_start(now_us: i64) -> (i64, i64) {
+    const DAY_US: i64 = 86_400_000_000;
+    let days = now_us.div_euclid(DAY_US);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian), then back to the 1st of the month.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day_of_month = doy - (153 * mp + 2) / 5 + 1;
+    let month_start_days = days - (day_of_month - 1);
+    (days * DAY_US, month_start_days * DAY_US)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseRow {
+    pub id: i64,
+    pub service_provider_id: i64,
+    pub token: String,
+    pub product_id: String,
+    pub description: String,
+    pub amount: i64,
+    pub currency: String,
+    pub idempotency_key: String,
+    pub state: String,
+    pub created_at_us: i64,
+    pub expires_at_us: i64,
+    pub charged_msisdn: Option<String>,
+    pub charged_at_us: Option<i64>,
+    pub refunded_amount: i64,
+    pub decline_reason: Option<String>,
+}
+
+const PURCHASE_COLUMNS: &str = "id, service_provider_id, token, product_id, description, amount, currency, \
+idempotency_key, state, created_at_us, expires_at_us, charged_msisdn, charged_at_us, refunded_amount, decline_reason";
+
+impl PurchaseRow {
+    fn from_row(row: &AnyRow) -> std::result::Result<PurchaseRow, sqlx::Error> {
+        Ok(PurchaseRow {
+            id: row.try_get("id")?,
+            service_provider_id: row.try_get("service_provider_id")?,
+            token: row.try_get("token")?,
+            product_id: row.try_get("product_id")?,
+            description: row.try_get("description")?,
+            amount: row.try_get("amount")?,
+            currency: row.try_get("currency")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            state: row.try_get("state")?,
+            created_at_us: row.try_get("created_at_us")?,
+            expires_at_us: row.try_get("expires_at_us")?,
+            charged_msisdn: opt_text(row, "charged_msisdn")?,
+            charged_at_us: row.try_get::<Option<i64>, _>("charged_at_us")?,
+            refunded_amount: row.try_get("refunded_amount")?,
+            decline_reason: opt_text(row, "decline_reason")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRow {
+    pub msisdn: String,
+    pub kind: String,
+    pub currency: String,
+    pub balance: i64,
+    pub credit_limit: i64,
+    pub daily_cap: i64,
+    pub monthly_cap: i64,
+    pub barred: bool,
+    pub spent_today: i64,
+    pub spent_this_month: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRow {
+    pub id: i64,
+    pub at_us: i64,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: String,
+    pub purchase_id: Option<i64>,
+}
+
+/// What an operator sets on an account; `None` leaves a field as it is (or at its default when new).
+#[derive(Debug, Clone, Default)]
+pub struct AccountUpdate {
+    pub msisdn: String,
+    pub kind: Option<String>,
+    pub currency: String,
+    pub balance: Option<i64>,
+    pub credit_limit: Option<i64>,
+    pub daily_cap: Option<i64>,
+    pub monthly_cap: Option<i64>,
+    pub barred: Option<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPurchase {
+    pub product_id: String,
+    pub description: String,
+    pub amount: i64,
+    pub currency: String,
+    pub expires_in_s: i64,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PurchaseFilter {
+    pub state: Option<String>,
+    pub product_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SightingReport {
+    pub token: String,
+    pub msisdn: String,
+    pub seen_at_us: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Charged,
+    AlreadyCharged,
+    Declined,
+    Expired,
+    Cancelled,
+    UnknownToken,
+    Refunded,
+}
+
+impl Outcome {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Charged => "charged",
+            Outcome::AlreadyCharged => "already-charged",
+            Outcome::Declined => "declined",
+            Outcome::Expired => "expired",
+            Outcome::Cancelled => "cancelled",
+            Outcome::UnknownToken => "unknown-token",
+            Outcome::Refunded => "refunded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SightingResult {
+    pub outcome: Outcome,
+    pub decline_reason: Option<String>,
+    pub purchase_id: Option<i64>,
+    pub charged_msisdn: Option<String>,
+    pub other_subscriber: bool,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    pub db: Db,
+    /// Woken after every commit that appended purchase changes (WatchPurchases waits on it).
+    pub changed: Arc<Notify>,
+}
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
+impl Ledger {
+    pub fn new(db: Db) -> Ledger {
+        Ledger { db, changed: Arc::new(Notify::new()) }
+    }
+
+    // ------------------------------------------------------------------ credentials
+
+    pub async fn create_service_provider(&self, name: &str) -> Result<(i64, NewSecret)> {
+        validate_text("name", name, 1, 128)?;
+        let mut tx = self.db.pool.begin().await?;
+        let inserted = sqlx::query("INSERT INTO service_providers (name, created_at_us) VALUES ($1, $2) RETURNING id")
+            .bind(name)
+            .bind(now_us())
+            .fetch_one(&mut *tx)
+            .await;
+        let id: i64 = match inserted {
+            Ok(row) => row.try_get("id")?,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(LedgerError::AlreadyExists(format!("a service provider named {name:?} exists")))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let secret = Self::insert_credential(&mut tx, Kind::ServiceProvider, Some(id), name).await?;
+        tx.commit().await?;
+        Ok((id, secret))
+    }
+
+    pub async fn create_credential(&self, kind: Kind, service_provider_id: Option<i64>, name: &str) -> Result<NewSecret> {
+        validate_text("name", name, 1, 128)?;
+        let mut tx = self.db.pool.begin().await?;
+        if let Some(id) = service_provider_id {
+            let found = sqlx::query("SELECT id FROM service_providers WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
+            if found.is_none() {
+                return Err(LedgerError::NotFound("service provider"));
+            }
+        }
+        let secret = Self::insert_credential(&mut tx, kind, service_provider_id, name).await?;
+        tx.commit().await?;
+        Ok(secret)
+    }
+
+    async fn insert_credential(tx: &mut Tx<'_>, kind: Kind, sp: Option<i64>, name: &str) -> Result<NewSecret> {
+        let secret = auth::mint(kind).map_err(|_| LedgerError::Random)?;
+        sqlx::query(
+            "INSERT INTO credentials (key_id, kind, secret_sha256, service_provider_id, name, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&secret.key_id)
+        .bind(kind.as_str())
+        .bind(&secret.sha256)
+        .bind(sp)
+        .bind(name)
+        .bind(now_us())
+        .execute(&mut **tx)
+        .await?;
+        Ok(secret)
+    }
+
+    pub async fn revoke(&self, key_id: &str) -> Result<()> {
+        let done = sqlx::query("UPDATE credentials SET revoked_at_us = $2 WHERE key_id = $1 AND revoked_at_us IS NULL")
+            .bind(key_id)
+            .bind(now_us())
+            .execute(&self.db.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            let exists = sqlx::query("SELECT key_id FROM credentials WHERE key_id = $1").bind(key_id).fetch_optional(&self.db.pool).await?;
+            if exists.is_none() {
+                return Err(LedgerError::NotFound("key"));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn authenticate(&self, secret: &str) -> Result<Caller> {
+        let row = sqlx::query(
+            "SELECT key_id, kind, service_provider_id FROM credentials WHERE secret_sha256 = $1 AND revoked_at_us IS NULL",
+        )
+        .bind(auth::hash(secret))
+        .fetch_optional(&self.db.pool)
+        .await?
+        .ok_or(LedgerError::Unauthenticated)?;
+        let kind: String = row.try_get("kind")?;
+        Ok(Caller {
+            key_id: row.try_get("key_id")?,
+            kind: Kind::parse(&kind).ok_or(LedgerError::Unauthenticated)?,
+            service_provider_id: row.try_get::<Option<i64>, _>("service_provider_id")?,
+        })
+    }
+
+    // ------------------------------------------------------------------ accounts
+
+    pub async fn set_account(&self, update: &AccountUpdate) -> Result<AccountRow> {
+        validate_msisdn(&update.msisdn)?;
+        validate_currency(&update.currency)?;
+        if let Some(kind) = &update.kind {
+            if kind != "prepaid" && kind != "postpaid" {
+                return Err(invalid("kind must be prepaid or postpaid"));
+            }
+        }
+        for (name, value) in [("credit_limit", update.credit_limit), ("daily_cap", update.daily_cap), ("monthly_cap", update.monthly_cap)] {
+            if value.is_some_and(|v| !(0..=1_000_000_000_000).contains(&v)) {
+                return Err(invalid(format!("{name} must be 0 to 10^12 minor units")));
+            }
+        }
+        if update.balance.is_some_and(|b| b.abs() > 1_000_000_000_000) {
+            return Err(invalid("balance must be within ±10^12 minor units"));
+        }
+        let now = now_us();
+        let mut tx = self.db.pool.begin().await?;
+        let lock = self.db.for_update();
+        let existing = sqlx::query(&format!("SELECT currency, balance FROM accounts WHERE msisdn = $1{lock}"))
+            .bind(&update.msisdn)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (old_balance, is_new) = match &existing {
+            Some(row) => {
+                let currency: String = row.try_get("currency")?;
+                if currency != update.currency {
+                    return Err(LedgerError::Precondition(format!(
+                        "the account is kept in {currency}; its currency cannot change"
+                    )));
+                }
+                (row.try_get::<i64, _>("balance")?, false)
+            }
+            None => (0, true),
+        };
+        if is_new {
+            sqlx::query(
+                "INSERT INTO accounts (msisdn, kind, currency, balance, credit_limit, daily_cap, monthly_cap, barred, updated_at_us) \
+                 VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8)",
+            )
+            .bind(&update.msisdn)
+            .bind(update.kind.as_deref().unwrap_or(if update.credit_limit.is_some() { "postpaid" } else { "prepaid" }))
+            .bind(&update.currency)
+            .bind(update.credit_limit.unwrap_or(0))
+            .bind(update.daily_cap.unwrap_or(0))
+            .bind(update.monthly_cap.unwrap_or(0))
+            .bind(i64::from(update.barred.unwrap_or(false)))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE accounts SET kind = COALESCE($2, kind), credit_limit = COALESCE($3, credit_limit), \
+                 daily_cap = COALESCE($4, daily_cap), monthly_cap = COALESCE($5, monthly_cap), \
+                 barred = COALESCE($6, barred), updated_at_us = $7 WHERE msisdn = $1",
+            )
+            .bind(&update.msisdn)
+            .bind(update.kind.as_deref())
+            .bind(update.credit_limit)
+            .bind(update.daily_cap)
+            .bind(update.monthly_cap)
+            .bind(update.barred.map(i64::from))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(balance) = update.balance {
+            let delta = balance - old_balance;
+            if delta != 0 {
+                // A top-up or correction: the carrier's funding account pays the other side.
+                let movement = format!("adjust-{}-{now}", update.msisdn);
+                Self::entry(&mut tx, &movement, now, "adjustment", "subscriber", &update.msisdn, &update.currency, delta, None).await?;
+                Self::entry(&mut tx, &movement, now, "adjustment", "carrier", "funding", &update.currency, -delta, None).await?;
+                sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE msisdn = $1")
+                    .bind(&update.msisdn)
+                    .bind(delta)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let account = Self::read_account(&mut tx, &update.msisdn, now, "").await?.ok_or(LedgerError::NotFound("account"))?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn entry(
+        tx: &mut Tx<'_>,
+        movement: &str,
+        at_us: i64,
+        kind: &str,
+        account_type: &str,
+        account_ref: &str,
+        currency: &str,
+        amount: i64,
+        purchase_id: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO ledger_entries (movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(movement)
+        .bind(at_us)
+        .bind(kind)
+        .bind(account_type)
+        .bind(account_ref)
+        .bind(currency)
+        .bind(amount)
+        .bind(purchase_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn read_account(tx: &mut Tx<'_>, msisdn: &str, now: i64, lock: &str) -> Result<Option<AccountRow>> {
+        let Some(row) = sqlx::query(&format!(
+            "SELECT msisdn, kind, currency, balance, credit_limit, daily_cap, monthly_cap, barred FROM accounts WHERE msisdn = $1{lock}"
+        ))
+        .bind(msisdn)
+        .fetch_optional(&mut **tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let (day, month) = day_and_month_start(now);
+        let spent = |since: i64| {
+            sqlx::query(
+                "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM ledger_entries \
+                 WHERE account_type = 'subscriber' AND account_ref = $1 AND kind IN ('charge', 'refund') AND at_us >= $2",
+            )
+            .bind(msisdn.to_owned())
+            .bind(since)
+        };
+        let today: i64 = spent(day).fetch_one(&mut **tx).await?.try_get("total")?;
+        let month: i64 = spent(month).fetch_one(&mut **tx).await?.try_get("total")?;
+        Ok(Some(AccountRow {
+            msisdn: row.try_get("msisdn")?,
+            kind: row.try_get("kind")?,
+            currency: row.try_get("currency")?,
+            balance: row.try_get("balance")?,
+            credit_limit: row.try_get("credit_limit")?,
+            daily_cap: row.try_get("daily_cap")?,
+            monthly_cap: row.try_get("monthly_cap")?,
+            barred: row.try_get::<i64, _>("barred")? != 0,
+            spent_today: -today,
+            spent_this_month: -month,
+        }))
+    }
+
+    pub async fn get_account(&self, msisdn: &str) -> Result<AccountRow> {
+        validate_msisdn(msisdn)?;
+        let mut tx = self.db.pool.begin().await?;
+        let account = Self::read_account(&mut tx, msisdn, now_us(), "").await?.ok_or(LedgerError::NotFound("account"))?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    pub async fn statement(&self, msisdn: &str, page_size: i64, before_id: Option<i64>) -> Result<(AccountRow, Vec<EntryRow>)> {
+        let account = self.get_account(msisdn).await?;
+        let rows = sqlx::query(
+            "SELECT id, at_us, kind, amount, currency, purchase_id FROM ledger_entries \
+             WHERE account_type = 'subscriber' AND account_ref = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(msisdn)
+        .bind(before_id.unwrap_or(i64::MAX))
+        .bind(page_size)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let entries = rows
+            .iter()
+            .map(|r| {
+                Ok(EntryRow {
+                    id: r.try_get("id")?,
+                    at_us: r.try_get("at_us")?,
+                    kind: r.try_get("kind")?,
+                    amount: r.try_get("amount")?,
+                    currency: r.try_get("currency")?,
+                    purchase_id: r.try_get::<Option<i64>, _>("purchase_id")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        Ok((account, entries))
+    }
+
+    // ------------------------------------------------------------------ purchases
+
+    pub async fn create_purchase(&self, sp: i64, new: &NewPurchase) -> Result<PurchaseRow> {
+        validate_text("product_id", &new.product_id, 1, 128)?;
+        validate_text("description", &new.description, 0, 512)?;
+        validate_text("idempotency_key", &new.idempotency_key, 1, 128)?;
+        validate_amount("amount", new.amount)?;
+        validate_currency(&new.currency)?;
+        let expires_in_s = match new.expires_in_s {
+            0 => 900,
+            s if (1..=604_800).contains(&s) => s,
+            _ => return Err(invalid("expires_in_s must be 1 to 604800 (0 for the default of 900)")),
+        };
+        let fingerprint = auth::hash(&format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            new.product_id, new.description, new.amount, new.currency, expires_in_s
+        ));
+        let token = Token::generate().map_err(|_| LedgerError::Random)?;
+        let now = now_us();
+        let mut tx = self.db.pool.begin().await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO purchases (service_provider_id, token, product_id, description, amount, currency, idempotency_key, \
+             request_sha256, state, created_at_us, expires_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10) \
+             RETURNING {PURCHASE_COLUMNS}"
+        ))
+        .bind(sp)
+        .bind(token.to_string())
+        .bind(&new.product_id)
+        .bind(&new.description)
+        .bind(new.amount)
+        .bind(&new.currency)
+        .bind(&new.idempotency_key)
+        .bind(&fingerprint)
+        .bind(now)
+        .bind(now + expires_in_s * 1_000_000)
+        .fetch_one(&mut *tx)
+        .await;
+        match inserted {
+            Ok(row) => {
+                let purchase = PurchaseRow::from_row(&row)?;
+                Self::record_change(&mut tx, &purchase, now).await?;
+                tx.commit().await?;
+                self.changed.notify_waiters();
+                Ok(purchase)
+            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                drop(tx);
+                let row = sqlx::query(&format!(
+                    "SELECT {PURCHASE_COLUMNS}, request_sha256 FROM purchases WHERE service_provider_id = $1 AND idempotency_key = $2"
+                ))
+                .bind(sp)
+                .bind(&new.idempotency_key)
+                .fetch_one(&self.db.pool)
+                .await?;
+                let existing_fingerprint: String = row.try_get("request_sha256")?;
+                if existing_fingerprint != fingerprint {
+                    return Err(LedgerError::AlreadyExists(
+                        "idempotency_key was used for a purchase with other parameters".into(),
+                    ));
+                }
+                Ok(PurchaseRow::from_row(&row)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn record_change(tx: &mut Tx<'_>, purchase: &PurchaseRow, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO purchase_changes (service_provider_id, purchase_id, state, refunded_amount, decline_reason, at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(purchase.service_provider_id)
+        .bind(purchase.id)
+        .bind(&purchase.state)
+        .bind(purchase.refunded_amount)
+        .bind(purchase.decline_reason.as_deref())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A purchase of this SP, by id or token; another SP's purchase is NOT_FOUND like a missing one.
+    pub async fn get_purchase(&self, sp: i64, id: Option<i64>, token: Option<&str>) -> Result<PurchaseRow> {
+        let row = match (id, token) {
+            (Some(id), _) => {
+                sqlx::query(&format!("SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1 AND service_provider_id = $2"))
+                    .bind(id)
+                    .bind(sp)
+                    .fetch_optional(&self.db.pool)
+                    .await?
+            }
+            (None, Some(token)) => {
+                let token = Token::parse(token.as_bytes()).map_err(|e| invalid(format!("token: {e}")))?;
+                sqlx::query(&format!("SELECT {PURCHASE_COLUMNS} FROM purchases WHERE token = $1 AND service_provider_id = $2"))
+                    .bind(token.to_string())
+                    .bind(sp)
+                    .fetch_optional(&self.db.pool)
+                    .await?
+            }
+            (None, None) => return Err(invalid("give an id or a token")),
+        };
+        Ok(PurchaseRow::from_row(&row.ok_or(LedgerError::NotFound("purchase"))?)?)
+    }
+
+    pub async fn list_purchases(&self, sp: i64, filter: &PurchaseFilter, page_size: i64, before_id: Option<i64>) -> Result<Vec<PurchaseRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE service_provider_id = $1 AND id < $2 \
+             AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR product_id = $4) ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(sp)
+        .bind(before_id.unwrap_or(i64::MAX))
+        .bind(filter.state.as_deref())
+        .bind(filter.product_id.as_deref())
+        .bind(page_size)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows.iter().map(PurchaseRow::from_row).collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn lock_purchase(&self, tx: &mut Tx<'_>, sp: i64, id: i64) -> Result<PurchaseRow> {
+        let lock = self.db.for_update();
+        let row = sqlx::query(&format!("SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1 AND service_provider_id = $2{lock}"))
+            .bind(id)
+            .bind(sp)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or(LedgerError::NotFound("purchase"))?;
+        Ok(PurchaseRow::from_row(&row)?)
+    }
+
+    pub async fn cancel(&self, sp: i64, id: i64) -> Result<PurchaseRow> {
+        let now = now_us();
+        let mut tx = self.db.pool.begin().await?;
+        let mut purchase = self.lock_purchase(&mut tx, sp, id).await?;
+        match purchase.state.as_str() {
+            "cancelled" => return Ok(purchase),
+            "pending" => {}
+            other => return Err(LedgerError::Precondition(format!("only a pending purchase can be cancelled; it is {other}"))),
+        }
+        sqlx::query("UPDATE purchases SET state = 'cancelled' WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        purchase.state = "cancelled".into();
+        Self::record_change(&mut tx, &purchase, now).await?;
+        tx.commit().await?;
+        self.changed.notify_waiters();
+        Ok(purchase)
+    }
+
+    /// Refunds `amount` (0: the rest) of a charged purchase, once per `refund_key`.
+    pub async fn refund(&self, sp: i64, id: i64, amount: i64, refund_key: &str, reason: &str) -> Result<(PurchaseRow, i64)> {
+        validate_text("refund_key", refund_key, 1, 128)?;
+        validate_text("reason", reason, 0, 512)?;
+        if amount < 0 {
+            return Err(invalid("amount must not be negative (0 refunds the rest)"));
+        }
+        let now = now_us();
+        let mut tx = self.db.pool.begin().await?;
+        let mut purchase = self.lock_purchase(&mut tx, sp, id).await?;
+        let previous = sqlx::query("SELECT amount FROM refunds WHERE purchase_id = $1 AND refund_key = $2")
+            .bind(id)
+            .bind(refund_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = previous {
+            let done: i64 = row.try_get("amount")?;
+            if amount != 0 && amount != done {
+                return Err(LedgerError::AlreadyExists("refund_key was used for another amount".into()));
+            }
+            return Ok((purchase, done));
+        }
+        if purchase.state != "charged" {
+            return Err(LedgerError::Precondition(format!("only a charged purchase can be refunded; it is {}", purchase.state)));
+        }
+        let remaining = purchase.amount - purchase.refunded_amount;
+        let refund = if amount == 0 { remaining } else { amount };
+        if refund > remaining {
+            return Err(LedgerError::Precondition(format!("at most {remaining} remains to refund")));
+        }
+        let msisdn = purchase.charged_msisdn.clone().unwrap_or_default();
+        let movement = format!("refund-{id}-{refund_key}");
+        Self::entry(&mut tx, &movement, now, "refund", "subscriber", &msisdn, &purchase.currency, refund, Some(id)).await?;
+        Self::entry(&mut tx, &movement, now, "refund", "sp", &sp.to_string(), &purchase.currency, -refund, Some(id)).await?;
+        sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE msisdn = $1").bind(&msisdn).bind(refund).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO refunds (purchase_id, refund_key, amount, reason, at_us) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(refund_key)
+            .bind(refund)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        purchase.refunded_amount += refund;
+        if purchase.refunded_amount == purchase.amount {
+            purchase.state = "refunded".into();
+        }
+        sqlx::query("UPDATE purchases SET refunded_amount = $2, state = $3 WHERE id = $1")
+            .bind(id)
+            .bind(purchase.refunded_amount)
+            .bind(&purchase.state)
+            .execute(&mut *tx)
+            .await?;
+        Self::record_change(&mut tx, &purchase, now).await?;
+        tx.commit().await?;
+        self.changed.notify_waiters();
+        Ok((purchase, refund))
+    }
+
+    /// Marks pending purchases past their expiry as expired; returns how many.
+    pub async fn expire_due(&self) -> Result<u64> {
+        let now = now_us();
+        let mut tx = self.db.pool.begin().await?;
+        let rows = sqlx::query(&format!(
+            "UPDATE purchases SET state = 'expired' WHERE state = 'pending' AND expires_at_us <= $1 RETURNING {PURCHASE_COLUMNS}"
+        ))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            Self::record_change(&mut tx, &PurchaseRow::from_row(row)?, now).await?;
+        }
+        tx.commit().await?;
+        if !rows.is_empty() {
+            self.changed.notify_waiters();
+        }
+        Ok(rows.len() as u64)
+    }
+
+    /// The caller's purchase changes after `cursor`, oldest first: (cursor, purchase as it was then).
+    pub async fn changes_after(&self, sp: i64, cursor: i64, limit: i64) -> Result<Vec<(i64, PurchaseRow)>> {
+        let columns: String = PURCHASE_COLUMNS
+            .split(", ")
+            .map(|c| match c {
+                "state" | "refunded_amount" | "decline_reason" => format!("c.{c} AS {c}"),
+                other => format!("p.{other} AS {other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT c.cursor AS cursor, {columns} FROM purchase_changes c JOIN purchases p ON p.id = c.purchase_id \
+             WHERE c.service_provider_id = $1 AND c.cursor > $2 ORDER BY c.cursor LIMIT $3"
+        ))
+        .bind(sp)
+        .bind(cursor)
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>("cursor")?, PurchaseRow::from_row(r)?)))
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    // ------------------------------------------------------------------ sightings
+
+    /// Reports one sighting: charges the purchase at most once. Validate with [`validate_msisdn`] first.
+    pub async fn report(&self, probe_key_id: &str, sighting: &SightingReport) -> Result<SightingResult> {
+        let now = now_us();
+        let unknown = SightingResult {
+            outcome: Outcome::UnknownToken,
+            decline_reason: None,
+            purchase_id: None,
+            charged_msisdn: None,
+            other_subscriber: false,
+        };
+        // A token that fails its own check part cannot belong to a purchase: no database work at all.
+        let Ok(token) = Token::parse(sighting.token.as_bytes()) else { return Ok(unknown) };
+        let mut tx = self.db.pool.begin().await?;
+        let lock = self.db.for_update();
+        let row = sqlx::query(&format!("SELECT {PURCHASE_COLUMNS} FROM purchases WHERE token = $1{lock}"))
+            .bind(token.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            Self::audit(&mut tx, None, &token.to_string(), sighting, Outcome::UnknownToken, false, probe_key_id, now).await?;
+            tx.commit().await?;
+            return Ok(unknown);
+        };
+        let mut purchase = PurchaseRow::from_row(&row)?;
+        let mut changed = false;
+        let outcome = match purchase.state.as_str() {
+            "pending" if purchase.expires_at_us <= now => {
+                purchase.state = "expired".into();
+                sqlx::query("UPDATE purchases SET state = 'expired' WHERE id = $1").bind(purchase.id).execute(&mut *tx).await?;
+                changed = true;
+                Outcome::Expired
+            }
+            "pending" => {
+                let decline = self.try_charge(&mut tx, &purchase, &sighting.msisdn, now).await?;
+                changed = true;
+                match decline {
+                    None => {
+                        purchase.state = "charged".into();
+                        purchase.charged_msisdn = Some(sighting.msisdn.clone());
+                        purchase.charged_at_us = Some(now);
+                        Outcome::Charged
+                    }
+                    Some(reason) => {
+                        purchase.state = "declined".into();
+                        purchase.decline_reason = Some(reason.into());
+                        sqlx::query("UPDATE purchases SET state = 'declined', decline_reason = $2 WHERE id = $1")
+                            .bind(purchase.id)
+                            .bind(reason)
+                            .execute(&mut *tx)
+                            .await?;
+                        Outcome::Declined
+                    }
+                }
+            }
+            "charged" => Outcome::AlreadyCharged,
+            "declined" => Outcome::Declined,
+            "expired" => Outcome::Expired,
+            "cancelled" => Outcome::Cancelled,
+            _ => Outcome::Refunded,
+        };
+        let other_subscriber = purchase.charged_msisdn.as_deref().is_some_and(|m| m != sighting.msisdn);
+        if changed {
+            Self::record_change(&mut tx, &purchase, now).await?;
+        }
+        Self::audit(&mut tx, Some(purchase.id), &purchase.token, sighting, outcome, other_subscriber, probe_key_id, now).await?;
+        tx.commit().await?;
+        if changed {
+            self.changed.notify_waiters();
+        }
+        Ok(SightingResult {
+            outcome,
+            decline_reason: purchase.decline_reason.clone(),
+            purchase_id: Some(purchase.id),
+            charged_msisdn: purchase.charged_msisdn.clone(),
+            other_subscriber,
+        })
+    }
+
+    /// Checks the subscriber's account and, if it can pay, moves the money and marks the purchase
+    /// charged. Returns the decline reason otherwise (nothing moved).
+    async fn try_charge(&self, tx: &mut Tx<'_>, purchase: &PurchaseRow, msisdn: &str, now: i64) -> Result<Option<&'static str>> {
+        let Some(account) = Self::read_account(tx, msisdn, now, self.db.for_update()).await? else {
+            return Ok(Some("unknown-subscriber"));
+        };
+        if account.barred {
+            return Ok(Some("barred"));
+        }
+        if account.currency != purchase.currency {
+            return Ok(Some("currency-mismatch"));
+        }
+        let amount = purchase.amount;
+        if account.daily_cap > 0 && account.spent_today + amount > account.daily_cap {
+            return Ok(Some("daily-cap"));
+        }
+        if account.monthly_cap > 0 && account.spent_this_month + amount > account.monthly_cap {
+            return Ok(Some("monthly-cap"));
+        }
+        let floor = if account.kind == "postpaid" { -account.credit_limit } else { 0 };
+        if account.balance - amount < floor {
+            return Ok(Some("insufficient-balance"));
+        }
+        let movement = format!("charge-{}", purchase.id);
+        Self::entry(tx, &movement, now, "charge", "subscriber", msisdn, &purchase.currency, -amount, Some(purchase.id)).await?;
+        Self::entry(tx, &movement, now, "charge", "sp", &purchase.service_provider_id.to_string(), &purchase.currency, amount, Some(purchase.id)).await?;
+        sqlx::query("UPDATE accounts SET balance = balance - $2, updated_at_us = $3 WHERE msisdn = $1")
+            .bind(msisdn)
+            .bind(amount)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        let updated = sqlx::query(
+            "UPDATE purchases SET state = 'charged', charged_msisdn = $2, charged_at_us = $3 WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(purchase.id)
+        .bind(msisdn)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        // The row was locked (or SQLite's only writer): it is still pending. Anything else is a bug.
+        if updated.rows_affected() != 1 {
+            return Err(LedgerError::Precondition("purchase changed state during the charge".into()));
+        }
+        Ok(None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audit(
+        tx: &mut Tx<'_>,
+        purchase_id: Option<i64>,
+        token: &str,
+        sighting: &SightingReport,
+        outcome: Outcome,
+        other: bool,
+        probe_key_id: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sightings (purchase_id, token, msisdn, outcome, other_msisdn, probe_key_id, seen_at_us, reported_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(purchase_id)
+        .bind(token)
+        .bind(&sighting.msisdn)
+        .bind(outcome.as_str())
+        .bind(i64::from(other))
+        .bind(probe_key_id)
+        .bind(sighting.seen_at_us)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Sum of all ledger entries per currency (zero for every currency in a balanced ledger).
+    pub async fn sums_by_currency(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT currency, CAST(SUM(amount) AS BIGINT) AS total FROM ledger_entries GROUP BY currency ORDER BY currency",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("currency")?, r.try_get("total")?)))
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_and_month_boundaries() {
+        // 2026-11-22T19:00:00Z
+        let now = 1_795_374_000_000_000;
+        let (day, month) = day_and_month_start(now);
+        assert_eq!(day, 1_795_305_600_000_000); // 2026-11-22T00:00:00Z
+        assert_eq!(month, 1_793_491_200_000_000); // 2026-11-01T00:00:00Z
+    }
+
+    #[test]
+    fn validation() {
+        assert!(validate_currency("EUR").is_ok());
+        assert!(validate_currency("XYZ").is_err());
+        assert!(validate_currency("eur").is_err());
+        assert!(validate_msisdn("46701234567").is_ok());
+        assert!(validate_msisdn("+4670").is_err());
+        assert!(validate_amount("amount", 0).is_err());
+        assert!(validate_amount("amount", -5).is_err());
+        assert!(validate_text("x", "a\u{0}b", 0, 10).is_err());
+        assert!(validate_text("x", "'; DROP TABLE purchases; --", 0, 64).is_ok(), "SQL-shaped text is just text");
+    }
+}

@@ -1,0 +1,106 @@
+//! Serving the billing API: the three services plus gRPC health and reflection (so `grpcurl` works),
+//! optional TLS (rustls) with optional client certificates, message size limits, a sweeper that expires
+//! unseen purchases, and a graceful stop on SIGINT/SIGTERM.
+use crate::ledger::Ledger;
+use crate::service::{AccountApi, PurchaseApi, SightingApi};
+use gtpcharge_proto::v1 as pb;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// Requests larger than this are refused (RESOURCE_EXHAUSTED) before they are decoded.
+pub const MESSAGE_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mutual TLS, for probes).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    ledger: Ledger,
+    listener: tokio::net::TcpListener,
+    tls: Option<TlsFiles>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::purchase_service_server::PurchaseServiceServer<PurchaseApi>>().await;
+    health_reporter.set_serving::<pb::sighting_service_server::SightingServiceServer<SightingApi>>().await;
+    health_reporter.set_serving::<pb::account_service_server::AccountServiceServer<AccountApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let sweeper = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(error) = ledger.expire_due().await {
+                    tracing::warn!(%error, "expiring purchases failed; will retry");
+                }
+            }
+        })
+    };
+
+    let mut builder = Server::builder().timeout(Duration::from_secs(30)).http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if let Some(tls) = tls {
+        let certificate = std::fs::read(&tls.certificate)?;
+        let key = std::fs::read(&tls.key)?;
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(certificate, key));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?)).client_auth_optional(true);
+        }
+        builder = builder.tls_config(config)?;
+    }
+    let purchases = pb::purchase_service_server::PurchaseServiceServer::new(PurchaseApi { ledger: ledger.clone() })
+        .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let sightings = pb::sighting_service_server::SightingServiceServer::new(SightingApi { ledger: ledger.clone() })
+        .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let accounts = pb::account_service_server::AccountServiceServer::new(AccountApi { ledger })
+        .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(purchases)
+        .add_service(sightings)
+        .add_service(accounts)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    sweeper.abort();
+    result?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Binds the listening address, with a clear error.
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}

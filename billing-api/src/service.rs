@@ -1,0 +1,361 @@
+//! The gRPC services: authentication, request limits and the conversion between protobuf messages and
+//! the ledger's domain types (by hand, here and nowhere else).
+use crate::auth::{self, Caller, Kind};
+use crate::ledger::{self, Ledger, LedgerError, Outcome};
+use gtpcharge_proto::v1 as pb;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Sightings in one ReportSightings call, at most.
+pub const SIGHTINGS_PER_BATCH_MAX: usize = 1000;
+const PAGE_SIZE_MAX: i64 = 500;
+
+impl From<LedgerError> for Status {
+    fn from(error: LedgerError) -> Status {
+        match error {
+            LedgerError::Invalid(m) => Status::invalid_argument(m),
+            LedgerError::NotFound(what) => Status::not_found(format!("{what} not found")),
+            LedgerError::Precondition(m) => Status::failed_precondition(m),
+            LedgerError::AlreadyExists(m) => Status::already_exists(m),
+            LedgerError::Unauthenticated => Status::unauthenticated("missing, unknown or revoked credential"),
+            LedgerError::PermissionDenied(m) => Status::permission_denied(m),
+            LedgerError::Database(e) => {
+                tracing::error!(error = %e, "database error");
+                Status::unavailable("the ledger is unavailable; retry")
+            }
+            LedgerError::Random => Status::internal("no randomness available"),
+        }
+    }
+}
+
+async fn authenticate<T>(ledger: &Ledger, request: &Request<T>, kind: Kind) -> Result<Caller, Status> {
+    let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+    let secret = auth::bearer(header).ok_or_else(|| Status::unauthenticated("send authorization: Bearer <key>"))?;
+    let caller = ledger.authenticate(secret).await?;
+    if caller.kind != kind {
+        return Err(Status::permission_denied(format!("this service needs a {} credential", kind.as_str())));
+    }
+    Ok(caller)
+}
+
+fn parse_id(text: &str) -> Result<i64, Status> {
+    text.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| Status::invalid_argument("id must be a positive decimal number"))
+}
+
+fn page(page_size: i32, page_token: &str) -> Result<(i64, Option<i64>), Status> {
+    let size = match i64::from(page_size) {
+        0 => 50,
+        n if (1..=PAGE_SIZE_MAX).contains(&n) => n,
+        _ => return Err(Status::invalid_argument(format!("page_size must be 1 to {PAGE_SIZE_MAX}"))),
+    };
+    let before = if page_token.is_empty() { None } else { Some(parse_id(page_token)?) };
+    Ok((size, before))
+}
+
+fn state_to_pb(state: &str) -> pb::PurchaseState {
+    match state {
+        "pending" => pb::PurchaseState::Pending,
+        "charged" => pb::PurchaseState::Charged,
+        "declined" => pb::PurchaseState::Declined,
+        "expired" => pb::PurchaseState::Expired,
+        "cancelled" => pb::PurchaseState::Cancelled,
+        "refunded" => pb::PurchaseState::Refunded,
+        _ => pb::PurchaseState::Unspecified,
+    }
+}
+
+fn state_from_pb(state: pb::PurchaseState) -> Option<&'static str> {
+    Some(match state {
+        pb::PurchaseState::Unspecified => return None,
+        pb::PurchaseState::Pending => "pending",
+        pb::PurchaseState::Charged => "charged",
+        pb::PurchaseState::Declined => "declined",
+        pb::PurchaseState::Expired => "expired",
+        pb::PurchaseState::Cancelled => "cancelled",
+        pb::PurchaseState::Refunded => "refunded",
+    })
+}
+
+fn decline_to_pb(reason: Option<&str>) -> pb::DeclineReason {
+    match reason {
+        Some("insufficient-balance") => pb::DeclineReason::InsufficientBalance,
+        Some("daily-cap") => pb::DeclineReason::DailyCap,
+        Some("monthly-cap") => pb::DeclineReason::MonthlyCap,
+        Some("barred") => pb::DeclineReason::Barred,
+        Some("unknown-subscriber") => pb::DeclineReason::UnknownSubscriber,
+        Some("currency-mismatch") => pb::DeclineReason::CurrencyMismatch,
+        _ => pb::DeclineReason::Unspecified,
+    }
+}
+
+pub fn purchase_to_pb(p: &ledger::PurchaseRow) -> pb::Purchase {
+    pb::Purchase {
+        id: p.id.to_string(),
+        token: p.token.clone(),
+        product_id: p.product_id.clone(),
+        description: p.description.clone(),
+        amount: p.amount,
+        currency: p.currency.clone(),
+        idempotency_key: p.idempotency_key.clone(),
+        state: state_to_pb(&p.state) as i32,
+        created_at_us: p.created_at_us,
+        expires_at_us: p.expires_at_us,
+        charged_msisdn: p.charged_msisdn.clone().unwrap_or_default(),
+        charged_at_us: p.charged_at_us.unwrap_or(0),
+        refunded_amount: p.refunded_amount,
+        decline_reason: decline_to_pb(p.decline_reason.as_deref()) as i32,
+    }
+}
+
+fn account_to_pb(a: &ledger::AccountRow) -> pb::Account {
+    pb::Account {
+        msisdn: a.msisdn.clone(),
+        kind: if a.kind == "postpaid" { pb::AccountKind::Postpaid } else { pb::AccountKind::Prepaid } as i32,
+        currency: a.currency.clone(),
+        balance: a.balance,
+        credit_limit: a.credit_limit,
+        daily_cap: a.daily_cap,
+        monthly_cap: a.monthly_cap,
+        barred: a.barred,
+        spent_today: a.spent_today,
+        spent_this_month: a.spent_this_month,
+    }
+}
+
+// -------------------------------------------------------------------------------------------- purchases
+
+pub struct PurchaseApi {
+    pub ledger: Ledger,
+}
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::PurchaseChange, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::purchase_service_server::PurchaseService for PurchaseApi {
+    async fn create_purchase(&self, request: Request<pb::CreatePurchaseRequest>) -> Result<Response<pb::Purchase>, Status> {
+        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
+        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let r = request.into_inner();
+        let new = ledger::NewPurchase {
+            product_id: r.product_id,
+            description: r.description,
+            amount: r.amount,
+            currency: r.currency,
+            expires_in_s: r.expires_in_s,
+            idempotency_key: r.idempotency_key,
+        };
+        let purchase = self.ledger.create_purchase(sp, &new).await?;
+        Ok(Response::new(purchase_to_pb(&purchase)))
+    }
+
+    async fn get_purchase(&self, request: Request<pb::GetPurchaseRequest>) -> Result<Response<pb::Purchase>, Status> {
+        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
+        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let purchase = match request.into_inner().key {
+            Some(pb::get_purchase_request::Key::Id(id)) => self.ledger.get_purchase(sp, Some(parse_id(&id)?), None).await?,
+            Some(pb::get_purchase_request::Key::Token(token)) => self.ledger.get_purchase(sp, None, Some(&token)).await?,
+            None => return Err(Status::invalid_argument("give an id or a token")),
+        };
+        Ok(Response::new(purchase_to_pb(&purchase)))
+    }
+
+    async fn list_purchases(&self, request: Request<pb::ListPurchasesRequest>) -> Result<Response<pb::ListPurchasesResponse>, Status> {
+        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
+        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let r = request.into_inner();
+        let (size, before) = page(r.page_size, &r.page_token)?;
+        let state = pb::PurchaseState::try_from(r.state).map_err(|_| Status::invalid_argument("unknown state"))?;
+        let filter = ledger::PurchaseFilter {
+            state: state_from_pb(state).map(str::to_owned),
+            product_id: (!r.product_id.is_empty()).then_some(r.product_id),
+        };
+        let rows = self.ledger.list_purchases(sp, &filter, size, before).await?;
+        let next_page_token = if rows.len() as i64 == size { rows.last().map(|p| p.id.to_string()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListPurchasesResponse { purchases: rows.iter().map(purchase_to_pb).collect(), next_page_token }))
+    }
+
+    async fn cancel_purchase(&self, request: Request<pb::CancelPurchaseRequest>) -> Result<Response<pb::Purchase>, Status> {
+        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
+        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let purchase = self.ledger.cancel(sp, parse_id(&request.into_inner().id)?).await?;
+        Ok(Response::new(purchase_to_pb(&purchase)))
+    }
+
+    async fn refund_purchase(&self, request: Request<pb::RefundPurchaseRequest>) -> Result<Response<pb::RefundPurchaseResponse>, Status> {
+        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
+        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let r = request.into_inner();
+        let (purchase, refunded_now) = self.ledger.refund(sp, parse_id(&r.id)?, r.amount, &r.refund_key, &r.reason).await?;
+        Ok(Response::new(pb::RefundPurchaseResponse { purchase: Some(purchase_to_pb(&purchase)), refunded_now }))
+    }
+
+    type WatchPurchasesStream = ChangeStream;
+
+    async fn watch_purchases(&self, request: Request<pb::WatchPurchasesRequest>) -> Result<Response<ChangeStream>, Status> {
+        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
+        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let mut cursor = request.into_inner().after_cursor;
+        if cursor < 0 {
+            return Err(Status::invalid_argument("after_cursor must not be negative"));
+        }
+        let ledger = self.ledger.clone();
+        // Bounded: a slow client holds at most 64 changes here; the task then waits for it (or for it to
+        // go away, which ends the task).
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let notified = ledger.changed.notified();
+                let batch = match ledger.changes_after(sp, cursor, 256).await {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::from(error))).await;
+                        return;
+                    }
+                };
+                let empty = batch.is_empty();
+                for (next, purchase) in batch {
+                    cursor = next;
+                    let change = pb::PurchaseChange { cursor: next, purchase: Some(purchase_to_pb(&purchase)) };
+                    if sender.send(Ok(change)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                if empty {
+                    // Woken by a local commit, or every second for changes made by other servers.
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = sender.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}
+
+// -------------------------------------------------------------------------------------------- sightings
+
+pub struct SightingApi {
+    pub ledger: Ledger,
+}
+
+#[tonic::async_trait]
+impl pb::sighting_service_server::SightingService for SightingApi {
+    async fn report_sightings(&self, request: Request<pb::ReportSightingsRequest>) -> Result<Response<pb::ReportSightingsResponse>, Status> {
+        let caller = authenticate(&self.ledger, &request, Kind::Probe).await?;
+        let sightings = request.into_inner().sightings;
+        if sightings.is_empty() || sightings.len() > SIGHTINGS_PER_BATCH_MAX {
+            return Err(Status::invalid_argument(format!("send 1 to {SIGHTINGS_PER_BATCH_MAX} sightings")));
+        }
+        // Validate the whole batch before touching anything: a bad batch changes nothing.
+        for (index, s) in sightings.iter().enumerate() {
+            ledger::validate_msisdn(&s.msisdn).map_err(|e| Status::invalid_argument(format!("sighting {index}: {e}")))?;
+            if s.token.len() > 64 {
+                return Err(Status::invalid_argument(format!("sighting {index}: token too long")));
+            }
+        }
+        let mut results = Vec::with_capacity(sightings.len());
+        for s in &sightings {
+            let report = ledger::SightingReport { token: s.token.clone(), msisdn: s.msisdn.clone(), seen_at_us: s.seen_at_us };
+            let r = self.ledger.report(&caller.key_id, &report).await?;
+            let outcome = match r.outcome {
+                Outcome::Charged => pb::SightingOutcome::Charged,
+                Outcome::AlreadyCharged => pb::SightingOutcome::AlreadyCharged,
+                Outcome::Declined => pb::SightingOutcome::Declined,
+                Outcome::Expired => pb::SightingOutcome::Expired,
+                Outcome::Cancelled => pb::SightingOutcome::Cancelled,
+                Outcome::UnknownToken => pb::SightingOutcome::UnknownToken,
+                Outcome::Refunded => pb::SightingOutcome::Refunded,
+            };
+            results.push(pb::SightingResult {
+                outcome: outcome as i32,
+                decline_reason: decline_to_pb(r.decline_reason.as_deref()) as i32,
+                purchase_id: r.purchase_id.map(|id| id.to_string()).unwrap_or_default(),
+                charged_msisdn: r.charged_msisdn.unwrap_or_default(),
+                other_subscriber: r.other_subscriber,
+            });
+        }
+        Ok(Response::new(pb::ReportSightingsResponse { results }))
+    }
+}
+
+// -------------------------------------------------------------------------------------------- accounts
+
+pub struct AccountApi {
+    pub ledger: Ledger,
+}
+
+#[tonic::async_trait]
+impl pb::account_service_server::AccountService for AccountApi {
+    async fn set_account(&self, request: Request<pb::SetAccountRequest>) -> Result<Response<pb::Account>, Status> {
+        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        let r = request.into_inner();
+        let kind = match pb::AccountKind::try_from(r.kind) {
+            Ok(pb::AccountKind::Prepaid) => Some("prepaid".to_owned()),
+            Ok(pb::AccountKind::Postpaid) => Some("postpaid".to_owned()),
+            Ok(pb::AccountKind::Unspecified) => None,
+            Err(_) => return Err(Status::invalid_argument("unknown account kind")),
+        };
+        let update = ledger::AccountUpdate {
+            msisdn: r.msisdn,
+            kind,
+            currency: r.currency,
+            balance: r.balance,
+            credit_limit: r.credit_limit,
+            daily_cap: r.daily_cap,
+            monthly_cap: r.monthly_cap,
+            barred: r.barred,
+        };
+        Ok(Response::new(account_to_pb(&self.ledger.set_account(&update).await?)))
+    }
+
+    async fn get_account(&self, request: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
+        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        Ok(Response::new(account_to_pb(&self.ledger.get_account(&request.into_inner().msisdn).await?)))
+    }
+
+    async fn get_statement(&self, request: Request<pb::GetStatementRequest>) -> Result<Response<pb::Statement>, Status> {
+        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        let r = request.into_inner();
+        let (size, before) = page(r.page_size, &r.page_token)?;
+        let (account, entries) = self.ledger.statement(&r.msisdn, size, before).await?;
+        let next_page_token = if entries.len() as i64 == size { entries.last().map(|e| e.id.to_string()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::Statement {
+            account: Some(account_to_pb(&account)),
+            entries: entries
+                .iter()
+                .map(|e| pb::LedgerEntry {
+                    id: e.id,
+                    at_us: e.at_us,
+                    kind: e.kind.clone(),
+                    amount: e.amount,
+                    currency: e.currency.clone(),
+                    purchase_id: e.purchase_id.map(|id| id.to_string()).unwrap_or_default(),
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn create_service_provider(&self, request: Request<pb::CreateServiceProviderRequest>) -> Result<Response<pb::Credential>, Status> {
+        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        let (id, secret) = self.ledger.create_service_provider(&request.into_inner().name).await?;
+        Ok(Response::new(pb::Credential { key_id: secret.key_id, secret: secret.secret, service_provider_id: id.to_string() }))
+    }
+
+    async fn create_api_key(&self, request: Request<pb::CreateApiKeyRequest>) -> Result<Response<pb::Credential>, Status> {
+        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        let sp = parse_id(&request.into_inner().service_provider_id)?;
+        let secret = self.ledger.create_credential(Kind::ServiceProvider, Some(sp), "api key").await?;
+        Ok(Response::new(pb::Credential { key_id: secret.key_id, secret: secret.secret, service_provider_id: sp.to_string() }))
+    }
+
+    async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        self.ledger.revoke(&request.into_inner().key_id).await?;
+        Ok(Response::new(pb::RevokeKeyResponse {}))
+    }
+}

@@ -1,0 +1,409 @@
+//! The billing API through a real tonic client against a real server on an ephemeral port, once on an
+//! embedded SQLite file and once on PostgreSQL (a fresh database per test, on the server named by
+//! `GTPCHARGE_TEST_DATABASE_URL`; `.ci/run` sets it). Every test ends by checking that the ledger
+//! balances: the entries of each currency sum to zero.
+use gtpcharge_billing_api::auth::Kind;
+use gtpcharge_billing_api::ledger::AccountUpdate;
+use gtpcharge_billing_api::{Db, Ledger};
+use gtpcharge_proto::v1 as pb;
+use pb::account_service_client::AccountServiceClient;
+use pb::purchase_service_client::PurchaseServiceClient;
+use pb::sighting_service_client::SightingServiceClient;
+use sqlx::Executor;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+/// A running server and the credentials the tests use.
+struct Harness {
+    ledger: Ledger,
+    channel: Channel,
+    sp_key: String,
+    other_sp_key: String,
+    probe_key: String,
+    operator_key: String,
+    probe_key_id: String,
+    _dir: tempfile::TempDir,
+    cleanup: Option<(String, String)>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn postgres_database() -> Option<(String, (String, String))> {
+    let base = match std::env::var("GTPCHARGE_TEST_DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            eprintln!("\n*** POSTGRESQL NOT TESTED: GTPCHARGE_TEST_DATABASE_URL is not set (.ci/run sets it) ***\n");
+            return None;
+        }
+    };
+    sqlx::any::install_default_drivers();
+    let mut random = [0u8; 6];
+    getrandom::fill(&mut random).unwrap();
+    let name = format!("gtpcharge_test_{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let admin = sqlx::AnyPool::connect(&base).await.expect("connect to the test PostgreSQL");
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    Some((format!("{prefix}/{name}"), (base, name)))
+}
+
+impl Harness {
+    async fn start(url: String, cleanup: Option<(String, String)>) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url.replace("{dir}", dir.path().to_str().unwrap());
+        let ledger = Ledger::new(Db::connect(&url).await.unwrap());
+        let (_, sp) = ledger.create_service_provider("games").await.unwrap();
+        let (_, other) = ledger.create_service_provider("music").await.unwrap();
+        let probe = ledger.create_credential(Kind::Probe, None, "probe-1").await.unwrap();
+        let operator = ledger.create_credential(Kind::Operator, None, "ops").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server_ledger = ledger.clone();
+        tokio::spawn(async move {
+            gtpcharge_billing_api::server::serve(server_ledger, listener, None, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+        Harness {
+            ledger,
+            channel,
+            sp_key: sp.secret,
+            other_sp_key: other.secret,
+            probe_key: probe.secret,
+            probe_key_id: probe.key_id,
+            operator_key: operator.secret,
+            _dir: dir,
+            cleanup,
+            stop: Some(stop),
+        }
+    }
+
+    /// SQLite always; PostgreSQL when configured.
+    async fn each_backend() -> Vec<(&'static str, Harness)> {
+        let mut all = vec![("sqlite", Harness::start("sqlite://{dir}/ledger.sqlite?mode=rwc".into(), None).await)];
+        if let Some((url, cleanup)) = postgres_database().await {
+            all.push(("postgres", Harness::start(url, Some(cleanup)).await));
+        }
+        all
+    }
+
+    async fn finish(mut self) {
+        let sums = self.ledger.sums_by_currency().await.unwrap();
+        for (currency, sum) in &sums {
+            assert_eq!(*sum, 0, "the ledger does not balance in {currency}");
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.ledger.db.pool.close().await;
+        if let Some((base, name)) = self.cleanup.take() {
+            let admin = sqlx::AnyPool::connect(&base).await.unwrap();
+            admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
+        }
+    }
+
+    fn purchases(&self) -> PurchaseServiceClient<Channel> {
+        PurchaseServiceClient::new(self.channel.clone())
+    }
+    fn sightings(&self) -> SightingServiceClient<Channel> {
+        SightingServiceClient::new(self.channel.clone())
+    }
+    fn accounts(&self) -> AccountServiceClient<Channel> {
+        AccountServiceClient::new(self.channel.clone())
+    }
+
+    async fn account(&self, msisdn: &str, balance: i64) {
+        let update = AccountUpdate { msisdn: msisdn.into(), currency: "EUR".into(), balance: Some(balance), ..Default::default() };
+        self.ledger.set_account(&update).await.unwrap();
+    }
+
+    async fn create(&self, key: &str, amount: i64, idempotency_key: &str) -> Result<pb::Purchase, tonic::Status> {
+        let request = pb::CreatePurchaseRequest {
+            product_id: "sword-of-testing".into(),
+            description: "A sword".into(),
+            amount,
+            currency: "EUR".into(),
+            expires_in_s: 600,
+            idempotency_key: idempotency_key.into(),
+        };
+        self.purchases().create_purchase(authed(key, request)).await.map(|r| r.into_inner())
+    }
+
+    async fn report(&self, token: &str, msisdn: &str) -> pb::SightingResult {
+        let request = pb::ReportSightingsRequest { sightings: vec![sighting(token, msisdn)] };
+        let response = self.sightings().report_sightings(authed(&self.probe_key, request)).await.unwrap().into_inner();
+        response.results.into_iter().next().unwrap()
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        use sqlx::Row;
+        sqlx::query(&format!("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM {table}"))
+            .fetch_one(&self.ledger.db.pool)
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap()
+    }
+}
+
+fn authed<T>(key: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {key}")).unwrap());
+    request
+}
+
+fn sighting(token: &str, msisdn: &str) -> pb::Sighting {
+    pb::Sighting {
+        token: token.into(),
+        msisdn: msisdn.into(),
+        imsi: "001010000000001".into(),
+        ue_ip: "10.0.0.1".into(),
+        r#where: "http-url".into(),
+        seen_at_us: 1,
+        probe_sighting_id: "t".into(),
+    }
+}
+
+fn outcome(result: &pb::SightingResult) -> pb::SightingOutcome {
+    pb::SightingOutcome::try_from(result.outcome).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purchase_is_charged_once_and_the_sp_is_told() {
+    for (backend, h) in Harness::each_backend().await {
+        h.account("46700000001", 10_000).await;
+        let purchase = h.create(&h.sp_key, 250, "order-1").await.unwrap();
+        assert_eq!(purchase.state, pb::PurchaseState::Pending as i32, "{backend}");
+        assert!(purchase.token.parse::<gtpcharge_proto::Token>().is_ok());
+        let mut watch = h.purchases().watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 })).await.unwrap().into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.purchase.unwrap().state, pb::PurchaseState::Pending as i32);
+
+        let result = h.report(&purchase.token, "46700000001").await;
+        assert_eq!(outcome(&result), pb::SightingOutcome::Charged, "{backend}");
+        let again = h.report(&purchase.token, "46700000001").await;
+        assert_eq!(outcome(&again), pb::SightingOutcome::AlreadyCharged, "{backend}");
+        assert_eq!(again.charged_msisdn, "46700000001");
+        assert!(!again.other_subscriber);
+
+        let change = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
+        let charged = change.purchase.unwrap();
+        assert_eq!((charged.state, charged.charged_msisdn.as_str()), (pb::PurchaseState::Charged as i32, "46700000001"), "{backend}");
+        // Resuming from the first change's cursor sees the charge again, and nothing before it.
+        let mut resumed = h.purchases().watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: first.cursor })).await.unwrap().into_inner();
+        assert_eq!(resumed.message().await.unwrap().unwrap().cursor, change.cursor);
+
+        let account = h.ledger.get_account("46700000001").await.unwrap();
+        assert_eq!((account.balance, account.spent_today), (9_750, 250), "{backend}");
+        let fetched = h.purchases().get_purchase(authed(&h.sp_key, pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(purchase.token.clone())) })).await.unwrap().into_inner();
+        assert_eq!(fetched.state, pb::PurchaseState::Charged as i32);
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reports_of_one_token_charge_once() {
+    for (backend, h) in Harness::each_backend().await {
+        h.account("46700000002", 100_000).await;
+        let purchase = h.create(&h.sp_key, 700, "race").await.unwrap();
+        let tasks: Vec<_> = (0..24)
+            .map(|_| {
+                let client = h.sightings();
+                let key = h.probe_key.clone();
+                let token = purchase.token.clone();
+                tokio::spawn(async move {
+                    let mut client = client;
+                    let request = pb::ReportSightingsRequest { sightings: vec![sighting(&token, "46700000002")] };
+                    client.report_sightings(authed(&key, request)).await.unwrap().into_inner().results.remove(0)
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        let charged = results.iter().filter(|r| outcome(r) == pb::SightingOutcome::Charged).count();
+        assert_eq!(charged, 1, "{backend}: exactly one report charges");
+        assert!(results.iter().all(|r| matches!(outcome(r), pb::SightingOutcome::Charged | pb::SightingOutcome::AlreadyCharged)));
+        assert!(results.iter().all(|r| r.purchase_id == results[0].purchase_id && r.charged_msisdn == "46700000002"), "{backend}: the same answer to all");
+        assert_eq!(h.ledger.get_account("46700000002").await.unwrap().balance, 99_300, "{backend}");
+        assert_eq!(h.count("ledger_entries").await, 2 + 2, "{backend}: one adjustment pair, one charge pair");
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn declines_expiry_cancel_and_second_subscriber() {
+    for (backend, h) in Harness::each_backend().await {
+        h.account("46700000003", 100).await;
+        let expensive = h.create(&h.sp_key, 500, "too-much").await.unwrap();
+        let r = h.report(&expensive.token, "46700000003").await;
+        assert_eq!((outcome(&r), r.decline_reason), (pb::SightingOutcome::Declined, pb::DeclineReason::InsufficientBalance as i32), "{backend}");
+        // A decline is final and repeats its answer.
+        assert_eq!(outcome(&h.report(&expensive.token, "46700000003").await), pb::SightingOutcome::Declined);
+
+        let unknown = h.create(&h.sp_key, 10, "nobody").await.unwrap();
+        let r = h.report(&unknown.token, "46799999999").await;
+        assert_eq!(r.decline_reason, pb::DeclineReason::UnknownSubscriber as i32, "{backend}");
+
+        let update = AccountUpdate { msisdn: "46700000004".into(), currency: "EUR".into(), balance: Some(1_000), daily_cap: Some(300), ..Default::default() };
+        h.ledger.set_account(&update).await.unwrap();
+        let a = h.create(&h.sp_key, 200, "cap-a").await.unwrap();
+        let b = h.create(&h.sp_key, 200, "cap-b").await.unwrap();
+        assert_eq!(outcome(&h.report(&a.token, "46700000004").await), pb::SightingOutcome::Charged);
+        assert_eq!(h.report(&b.token, "46700000004").await.decline_reason, pb::DeclineReason::DailyCap as i32, "{backend}");
+
+        let barred = AccountUpdate { msisdn: "46700000005".into(), currency: "EUR".into(), balance: Some(1_000), barred: Some(true), ..Default::default() };
+        h.ledger.set_account(&barred).await.unwrap();
+        let c = h.create(&h.sp_key, 10, "barred").await.unwrap();
+        assert_eq!(h.report(&c.token, "46700000005").await.decline_reason, pb::DeclineReason::Barred as i32);
+
+        let usd = AccountUpdate { msisdn: "46700000006".into(), currency: "USD".into(), balance: Some(1_000), ..Default::default() };
+        h.ledger.set_account(&usd).await.unwrap();
+        let d = h.create(&h.sp_key, 10, "usd").await.unwrap();
+        assert_eq!(h.report(&d.token, "46700000006").await.decline_reason, pb::DeclineReason::CurrencyMismatch as i32);
+
+        let e = h.create(&h.sp_key, 10, "cancel-me").await.unwrap();
+        let cancelled = h.purchases().cancel_purchase(authed(&h.sp_key, pb::CancelPurchaseRequest { id: e.id.clone() })).await.unwrap().into_inner();
+        assert_eq!(cancelled.state, pb::PurchaseState::Cancelled as i32);
+        assert_eq!(outcome(&h.report(&e.token, "46700000004").await), pb::SightingOutcome::Cancelled);
+
+        let short = pb::CreatePurchaseRequest { product_id: "p".into(), description: String::new(), amount: 5, currency: "EUR".into(), expires_in_s: 1, idempotency_key: "short".into() };
+        let short = h.purchases().create_purchase(authed(&h.sp_key, short)).await.unwrap().into_inner();
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        assert_eq!(outcome(&h.report(&short.token, "46700000004").await), pb::SightingOutcome::Expired, "{backend}");
+
+        // The token of a charged purchase seen from a second MSISDN: no second charge, flagged.
+        let r = h.report(&a.token, "46700000001").await;
+        assert_eq!(outcome(&r), pb::SightingOutcome::AlreadyCharged);
+        assert!(r.other_subscriber, "{backend}");
+        assert_eq!(h.ledger.get_account("46700000004").await.unwrap().balance, 800);
+
+        // Forged tokens: right syntax and wrong check part; right check part and no purchase.
+        let mut forged = a.token.clone().into_bytes();
+        forged[10] = if forged[10] == b'a' { b'b' } else { b'a' };
+        assert_eq!(outcome(&h.report(std::str::from_utf8(&forged).unwrap(), "46700000004").await), pb::SightingOutcome::UnknownToken);
+        let stranger = gtpcharge_proto::Token::generate().unwrap().to_string();
+        assert_eq!(outcome(&h.report(&stranger, "46700000004").await), pb::SightingOutcome::UnknownToken);
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refunds_are_new_entries_and_idempotent() {
+    for (backend, h) in Harness::each_backend().await {
+        h.account("46700000007", 1_000).await;
+        let p = h.create(&h.sp_key, 600, "refund-me").await.unwrap();
+        assert_eq!(outcome(&h.report(&p.token, "46700000007").await), pb::SightingOutcome::Charged);
+        let refund = |amount, key: &str| pb::RefundPurchaseRequest { id: p.id.clone(), amount, refund_key: key.into(), reason: "test".into() };
+        let first = h.purchases().refund_purchase(authed(&h.sp_key, refund(200, "r1"))).await.unwrap().into_inner();
+        assert_eq!(first.refunded_now, 200);
+        let repeat = h.purchases().refund_purchase(authed(&h.sp_key, refund(200, "r1"))).await.unwrap().into_inner();
+        assert_eq!(repeat.purchase.unwrap().refunded_amount, 200, "{backend}: the same refund key moves money once");
+        let too_much = h.purchases().refund_purchase(authed(&h.sp_key, refund(500, "r2"))).await.unwrap_err();
+        assert_eq!(too_much.code(), Code::FailedPrecondition);
+        let rest = h.purchases().refund_purchase(authed(&h.sp_key, refund(0, "r3"))).await.unwrap().into_inner();
+        assert_eq!((rest.refunded_now, rest.purchase.unwrap().state), (400, pb::PurchaseState::Refunded as i32));
+        assert_eq!(h.ledger.get_account("46700000007").await.unwrap().balance, 1_000, "{backend}");
+        assert_eq!(outcome(&h.report(&p.token, "46700000007").await), pb::SightingOutcome::Refunded);
+        let statement = h.accounts().get_statement(authed(&h.operator_key, pb::GetStatementRequest { msisdn: "46700000007".into(), page_size: 10, page_token: String::new() })).await.unwrap().into_inner();
+        let kinds: Vec<&str> = statement.entries.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["refund", "refund", "charge", "adjustment"], "{backend}");
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_a_clear_status_and_changes_nothing() {
+    for (backend, h) in Harness::each_backend().await {
+        h.account("46700000008", 1_000).await;
+        let mine = h.create(&h.sp_key, 100, "mine").await.unwrap();
+        let before = (h.count("purchases").await, h.count("ledger_entries").await, h.count("purchase_changes").await);
+        let create = |amount: i64, currency: &str, key: &str| pb::CreatePurchaseRequest {
+            product_id: "p".into(),
+            description: "d".into(),
+            amount,
+            currency: currency.into(),
+            expires_in_s: 60,
+            idempotency_key: key.into(),
+        };
+        let code = |r: Result<tonic::Response<pb::Purchase>, tonic::Status>| r.unwrap_err().code();
+        let mut purchases = h.purchases();
+        assert_eq!(code(purchases.create_purchase(Request::new(create(1, "EUR", "x"))).await), Code::Unauthenticated);
+        assert_eq!(code(purchases.create_purchase(authed("gcsk_not_a_key", create(1, "EUR", "x"))).await), Code::Unauthenticated);
+        assert_eq!(code(purchases.create_purchase(authed(&h.probe_key, create(1, "EUR", "x"))).await), Code::PermissionDenied);
+        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(0, "EUR", "x"))).await), Code::InvalidArgument);
+        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(-5, "EUR", "x"))).await), Code::InvalidArgument);
+        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(5, "XYZ", "x"))).await), Code::InvalidArgument);
+        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(5, "EUR", ""))).await), Code::InvalidArgument);
+        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(5, "EUR", "mine"))).await), Code::AlreadyExists, "{backend}");
+        let mut huge = create(5, "EUR", "huge");
+        huge.description = "x".repeat(2 << 20);
+        let status = purchases.create_purchase(authed(&h.sp_key, huge)).await.unwrap_err();
+        assert!(matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument), "{status:?}");
+        let sql = create(5, "EUR", "'); DROP TABLE purchases; --");
+        assert!(purchases.create_purchase(authed(&h.sp_key, sql)).await.is_ok(), "SQL-shaped text is stored as text");
+        // Another SP's purchase does not exist for this caller, by id or by token.
+        let by_id = pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Id(mine.id.clone())) };
+        assert_eq!(purchases.get_purchase(authed(&h.other_sp_key, by_id)).await.unwrap_err().code(), Code::NotFound);
+        let by_token = pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(mine.token.clone())) };
+        assert_eq!(purchases.get_purchase(authed(&h.other_sp_key, by_token)).await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(purchases.cancel_purchase(authed(&h.other_sp_key, pb::CancelPurchaseRequest { id: mine.id.clone() })).await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(purchases.cancel_purchase(authed(&h.sp_key, pb::CancelPurchaseRequest { id: "abc".into() })).await.unwrap_err().code(), Code::InvalidArgument);
+        let refund = pb::RefundPurchaseRequest { id: mine.id.clone(), amount: 10, refund_key: "k".into(), reason: String::new() };
+        assert_eq!(purchases.refund_purchase(authed(&h.sp_key, refund)).await.unwrap_err().code(), Code::FailedPrecondition, "refund of a pending purchase");
+        let list = pb::ListPurchasesRequest { page_size: 100_000, ..Default::default() };
+        assert_eq!(purchases.list_purchases(authed(&h.sp_key, list)).await.unwrap_err().code(), Code::InvalidArgument);
+        let mut sightings = h.sightings();
+        let too_many = pb::ReportSightingsRequest { sightings: vec![sighting(&mine.token, "46700000008"); 1001] };
+        assert_eq!(sightings.report_sightings(authed(&h.probe_key, too_many)).await.unwrap_err().code(), Code::InvalidArgument);
+        let bad_msisdn = pb::ReportSightingsRequest { sightings: vec![sighting(&mine.token, "46700000008"), sighting(&mine.token, "+46 70")] };
+        assert_eq!(sightings.report_sightings(authed(&h.probe_key, bad_msisdn)).await.unwrap_err().code(), Code::InvalidArgument);
+        let with_sp_key = pb::ReportSightingsRequest { sightings: vec![sighting(&mine.token, "46700000008")] };
+        assert_eq!(sightings.report_sightings(authed(&h.sp_key, with_sp_key)).await.unwrap_err().code(), Code::PermissionDenied);
+        let mut accounts = h.accounts();
+        let set = pb::SetAccountRequest { msisdn: "46700000009".into(), currency: "EUR".into(), balance: Some(5), ..Default::default() };
+        assert_eq!(accounts.set_account(authed(&h.sp_key, set.clone())).await.unwrap_err().code(), Code::PermissionDenied);
+        let bad_currency = pb::SetAccountRequest { currency: "EURO".into(), ..set.clone() };
+        assert_eq!(accounts.set_account(authed(&h.operator_key, bad_currency)).await.unwrap_err().code(), Code::InvalidArgument);
+        let other_currency = pb::SetAccountRequest { msisdn: "46700000008".into(), currency: "USD".into(), ..set.clone() };
+        assert_eq!(accounts.set_account(authed(&h.operator_key, other_currency)).await.unwrap_err().code(), Code::FailedPrecondition);
+        assert_eq!(accounts.get_account(authed(&h.operator_key, pb::GetAccountRequest { msisdn: "46711111111".into() })).await.unwrap_err().code(), Code::NotFound);
+        // Nothing above changed money or state (the SQL-shaped purchase is the one accepted call).
+        assert_eq!(h.count("purchases").await, before.0 + 1, "{backend}");
+        assert_eq!(h.count("ledger_entries").await, before.1, "{backend}");
+        assert_eq!(h.count("purchase_changes").await, before.2 + 1, "{backend}");
+        assert_eq!(h.ledger.get_account("46700000008").await.unwrap().balance, 1_000);
+        // A revoked key stops working.
+        let key = accounts.create_api_key(authed(&h.operator_key, pb::CreateApiKeyRequest { service_provider_id: "1".into() })).await.unwrap().into_inner();
+        assert!(h.create(&key.secret, 5, "with-new-key").await.is_ok());
+        accounts.revoke_key(authed(&h.operator_key, pb::RevokeKeyRequest { key_id: key.key_id })).await.unwrap();
+        assert_eq!(h.create(&key.secret, 5, "after-revoke").await.unwrap_err().code(), Code::Unauthenticated, "{backend}");
+        let _ = &h.probe_key_id;
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_idempotent_create() {
+    for (backend, h) in Harness::each_backend().await {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest { service: "gtpcharge.v1.SightingService".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{backend}");
+        let a = h.create(&h.sp_key, 42, "same").await.unwrap();
+        let b = h.create(&h.sp_key, 42, "same").await.unwrap();
+        assert_eq!((a.id, a.token), (b.id, b.token), "{backend}: a retried create returns the same purchase");
+        let listed = h.purchases().list_purchases(authed(&h.sp_key, pb::ListPurchasesRequest::default())).await.unwrap().into_inner();
+        assert_eq!(listed.purchases.len(), 1);
+        let other = h.purchases().list_purchases(authed(&h.other_sp_key, pb::ListPurchasesRequest::default())).await.unwrap().into_inner();
+        assert!(other.purchases.is_empty(), "{backend}: an SP sees only its own purchases");
+        h.finish().await;
+    }
+}

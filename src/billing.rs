@@ -1,0 +1,118 @@
+//! `gtpcharge serve` and `gtpcharge admin`: the billing API's process and its operator commands.
+use crate::{AccountCommand, AdminCommand, NamedCreate, SpCommand};
+use anyhow::{Context, Result};
+use gtpcharge_billing_api::auth::Kind;
+use gtpcharge_billing_api::ledger::AccountUpdate;
+use gtpcharge_billing_api::server::TlsFiles;
+use gtpcharge_billing_api::{Db, Ledger};
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+async fn ledger(url: &str) -> Result<Ledger> {
+    let db = Db::connect(url).await.with_context(|| format!("opening the ledger at {}", redact(url)))?;
+    Ok(Ledger::new(db))
+}
+
+pub fn serve(listen: std::net::SocketAddr, url: &str, tls: Option<TlsFiles>) -> Result<()> {
+    let _ = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    ).with_writer(std::io::stderr).try_init();
+    runtime()?.block_on(async {
+        let ledger = ledger(url).await?;
+        let listener = gtpcharge_billing_api::server::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        tracing::info!(%listen, database = %redact(url), tls = tls.is_some(), "billing API serving");
+        gtpcharge_billing_api::server::serve(ledger, listener, tls, gtpcharge_billing_api::server::shutdown_signal())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!("billing API stopped");
+        Ok(())
+    })
+}
+
+pub fn admin(url: &str, command: AdminCommand) -> Result<()> {
+    runtime()?.block_on(async {
+        let ledger = ledger(url).await?;
+        match command {
+            AdminCommand::Sp { command: SpCommand::Create { name } } => {
+                let (id, secret) = ledger.create_service_provider(&name).await?;
+                println!("service_provider_id\t{id}\nkey_id\t{}\napi_key\t{}", secret.key_id, secret.secret);
+            }
+            AdminCommand::Sp { command: SpCommand::Key { service_provider_id } } => {
+                let secret = ledger.create_credential(Kind::ServiceProvider, Some(service_provider_id), "api key").await?;
+                println!("key_id\t{}\napi_key\t{}", secret.key_id, secret.secret);
+            }
+            AdminCommand::Probe { command: NamedCreate::Create { name } } => {
+                let secret = ledger.create_credential(Kind::Probe, None, &name).await?;
+                println!("key_id\t{}\nprobe_key\t{}", secret.key_id, secret.secret);
+            }
+            AdminCommand::Operator { command: NamedCreate::Create { name } } => {
+                let secret = ledger.create_credential(Kind::Operator, None, &name).await?;
+                println!("key_id\t{}\noperator_key\t{}", secret.key_id, secret.secret);
+            }
+            AdminCommand::Revoke { key_id } => {
+                ledger.revoke(&key_id).await?;
+                println!("revoked\t{key_id}");
+            }
+            AdminCommand::Account { command: AccountCommand::Set { msisdn, currency, balance, credit_limit, daily_cap, monthly_cap, barred } } => {
+                let update = AccountUpdate {
+                    msisdn,
+                    kind: if credit_limit.is_some() { Some("postpaid".into()) } else if balance.is_some() { Some("prepaid".into()) } else { None },
+                    currency,
+                    balance,
+                    credit_limit,
+                    daily_cap,
+                    monthly_cap,
+                    barred,
+                };
+                print_account(&ledger.set_account(&update).await?);
+            }
+            AdminCommand::Account { command: AccountCommand::Show { msisdn } } => print_account(&ledger.get_account(&msisdn).await?),
+            AdminCommand::CheckLedger => {
+                let sums = ledger.sums_by_currency().await?;
+                let mut balanced = true;
+                for (currency, sum) in &sums {
+                    println!("{currency}\t{sum}");
+                    balanced &= *sum == 0;
+                }
+                anyhow::ensure!(balanced, "the ledger does not balance");
+                println!("balanced");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn print_account(a: &gtpcharge_billing_api::ledger::AccountRow) {
+    println!(
+        "msisdn\t{}\nkind\t{}\ncurrency\t{}\nbalance\t{}\ncredit_limit\t{}\ndaily_cap\t{}\nmonthly_cap\t{}\nbarred\t{}\nspent_today\t{}\nspent_this_month\t{}",
+        a.msisdn, a.kind, a.currency, a.balance, a.credit_limit, a.daily_cap, a.monthly_cap, a.barred, a.spent_today, a.spent_this_month
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+        assert_eq!(redact("sqlite://ledger.sqlite?mode=rwc"), "sqlite://ledger.sqlite?mode=rwc");
+    }
+}
