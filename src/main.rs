@@ -1,6 +1,7 @@
 //! `gtpcharge`: the probe (replay, capture), the token tool and the capture generator.
 //! See README.md for the commands and ARCHITECTURE.md for the code map.
 mod billing;
+mod delivery;
 mod jsonl;
 mod probe;
 
@@ -100,6 +101,9 @@ enum Command {
         /// Also write the generator's truth (expected sightings) as JSON here.
         #[arg(long)]
         truth: Option<PathBuf>,
+        /// Place these tokens (in order) wherever the capture carries one; the rest are random.
+        #[arg(long = "token")]
+        tokens: Vec<String>,
     },
 }
 
@@ -224,6 +228,29 @@ struct ProbeArgs {
     /// Bytes of each packet scanned for tokens.
     #[arg(long, default_value_t = 4096)]
     scan_bytes_max: usize,
+    /// Report sightings to this billing API (http://HOST:PORT or https://...), which charges them.
+    #[arg(long, env = "GTPCHARGE_BILLING_URL")]
+    billing_url: Option<String>,
+    /// The probe credential (`gtpcharge admin probe create`).
+    #[arg(long, env = "GTPCHARGE_PROBE_KEY", hide_env_values = true)]
+    probe_key: Option<String>,
+    /// Where undelivered sightings are kept (survives a crash; sent first on the next start).
+    #[arg(long, env = "GTPCHARGE_SPOOL_DIR", default_value = "gtpcharge-spool")]
+    spool_dir: PathBuf,
+    /// Spool size limit; when full the probe waits and says so loudly.
+    #[arg(long, default_value_t = 256 << 20)]
+    spool_max_bytes: u64,
+    /// At the end of a replay, how long to keep trying to deliver before leaving the rest in the spool.
+    #[arg(long, default_value_t = 60)]
+    drain_timeout_s: u64,
+    /// PEM CA for an https:// billing URL.
+    #[arg(long)]
+    billing_ca: Option<PathBuf>,
+    /// PEM client certificate and key (mutual TLS) for the billing API.
+    #[arg(long, requires = "billing_client_key")]
+    billing_client_cert: Option<PathBuf>,
+    #[arg(long, requires = "billing_client_cert")]
+    billing_client_key: Option<PathBuf>,
 }
 
 impl ProbeArgs {
@@ -238,6 +265,56 @@ impl ProbeArgs {
         let decoder = DecoderConfig { fragments_max: self.fragments_max, ..DecoderConfig::default() };
         Probe::new(config, decoder)
     }
+
+    fn delivery(&self) -> Result<Option<delivery::Delivery>> {
+        let Some(url) = &self.billing_url else { return Ok(None) };
+        let probe_key = self.probe_key.clone().context("--billing-url needs --probe-key (or GTPCHARGE_PROBE_KEY)")?;
+        let config = delivery::DeliveryConfig {
+            url: url.clone(),
+            probe_key,
+            spool_dir: self.spool_dir.clone(),
+            spool_max_bytes: self.spool_max_bytes,
+            batch_max: 200,
+            batch_wait: std::time::Duration::from_millis(50),
+            queue_max: 10_000,
+            tls_ca: self.billing_ca.clone(),
+            tls_client: self.billing_client_cert.clone().zip(self.billing_client_key.clone()),
+        };
+        Ok(Some(delivery::Delivery::start(config)?))
+    }
+}
+
+/// Hands a sighting to delivery; sightings without an MSISDN cannot be charged and are counted.
+fn deliver(delivery: &Option<delivery::Delivery>, skipped: &mut u64, event: &gtpcharge_correlate::Event) {
+    let (Some(delivery), gtpcharge_correlate::Event::Sighting(s)) = (delivery, event) else { return };
+    if s.identity.msisdn.is_empty() {
+        *skipped += 1;
+        return;
+    }
+    delivery.submit(delivery::SightingRecord {
+        token: s.token.to_string(),
+        msisdn: s.identity.msisdn.to_string(),
+        imsi: s.identity.imsi.to_string(),
+        ue_ip: s.identity.ue_ip().map(|ip| ip.to_string()).unwrap_or_default(),
+        carrier: s.carrier.as_str().into(),
+        seen_at_us: i64::try_from(s.ts_us).unwrap_or(0),
+    });
+}
+
+/// Ends delivery and prints its summary; `false` when sightings were left in the spool.
+fn finish_delivery(delivery: Option<delivery::Delivery>, drain: std::time::Duration, skipped: u64, spool: &std::path::Path) -> bool {
+    let Some(delivery) = delivery else { return true };
+    let stats = delivery.finish(drain);
+    eprintln!("{}  skipped-no-msisdn {skipped}", stats.summary());
+    if stats.left_in_spool > 0 {
+        eprintln!(
+            "gtpcharge: {} sightings are kept in the spool {}; the next run with the same --spool-dir delivers them",
+            stats.left_in_spool,
+            spool.display()
+        );
+        return false;
+    }
+    true
 }
 
 /// Where events go: JSON lines on stdout, or nowhere.
@@ -299,6 +376,8 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
     };
     let mut probe = args.probe();
     let mut out = EventOut::new(args.emit);
+    let delivery = args.delivery()?;
+    let mut skipped = 0u64;
     let mut all_read = true;
     let mut position = 0u64;
     for source in &mut sources {
@@ -307,7 +386,10 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
         }
         let result = source.for_each(|frame| {
             position += 16 + frame.data.len() as u64;
-            probe.frame(frame, |event| out.write(event));
+            probe.frame(frame, |event| {
+                out.write(event);
+                deliver(&delivery, &mut skipped, event);
+            });
             if probe.packets % 8192 == 0 {
                 if let Some(bar) = &progress {
                     bar.set_position(position);
@@ -328,7 +410,8 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
     }
     out.finish()?;
     eprint!("{}", probe.summary());
-    Ok(all_read)
+    let delivered = finish_delivery(delivery, std::time::Duration::from_secs(args.drain_timeout_s), skipped, &args.spool_dir);
+    Ok(all_read && delivered)
 }
 
 fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
@@ -338,10 +421,15 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
     let mut source = LiveSource::open(&live)?;
     let mut probe = args.probe();
     let mut out = EventOut::new(args.emit);
+    let delivery = args.delivery()?;
+    let mut skipped = 0u64;
     eprintln!("gtpcharge: capturing on {} (stop with SIGINT or SIGTERM)", live.interface);
     while !stop.load(Ordering::SeqCst) {
         match source.next_frame()? {
-            Some(frame) => probe.frame(&frame, |event| out.write(event)),
+            Some(frame) => probe.frame(&frame, |event| {
+                out.write(event);
+                deliver(&delivery, &mut skipped, event);
+            }),
             None => continue,
         }
     }
@@ -352,6 +440,8 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
         "libpcap received {}  dropped {}  interface dropped {}",
         stats.received, stats.dropped, stats.interface_dropped
     );
+    // Whatever could not be delivered within the drain time stays in the spool for the next start.
+    finish_delivery(delivery, std::time::Duration::from_secs(args.drain_timeout_s.min(10)), skipped, &args.spool_dir);
     Ok(())
 }
 
@@ -383,15 +473,21 @@ fn main() -> std::process::ExitCode {
         Command::Admin { database, command } => billing::admin(&database.database_url, command).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
         Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
-        Command::Generate { out, seed, subscribers, rounds, background, no_edge_cases, truth } => {
-            let scenario = gtpcharge_pcapgen::Scenario {
-                seed,
-                subscribers,
-                traffic_rounds: rounds,
-                background_per_round: background,
-                edge_cases: !no_edge_cases,
-            };
-            generate(&scenario, &out, truth.as_deref()).map(|()| true)
+        Command::Generate { out, seed, subscribers, rounds, background, no_edge_cases, truth, tokens } => {
+            match tokens.iter().map(|t| t.parse::<gtpcharge_proto::Token>()).collect::<Result<Vec<_>, _>>() {
+                Ok(tokens) => {
+                    let scenario = gtpcharge_pcapgen::Scenario {
+                        seed,
+                        subscribers,
+                        traffic_rounds: rounds,
+                        background_per_round: background,
+                        edge_cases: !no_edge_cases,
+                        tokens,
+                    };
+                    generate(&scenario, &out, truth.as_deref()).map(|()| true)
+                }
+                Err(error) => Err(anyhow::anyhow!("--token: {error}")),
+            }
         }
     };
     match result {

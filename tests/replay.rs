@@ -20,7 +20,7 @@ fn write_capture(dir: &Path, scenario: &Scenario) -> (std::path::PathBuf, gtpcha
 fn every_token_is_attributed_to_the_subscriber_that_sent_it() {
     let dir = tempfile::tempdir().unwrap();
     for seed in [1, 2, 3] {
-        let scenario = Scenario { seed, subscribers: 40, traffic_rounds: 3, background_per_round: 1, edge_cases: true };
+        let scenario = Scenario { seed, subscribers: 40, traffic_rounds: 3, background_per_round: 1, edge_cases: true, tokens: Vec::new() };
         let (path, truth) = write_capture(dir.path(), &scenario);
         let (events, summary, code) = replay(&[&path]);
         assert_eq!(code, 0, "{summary}");

@@ -22,7 +22,7 @@ impl XorShift {
 #[test]
 fn mutated_frames_never_panic_and_are_counted() {
     let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
-    generate(&Scenario { seed: 99, subscribers: 30, traffic_rounds: 2, background_per_round: 1, edge_cases: true }, &mut frames);
+    generate(&Scenario { seed: 99, subscribers: 30, traffic_rounds: 2, background_per_round: 1, edge_cases: true, tokens: Vec::new() }, &mut frames);
     let mut rng = XorShift(0x5eed);
     let mut decoder = Decoder::new(&DecoderConfig::default());
     // Small tables so the limits and their counters are exercised too.

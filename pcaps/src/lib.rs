@@ -29,12 +29,15 @@ pub struct Scenario {
     pub background_per_round: u32,
     /// Whether to add the malformed-packet and edge-case section.
     pub edge_cases: bool,
+    /// Tokens to use, in order, wherever the capture carries a token (sightings and unattributed alike);
+    /// when they run out, tokens are random. The rest of the capture does not depend on them.
+    pub tokens: Vec<Token>,
 }
 
 impl Scenario {
     /// The committed sample: small, every feature.
     pub fn sample() -> Scenario {
-        Scenario { seed: 7, subscribers: 24, traffic_rounds: 2, background_per_round: 2, edge_cases: true }
+        Scenario { seed: 7, subscribers: 24, traffic_rounds: 2, background_per_round: 2, edge_cases: true, tokens: Vec::new() }
     }
 }
 
@@ -226,6 +229,7 @@ pub struct Generator<'s, S: FrameSink> {
     truth: Truth,
     next_teid: u32,
     ip_id: u16,
+    supplied: std::collections::VecDeque<Token>,
 }
 
 impl<'s, S: FrameSink> Generator<'s, S> {
@@ -233,7 +237,14 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         self.now_us += 1 + self.rng.next_u64() % max_us;
     }
 
+    /// The next token to place: a supplied one if any is left, else random. The RNG is drawn either
+    /// way, so supplying tokens changes nothing else in the capture.
     fn token(&mut self) -> Token {
+        let random = self.random_token();
+        self.supplied.pop_front().unwrap_or(random)
+    }
+
+    fn random_token(&mut self) -> Token {
         let mut random = [0u8; 16];
         self.rng.fill_bytes(&mut random);
         Token::from_random(random)
@@ -622,7 +633,7 @@ impl<'s, S: FrameSink> Generator<'s, S> {
     }
 
     fn look_alike(&mut self, sub: &mut Subscriber) {
-        let mut text = self.token().to_string().into_bytes();
+        let mut text = self.random_token().to_string().into_bytes();
         text[20] = if text[20] == b'a' { b'b' } else { b'a' };
         let request = format!("GET /confirm?t={} HTTP/1.1\r\nHost: pay.sp.example\r\n\r\n", String::from_utf8_lossy(&text));
         self.http_request(sub, request.as_bytes(), None, false);
@@ -673,6 +684,7 @@ pub fn generate<S: FrameSink>(scenario: &Scenario, sink: &mut S) -> Truth {
         truth: Truth::default(),
         next_teid: 0x1000,
         ip_id: 0,
+        supplied: scenario.tokens.iter().copied().collect(),
     };
     let n = scenario.subscribers.max(4);
     let mut subscribers: Vec<Subscriber> = (0..n)

@@ -1,0 +1,364 @@
+//! Delivery of sightings to the billing API, losing nothing.
+//!
+//! The probe thread hands each sighting to a bounded crossbeam channel (policy: **block** — a full queue
+//! makes the probe wait rather than drop; on a live interface libpcap's own drop counter then shows it).
+//! The delivery thread groups sightings into batches (at most `batch_max`, or what arrived within
+//! `batch_wait`), and writes each batch to the spool **before** sending it: one file per batch in the spool
+//! directory, written, `fsync`ed, renamed into place and the directory `fsync`ed, so a batch survives a
+//! crash of the probe from the moment it is accepted. A batch file is deleted only after the billing API
+//! answered it. Batches are sent oldest first with exponential backoff (0.1 s to 5 s) while the API
+//! cannot be reached; a probe restarted with the same spool directory sends what it finds there first.
+//! Redelivery is safe: the API charges a token at most once.
+//!
+//! The spool is bounded (`spool_max_bytes`). When it is full the delivery thread logs a loud error,
+//! counts `spool_full`, and stops taking new sightings until a batch is delivered; the probe then waits
+//! on the channel. Nothing is dropped silently.
+use anyhow::{Context, Result};
+use gtpcharge_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SightingRecord {
+    pub token: String,
+    pub msisdn: String,
+    pub imsi: String,
+    pub ue_ip: String,
+    pub carrier: String,
+    pub seen_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub url: String,
+    pub probe_key: String,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub batch_max: usize,
+    pub batch_wait: Duration,
+    pub queue_max: usize,
+    /// PEM CA to trust for an https:// URL (else the system roots are not used: give the CA).
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate and key for mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+}
+
+/// What delivery did, for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryStats {
+    pub submitted: u64,
+    pub delivered: u64,
+    pub outcomes: BTreeMap<&'static str, u64>,
+    pub batches_sent: u64,
+    pub send_failures: u64,
+    pub spool_full: u64,
+    pub recovered_from_spool: u64,
+    pub left_in_spool: u64,
+    pub last_error: Option<String>,
+}
+
+impl DeliveryStats {
+    pub fn summary(&self) -> String {
+        let outcomes: Vec<String> = self.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "delivery submitted {}  delivered {}  recovered-from-spool {}  batches {}  send-failures {}  spool-full {}  left-in-spool {}  outcomes [{}]{}",
+            self.submitted,
+            self.delivered,
+            self.recovered_from_spool,
+            self.batches_sent,
+            self.send_failures,
+            self.spool_full,
+            self.left_in_spool,
+            outcomes.join(" "),
+            self.last_error.as_ref().map(|e| format!("  last-error {e}")).unwrap_or_default()
+        )
+    }
+}
+
+pub struct Delivery {
+    sender: Option<crossbeam_channel::Sender<SightingRecord>>,
+    thread: Option<std::thread::JoinHandle<DeliveryStats>>,
+    stop_after: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Delivery {
+    /// Opens the spool and starts the delivery thread.
+    pub fn start(config: DeliveryConfig) -> Result<Delivery> {
+        std::fs::create_dir_all(&config.spool_dir)
+            .with_context(|| format!("creating the spool directory {}", config.spool_dir.display()))?;
+        let probe = config.spool_dir.join(".write-test");
+        std::fs::write(&probe, b"").with_context(|| format!("the spool directory {} is not writable", config.spool_dir.display()))?;
+        let _ = std::fs::remove_file(probe);
+        let (sender, receiver) = crossbeam_channel::bounded(config.queue_max);
+        let stop_after = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let deadline = stop_after.clone();
+        let thread = std::thread::Builder::new()
+            .name("delivery".into())
+            .spawn(move || run(config, receiver, deadline))
+            .context("starting the delivery thread")?;
+        Ok(Delivery { sender: Some(sender), thread: Some(thread), stop_after })
+    }
+
+    /// Queues a sighting; waits while the queue is full.
+    pub fn submit(&self, record: SightingRecord) {
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(record);
+        }
+    }
+
+    /// Stops taking sightings, keeps delivering for at most `drain` (what is left stays in the spool),
+    /// and returns the counters.
+    pub fn finish(mut self, drain: Duration) -> DeliveryStats {
+        if let Ok(mut deadline) = self.stop_after.lock() {
+            *deadline = Some(Instant::now() + drain);
+        }
+        self.sender.take();
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    next_sequence: u64,
+    /// Batch files waiting for an answer, oldest first: (path, bytes, records).
+    pending: std::collections::VecDeque<(PathBuf, u64, Vec<SightingRecord>)>,
+    bytes: u64,
+}
+
+impl Spool {
+    fn open(dir: &Path, max_bytes: u64) -> Result<Spool> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "batch"))
+            .collect();
+        files.sort();
+        let mut spool = Spool { dir: dir.into(), max_bytes, next_sequence: 0, pending: Default::default(), bytes: 0 };
+        for path in files {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let records: Vec<SightingRecord> = text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(serde_json::from_str)
+                .collect::<std::result::Result<_, _>>()
+                .with_context(|| format!("{}: not a spool batch", path.display()))?;
+            let sequence = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+            spool.next_sequence = spool.next_sequence.max(sequence + 1);
+            spool.bytes += text.len() as u64;
+            spool.pending.push_back((path, text.len() as u64, records));
+        }
+        // Leftovers of a write cut by a crash (never renamed into place) were never acknowledged.
+        for entry in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+            if entry.path().extension().is_some_and(|e| e == "tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(spool)
+    }
+
+    fn is_full_for(&self, bytes: u64) -> bool {
+        self.bytes + bytes > self.max_bytes
+    }
+
+    /// Writes a batch durably; returns its size.
+    fn append(&mut self, records: Vec<SightingRecord>) -> Result<()> {
+        let mut text = String::new();
+        for record in &records {
+            text.push_str(&serde_json::to_string(record)?);
+            text.push('\n');
+        }
+        let name = format!("{:020}", self.next_sequence);
+        self.next_sequence += 1;
+        let temporary = self.dir.join(format!("{name}.tmp"));
+        let path = self.dir.join(format!("{name}.batch"));
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.bytes += text.len() as u64;
+        self.pending.push_back((path, text.len() as u64, records));
+        Ok(())
+    }
+
+    fn acknowledge_oldest(&mut self) -> Result<()> {
+        if let Some((path, bytes, _)) = self.pending.pop_front() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            self.bytes -= bytes;
+        }
+        Ok(())
+    }
+}
+
+fn outcome_name(outcome: i32) -> &'static str {
+    match pb::SightingOutcome::try_from(outcome) {
+        Ok(pb::SightingOutcome::Charged) => "charged",
+        Ok(pb::SightingOutcome::AlreadyCharged) => "already-charged",
+        Ok(pb::SightingOutcome::Declined) => "declined",
+        Ok(pb::SightingOutcome::Expired) => "expired",
+        Ok(pb::SightingOutcome::Cancelled) => "cancelled",
+        Ok(pb::SightingOutcome::UnknownToken) => "unknown-token",
+        Ok(pb::SightingOutcome::Refunded) => "refunded",
+        _ => "unspecified",
+    }
+}
+
+async fn connect(config: &DeliveryConfig) -> Result<tonic::transport::Channel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(config.url.clone())
+        .context("--billing-url is not a valid URL")?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30));
+    if config.url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &config.tls_ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
+        }
+        if let Some((certificate, key)) = &config.tls_client {
+            tls = tls.identity(tonic::transport::Identity::from_pem(std::fs::read(certificate)?, std::fs::read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+fn run(
+    config: DeliveryConfig,
+    receiver: crossbeam_channel::Receiver<SightingRecord>,
+    stop_after: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+) -> DeliveryStats {
+    let mut stats = DeliveryStats::default();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            stats.last_error = Some(format!("runtime: {error}"));
+            return stats;
+        }
+    };
+    let mut spool = match Spool::open(&config.spool_dir, config.spool_max_bytes) {
+        Ok(spool) => spool,
+        Err(error) => {
+            eprintln!("gtpcharge: ERROR: spool {}: {error:#}", config.spool_dir.display());
+            stats.last_error = Some(format!("{error:#}"));
+            // Without a spool nothing may be accepted: drain the channel into nowhere would lose data,
+            // so keep the records in memory and report them as left over.
+            stats.left_in_spool = receiver.iter().count() as u64;
+            return stats;
+        }
+    };
+    stats.recovered_from_spool = spool.pending.iter().map(|(_, _, r)| r.len() as u64).sum();
+    let channel = match runtime.block_on(connect(&config)) {
+        Ok(channel) => channel,
+        Err(error) => {
+            eprintln!("gtpcharge: ERROR: billing API: {error:#}");
+            stats.last_error = Some(format!("{error:#}"));
+            return stats;
+        }
+    };
+    let mut client = pb::sighting_service_client::SightingServiceClient::new(channel);
+    let mut batch: Vec<SightingRecord> = Vec::new();
+    let mut closed = false;
+    let mut backoff = Duration::from_millis(100);
+    let mut retry_at = Instant::now();
+    loop {
+        // 1. Take sightings while the spool has room.
+        if !closed {
+            let wait = if spool.pending.is_empty() { config.batch_wait } else { Duration::from_millis(5) };
+            let room = !spool.is_full_for(256 * batch.len().max(1) as u64);
+            if room {
+                match receiver.recv_timeout(wait) {
+                    Ok(record) => {
+                        stats.submitted += 1;
+                        batch.push(record);
+                        while batch.len() < config.batch_max {
+                            match receiver.try_recv() {
+                                Ok(record) => {
+                                    stats.submitted += 1;
+                                    batch.push(record);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => closed = true,
+                }
+            } else if stats.spool_full == 0 || stats.spool_full % 1000 == 0 {
+                eprintln!(
+                    "gtpcharge: ERROR: spool {} is full ({} bytes of {}); waiting for the billing API before taking more sightings",
+                    config.spool_dir.display(),
+                    spool.bytes,
+                    spool.max_bytes
+                );
+                stats.spool_full += 1;
+            } else {
+                stats.spool_full += 1;
+            }
+        }
+        // 2. A full batch, or whatever is there when the queue is idle or closed, goes to the spool.
+        if !batch.is_empty() && (batch.len() >= config.batch_max || closed || receiver.is_empty()) {
+            if let Err(error) = spool.append(std::mem::take(&mut batch)) {
+                eprintln!("gtpcharge: ERROR: writing the spool: {error:#}");
+                stats.last_error = Some(format!("spool write: {error:#}"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        // 3. Send the oldest batch when the backoff allows.
+        if let Some((_, _, records)) = spool.pending.front() {
+            if Instant::now() >= retry_at {
+                let sightings = records
+                    .iter()
+                    .map(|r| pb::Sighting {
+                        token: r.token.clone(),
+                        msisdn: r.msisdn.clone(),
+                        imsi: r.imsi.clone(),
+                        ue_ip: r.ue_ip.clone(),
+                        r#where: r.carrier.clone(),
+                        seen_at_us: r.seen_at_us,
+                        probe_sighting_id: String::new(),
+                    })
+                    .collect();
+                let mut request = tonic::Request::new(pb::ReportSightingsRequest { sightings });
+                if let Ok(value) = format!("Bearer {}", config.probe_key).parse() {
+                    request.metadata_mut().insert("authorization", value);
+                }
+                match runtime.block_on(client.report_sightings(request)) {
+                    Ok(response) => {
+                        for result in &response.get_ref().results {
+                            *stats.outcomes.entry(outcome_name(result.outcome)).or_default() += 1;
+                        }
+                        stats.delivered += records.len() as u64;
+                        stats.batches_sent += 1;
+                        if let Err(error) = spool.acknowledge_oldest() {
+                            stats.last_error = Some(format!("{error:#}"));
+                        }
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(status) => {
+                        stats.send_failures += 1;
+                        let message = format!("{:?}: {}", status.code(), status.message());
+                        if stats.send_failures == 1 || stats.send_failures % 20 == 0 {
+                            eprintln!("gtpcharge: billing API: {message}; {} batches kept in the spool, retrying", spool.pending.len());
+                        }
+                        stats.last_error = Some(message);
+                        retry_at = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(10).min(retry_at.saturating_duration_since(Instant::now())));
+            }
+        }
+        // 4. Done when closed and drained, or when the drain time is over.
+        if closed && batch.is_empty() {
+            let deadline = stop_after.lock().ok().and_then(|d| *d);
+            if spool.pending.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
+    }
+    stats.left_in_spool = spool.pending.iter().map(|(_, _, r)| r.len() as u64).sum();
+    stats
+}
