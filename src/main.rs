@@ -2,6 +2,7 @@
 //! See README.md for the commands and ARCHITECTURE.md for the code map.
 mod billing;
 mod delivery;
+mod demo;
 mod jsonl;
 mod probe;
 
@@ -56,6 +57,15 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// The main job, end to end: replay the committed sample into the billing API on the embedded
+    /// SQLite default and check every charge (see README).
+    Demo {
+        #[arg(default_value = "pcaps/sample.pcap")]
+        sample: PathBuf,
+        /// Working directory, emptied first: the ledger and the spool go here.
+        #[arg(long, default_value = "gtpcharge-demo")]
+        workdir: PathBuf,
     },
     /// Run the billing API (gRPC): an embedded SQLite file by default, PostgreSQL with --database-url.
     Serve {
@@ -254,6 +264,16 @@ struct ProbeArgs {
 }
 
 impl ProbeArgs {
+    /// The defaults of every flag (what `clap` gives when none is passed).
+    fn defaults() -> ProbeArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            probe: ProbeArgs,
+        }
+        Only::parse_from(["gtpcharge"]).probe
+    }
+
     fn probe(&self) -> Probe {
         let mut config = Config::default();
         config.gtpc_ports.extend(&self.gtpc_ports);
@@ -460,6 +480,12 @@ fn main() -> std::process::ExitCode {
                 ..LiveConfig::default()
             };
             capture(live, &probe).map(|()| true)
+        }
+        Command::Demo { sample, workdir } => {
+            let _ = std::fs::remove_dir_all(&workdir);
+            std::fs::create_dir_all(&workdir)
+                .with_context(|| format!("creating {}", workdir.display()))
+                .and_then(|()| demo::demo(&sample, &workdir))
         }
         Command::Serve { listen, database, tls_cert, tls_key, tls_client_ca } => {
             let tls = match (tls_cert, tls_key) {

@@ -187,3 +187,21 @@ fn replay_charges_each_purchase_once_through_a_killed_and_restarted_server() {
         });
     }
 }
+
+/// The README's main command: `gtpcharge demo` replays the committed sample into the embedded default
+/// and checks every charge itself; it must succeed from a clean working directory.
+#[test]
+fn the_readme_demo_charges_every_sample_purchase() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
+    let output = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["demo", sample.to_str().unwrap(), "--workdir", dir.path().join("work").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("34 of 34 purchases charged to the subscriber who sent the token"), "{stderr}");
+    assert!(stderr.contains("ledger balanced"), "{stderr}");
+    let events = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(events, std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.expected.jsonl")).unwrap());
+}

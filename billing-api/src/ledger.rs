@@ -532,6 +532,18 @@ impl Ledger {
     // ------------------------------------------------------------------ purchases
 
     pub async fn create_purchase(&self, sp: i64, new: &NewPurchase) -> Result<PurchaseRow> {
+        let token = Token::generate().map_err(|_| LedgerError::Random)?;
+        self.insert_purchase(sp, new, token).await
+    }
+
+    /// Imports a pending purchase whose token was minted elsewhere (an operator migrating purchases from
+    /// another system, or the demo, whose capture carries known tokens). Same checks and idempotency as
+    /// [`Ledger::create_purchase`]; never reachable by an SP.
+    pub async fn import_purchase(&self, sp: i64, new: &NewPurchase, token: Token) -> Result<PurchaseRow> {
+        self.insert_purchase(sp, new, token).await
+    }
+
+    async fn insert_purchase(&self, sp: i64, new: &NewPurchase, token: Token) -> Result<PurchaseRow> {
         validate_text("product_id", &new.product_id, 1, 128)?;
         validate_text("description", &new.description, 0, 512)?;
         validate_text("idempotency_key", &new.idempotency_key, 1, 128)?;
@@ -546,7 +558,6 @@ impl Ledger {
             "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
             new.product_id, new.description, new.amount, new.currency, expires_in_s
         ));
-        let token = Token::generate().map_err(|_| LedgerError::Random)?;
         let now = now_us();
         let mut tx = self.db.pool.begin().await?;
         let inserted = sqlx::query(&format!(
