@@ -53,6 +53,16 @@ enum Command {
         #[command(flatten)]
         probe: ProbeArgs,
     },
+    /// Play capture files onto an interface (for test networks: a veth pair in a namespace).
+    Inject {
+        #[arg(long, short = 'i')]
+        interface: String,
+        /// Frames per second at most (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        pps: u64,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Purchase tokens.
     Token {
         #[command(subcommand)]
@@ -497,6 +507,7 @@ fn main() -> std::process::ExitCode {
             billing::serve(listen, &database.database_url, tls).map(|()| true)
         }
         Command::Admin { database, command } => billing::admin(&database.database_url, command).map(|()| true),
+        Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
         Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
         Command::Generate { out, seed, subscribers, rounds, background, no_edge_cases, truth, tokens } => {
@@ -524,6 +535,34 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+fn inject(interface: &str, pps: u64, files: &[PathBuf]) -> Result<()> {
+    let mut injector = gtpcharge_capture::Injector::open(interface)?;
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut failure = None;
+    for path in files {
+        let mut source = FileSource::open(path, None)?;
+        source.for_each(|frame| {
+            if failure.is_some() {
+                return;
+            }
+            if pps > 0 {
+                let due = started + std::time::Duration::from_secs_f64(sent as f64 / pps as f64);
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            }
+            match injector.send(frame.data) {
+                Ok(()) => sent += 1,
+                Err(error) => failure = Some(error),
+            }
+        })?;
+        if let Some(error) = failure.take() {
+            return Err(error.into());
+        }
+    }
+    eprintln!("gtpcharge: injected {sent} frames on {interface} in {:.3}s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn token_new(count: u32) -> Result<()> {

@@ -14,10 +14,10 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn database_url(dir: &std::path::Path) -> (String, Option<(String, String)>) {
+fn database_url(dir: &std::path::Path, seed: u64) -> (String, Option<(String, String)>) {
     match std::env::var("GTPCHARGE_TEST_DATABASE_URL") {
         Ok(base) => {
-            let name = format!("gtpcharge_e2e_{}", std::process::id());
+            let name = format!("gtpcharge_e2e_{}_{seed}", std::process::id());
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(async {
                 use sqlx::Executor;
@@ -75,56 +75,118 @@ fn authed<T>(key: &str, message: T) -> tonic::Request<T> {
     request
 }
 
+/// A billing server with an SP, a probe credential, real purchases for every token of a generated
+/// capture, and accounts for every subscriber in it.
+struct World {
+    dir: tempfile::TempDir,
+    database: String,
+    cleanup: Option<(String, String)>,
+    api_key: String,
+    probe_key: String,
+    port: u16,
+    url: String,
+    server: Child,
+    runtime: tokio::runtime::Runtime,
+    capture: std::path::PathBuf,
+    truth: gtpcharge_pcapgen::Truth,
+    expected_spend: BTreeMap<String, i64>,
+}
+
+impl World {
+    fn new(seed: u64, subscribers: u32) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let (database, cleanup) = database_url(dir.path(), seed);
+        let api_key = admin(&database, &["sp", "create", "e2e-games"])["api_key"].clone();
+        let probe_key = admin(&database, &["probe", "create", "e2e-probe"])["probe_key"].clone();
+        let port = free_port();
+        let server = serve(&database, port);
+        let url = format!("http://127.0.0.1:{port}");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut scenario = Scenario { seed, subscribers, traffic_rounds: 2, background_per_round: 1, edge_cases: true, tokens: Vec::new() };
+        // How many tokens the scenario carries, then that many real purchases.
+        let dry_truth = generate(&scenario, &mut Vec::<(u64, Vec<u8>)>::new());
+        let needed = dry_truth.sightings.len() + dry_truth.unattributed.len();
+        let purchases: Vec<pb::Purchase> = runtime.block_on(async {
+            let mut client = pb::purchase_service_client::PurchaseServiceClient::connect(url.clone()).await.unwrap();
+            let mut out = Vec::new();
+            for i in 0..needed {
+                let request = pb::CreatePurchaseRequest {
+                    product_id: format!("item-{i}"),
+                    description: "e2e".into(),
+                    amount: 100,
+                    currency: "EUR".into(),
+                    expires_in_s: 3600,
+                    idempotency_key: format!("e2e-{i}"),
+                };
+                out.push(client.create_purchase(authed(&api_key, request)).await.unwrap().into_inner());
+            }
+            out
+        });
+        scenario.tokens = purchases.iter().map(|p| p.token.parse().unwrap()).collect();
+        let capture = dir.path().join("e2e.pcap");
+        let mut file = PcapFile::create(&capture).unwrap();
+        let truth = generate(&scenario, &mut file);
+        file.finish().unwrap();
+        assert_eq!(truth.sightings.len() + truth.unattributed.len(), needed);
+        let mut expected_spend: BTreeMap<String, i64> = BTreeMap::new();
+        for (_, msisdn) in &truth.sightings {
+            *expected_spend.entry(msisdn.clone()).or_default() += 100;
+        }
+        for msisdn in expected_spend.keys() {
+            admin(&database, &["account", "set", msisdn, "--currency", "EUR", "--balance", "100000"]);
+        }
+        World { dir, database, cleanup, api_key, probe_key, port, url, server, runtime, capture, truth, expected_spend }
+    }
+
+    /// Every purchase charged to the MSISDN that sent its token, unattributed ones untouched, balances
+    /// down by exactly one charge per purchase, the ledger balanced.
+    fn check(&self) {
+        self.runtime.block_on(async {
+            let mut client = pb::purchase_service_client::PurchaseServiceClient::connect(self.url.clone()).await.unwrap();
+            for (token, msisdn) in &self.truth.sightings {
+                let request = pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token.to_string())) };
+                let p = client.get_purchase(authed(&self.api_key, request)).await.unwrap().into_inner();
+                assert_eq!((p.state, p.charged_msisdn.as_str()), (pb::PurchaseState::Charged as i32, msisdn.as_str()), "{token}");
+            }
+            for token in &self.truth.unattributed {
+                let request = pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token.to_string())) };
+                let p = client.get_purchase(authed(&self.api_key, request)).await.unwrap().into_inner();
+                assert_eq!(p.state, pb::PurchaseState::Pending as i32, "an unattributed token must not be charged");
+            }
+        });
+        for (msisdn, spent) in &self.expected_spend {
+            let account = admin(&self.database, &["account", "show", msisdn]);
+            assert_eq!(account["balance"].parse::<i64>().unwrap(), 100_000 - spent, "{msisdn}");
+        }
+        assert!(admin(&self.database, &["check-ledger"]).contains_key("EUR"));
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        if let Some((base, name)) = self.cleanup.take() {
+            self.runtime.block_on(async {
+                use sqlx::Executor;
+                if let Ok(admin) = sqlx::AnyPool::connect(&base).await {
+                    let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+                }
+            });
+        }
+    }
+}
+
 #[test]
 fn replay_charges_each_purchase_once_through_a_killed_and_restarted_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let (database, cleanup) = database_url(dir.path());
-    let api_key = admin(&database, &["sp", "create", "e2e-games"])["api_key"].clone();
-    let probe_key = admin(&database, &["probe", "create", "e2e-probe"])["probe_key"].clone();
-    let port = free_port();
-    let mut server = serve(&database, port);
-    let url = format!("http://127.0.0.1:{port}");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-
-    // How many tokens the scenario carries, then that many real purchases.
-    let mut scenario = Scenario { seed: 5, subscribers: 20, traffic_rounds: 2, background_per_round: 1, edge_cases: true, tokens: Vec::new() };
-    let mut dry: Vec<(u64, Vec<u8>)> = Vec::new();
-    let dry_truth = generate(&scenario, &mut dry);
-    let needed = dry_truth.sightings.len() + dry_truth.unattributed.len();
-    let purchases: Vec<pb::Purchase> = runtime.block_on(async {
-        let mut client = pb::purchase_service_client::PurchaseServiceClient::connect(url.clone()).await.unwrap();
-        let mut out = Vec::new();
-        for i in 0..needed {
-            let request = pb::CreatePurchaseRequest {
-                product_id: format!("item-{i}"),
-                description: "e2e".into(),
-                amount: 100,
-                currency: "EUR".into(),
-                expires_in_s: 3600,
-                idempotency_key: format!("e2e-{i}"),
-            };
-            out.push(client.create_purchase(authed(&api_key, request)).await.unwrap().into_inner());
-        }
-        out
-    });
-    scenario.tokens = purchases.iter().map(|p| p.token.parse().unwrap()).collect();
-    let capture = dir.path().join("e2e.pcap");
-    let mut file = PcapFile::create(&capture).unwrap();
-    let truth = generate(&scenario, &mut file);
-    file.finish().unwrap();
-    assert_eq!(truth.sightings.len() + truth.unattributed.len(), needed);
-    let mut expected_spend: BTreeMap<String, i64> = BTreeMap::new();
-    for (_, msisdn) in &truth.sightings {
-        *expected_spend.entry(msisdn.clone()).or_default() += 100;
-    }
-    for msisdn in expected_spend.keys() {
-        admin(&database, &["account", "set", msisdn, "--currency", "EUR", "--balance", "100000"]);
-    }
-
+    let mut world = World::new(5, 20);
+    let (database, url, probe_key, port) = (world.database.clone(), world.url.clone(), world.probe_key.clone(), world.port);
+    let (capture, truth) = (world.capture.clone(), world.truth.clone());
+    let dir = world.dir.path().to_path_buf();
     // (c) The server dies hard; the probe replays against nothing, spools, and waits for it to return.
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let spool = dir.path().join("spool");
+    world.server.kill().unwrap();
+    world.server.wait().unwrap();
+    let spool = dir.join("spool");
     let replay = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
         .args(["replay", capture.to_str().unwrap(), "--billing-url", &url, "--probe-key", &probe_key])
         .args(["--spool-dir", spool.to_str().unwrap(), "--drain-timeout-s", "60"])
@@ -135,7 +197,7 @@ fn replay_charges_each_purchase_once_through_a_killed_and_restarted_server() {
     std::thread::sleep(Duration::from_millis(1500));
     let spooled = std::fs::read_dir(&spool).unwrap().count();
     assert!(spooled > 0, "sightings must wait in the spool while the API is down");
-    let mut server = serve(&database, port);
+    world.server = serve(&database, port);
     let output = replay.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -143,27 +205,7 @@ fn replay_charges_each_purchase_once_through_a_killed_and_restarted_server() {
     assert_eq!(std::fs::read_dir(&spool).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "batch")).count(), 0);
 
     // (a) Every purchase charged to the MSISDN that sent its token; unattributed ones untouched.
-    let check = |runtime: &tokio::runtime::Runtime| {
-        runtime.block_on(async {
-            let mut client = pb::purchase_service_client::PurchaseServiceClient::connect(url.clone()).await.unwrap();
-            for (token, msisdn) in &truth.sightings {
-                let request = pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token.to_string())) };
-                let p = client.get_purchase(authed(&api_key, request)).await.unwrap().into_inner();
-                assert_eq!((p.state, p.charged_msisdn.as_str()), (pb::PurchaseState::Charged as i32, msisdn.as_str()), "{token}");
-            }
-            for token in &truth.unattributed {
-                let request = pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token.to_string())) };
-                let p = client.get_purchase(authed(&api_key, request)).await.unwrap().into_inner();
-                assert_eq!(p.state, pb::PurchaseState::Pending as i32, "an unattributed token must not be charged");
-            }
-        });
-        for (msisdn, spent) in &expected_spend {
-            let account = admin(&database, &["account", "show", msisdn]);
-            assert_eq!(account["balance"].parse::<i64>().unwrap(), 100_000 - spent, "{msisdn}");
-        }
-        assert!(admin(&database, &["check-ledger"]).contains_key("EUR"));
-    };
-    check(&runtime);
+    world.check();
 
     // (d) The same capture again: everything is already charged, nothing moves.
     let again = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
@@ -175,17 +217,7 @@ fn replay_charges_each_purchase_once_through_a_killed_and_restarted_server() {
     assert!(again.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("already-charged={}]", truth.sightings.len())) || stderr.contains(&format!("already-charged={} ", truth.sightings.len())), "{stderr}");
     assert!(!stderr.contains(" charged="), "{stderr}");
-    check(&runtime);
-
-    server.kill().unwrap();
-    let _ = server.wait();
-    if let Some((base, name)) = cleanup {
-        runtime.block_on(async {
-            use sqlx::Executor;
-            let admin = sqlx::AnyPool::connect(&base).await.unwrap();
-            admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
-        });
-    }
+    world.check();
 }
 
 /// The README's main command: `gtpcharge demo` replays the committed sample into the embedded default
@@ -204,4 +236,64 @@ fn the_readme_demo_charges_every_sample_purchase() {
     assert!(stderr.contains("ledger balanced"), "{stderr}");
     let events = String::from_utf8(output.stdout).unwrap();
     assert_eq!(events, std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.expected.jsonl")).unwrap());
+}
+
+/// Deletes the test's network namespace (and with it the veth pair) however the test ends.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("LIVE TEST CANNOT RUN: `ip` is not available: {e}"));
+    assert!(
+        output.status.success(),
+        "LIVE TEST CANNOT RUN: `ip {}` failed (network namespaces or veth cannot be created here): {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// (b) Live: the capture is played onto one end of a veth pair whose other end is in a network
+/// namespace this test creates; `gtpcharge capture` listens on the root-namespace end, reports to the
+/// billing server, and stops on SIGTERM after draining. Same result as the replay. Where namespaces
+/// cannot be created, the test fails and says so: it is never skipped silently.
+#[test]
+fn live_capture_on_a_veth_pair_charges_like_replay() {
+    let world = World::new(9, 12);
+    let id = std::process::id() % 100_000;
+    let namespace = Namespace(format!("gtpcharge{id}"));
+    let (probe_end, wire_end) = (format!("gcp{id}"), format!("gcw{id}"));
+    ip(&["netns", "add", &namespace.0]);
+    ip(&["link", "add", &probe_end, "mtu", "9000", "type", "veth", "peer", "name", &wire_end, "mtu", "9000"]);
+    ip(&["link", "set", &wire_end, "netns", &namespace.0]);
+    ip(&["link", "set", &probe_end, "up"]);
+    ip(&["-n", &namespace.0, "link", "set", &wire_end, "up"]);
+    let spool = world.dir.path().join("live-spool");
+    let capture = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["capture", "--interface", &probe_end, "--billing-url", &world.url, "--probe-key", &world.probe_key])
+        .args(["--spool-dir", spool.to_str().unwrap(), "--emit", "jsonl"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000)); // let libpcap open the interface
+    let inject = Command::new("ip")
+        .args(["netns", "exec", &namespace.0, env!("CARGO_BIN_EXE_gtpcharge"), "inject", "--interface", &wire_end, "--pps", "5000"])
+        .arg(&world.capture)
+        .output()
+        .unwrap();
+    assert!(inject.status.success(), "inject: {}", String::from_utf8_lossy(&inject.stderr));
+    std::thread::sleep(Duration::from_millis(1000));
+    let status = Command::new("kill").args(["-TERM", &capture.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = capture.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "capture must exit 0 on SIGTERM: {stderr}");
+    assert!(stderr.contains(&format!("delivered {}  ", world.truth.sightings.len())), "{stderr}");
+    assert!(stderr.contains("libpcap received"), "{stderr}");
+    world.check();
 }

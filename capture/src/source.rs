@@ -302,3 +302,24 @@ impl LiveSource {
         Ok(LiveStats { received: stat.received, dropped: stat.dropped, interface_dropped: stat.if_dropped })
     }
 }
+
+/// Writes frames onto an interface through libpcap (`pcap_sendpacket`): the project's own way to play a
+/// capture onto a test network (a veth pair in a namespace) without tcpreplay.
+pub struct Injector {
+    interface: String,
+    capture: pcap::Capture<pcap::Active>,
+}
+
+impl Injector {
+    pub fn open(interface: &str) -> Result<Injector, CaptureError> {
+        let live = |error: pcap::Error| CaptureError::Live { interface: interface.into(), message: error.to_string() };
+        let capture = pcap::Capture::from_device(interface).map_err(live)?.snaplen(65_535).open().map_err(live)?;
+        Ok(Injector { interface: interface.into(), capture })
+    }
+
+    pub fn send(&mut self, frame: &[u8]) -> Result<(), CaptureError> {
+        self.capture
+            .sendpacket(frame)
+            .map_err(|error| CaptureError::Live { interface: self.interface.clone(), message: error.to_string() })
+    }
+}
