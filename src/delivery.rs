@@ -57,6 +57,8 @@ pub struct DeliveryStats {
     pub spool_full: u64,
     pub recovered_from_spool: u64,
     pub left_in_spool: u64,
+    pub spool_batches: u64,
+    pub spool_bytes: u64,
     pub last_error: Option<String>,
 }
 
@@ -79,6 +81,8 @@ impl DeliveryStats {
 }
 
 pub struct Delivery {
+    /// The delivery thread's counters, refreshed after every batch (for metrics).
+    pub shared: std::sync::Arc<std::sync::Mutex<DeliveryStats>>,
     sender: Option<crossbeam_channel::Sender<SightingRecord>>,
     thread: Option<std::thread::JoinHandle<DeliveryStats>>,
     stop_after: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
@@ -95,11 +99,13 @@ impl Delivery {
         let (sender, receiver) = crossbeam_channel::bounded(config.queue_max);
         let stop_after = std::sync::Arc::new(std::sync::Mutex::new(None));
         let deadline = stop_after.clone();
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(DeliveryStats::default()));
+        let published = shared.clone();
         let thread = std::thread::Builder::new()
             .name("delivery".into())
-            .spawn(move || run(config, receiver, deadline))
+            .spawn(move || run(config, receiver, deadline, published))
             .context("starting the delivery thread")?;
-        Ok(Delivery { sender: Some(sender), thread: Some(thread), stop_after })
+        Ok(Delivery { shared, sender: Some(sender), thread: Some(thread), stop_after })
     }
 
     /// Queues a sighting; waits while the queue is full.
@@ -228,6 +234,7 @@ fn run(
     config: DeliveryConfig,
     receiver: crossbeam_channel::Receiver<SightingRecord>,
     stop_after: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    published: std::sync::Arc<std::sync::Mutex<DeliveryStats>>,
 ) -> DeliveryStats {
     let mut stats = DeliveryStats::default();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -286,11 +293,11 @@ fn run(
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => closed = true,
                 }
             } else if stats.spool_full == 0 || stats.spool_full % 1000 == 0 {
-                eprintln!(
-                    "gtpcharge: ERROR: spool {} is full ({} bytes of {}); waiting for the billing API before taking more sightings",
-                    config.spool_dir.display(),
-                    spool.bytes,
-                    spool.max_bytes
+                tracing::error!(
+                    spool = %config.spool_dir.display(),
+                    bytes = spool.bytes,
+                    max_bytes = spool.max_bytes,
+                    "spool full: waiting for the billing API before taking more sightings"
                 );
                 stats.spool_full += 1;
             } else {
@@ -331,6 +338,14 @@ fn run(
                         }
                         stats.delivered += records.len() as u64;
                         stats.batches_sent += 1;
+                        for (result, record) in response.get_ref().results.iter().zip(records) {
+                            tracing::debug!(
+                                token = %record.token,
+                                msisdn = %crate::logging::subscriber_id(&record.msisdn),
+                                outcome = outcome_name(result.outcome),
+                                "billing outcome"
+                            );
+                        }
                         if let Err(error) = spool.acknowledge_oldest() {
                             stats.last_error = Some(format!("{error:#}"));
                         }
@@ -340,7 +355,7 @@ fn run(
                         stats.send_failures += 1;
                         let message = format!("{:?}: {}", status.code(), status.message());
                         if stats.send_failures == 1 || stats.send_failures % 20 == 0 {
-                            eprintln!("gtpcharge: billing API: {message}; {} batches kept in the spool, retrying", spool.pending.len());
+                            tracing::warn!(error = %message, spooled_batches = spool.pending.len(), "billing API unreachable; keeping sightings in the spool and retrying");
                         }
                         stats.last_error = Some(message);
                         retry_at = Instant::now() + backoff;
@@ -350,6 +365,11 @@ fn run(
             } else {
                 std::thread::sleep(Duration::from_millis(10).min(retry_at.saturating_duration_since(Instant::now())));
             }
+        }
+        stats.spool_batches = spool.pending.len() as u64;
+        stats.spool_bytes = spool.bytes;
+        if let Ok(mut shared) = published.try_lock() {
+            shared.clone_from(&stats);
         }
         // 4. Done when closed and drained, or when the drain time is over.
         if closed && batch.is_empty() {

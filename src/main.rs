@@ -1,9 +1,12 @@
 //! `gtpcharge`: the probe (replay, capture), the token tool and the capture generator.
 //! See README.md for the commands and ARCHITECTURE.md for the code map.
 mod billing;
+mod config;
 mod delivery;
 mod demo;
 mod jsonl;
+mod logging;
+mod metrics;
 mod probe;
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +22,16 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(name = "gtpcharge", version, about = "Carrier-side DPI billing correlator for GTP (Gn, S5/S8)")]
 struct Cli {
+    /// TOML file: any flag as `name = value` (top level, or under [probe], [serve] ...); command-line flags
+    /// and GTPCHARGE_* environment variables override it.
+    #[arg(long, global = true, env = "GTPCHARGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "GTPCHARGE_LOG_FORMAT")]
+    log_format: logging::Format,
+    /// Write MSISDN and IMSI in logs in full (masked by default; JSON events always carry them).
+    #[arg(long, global = true, env = "GTPCHARGE_LOG_SUBSCRIBER_IDS")]
+    log_subscriber_ids: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,16 +52,16 @@ enum Command {
         #[arg(long, short = 'i', env = "GTPCHARGE_INTERFACE")]
         interface: String,
         /// Bytes kept of each frame.
-        #[arg(long, default_value_t = 65535)]
+        #[arg(long, default_value_t = 65535, env = "GTPCHARGE_SNAPLEN")]
         snaplen: i32,
         /// Kernel capture buffer in bytes.
-        #[arg(long, default_value_t = 64 << 20)]
+        #[arg(long, default_value_t = 64 << 20, env = "GTPCHARGE_BUFFER_SIZE")]
         buffer_size: i32,
         /// Do not put the interface in promiscuous mode.
-        #[arg(long)]
+        #[arg(long, env = "GTPCHARGE_NO_PROMISCUOUS")]
         no_promiscuous: bool,
         /// Do not use immediate mode (deliver in batches instead).
-        #[arg(long)]
+        #[arg(long, env = "GTPCHARGE_NO_IMMEDIATE")]
         no_immediate: bool,
         #[command(flatten)]
         probe: ProbeArgs,
@@ -222,31 +235,31 @@ enum Emit {
 #[derive(Args)]
 struct ProbeArgs {
     /// What to write on stdout.
-    #[arg(long, value_enum, default_value = "none")]
+    #[arg(long, value_enum, default_value = "none", env = "GTPCHARGE_EMIT")]
     emit: Emit,
     /// BPF filter applied by libpcap.
-    #[arg(long)]
+    #[arg(long, env = "GTPCHARGE_FILTER")]
     filter: Option<String>,
     /// Extra UDP ports carrying GTP-C (2123 always does).
-    #[arg(long = "gtpc-port")]
+    #[arg(long = "gtpc-port", env = "GTPCHARGE_GTPC_PORTS", value_delimiter = ',')]
     gtpc_ports: Vec<u16>,
     /// Extra UDP ports carrying GTP-U (2152 always does).
-    #[arg(long = "gtpu-port")]
+    #[arg(long = "gtpu-port", env = "GTPCHARGE_GTPU_PORTS", value_delimiter = ',')]
     gtpu_ports: Vec<u16>,
     /// Live sessions kept at most; new contexts beyond are refused and counted.
-    #[arg(long, default_value_t = 2_000_000)]
+    #[arg(long, default_value_t = 2_000_000, env = "GTPCHARGE_SESSIONS_MAX")]
     sessions_max: usize,
     /// Sessions with no signalling and no traffic for this long (packet time) are ended.
-    #[arg(long, default_value_t = 86_400)]
+    #[arg(long, default_value_t = 86_400, env = "GTPCHARGE_SESSION_IDLE_TIMEOUT_S")]
     session_idle_timeout_s: u64,
     /// TCP flows tracked at most (for split tokens and retransmissions).
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, env = "GTPCHARGE_FLOWS_MAX")]
     flows_max: usize,
     /// Fragmented outer packets reassembled at once at most.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, env = "GTPCHARGE_FRAGMENTS_MAX")]
     fragments_max: usize,
     /// Bytes of each packet scanned for tokens.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, env = "GTPCHARGE_SCAN_BYTES_MAX")]
     scan_bytes_max: usize,
     /// Report sightings to this billing API (http://HOST:PORT or https://...), which charges them.
     #[arg(long, env = "GTPCHARGE_BILLING_URL")]
@@ -258,19 +271,22 @@ struct ProbeArgs {
     #[arg(long, env = "GTPCHARGE_SPOOL_DIR", default_value = "gtpcharge-spool")]
     spool_dir: PathBuf,
     /// Spool size limit; when full the probe waits and says so loudly.
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, default_value_t = 256 << 20, env = "GTPCHARGE_SPOOL_MAX_BYTES")]
     spool_max_bytes: u64,
     /// At the end of a replay, how long to keep trying to deliver before leaving the rest in the spool.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, env = "GTPCHARGE_DRAIN_TIMEOUT_S")]
     drain_timeout_s: u64,
     /// PEM CA for an https:// billing URL.
-    #[arg(long)]
+    #[arg(long, env = "GTPCHARGE_BILLING_CA")]
     billing_ca: Option<PathBuf>,
     /// PEM client certificate and key (mutual TLS) for the billing API.
-    #[arg(long, requires = "billing_client_key")]
+    #[arg(long, requires = "billing_client_key", env = "GTPCHARGE_BILLING_CLIENT_CERT")]
     billing_client_cert: Option<PathBuf>,
-    #[arg(long, requires = "billing_client_cert")]
+    #[arg(long, requires = "billing_client_cert", env = "GTPCHARGE_BILLING_CLIENT_KEY")]
     billing_client_key: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long, env = "GTPCHARGE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl ProbeArgs {
@@ -294,6 +310,14 @@ impl ProbeArgs {
         config.scan_bytes_max = self.scan_bytes_max;
         let decoder = DecoderConfig { fragments_max: self.fragments_max, ..DecoderConfig::default() };
         Probe::new(config, decoder)
+    }
+
+    fn metrics(&self) -> Result<Option<metrics::Exposition>> {
+        let Some(address) = self.metrics_listen else { return Ok(None) };
+        let exposition = metrics::Exposition::default();
+        metrics::serve(address, exposition.clone())?;
+        tracing::info!(%address, "metrics on /metrics");
+        Ok(Some(exposition))
     }
 
     fn delivery(&self) -> Result<Option<delivery::Delivery>> {
@@ -407,6 +431,8 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
     let mut probe = args.probe();
     let mut out = EventOut::new(args.emit);
     let delivery = args.delivery()?;
+    let exposition = args.metrics()?;
+    let mut published = std::time::Instant::now();
     let mut skipped = 0u64;
     let mut all_read = true;
     let mut position = 0u64;
@@ -419,11 +445,13 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
             probe.frame(frame, |event| {
                 out.write(event);
                 deliver(&delivery, &mut skipped, event);
+                logging::event(event);
             });
             if probe.packets % 8192 == 0 {
                 if let Some(bar) = &progress {
                     bar.set_position(position);
                 }
+                publish(&exposition, &probe, &delivery, None, &mut published, false);
             }
         });
         if let Err(error) = result {
@@ -439,9 +467,28 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
         bar.finish_and_clear();
     }
     out.finish()?;
+    publish(&exposition, &probe, &delivery, None, &mut published, true);
     eprint!("{}", probe.summary());
     let delivered = finish_delivery(delivery, std::time::Duration::from_secs(args.drain_timeout_s), skipped, &args.spool_dir);
     Ok(all_read && delivered)
+}
+
+/// Renders the metrics at most once a second (or now, when `force`).
+fn publish(
+    exposition: &Option<metrics::Exposition>,
+    probe: &Probe,
+    delivery: &Option<delivery::Delivery>,
+    libpcap: Option<gtpcharge_capture::LiveStats>,
+    last: &mut std::time::Instant,
+    force: bool,
+) {
+    let Some(exposition) = exposition else { return };
+    if !force && last.elapsed() < std::time::Duration::from_secs(1) {
+        return;
+    }
+    *last = std::time::Instant::now();
+    let delivery_stats = delivery.as_ref().and_then(|d| d.shared.lock().ok().map(|s| s.clone()));
+    exposition.publish(probe.metrics(delivery_stats.as_ref(), libpcap));
 }
 
 fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
@@ -452,15 +499,21 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
     let mut probe = args.probe();
     let mut out = EventOut::new(args.emit);
     let delivery = args.delivery()?;
+    let exposition = args.metrics()?;
+    let mut published = std::time::Instant::now();
     let mut skipped = 0u64;
-    eprintln!("gtpcharge: capturing on {} (stop with SIGINT or SIGTERM)", live.interface);
+    tracing::info!(interface = %live.interface, "capturing (stop with SIGINT or SIGTERM)");
     while !stop.load(Ordering::SeqCst) {
-        match source.next_frame()? {
-            Some(frame) => probe.frame(&frame, |event| {
+        if let Some(frame) = source.next_frame()? {
+            probe.frame(&frame, |event| {
                 out.write(event);
                 deliver(&delivery, &mut skipped, event);
-            }),
-            None => continue,
+                logging::event(event);
+            });
+        }
+        if exposition.is_some() && (probe.packets % 1024 == 0 || published.elapsed() >= std::time::Duration::from_secs(1)) {
+            let libpcap = source.stats().ok();
+            publish(&exposition, &probe, &delivery, libpcap, &mut published, false);
         }
     }
     out.finish()?;
@@ -476,7 +529,12 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Err(error) = config::load_from_args() {
+        eprintln!("gtpcharge: {error:#}");
+        return std::process::ExitCode::from(2);
+    }
     let cli = Cli::parse();
+    logging::init(cli.log_format, cli.log_subscriber_ids);
     let result = match cli.command {
         Command::Replay { files, probe } => replay(&files, &probe),
         Command::Capture { interface, snaplen, buffer_size, no_promiscuous, no_immediate, probe } => {

@@ -273,9 +273,11 @@ fn live_capture_on_a_veth_pair_charges_like_replay() {
     ip(&["link", "set", &probe_end, "up"]);
     ip(&["-n", &namespace.0, "link", "set", &wire_end, "up"]);
     let spool = world.dir.path().join("live-spool");
+    let metrics_port = free_port();
     let capture = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
         .args(["capture", "--interface", &probe_end, "--billing-url", &world.url, "--probe-key", &world.probe_key])
         .args(["--spool-dir", spool.to_str().unwrap(), "--emit", "jsonl"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -287,7 +289,22 @@ fn live_capture_on_a_veth_pair_charges_like_replay() {
         .output()
         .unwrap();
     assert!(inject.status.success(), "inject: {}", String::from_utf8_lossy(&inject.stderr));
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    let value = |name: &str| -> u64 {
+        metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(value("gtpcharge_packets_total") >= world.truth.frames, "{metrics}");
+    assert_eq!(value("gtpcharge_sightings_total"), world.truth.sightings.len() as u64, "{metrics}");
+    assert!(value("gtpcharge_libpcap_received_total") >= world.truth.frames, "{metrics}");
+    assert!(metrics.contains("gtpcharge_charges_total{outcome=\"charged\"}"), "{metrics}");
     let status = Command::new("kill").args(["-TERM", &capture.id().to_string()]).status().unwrap();
     assert!(status.success());
     let output = capture.wait_with_output().unwrap();

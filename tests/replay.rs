@@ -129,3 +129,34 @@ fn token_new_prints_valid_tokens() {
     forged[10] = if forged[10] == b'a' { b'b' } else { b'a' };
     assert!(!gtpcharge(&["token", "check", std::str::from_utf8(&forged).unwrap()]).status.success());
 }
+
+#[test]
+fn a_config_file_sets_flags_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (capture, truth) = write_capture(dir.path(), &Scenario::sample());
+    let config = dir.path().join("gtpcharge.toml");
+    std::fs::write(&config, "[probe]\nemit = \"jsonl\"\ngtpu_ports = [2152, 2153]\n").unwrap();
+    let output = gtpcharge(&["--config", config.to_str().unwrap(), "replay", capture.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(lines.lines().filter(|l| l.contains("\"sighting\"")).count(), truth.sightings.len());
+    let output = gtpcharge(&["--config", config.to_str().unwrap(), "replay", "--emit", "none", capture.to_str().unwrap()]);
+    assert!(output.stdout.is_empty(), "the command line overrides the file");
+    std::fs::write(&config, "emit = [1.5]").unwrap();
+    let output = gtpcharge(&["--config", config.to_str().unwrap(), "replay", capture.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("gtpcharge.toml"));
+}
+
+#[test]
+fn logs_mask_subscriber_ids_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (capture, truth) = write_capture(dir.path(), &Scenario::sample());
+    let msisdn = &truth.sightings[0].1;
+    let masked = gtpcharge(&["--log-format", "json", "replay", capture.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&masked.stderr);
+    assert!(stderr.contains("\"sighting\""), "{stderr}");
+    assert!(!stderr.contains(msisdn.as_str()), "an MSISDN in the logs: {stderr}");
+    let shown = gtpcharge(&["--log-subscriber-ids", "replay", capture.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&shown.stderr).contains(msisdn.as_str()));
+}

@@ -14,4 +14,4 @@ pub mod reassembly;
 pub mod source;
 
 pub use decode::{Decoder, DecoderConfig, Udp};
-pub use source::{CaptureError, FileSource, Frame, Injector, LiveConfig, LiveSource};
+pub use source::{CaptureError, FileSource, Frame, Injector, LiveConfig, LiveSource, LiveStats};
