@@ -321,7 +321,7 @@ impl ProbeArgs {
     }
 
     fn delivery(&self) -> Result<Option<delivery::Delivery>> {
-        let Some(url) = &self.billing_url else { return Ok(None) };
+        let Some(url) = self.billing_url.as_ref().filter(|u| !u.is_empty()) else { return Ok(None) };
         let probe_key = self.probe_key.clone().context("--billing-url needs --probe-key (or GTPCHARGE_PROBE_KEY)")?;
         let config = delivery::DeliveryConfig {
             url: url.clone(),
