@@ -61,7 +61,7 @@ impl Probe {
         text.counter("gtpcharge_packets_total", "Frames read from libpcap.", self.packets);
         text.counter("gtpcharge_bytes_total", "Bytes on the wire of the frames read.", self.bytes);
         text.labelled("gtpcharge_drops_total", "Frames not fully processed, by reason.", "reason", stats.drops.iter().map(|(k, v)| (k.to_string(), *v)));
-        text.labelled("gtpcharge_notes_total", "Events worth counting that are not drops.", "what", stats.notes.iter().map(|(k, v)| (k.to_string(), *v)));
+        text.labelled("gtpcharge_notes_total", "Events worth counting that are not drops.", "what", stats.notes().iter().map(|(k, v)| (k.to_string(), *v)));
         text.labelled(
             "gtpcharge_gtpc_messages_total",
             "GTP-C messages by version and type.",
@@ -124,7 +124,7 @@ impl Probe {
         line(format!("sightings {}  unattributed {}", stats.sightings, stats.unattributed));
         let drops: u64 = stats.drops.values().sum();
         line(format!("drops {drops} {}", join(&stats.drops)));
-        line(format!("notes {}", join(&stats.notes)));
+        line(format!("notes {}", join(&stats.notes())));
         out
     }
 }

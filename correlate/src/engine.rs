@@ -11,7 +11,8 @@ use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey};
 use crate::wire::gtpu::{self, Transport};
 use crate::wire::{gtpv0, gtpv1, gtpv2, Tbcd, WireError};
 use gtpcharge_proto::Token;
-use std::collections::{BTreeMap, HashMap};
+use crate::Map;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 /// Limits and ports. Every table has a bound here; see ARCHITECTURE.md for the eviction rules.
@@ -79,7 +80,12 @@ pub struct Stats {
     pub sightings: u64,
     pub unattributed: u64,
     pub drops: BTreeMap<&'static str, u64>,
-    pub notes: BTreeMap<&'static str, u64>,
+    /// Rare notes by name; the frequent ones are plain fields (no map lookup per packet).
+    other_notes: BTreeMap<&'static str, u64>,
+    g_pdu_downlink: u64,
+    g_pdu_unknown_tunnel: u64,
+    tcp_retransmission: u64,
+    tcp_gap: u64,
 }
 
 impl Stats {
@@ -87,8 +93,30 @@ impl Stats {
         *self.drops.entry(reason).or_default() += 1;
     }
     fn note(&mut self, what: &'static str) {
-        *self.notes.entry(what).or_default() += 1;
+        *self.other_notes.entry(what).or_default() += 1;
     }
+
+    /// Every note by name (zero counts left out).
+    pub fn notes(&self) -> BTreeMap<&'static str, u64> {
+        let mut all = self.other_notes.clone();
+        for (name, count) in [
+            ("g-pdu-downlink", self.g_pdu_downlink),
+            ("g-pdu-unknown-tunnel", self.g_pdu_unknown_tunnel),
+            ("tcp-retransmission", self.tcp_retransmission),
+            ("tcp-gap", self.tcp_gap),
+        ] {
+            if count > 0 {
+                all.insert(name, count);
+            }
+        }
+        all
+    }
+}
+
+/// The token finder and its per-packet budget.
+struct Scanner {
+    finder: TokenFinder,
+    bytes_max: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,10 +157,10 @@ const PIGGYBACK_MAX: usize = 2;
 pub struct Correlator {
     config: Config,
     sessions: SessionTable,
-    pending: HashMap<PendingKey, Pending>,
+    pending: Map<PendingKey, Pending>,
     flows: FlowTable,
-    dedupe: HashMap<DedupeKey, u64>,
-    finder: TokenFinder,
+    dedupe: Map<DedupeKey, u64>,
+    scanner: Scanner,
     stats: Stats,
     now_us: u64,
     next_sweep_us: u64,
@@ -144,9 +172,9 @@ impl Correlator {
         Correlator {
             sessions: SessionTable::new(config.sessions_max),
             flows: FlowTable::new(config.flows_max),
-            pending: HashMap::new(),
-            dedupe: HashMap::new(),
-            finder: TokenFinder::default(),
+            pending: Map::default(),
+            dedupe: Map::default(),
+            scanner: Scanner { finder: TokenFinder::default(), bytes_max: config.scan_bytes_max },
             stats: Stats::default(),
             now_us: 0,
             next_sweep_us: 0,
@@ -637,21 +665,23 @@ impl Correlator {
         inner: &[u8],
         out: &mut Vec<Event>,
     ) {
+        let now = self.now_us;
+        // Downlink needs no inner decoding: tokens count only in the subscriber's own (uplink) traffic.
+        if let Some((id, Direction::Downlink)) = found {
+            self.sessions.touch(id, now);
+            self.stats.g_pdu_downlink += 1;
+            return;
+        }
         let packet = match gtpu::inner_packet(inner) {
             Ok(packet) => packet,
             Err(error) => return self.stats.drop(error.reason()),
         };
         let mut unattributed_reason = "unknown-tunnel";
         let attributed = match found {
-            Some((id, direction)) => {
-                self.sessions.touch(id, self.now_us);
-                if direction == Direction::Downlink {
-                    self.stats.note("g-pdu-downlink");
-                    return; // tokens count only in the subscriber's own (uplink) traffic
-                }
-                let session = self.sessions.get(id);
-                let owns_source = session.is_some_and(|s| {
-                    s.ue_ipv4.map(IpAddr::V4) == Some(packet.source) || s.ue_ipv6.map(IpAddr::V6) == Some(packet.source)
+            Some((id, _)) => {
+                let owns_source = self.sessions.touch(id, now).is_some_and(|s| {
+                    s.ue_ipv4.map(IpAddr::V4) == Some(packet.source)
+                        || s.ue_ipv6.map(IpAddr::V6) == Some(packet.source)
                         || (s.ue_ipv4.is_none() && s.ue_ipv6.is_none())
                 });
                 if !owns_source {
@@ -660,10 +690,10 @@ impl Correlator {
                 Some((id, Attribution::Tunnel))
             }
             None => {
-                self.stats.note("g-pdu-unknown-tunnel");
+                self.stats.g_pdu_unknown_tunnel += 1;
                 match self.fallback(tunnel, packet.source) {
                     Ok(id) => {
-                        self.sessions.touch(id, self.now_us);
+                        self.sessions.touch(id, now);
                         self.stats.note("attributed-by-ue-ip");
                         Some((id, Attribution::UeIp))
                     }
@@ -683,7 +713,7 @@ impl Correlator {
                     match dns::query_name(payload, &mut name) {
                         Ok(len) => {
                             let name = name.get(..len).unwrap_or_default();
-                            self.collect(name, Carrier::Dns, &mut found_tokens);
+                            collect(&self.scanner, &mut self.stats, name, Carrier::Dns, &mut found_tokens);
                         }
                         Err(_) => self.stats.note("dns-not-a-query"),
                     }
@@ -730,14 +760,6 @@ impl Correlator {
         }
     }
 
-    fn collect(&mut self, haystack: &[u8], carrier: Carrier, found: &mut [Option<(Token, Carrier)>; 4]) {
-        let haystack = haystack.get(..self.config.scan_bytes_max).unwrap_or(haystack);
-        let counts = self.finder.scan(haystack, |_, token| push_token(found, token, carrier));
-        for _ in 0..counts.rejected {
-            self.stats.note("token-look-alike");
-        }
-    }
-
     fn on_tcp(
         &mut self,
         key: FlowKey,
@@ -747,9 +769,10 @@ impl Correlator {
         payload: &[u8],
         found: &mut [Option<(Token, Carrier)>; 4],
     ) {
+        let now = self.now_us;
         if syn {
             // A new connection: any older state under this key is from a previous one.
-            if !self.flows.insert(key, FlowState::new(sequence.wrapping_add(1), self.now_us)) {
+            if !self.flows.insert(key, FlowState::new(sequence.wrapping_add(1), now)) {
                 self.stats.drop("flow-table-full");
             }
             return;
@@ -760,24 +783,23 @@ impl Correlator {
             }
             return;
         }
-        let now = self.now_us;
-        if self.flows.get_mut(&key).is_none() && !self.flows.insert(key, FlowState::new(sequence, now)) {
+        let Correlator { flows, scanner, stats, .. } = self;
+        let Some(state) = flows.get_or_insert(key, || FlowState::new(sequence, now)) else {
             // No room for state: scan this segment alone (no carry, no retransmission check).
-            self.stats.note("flow-table-full");
+            stats.note("flow-table-full");
             let mut state = FlowState::new(sequence, now);
-            self.scan_segment(&mut state, payload, 0, false, found);
+            scan_segment(scanner, stats, &mut state, payload, 0, false, found);
             return;
-        }
-        let Some(mut state) = self.flows.get_mut(&key).map(|s| s.clone()) else { return };
+        };
         state.last_seen_us = now;
         let (skip, contiguous) = match flow::order(state.next_sequence, sequence, payload.len()) {
             SegmentOrder::Retransmission => {
-                self.stats.note("tcp-retransmission");
+                stats.tcp_retransmission += 1;
                 return;
             }
             SegmentOrder::InOrder { skip } => (skip, true),
             SegmentOrder::AfterGap => {
-                self.stats.note("tcp-gap");
+                stats.tcp_gap += 1;
                 (0, false)
             }
         };
@@ -785,92 +807,9 @@ impl Correlator {
         if end.wrapping_sub(state.next_sequence) as i32 > 0 || !contiguous {
             state.next_sequence = end;
         }
-        self.scan_segment(&mut state, payload, skip, contiguous, found);
+        scan_segment(scanner, stats, state, payload, skip, contiguous, found);
         if closing {
             self.flows.remove(&key);
-        } else if let Some(slot) = self.flows.get_mut(&key) {
-            *slot = state;
-        }
-    }
-
-    /// Scans the new bytes of a segment (`payload[skip..]`) with the flow's carrier rules.
-    fn scan_segment(
-        &mut self,
-        state: &mut FlowState,
-        payload: &[u8],
-        skip: usize,
-        contiguous: bool,
-        found: &mut [Option<(Token, Carrier)>; 4],
-    ) {
-        let fresh = payload.get(skip..).unwrap_or_default();
-        if state.kind == FlowKind::Undecided {
-            state.kind = if fresh.starts_with(&[0x16, 0x03]) {
-                FlowKind::Tls
-            } else if {
-                let mut probe = HttpState::default();
-                let mut any = false;
-                probe.regions(fresh, |_, _| any = true);
-                any
-            } {
-                FlowKind::Http
-            } else {
-                FlowKind::Other
-            };
-            if state.kind == FlowKind::Tls {
-                let mut name = [0u8; dns::NAME_MAX];
-                match tls::client_hello_sni(fresh, &mut name) {
-                    Ok(len) => self.collect(name.get(..len).unwrap_or_default(), Carrier::TlsSni, found),
-                    Err(tls::TlsError::Truncated) => self.stats.note("tls-client-hello-truncated"),
-                    Err(_) => self.stats.note("tls-no-server-name"),
-                }
-                return;
-            }
-        }
-        if state.kind != FlowKind::Http {
-            return;
-        }
-        if !contiguous {
-            state.carry_len = 0;
-        }
-        let budget = self.config.scan_bytes_max;
-        let mut regions: [Option<(Carrier, std::ops::Range<usize>)>; 8] = Default::default();
-        let mut count = 0usize;
-        state.http.regions(fresh, |carrier, range| {
-            if let Some(slot) = regions.get_mut(count) {
-                *slot = Some((carrier, range));
-                count += 1;
-            }
-        });
-        // A token that began in the previous segment: join the carry with the head of this one.
-        if state.carry_len > 0 {
-            let carry = state.carry();
-            let head = fresh.get(..CARRY_LEN.min(fresh.len())).unwrap_or_default();
-            let carry_len = carry.len();
-            let mut joined = [0u8; 2 * CARRY_LEN];
-            if let Some(slot) = joined.get_mut(..carry_len) {
-                slot.copy_from_slice(carry);
-            }
-            if let Some(slot) = joined.get_mut(carry_len..carry_len + head.len()) {
-                slot.copy_from_slice(head);
-            }
-            let carrier = state.carry_carrier;
-            let joined = joined.get(..carry_len + head.len()).unwrap_or_default();
-            // Only tokens that start in the carry are new here; look-alikes are counted in their segment.
-            self.finder.scan(joined, |at, token| {
-                if at < carry_len {
-                    push_token(found, token, carrier)
-                }
-            });
-        }
-        state.carry_len = 0;
-        for (carrier, range) in regions.iter().flatten().cloned() {
-            let start = range.start.min(budget);
-            let end = range.end.min(budget);
-            let Some(bytes) = fresh.get(start..end) else { continue };
-            self.collect(bytes, carrier, found);
-            if range.end == fresh.len() {
-                state.keep_tail(fresh.get(range.clone()).unwrap_or_default(), carrier);
-            }
         }
     }
 
@@ -925,6 +864,97 @@ impl Correlator {
                 }));
             }
         }
+    }
+}
+
+/// Scans the new bytes of a segment (`payload[skip..]`) with the flow's carrier rules.
+fn scan_segment(
+    scanner: &Scanner,
+    stats: &mut Stats,
+    state: &mut FlowState,
+    payload: &[u8],
+    skip: usize,
+    contiguous: bool,
+    found: &mut [Option<(Token, Carrier)>; 4],
+) {
+    let fresh = payload.get(skip..).unwrap_or_default();
+    if state.kind == FlowKind::Undecided {
+        state.kind = if fresh.starts_with(&[0x16, 0x03]) {
+            FlowKind::Tls
+        } else if {
+            let mut probe = HttpState::default();
+            let mut any = false;
+            probe.regions(fresh, |_, _| any = true);
+            any
+        } {
+            FlowKind::Http
+        } else {
+            FlowKind::Other
+        };
+        if state.kind == FlowKind::Tls {
+            let mut name = [0u8; dns::NAME_MAX];
+            match tls::client_hello_sni(fresh, &mut name) {
+                Ok(len) => collect(scanner, stats, name.get(..len).unwrap_or_default(), Carrier::TlsSni, found),
+                Err(tls::TlsError::Truncated) => stats.note("tls-client-hello-truncated"),
+                Err(_) => stats.note("tls-no-server-name"),
+            }
+            return;
+        }
+    }
+    if state.kind != FlowKind::Http {
+        return;
+    }
+    if !contiguous {
+        state.carry_len = 0;
+    }
+    let budget = scanner.bytes_max;
+    let mut regions: [Option<(Carrier, std::ops::Range<usize>)>; 8] = Default::default();
+    let mut count = 0usize;
+    state.http.regions(fresh, |carrier, range| {
+        if let Some(slot) = regions.get_mut(count) {
+            *slot = Some((carrier, range));
+            count += 1;
+        }
+    });
+    // A token that began in the previous segment: join the carry with the head of this one.
+    if state.carry_len > 0 {
+        let carry = state.carry();
+        let head = fresh.get(..CARRY_LEN.min(fresh.len())).unwrap_or_default();
+        let carry_len = carry.len();
+        let mut joined = [0u8; 2 * CARRY_LEN];
+        if let Some(slot) = joined.get_mut(..carry_len) {
+            slot.copy_from_slice(carry);
+        }
+        if let Some(slot) = joined.get_mut(carry_len..carry_len + head.len()) {
+            slot.copy_from_slice(head);
+        }
+        let carrier = state.carry_carrier;
+        let joined = joined.get(..carry_len + head.len()).unwrap_or_default();
+        // Only tokens that start in the carry are new here; look-alikes are counted in their segment.
+        scanner.finder.scan(joined, |at, token| {
+            if at < carry_len {
+                push_token(found, token, carrier)
+            }
+        });
+    }
+    state.carry_len = 0;
+    for (carrier, range) in regions.iter().flatten().cloned() {
+        let start = range.start.min(budget);
+        let end = range.end.min(budget);
+        let Some(bytes) = fresh.get(start..end) else { continue };
+        collect(scanner, stats, bytes, carrier, found);
+        if range.end == fresh.len() {
+            state.keep_tail(fresh.get(range.clone()).unwrap_or_default(), carrier);
+        }
+    }
+}
+
+
+fn collect(scanner: &Scanner, stats: &mut Stats, haystack: &[u8], carrier: Carrier, found: &mut [Option<(Token, Carrier)>; 4]) {
+    let haystack = haystack.get(..scanner.bytes_max).unwrap_or(haystack);
+    let counts = scanner.finder.scan(haystack, |_, token| push_token(found, token, carrier));
+    for _ in 0..counts.rejected {
+        stats.note("token-look-alike");
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::scan::http::HttpState;
 use crate::scan::Carrier;
 use gtpcharge_proto::token::TEXT_LEN;
-use std::collections::HashMap;
+use crate::Map;
 use std::net::IpAddr;
 
 /// Bytes kept from the end of a segment: one less than a token, so any token crossing the boundary has
@@ -96,13 +96,13 @@ pub fn order(next_sequence: u32, sequence: u32, len: usize) -> SegmentOrder {
 
 /// A bounded map of flows.
 pub struct FlowTable {
-    flows: HashMap<FlowKey, FlowState>,
+    flows: Map<FlowKey, FlowState>,
     flows_max: usize,
 }
 
 impl FlowTable {
     pub fn new(flows_max: usize) -> FlowTable {
-        FlowTable { flows: HashMap::new(), flows_max }
+        FlowTable { flows: Map::default(), flows_max }
     }
 
     pub fn len(&self) -> usize {
@@ -124,6 +124,15 @@ impl FlowTable {
         }
         self.flows.insert(key, state);
         true
+    }
+
+    /// The flow's state, created with `make` when new; `None` when new and the table is full.
+    pub fn get_or_insert(&mut self, key: FlowKey, make: impl FnOnce() -> FlowState) -> Option<&mut FlowState> {
+        let full = self.flows.len() >= self.flows_max;
+        match self.flows.entry(key) {
+            std::collections::hash_map::Entry::Occupied(entry) => Some(entry.into_mut()),
+            std::collections::hash_map::Entry::Vacant(entry) => (!full).then(|| entry.insert(make())),
+        }
     }
 
     pub fn remove(&mut self, key: &FlowKey) {

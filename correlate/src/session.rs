@@ -14,7 +14,7 @@
 use crate::event::Identity;
 use crate::wire::{Apn, Tbcd};
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use crate::Map;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -107,17 +107,17 @@ struct IpOwners {
 
 /// Live sessions and their indices. Every index entry points at a live session.
 pub struct SessionTable {
-    sessions: HashMap<u64, Session>,
+    sessions: Map<u64, Session>,
     /// Control-plane keys are not unique across interfaces: a SGW may use one TEID on S11 and S5.
     /// Each key keeps every session that uses it (a short list); lookups prefer the one whose peer sent.
-    by_control: HashMap<(TunnelKey, u8), Vec<u64>>,
-    by_user: HashMap<TunnelKey, (u64, Direction)>,
-    by_tid: HashMap<u64, u64>,
-    by_ue_ip: HashMap<IpAddr, IpOwners>,
-    apns: HashMap<Apn, Arc<str>>,
+    by_control: Map<(TunnelKey, u8), Vec<u64>>,
+    by_user: Map<TunnelKey, (u64, Direction)>,
+    by_tid: Map<u64, u64>,
+    by_ue_ip: Map<IpAddr, IpOwners>,
+    apns: Map<Apn, Arc<str>>,
     /// User-plane tunnel ends of sessions that ended, with when: traffic still arriving on them belongs
     /// to nobody, and must not fall back to the UE address (which may already be someone else's).
-    tombstones: HashMap<TunnelKey, u64>,
+    tombstones: Map<TunnelKey, u64>,
     tombstones_max: usize,
     next_id: u64,
     sessions_max: usize,
@@ -127,13 +127,13 @@ pub struct SessionTable {
 impl SessionTable {
     pub fn new(sessions_max: usize) -> SessionTable {
         SessionTable {
-            sessions: HashMap::new(),
-            by_control: HashMap::new(),
-            by_user: HashMap::new(),
-            by_tid: HashMap::new(),
-            by_ue_ip: HashMap::new(),
-            apns: HashMap::new(),
-            tombstones: HashMap::new(),
+            sessions: Map::default(),
+            by_control: Map::default(),
+            by_user: Map::default(),
+            by_tid: Map::default(),
+            by_ue_ip: Map::default(),
+            apns: Map::default(),
+            tombstones: Map::default(),
             tombstones_max: 262_144,
             next_id: 1,
             sessions_max,
@@ -196,11 +196,11 @@ impl SessionTable {
         self.by_ue_ip.get(&ip).filter(|o| o.count == 1 && !o.stale).map(|o| o.last)
     }
 
-    /// Marks a session as seen at `ts_us` (packet time).
-    pub fn touch(&mut self, id: u64, ts_us: u64) {
-        if let Some(session) = self.sessions.get_mut(&id) {
-            session.last_seen_us = session.last_seen_us.max(ts_us);
-        }
+    /// Marks a session as seen at `ts_us` (packet time) and returns it.
+    pub fn touch(&mut self, id: u64, ts_us: u64) -> Option<&Session> {
+        let session = self.sessions.get_mut(&id)?;
+        session.last_seen_us = session.last_seen_us.max(ts_us);
+        Some(session)
     }
 
     /// Inserts a new live session (its id is assigned here) and indexes it. Returns the id and the
