@@ -22,19 +22,20 @@ pub fn init(format: Format, show_subscriber_ids: bool) {
     };
 }
 
-/// One log line per event worth an operator's attention: sightings and unattributed tokens at `info`,
-/// session changes at `debug`. Identities masked as [`subscriber_id`] says.
+/// One log line per event at `debug` (sightings, unattributed tokens, session changes): the JSON events
+/// are the record; these are for following a probe live (`RUST_LOG=debug`). Identities masked as
+/// [`subscriber_id`] says.
 pub fn event(event: &gtpcharge_correlate::Event) {
     use gtpcharge_correlate::Event;
     match event {
-        Event::Sighting(s) => tracing::info!(
+        Event::Sighting(s) => tracing::debug!(
             token = %s.token,
             msisdn = %subscriber_id(&s.identity.msisdn.to_string()),
             imsi = %subscriber_id(&s.identity.imsi.to_string()),
             r#where = s.carrier.as_str(),
             "sighting"
         ),
-        Event::Unattributed(u) => tracing::info!(token = %u.token, reason = u.reason, r#where = u.carrier.as_str(), "unattributed token"),
+        Event::Unattributed(u) => tracing::debug!(token = %u.token, reason = u.reason, r#where = u.carrier.as_str(), "unattributed token"),
         Event::SessionUp(e) | Event::SessionUpdate(e) | Event::SessionDown(e) => tracing::debug!(
             msisdn = %subscriber_id(&e.identity.msisdn.to_string()),
             imsi = %subscriber_id(&e.identity.imsi.to_string()),

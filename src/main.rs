@@ -76,6 +76,12 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// The libpcap floor: read capture files and only count their packets and bytes (for the replay
+    /// benchmark's ratio).
+    Floor {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Purchase tokens.
     Token {
         #[command(subcommand)]
@@ -566,6 +572,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Admin { database, command } => billing::admin(&database.database_url, command).map(|()| true),
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
+        Command::Floor { files } => floor(&files).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
         Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
         Command::Generate { out, seed, subscribers, rounds, background, no_edge_cases, truth, tokens } => {
@@ -593,6 +600,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+fn floor(files: &[PathBuf]) -> Result<()> {
+    let started = std::time::Instant::now();
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    for path in files {
+        FileSource::open(path, None)?.for_each(|frame| {
+            packets += 1;
+            bytes += u64::from(frame.wire_len);
+        })?;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "floor packets {packets}  bytes {bytes}  elapsed {elapsed:.3}s  {:.0} packets/s  {:.3} Gbit/s",
+        packets as f64 / elapsed,
+        bytes as f64 * 8.0 / elapsed / 1e9
+    );
+    Ok(())
 }
 
 fn inject(interface: &str, pps: u64, files: &[PathBuf]) -> Result<()> {

@@ -153,10 +153,13 @@ fn logs_mask_subscriber_ids_unless_asked() {
     let dir = tempfile::tempdir().unwrap();
     let (capture, truth) = write_capture(dir.path(), &Scenario::sample());
     let msisdn = &truth.sightings[0].1;
-    let masked = gtpcharge(&["--log-format", "json", "replay", capture.to_str().unwrap()]);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gtpcharge")).env("RUST_LOG", "debug").args(args).output().unwrap()
+    };
+    let masked = run(&["--log-format", "json", "replay", capture.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&masked.stderr);
     assert!(stderr.contains("\"sighting\""), "{stderr}");
     assert!(!stderr.contains(msisdn.as_str()), "an MSISDN in the logs: {stderr}");
-    let shown = gtpcharge(&["--log-subscriber-ids", "replay", capture.to_str().unwrap()]);
+    let shown = run(&["--log-subscriber-ids", "replay", capture.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&shown.stderr).contains(msisdn.as_str()));
 }

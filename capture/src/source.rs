@@ -165,7 +165,11 @@ impl FileSource {
                 Ok(None) => return Ok(self.delivered),
                 Err(error) => {
                     let Backend::Libpcap { .. } = self.backend else { return Err(error) };
-                    if !self.is_pcapng() {
+                    // Only libpcap's multi-interface limitation switches parsers; any other error (a
+                    // damaged or hostile file) is reported as it is.
+                    let multi_interface = matches!(&error, CaptureError::Read { message, .. }
+                        if message.contains("different from the") && message.contains("first interface"));
+                    if !multi_interface || !self.is_pcapng() {
                         return Err(error);
                     }
                     let fallback = self.fallback(&error)?;

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The replay benchmark: `gtpcharge replay` against the libpcap floor (`gtpcharge floor`: a bare libpcap
+# loop that only counts packets), on the same large generated capture, from page cache, in one run;
+# then peers on the same file (tshark extracting the GTP identity fields; nDPI's ndpiReader) when
+# installed. Prints each run and the ratios.
+#   bash benches/replay-vs-floor.sh [CAPTURE] [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CAPTURE=${1:-target/bench/big.pcap}
+RUNS=${2:-3}
+cargo build -q --release
+G=target/release/gtpcharge
+if [ ! -f "$CAPTURE" ]; then
+  mkdir -p "$(dirname "$CAPTURE")"
+  # ~2.15M frames, 20,000 subscribers, size mix of 40-1400 byte payloads, ~1 GB.
+  $G generate --out "$CAPTURE" --seed 42 --subscribers 20000 --rounds 4 --background 12 --no-edge-cases
+fi
+cat "$CAPTURE" > /dev/null   # into page cache
+rate() { sed -n 's/.* \([0-9]*\) packets\/s.*/\1/p'; }
+best_floor=0; best_replay=0
+for run in $(seq "$RUNS"); do
+  f=$($G floor "$CAPTURE" 2>&1 | grep '^floor' | rate)
+  r=$(RUST_LOG=warn $G replay "$CAPTURE" 2>&1 | grep '^packets' | rate)
+  echo "run $run: floor $f packets/s, replay $r packets/s"
+  [ "$f" -gt "$best_floor" ] && best_floor=$f
+  [ "$r" -gt "$best_replay" ] && best_replay=$r
+done
+echo "best: floor $best_floor packets/s, replay (1 worker) $best_replay packets/s, ratio $(echo "scale=3; $best_replay / $best_floor" | bc)"
+peer() {
+  local name=$1; shift
+  local start end
+  start=$(date +%s.%N)
+  if timeout 1800 "$@" >/dev/null 2>&1; then
+    end=$(date +%s.%N)
+    local packets; packets=$($G floor "$CAPTURE" 2>&1 | sed -n 's/^floor packets \([0-9]*\) .*/\1/p')
+    local pps; pps=$(echo "$packets / ($end - $start)" | bc)
+    echo "peer $name: $pps packets/s, ratio to floor $(echo "scale=4; $pps / $best_floor" | bc), gtpcharge is $(echo "scale=1; $best_replay / $pps" | bc)x faster"
+  else
+    echo "peer $name: failed or timed out"
+  fi
+}
+if command -v tshark >/dev/null; then
+  peer tshark tshark -n -r "$CAPTURE" -Y 'gtp || gtpv2' -T fields -e e212.imsi -e e164.msisdn -e gtp.user_ipv4 -e gtp.teid_data -e gtp.teid
+fi
+if command -v ndpiReader >/dev/null; then
+  peer ndpiReader ndpiReader -i "$CAPTURE" -q -t
+fi
