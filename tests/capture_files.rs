@@ -1,0 +1,135 @@
+//! Malformed capture files: truncated at every offset of the headers, wrong magic, absurd snap and record
+//! lengths, pcapng with unknown blocks. Each gives a clear error naming the file (or reads what is
+//! valid), never a panic (exit code 101) and never an unbounded allocation (libpcap caps record sizes;
+//! the pcapng fallback is used only for libpcap's multi-interface limitation).
+mod common;
+
+use common::gtpcharge;
+use gtpcharge_capture::FileSource;
+use std::path::Path;
+
+fn sample() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap")).unwrap()
+}
+
+fn read_all(path: &Path) -> Result<u64, String> {
+    let mut source = FileSource::open(path, None).map_err(|e| e.to_string())?;
+    source.for_each(|_| {}).map_err(|e| e.to_string())
+}
+
+#[test]
+fn truncated_at_every_header_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = sample();
+    let path = dir.path().join("cut.pcap");
+    // The global header (24 bytes), the first record header (16) and into the first frame.
+    for cut in 0..80 {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        match read_all(&path) {
+            Ok(frames) => assert!(cut >= 24 && frames == 0, "cut {cut}: {frames} frames from a cut header"),
+            Err(message) => assert!(message.contains("cut.pcap"), "cut {cut}: {message}"),
+        }
+    }
+    // Through the binary, a few of them: a clear one-line error, not a panic.
+    for cut in [0, 3, 23, 30, 50] {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let output = gtpcharge(&["replay", path.to_str().unwrap()]);
+        assert_ne!(output.status.code(), Some(101), "panic at cut {cut}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cut.pcap") || output.status.success(), "cut {cut}: {stderr}");
+    }
+}
+
+#[test]
+fn wrong_magic_and_absurd_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = sample();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("magic", {
+            let mut b = good.clone();
+            b[..4].copy_from_slice(b"GIF8");
+            b
+        }),
+        ("snaplen", {
+            let mut b = good.clone();
+            b[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+            b
+        }),
+        ("record-caplen", {
+            let mut b = good.clone();
+            b[24 + 8..24 + 12].copy_from_slice(&0x7FFF_FFFFu32.to_le_bytes());
+            b
+        }),
+        ("linktype", {
+            let mut b = good.clone();
+            b[20..24].copy_from_slice(&0xFFFFu32.to_le_bytes());
+            b
+        }),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.path().join(format!("{name}.pcap"));
+        std::fs::write(&path, bytes).unwrap();
+        let output = gtpcharge(&["replay", path.to_str().unwrap()]);
+        assert_ne!(output.status.code(), Some(101), "{name}: panic");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if name == "linktype" {
+            // An unknown link type reads fine; every frame is a counted drop.
+            assert!(stderr.contains("link-type-unsupported="), "{name}: {stderr}");
+        } else if name == "snaplen" {
+            // libpcap clamps an absurd file snap length to its own maximum and reads the records.
+            assert!(output.status.success() && stderr.contains("packets 438 "), "{name}: {stderr}");
+        } else {
+            assert!(!output.status.success(), "{name}: accepted");
+            assert!(stderr.contains(&format!("{name}.pcap")), "{name}: {stderr}");
+        }
+    }
+}
+
+fn block(kind: u32, body: &[u8]) -> Vec<u8> {
+    let padded = body.len().div_ceil(4) * 4;
+    let total = (12 + padded) as u32;
+    let mut b = kind.to_le_bytes().to_vec();
+    b.extend_from_slice(&total.to_le_bytes());
+    b.extend_from_slice(body);
+    b.resize(8 + padded, 0);
+    b.extend_from_slice(&total.to_le_bytes());
+    b
+}
+
+fn pcapng(frame: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut shb = 0x1A2B_3C4Du32.to_le_bytes().to_vec();
+    shb.extend_from_slice(&[1, 0, 0, 0]); // version 1.0
+    shb.extend_from_slice(&u64::MAX.to_le_bytes()); // section length unknown
+    let mut idb = 1u16.to_le_bytes().to_vec(); // Ethernet
+    idb.extend_from_slice(&[0, 0]);
+    idb.extend_from_slice(&65535u32.to_le_bytes());
+    let mut epb = 0u32.to_le_bytes().to_vec();
+    epb.extend_from_slice(&0u32.to_le_bytes());
+    epb.extend_from_slice(&1_000_000u32.to_le_bytes());
+    epb.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    epb.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    epb.extend_from_slice(frame);
+    [block(0x0A0D_0D0A, &shb), block(1, &idb), extra.to_vec(), block(6, &epb)].concat()
+}
+
+#[test]
+fn pcapng_unknown_blocks_are_skipped_and_huge_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let frame = {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(2152, 2152).write(&mut f, b"x").unwrap();
+        f
+    };
+    let unknown = pcapng(&frame, &block(0x0BAD_BEEF, b"vendor data"));
+    let path = dir.path().join("unknown.pcapng");
+    std::fs::write(&path, unknown).unwrap();
+    assert_eq!(read_all(&path), Ok(1), "an unknown block is skipped");
+    let mut huge = block(0x0BAD_BEEF, b"x");
+    huge[4..8].copy_from_slice(&0xFFFF_FF00u32.to_le_bytes());
+    let path = dir.path().join("huge.pcapng");
+    std::fs::write(&path, pcapng(&frame, &huge)).unwrap();
+    let error = read_all(&path).unwrap_err();
+    assert!(error.contains("huge.pcapng"), "{error}");
+    let output = gtpcharge(&["replay", path.to_str().unwrap()]);
+    assert_ne!(output.status.code(), Some(101));
+}
