@@ -82,6 +82,14 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write fuzzing seeds from capture files (one file per frame or GTP message, per fuzz target).
+    #[command(hide = true)]
+    FuzzCorpus {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Purchase tokens.
     Token {
         #[command(subcommand)]
@@ -573,6 +581,7 @@ fn main() -> std::process::ExitCode {
         Command::Admin { database, command } => billing::admin(&database.database_url, command).map(|()| true),
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
         Command::Floor { files } => floor(&files).map(|()| true),
+        Command::FuzzCorpus { out, files } => fuzz_corpus(&out, &files).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
         Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
         Command::Generate { out, seed, subscribers, rounds, background, no_edge_cases, truth, tokens } => {
@@ -600,6 +609,69 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+fn fuzz_corpus(out: &std::path::Path, files: &[PathBuf]) -> Result<()> {
+    use gtpcharge_capture::decode::linktype;
+    for target in ["link_decode", "reassembly", "gtpv1c", "gtpv2c", "gtpu_inner", "carriers", "correlate"] {
+        std::fs::create_dir_all(out.join(target))?;
+    }
+    let mut written = 0u64;
+    for (file_index, path) in files.iter().enumerate() {
+        let mut decoder = gtpcharge_capture::Decoder::new(&DecoderConfig::default());
+        let mut sequence = Vec::new();
+        let mut index = 0u64;
+        let mut write = |target: &str, index: u64, bytes: &[u8]| {
+            let name = out.join(target).join(format!("{file_index}-{index}"));
+            if std::fs::write(name, bytes).is_ok() {
+                written += 1;
+            }
+        };
+        FileSource::open(path, None)?.for_each(|frame| {
+            index += 1;
+            if index > 2000 {
+                return;
+            }
+            let selector = match frame.linktype {
+                linktype::ETHERNET => 0u8,
+                linktype::LINUX_SLL => 1,
+                linktype::LINUX_SLL2 => 2,
+                _ => 3,
+            };
+            write("link_decode", index, &[&[selector][..], frame.data].concat());
+            if let Ok(Some(udp)) = decoder.decode(frame.linktype, frame.ts_us, frame.data) {
+                let ports = [udp.source.port(), udp.destination.port()];
+                let payload = udp.payload;
+                let (target, kind) = if ports.contains(&2152) {
+                    ("gtpu_inner", 1u8)
+                } else if ports.contains(&2123) {
+                    (if payload.first().map(|f| f >> 5) == Some(2) { "gtpv2c" } else { "gtpv1c" }, 0)
+                } else {
+                    ("gtpv1c", 2)
+                };
+                write(target, index, payload);
+                if sequence.len() < 60_000 {
+                    sequence.push(kind | if udp.source.ip() < udp.destination.ip() { 0 } else { 4 });
+                    sequence.extend_from_slice(&(payload.len().min(65535) as u16).to_be_bytes());
+                    sequence.extend_from_slice(&payload[..payload.len().min(65535)]);
+                }
+                if let Ok(header) = gtpcharge_correlate::wire::gtpv1::Header::parse(payload) {
+                    if let Ok(inner) = gtpcharge_correlate::wire::gtpu::inner_packet(header.body) {
+                        if let gtpcharge_correlate::wire::gtpu::Transport::Tcp { payload, .. }
+                        | gtpcharge_correlate::wire::gtpu::Transport::Udp { payload, .. } = inner.transport
+                        {
+                            if !payload.is_empty() {
+                                write("carriers", index, payload);
+                            }
+                        }
+                    }
+                }
+            }
+        })?;
+        write("correlate", 0, &sequence);
+    }
+    eprintln!("gtpcharge: wrote {written} seeds under {}", out.display());
+    Ok(())
 }
 
 fn floor(files: &[PathBuf]) -> Result<()> {

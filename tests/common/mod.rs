@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: run the real `gtpcharge` binary and read its JSON lines.
 #![allow(dead_code)]
+pub mod world;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
