@@ -20,11 +20,11 @@ for target in link_decode reassembly gtpv1c gtpv2c gtpu_inner carriers correlate
   log=$(mktemp)
   status=0
   (cd fuzz && cargo fuzz run -O "$target" "corpus/$target" -- -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048) >"$log" 2>&1 || status=$?
-  done_line=$(grep -E '^#[0-9]+ +DONE' "$log" | tail -1)
+  done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)
   execs=$(echo "$done_line" | sed -n 's/^#\([0-9]*\).*/\1/p')
   cov=$(echo "$done_line" | sed -n 's/.*cov: \([0-9]*\).*/\1/p')
   ft=$(echo "$done_line" | sed -n 's/.*ft: \([0-9]*\).*/\1/p')
-  rate=$(grep -E 'exec/s' "$log" | tail -1 | sed -n 's/.*exec\/s: \([0-9]*\).*/\1/p')
+  rate=$(echo "$done_line" | sed -n 's/.*exec\/s: \([0-9]*\).*/\1/p')
   crashes=$([ "$status" -eq 0 ] && echo 0 || echo "see fuzz/artifacts/$target")
   printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$target" "$SECONDS_PER_TARGET" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$crashes"
   rm -f "$log"

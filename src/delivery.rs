@@ -354,8 +354,17 @@ fn run(
                     Err(status) => {
                         stats.send_failures += 1;
                         let message = format!("{:?}: {}", status.code(), status.message());
+                        let refused = matches!(
+                            status.code(),
+                            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+                        );
                         if stats.send_failures == 1 || stats.send_failures % 20 == 0 {
-                            tracing::warn!(error = %message, spooled_batches = spool.pending.len(), "billing API unreachable; keeping sightings in the spool and retrying");
+                            if refused {
+                                // A configuration problem (the probe key): nothing is dropped; fix and restart.
+                                tracing::error!(error = %message, spooled_batches = spool.pending.len(), "the billing API refused the batch; keeping it in the spool (check --probe-key)");
+                            } else {
+                                tracing::warn!(error = %message, spooled_batches = spool.pending.len(), "billing API unavailable; keeping sightings in the spool and retrying");
+                            }
                         }
                         stats.last_error = Some(message);
                         retry_at = Instant::now() + backoff;

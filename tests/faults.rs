@@ -78,3 +78,56 @@ fn a_full_spool_is_loud_and_loses_nothing() {
     assert!(stderr.contains(&format!("delivered {}  ", world.truth.sightings.len())), "{stderr}");
     world.check();
 }
+
+/// Logs never contain a secret: the billing server at `debug`, with SP and probe calls made and the
+/// database URL given, must not print an API key, a probe key or the database password.
+#[test]
+fn server_logs_hold_no_secrets() {
+    let world = World::new(23, 6);
+    let port = common::world::free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .env("RUST_LOG", "debug")
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", &world.database])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the server's log as it comes: a full pipe would stall the server.
+    let mut stderr = server.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+        log
+    });
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{port}");
+    let output = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["replay", world.capture.to_str().unwrap(), "--billing-url", &url, "--probe-key", &world.probe_key])
+        .args(["--spool-dir", world.dir.path().join("spool").to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let probe_log = String::from_utf8_lossy(&output.stderr).into_owned();
+    // A bad key too: its rejection must not echo it.
+    let bad = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["replay", world.capture.to_str().unwrap(), "--billing-url", &url, "--probe-key", "gcpk_wrongwrongwrong"])
+        .args(["--spool-dir", world.dir.path().join("spool2").to_str().unwrap(), "--drain-timeout-s", "1"])
+        .output()
+        .unwrap();
+    let bad_log = String::from_utf8_lossy(&bad.stderr).into_owned();
+    assert!(bad_log.contains("Unauthenticated"), "{bad_log}");
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    server.wait().unwrap();
+    let server_log = reader.join().unwrap();
+    assert!(server_log.contains("billing API serving"), "{server_log}");
+    for (name, log) in [("server", &server_log), ("probe", &probe_log), ("probe with a bad key", &bad_log)] {
+        for secret in [world.probe_key.as_str(), world.api_key.as_str(), "gcpk_wrongwrongwrong"] {
+            assert!(!log.contains(secret), "the {name} log holds a secret");
+        }
+    }
+}
