@@ -407,3 +407,55 @@ async fn health_and_idempotent_create() {
         h.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_text_and_slow_watchers_change_nothing_else() {
+    for (backend, h) in Harness::each_backend().await {
+        let sql = "'); DROP TABLE ledger_entries; -- \" OR 1=1 ; SELECT * FROM credentials; \\x00";
+        let sql = sql.replace("\\x00", "");
+        // Every text field of every write takes SQL-shaped text as plain text.
+        let create = pb::CreatePurchaseRequest {
+            product_id: sql.clone(),
+            description: sql.clone(),
+            amount: 10,
+            currency: "EUR".into(),
+            expires_in_s: 60,
+            idempotency_key: sql.clone(),
+        };
+        let p = h.purchases().create_purchase(authed(&h.sp_key, create)).await.unwrap().into_inner();
+        assert_eq!((p.product_id.as_str(), p.description.as_str(), p.idempotency_key.as_str()), (sql.as_str(), sql.as_str(), sql.as_str()));
+        h.account("46700000010", 100).await;
+        assert_eq!(outcome(&h.report(&p.token, "46700000010").await), pb::SightingOutcome::Charged);
+        let refund = pb::RefundPurchaseRequest { id: p.id.clone(), amount: 1, refund_key: sql.clone(), reason: sql.clone() };
+        assert_eq!(h.purchases().refund_purchase(authed(&h.sp_key, refund)).await.unwrap().into_inner().refunded_now, 1);
+        let sp = pb::CreateServiceProviderRequest { name: sql.clone() };
+        assert!(h.accounts().create_service_provider(authed(&h.operator_key, sp)).await.is_ok());
+        let sighting_with_sql = pb::ReportSightingsRequest { sightings: vec![pb::Sighting { token: sql.chars().take(60).collect(), ..sighting(&p.token, "46700000010") }] };
+        let r = h.sightings().report_sightings(authed(&h.probe_key, sighting_with_sql)).await.unwrap().into_inner();
+        assert_eq!(outcome(&r.results[0]), pb::SightingOutcome::UnknownToken);
+        let list = pb::ListPurchasesRequest { product_id: sql.clone(), ..Default::default() };
+        assert_eq!(h.purchases().list_purchases(authed(&h.sp_key, list)).await.unwrap().into_inner().purchases.len(), 1, "{backend}");
+        assert!(h.count("ledger_entries").await >= 6, "{backend}: the table is still there");
+
+        // A client that opens WatchPurchases and never reads: the server holds a bounded buffer for it
+        // and goes on serving everyone else.
+        let slow = h.purchases().watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 })).await.unwrap();
+        for i in 0..150 {
+            h.create(&h.sp_key, 1, &format!("flood-{i}")).await.unwrap();
+        }
+        let started = std::time::Instant::now();
+        let fresh = h.create(&h.sp_key, 1, "after-flood").await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{backend}: a slow watcher slowed everyone");
+        let mut reader = h.purchases().watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 })).await.unwrap().into_inner();
+        let mut seen = 0;
+        while let Some(change) = tokio::time::timeout(std::time::Duration::from_secs(5), reader.message()).await.unwrap().unwrap() {
+            seen += 1;
+            if change.purchase.unwrap().id == fresh.id {
+                break;
+            }
+        }
+        assert!(seen >= 152, "{backend}: a reading watcher gets every change ({seen})");
+        drop(slow);
+        h.finish().await;
+    }
+}
