@@ -59,6 +59,9 @@ pub struct DeliveryStats {
     pub left_in_spool: u64,
     pub spool_batches: u64,
     pub spool_bytes: u64,
+    pub spool_write_failures: u64,
+    /// Sightings that could neither be written to the spool (disk full) nor delivered before the end.
+    pub lost: u64,
     pub last_error: Option<String>,
 }
 
@@ -66,14 +69,16 @@ impl DeliveryStats {
     pub fn summary(&self) -> String {
         let outcomes: Vec<String> = self.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!(
-            "delivery submitted {}  delivered {}  recovered-from-spool {}  batches {}  send-failures {}  spool-full {}  left-in-spool {}  outcomes [{}]{}",
+            "delivery submitted {}  delivered {}  recovered-from-spool {}  batches {}  send-failures {}  spool-full {}  spool-write-failures {}  left-in-spool {}  lost {}  outcomes [{}]{}",
             self.submitted,
             self.delivered,
             self.recovered_from_spool,
             self.batches_sent,
             self.send_failures,
             self.spool_full,
+            self.spool_write_failures,
             self.left_in_spool,
+            self.lost,
             outcomes.join(" "),
             self.last_error.as_ref().map(|e| format!("  last-error {e}")).unwrap_or_default()
         )
@@ -169,10 +174,10 @@ impl Spool {
         self.bytes + bytes > self.max_bytes
     }
 
-    /// Writes a batch durably; returns its size.
-    fn append(&mut self, records: Vec<SightingRecord>) -> Result<()> {
+    /// Writes a batch durably (all or nothing: a failed write leaves no file behind).
+    fn append(&mut self, records: &[SightingRecord]) -> Result<()> {
         let mut text = String::new();
-        for record in &records {
+        for record in records {
             text.push_str(&serde_json::to_string(record)?);
             text.push('\n');
         }
@@ -180,13 +185,19 @@ impl Spool {
         self.next_sequence += 1;
         let temporary = self.dir.join(format!("{name}.tmp"));
         let path = self.dir.join(format!("{name}.batch"));
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        let written = (|| -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error.into());
+        }
         self.bytes += text.len() as u64;
-        self.pending.push_back((path, text.len() as u64, records));
+        self.pending.push_back((path, text.len() as u64, records.to_vec()));
         Ok(())
     }
 
@@ -266,12 +277,15 @@ fn run(
     };
     let mut client = pb::sighting_service_client::SightingServiceClient::new(channel);
     let mut batch: Vec<SightingRecord> = Vec::new();
+    // Set while the spool cannot be written (disk full): no new sightings are taken, the batch in memory
+    // is retried, and sent directly when the API is up (it is not durable meanwhile, and says so).
+    let mut spool_blocked = false;
     let mut closed = false;
     let mut backoff = Duration::from_millis(100);
     let mut retry_at = Instant::now();
     loop {
         // 1. Take sightings while the spool has room.
-        if !closed {
+        if !closed && !spool_blocked {
             let wait = if spool.pending.is_empty() { config.batch_wait } else { Duration::from_millis(5) };
             let room = !spool.is_full_for(256 * batch.len().max(1) as u64);
             if room {
@@ -305,68 +319,42 @@ fn run(
             }
         }
         // 2. A full batch, or whatever is there when the queue is idle or closed, goes to the spool.
-        if !batch.is_empty() && (batch.len() >= config.batch_max || closed || receiver.is_empty()) {
-            if let Err(error) = spool.append(std::mem::take(&mut batch)) {
-                eprintln!("gtpcharge: ERROR: writing the spool: {error:#}");
-                stats.last_error = Some(format!("spool write: {error:#}"));
-                std::thread::sleep(Duration::from_millis(200));
+        if !batch.is_empty() && (spool_blocked || batch.len() >= config.batch_max || closed || receiver.is_empty()) {
+            match spool.append(&batch) {
+                Ok(()) => {
+                    batch.clear();
+                    spool_blocked = false;
+                }
+                Err(error) => {
+                    if stats.spool_write_failures % 50 == 0 {
+                        tracing::error!(error = %format!("{error:#}"), sightings = batch.len(), "cannot write the spool; holding the batch in memory and taking no more sightings");
+                    }
+                    stats.spool_write_failures += 1;
+                    stats.last_error = Some(format!("spool write: {error:#}"));
+                    spool_blocked = true;
+                    if spool.pending.is_empty() {
+                        // Nothing on disk to deliver first: try the batch straight from memory.
+                        if send(&runtime, &mut client, &config, &batch, &mut stats).is_ok() {
+                            batch.clear();
+                            spool_blocked = false;
+                        } else {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    }
+                }
             }
         }
         // 3. Send the oldest batch when the backoff allows.
         if let Some((_, _, records)) = spool.pending.front() {
             if Instant::now() >= retry_at {
-                let sightings = records
-                    .iter()
-                    .map(|r| pb::Sighting {
-                        token: r.token.clone(),
-                        msisdn: r.msisdn.clone(),
-                        imsi: r.imsi.clone(),
-                        ue_ip: r.ue_ip.clone(),
-                        r#where: r.carrier.clone(),
-                        seen_at_us: r.seen_at_us,
-                        probe_sighting_id: String::new(),
-                    })
-                    .collect();
-                let mut request = tonic::Request::new(pb::ReportSightingsRequest { sightings });
-                if let Ok(value) = format!("Bearer {}", config.probe_key).parse() {
-                    request.metadata_mut().insert("authorization", value);
-                }
-                match runtime.block_on(client.report_sightings(request)) {
-                    Ok(response) => {
-                        for result in &response.get_ref().results {
-                            *stats.outcomes.entry(outcome_name(result.outcome)).or_default() += 1;
-                        }
-                        stats.delivered += records.len() as u64;
-                        stats.batches_sent += 1;
-                        for (result, record) in response.get_ref().results.iter().zip(records) {
-                            tracing::debug!(
-                                token = %record.token,
-                                msisdn = %crate::logging::subscriber_id(&record.msisdn),
-                                outcome = outcome_name(result.outcome),
-                                "billing outcome"
-                            );
-                        }
+                match send(&runtime, &mut client, &config, records, &mut stats) {
+                    Ok(()) => {
                         if let Err(error) = spool.acknowledge_oldest() {
                             stats.last_error = Some(format!("{error:#}"));
                         }
                         backoff = Duration::from_millis(100);
                     }
-                    Err(status) => {
-                        stats.send_failures += 1;
-                        let message = format!("{:?}: {}", status.code(), status.message());
-                        let refused = matches!(
-                            status.code(),
-                            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
-                        );
-                        if stats.send_failures == 1 || stats.send_failures % 20 == 0 {
-                            if refused {
-                                // A configuration problem (the probe key): nothing is dropped; fix and restart.
-                                tracing::error!(error = %message, spooled_batches = spool.pending.len(), "the billing API refused the batch; keeping it in the spool (check --probe-key)");
-                            } else {
-                                tracing::warn!(error = %message, spooled_batches = spool.pending.len(), "billing API unavailable; keeping sightings in the spool and retrying");
-                            }
-                        }
-                        stats.last_error = Some(message);
+                    Err(()) => {
                         retry_at = Instant::now() + backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -381,13 +369,75 @@ fn run(
             shared.clone_from(&stats);
         }
         // 4. Done when closed and drained, or when the drain time is over.
-        if closed && batch.is_empty() {
+        if closed {
             let deadline = stop_after.lock().ok().and_then(|d| *d);
-            if spool.pending.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+            let drained = spool.pending.is_empty() && batch.is_empty();
+            if drained || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
         }
     }
     stats.left_in_spool = spool.pending.iter().map(|(_, _, r)| r.len() as u64).sum();
+    if !batch.is_empty() {
+        stats.lost = batch.len() as u64;
+        tracing::error!(sightings = batch.len(), "LOST: these sightings could not be written to the spool (disk full) nor delivered");
+    }
     stats
+}
+
+/// One ReportSightings call for `records`; counts outcomes on success.
+fn send(
+    runtime: &tokio::runtime::Runtime,
+    client: &mut pb::sighting_service_client::SightingServiceClient<tonic::transport::Channel>,
+    config: &DeliveryConfig,
+    records: &[SightingRecord],
+    stats: &mut DeliveryStats,
+) -> Result<(), ()> {
+    let sightings = records
+        .iter()
+        .map(|r| pb::Sighting {
+            token: r.token.clone(),
+            msisdn: r.msisdn.clone(),
+            imsi: r.imsi.clone(),
+            ue_ip: r.ue_ip.clone(),
+            r#where: r.carrier.clone(),
+            seen_at_us: r.seen_at_us,
+            probe_sighting_id: String::new(),
+        })
+        .collect();
+    let mut request = tonic::Request::new(pb::ReportSightingsRequest { sightings });
+    if let Ok(value) = format!("Bearer {}", config.probe_key).parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    match runtime.block_on(client.report_sightings(request)) {
+        Ok(response) => {
+            for (result, record) in response.get_ref().results.iter().zip(records) {
+                *stats.outcomes.entry(outcome_name(result.outcome)).or_default() += 1;
+                tracing::debug!(
+                    token = %record.token,
+                    msisdn = %crate::logging::subscriber_id(&record.msisdn),
+                    outcome = outcome_name(result.outcome),
+                    "billing outcome"
+                );
+            }
+            stats.delivered += records.len() as u64;
+            stats.batches_sent += 1;
+            Ok(())
+        }
+        Err(status) => {
+            stats.send_failures += 1;
+            let message = format!("{:?}: {}", status.code(), status.message());
+            let refused = matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument);
+            if stats.send_failures == 1 || stats.send_failures % 20 == 0 {
+                if refused {
+                    // A configuration problem (the probe key): nothing is dropped; fix and restart.
+                    tracing::error!(error = %message, "the billing API refused the batch; keeping it (check --probe-key)");
+                } else {
+                    tracing::warn!(error = %message, "billing API unavailable; keeping sightings in the spool and retrying");
+                }
+            }
+            stats.last_error = Some(message);
+            Err(())
+        }
+    }
 }

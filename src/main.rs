@@ -374,6 +374,10 @@ fn finish_delivery(delivery: Option<delivery::Delivery>, drain: std::time::Durat
     let Some(delivery) = delivery else { return true };
     let stats = delivery.finish(drain);
     eprintln!("{}  skipped-no-msisdn {skipped}", stats.summary());
+    if stats.lost > 0 {
+        eprintln!("gtpcharge: ERROR: {} sightings were lost (spool disk full and billing API unreachable)", stats.lost);
+        return false;
+    }
     if stats.left_in_spool > 0 {
         eprintln!(
             "gtpcharge: {} sightings are kept in the spool {}; the next run with the same --spool-dir delivers them",

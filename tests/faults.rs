@@ -131,3 +131,42 @@ fn server_logs_hold_no_secrets() {
         }
     }
 }
+
+/// The spool's disk is full (a 4 KiB tmpfs): the probe says so loudly, takes no more sightings, keeps
+/// the batch in memory and sends it straight to the API once the API is back; nothing is lost.
+#[test]
+fn spool_disk_full_is_loud_and_loses_nothing_once_the_api_is_back() {
+    let mut world = World::new(24, 48); // enough sightings that one batch exceeds the 4 KiB disk
+    let spool = world.dir.path().join("tiny-disk");
+    std::fs::create_dir_all(&spool).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4k", "tmpfs", spool.to_str().unwrap()]).status();
+    assert!(
+        mounted.is_ok_and(|s| s.success()),
+        "SPOOL DISK FULL TEST CANNOT RUN: mounting a tmpfs needs root (CI runs as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(spool.clone());
+    world.server.kill().unwrap();
+    world.server.wait().unwrap();
+    let probe = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["replay", world.capture.to_str().unwrap(), "--billing-url", &world.url, "--probe-key", &world.probe_key])
+        .args(["--spool-dir", spool.to_str().unwrap(), "--drain-timeout-s", "120"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    world.server = serve(&world.database, world.port);
+    let output = probe.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot write the spool"), "{stderr}");
+    assert!(stderr.contains(" lost 0 "), "{stderr}");
+    assert!(stderr.contains(&format!("delivered {}  ", world.truth.sightings.len())), "{stderr}");
+    world.check();
+}
