@@ -16,7 +16,8 @@ pub const MESSAGE_BYTES_MAX: usize = 1 << 20;
 pub struct TlsFiles {
     pub certificate: PathBuf,
     pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA (mutual TLS, for probes).
+    /// When set, probes (SightingService) must present a certificate signed by this CA (mutual TLS);
+    /// SPs and operators may connect without one.
     pub client_ca: Option<PathBuf>,
 }
 
@@ -49,6 +50,7 @@ pub async fn serve(
         })
     };
 
+    let require_client_certificate = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let mut builder = Server::builder().timeout(Duration::from_secs(30)).http2_keepalive_interval(Some(Duration::from_secs(30)));
     if let Some(tls) = tls {
         let certificate = std::fs::read(&tls.certificate)?;
@@ -61,7 +63,7 @@ pub async fn serve(
     }
     let purchases = pb::purchase_service_server::PurchaseServiceServer::new(PurchaseApi { ledger: ledger.clone() })
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
-    let sightings = pb::sighting_service_server::SightingServiceServer::new(SightingApi { ledger: ledger.clone() })
+    let sightings = pb::sighting_service_server::SightingServiceServer::new(SightingApi { ledger: ledger.clone(), require_client_certificate })
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let accounts = pb::account_service_server::AccountServiceServer::new(AccountApi { ledger })
         .max_decoding_message_size(MESSAGE_BYTES_MAX);

@@ -240,11 +240,16 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
 
 pub struct SightingApi {
     pub ledger: Ledger,
+    /// Set when the server has a client CA: probes must then present a certificate it signed.
+    pub require_client_certificate: bool,
 }
 
 #[tonic::async_trait]
 impl pb::sighting_service_server::SightingService for SightingApi {
     async fn report_sightings(&self, request: Request<pb::ReportSightingsRequest>) -> Result<Response<pb::ReportSightingsResponse>, Status> {
+        if self.require_client_certificate && request.peer_certs().is_none_or(|certificates| certificates.is_empty()) {
+            return Err(Status::unauthenticated("this billing API requires probes to present a client certificate"));
+        }
         let caller = authenticate(&self.ledger, &request, Kind::Probe).await?;
         let sightings = request.into_inner().sightings;
         if sightings.is_empty() || sightings.len() > SIGHTINGS_PER_BATCH_MAX {
