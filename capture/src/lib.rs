@@ -6,8 +6,8 @@
 //! Deliberately absent: anything GTP. This crate hands [`Udp`] datagrams to whoever wires it (the root
 //! binary), so the correlator is tested, fuzzed and benched without libpcap.
 #![forbid(unsafe_code)]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod decode;
 pub mod reassembly;

@@ -366,7 +366,7 @@ impl Correlator {
                 let kind = if header.message_type == DELETE_PDP_REQUEST {
                     PendingKind::DeleteV1 { sessions }
                 } else {
-                    let session = sessions[0]; // indexing: not empty, checked above
+                    let Some(&session) = sessions.first() else { return };
                     let sender_is_access =
                         self.sessions.get(session).is_some_and(|s| s.core.control == Some(receiver));
                     PendingKind::UpdateV1 { session, fields, sender_is_access }
@@ -813,6 +813,7 @@ impl Correlator {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // the sighting's parts, gathered once per found token
     fn report(
         &mut self,
         token: Token,
@@ -879,14 +880,15 @@ fn scan_segment(
 ) {
     let fresh = payload.get(skip..).unwrap_or_default();
     if state.kind == FlowKind::Undecided {
-        state.kind = if fresh.starts_with(&[0x16, 0x03]) {
-            FlowKind::Tls
-        } else if {
+        let looks_like_http = {
             let mut probe = HttpState::default();
             let mut any = false;
             probe.regions(fresh, |_, _| any = true);
             any
-        } {
+        };
+        state.kind = if fresh.starts_with(&[0x16, 0x03]) {
+            FlowKind::Tls
+        } else if looks_like_http {
             FlowKind::Http
         } else {
             FlowKind::Other

@@ -9,8 +9,8 @@
 //! Deliberately absent: libpcap, link-layer and outer IP decoding (the `capture` crate does those and
 //! hands over [`Datagram`]s), wall-clock time (timestamps come with each datagram), and any I/O.
 #![forbid(unsafe_code)]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod engine;
 pub mod event;

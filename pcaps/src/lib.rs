@@ -691,7 +691,7 @@ pub fn generate<S: FrameSink>(scenario: &Scenario, sink: &mut S) -> Truth {
         .map(|i| {
             // Subscribers 0 and 1 share one private address on two APNs.
             let host = if i == 1 { 0 } else { i };
-            let ip = Ipv4Addr::new(10, 64 + (host >> 16) as u8, (host >> 8) as u8, (host & 0xFF) as u8 + 0);
+            let ip = Ipv4Addr::new(10, 64 + (host >> 16) as u8, (host >> 8) as u8, (host & 0xFF) as u8);
             let ip = if ip.octets()[3] == 0 { Ipv4Addr::new(10, 200, (host >> 8) as u8, (host & 0xFF) as u8 + 1) } else { ip };
             let apn = if i == 1 { "corp.example" } else { "internet" };
             g.subscriber(i, ip, apn)

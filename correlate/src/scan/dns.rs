@@ -14,9 +14,11 @@ pub enum DnsError {
 
 /// Writes the first question's name into `out`; returns its length.
 pub fn query_name(message: &[u8], out: &mut [u8; NAME_MAX]) -> Result<usize, DnsError> {
-    let header = message.get(..12).ok_or(DnsError::Malformed)?;
-    let flags = u16::from_be_bytes([header[2], header[3]]); // indexing: header is 12 bytes
-    let questions = u16::from_be_bytes([header[4], header[5]]);
+    let Some(&[_, _, flags_high, flags_low, questions_high, questions_low, ..]) = message.first_chunk::<12>() else {
+        return Err(DnsError::Malformed);
+    };
+    let flags = u16::from_be_bytes([flags_high, flags_low]);
+    let questions = u16::from_be_bytes([questions_high, questions_low]);
     if flags & 0x8000 != 0 {
         return Err(DnsError::NotAQuery);
     }

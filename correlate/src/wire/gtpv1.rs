@@ -5,7 +5,7 @@
 //!  0        1        2        3        4 .. 7     8..9   10     11
 //! |V|P|-|E|S|N| type | length (after byte 8) | TEID | seq | N-PDU | next ext |  (last 4 only if E|S|N)
 //! ```
-use super::{be_u16, be_u32, ip_from, need, Apn, Tbcd, WireError, GTPU_EXT_HDRS_MAX, IES_MAX};
+use super::{be_u16, be_u32, ip_from, Apn, Tbcd, WireError, GTPU_EXT_HDRS_MAX, IES_MAX};
 use std::net::IpAddr;
 
 pub mod message {
@@ -43,31 +43,32 @@ impl<'a> Header<'a> {
     /// Parses a GTPv1 header (version 1, PT=1) and walks the extension header chain, bounded by
     /// [`GTPU_EXT_HDRS_MAX`].
     pub fn parse(data: &'a [u8]) -> Result<Header<'a>, WireError> {
-        need("GTPv1 header", data, Self::FIXED_LEN)?;
-        let flags = data[0]; // checked: len >= 8
+        let Some(&[flags, message_type, length_high, length_low, t0, t1, t2, t3]) = data.first_chunk::<8>() else {
+            return Err(WireError::Truncated { layer: "GTPv1 header", needed: Self::FIXED_LEN, have: data.len() });
+        };
         if flags >> 5 != 1 {
             return Err(WireError::Version("GTPv1"));
         }
         if flags & 0x10 == 0 {
             return Err(WireError::GtpPrime);
         }
-        let message_type = data[1];
-        let length = usize::from(u16::from_be_bytes([data[2], data[3]]));
-        let teid = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+        let length = usize::from(u16::from_be_bytes([length_high, length_low]));
+        let teid = u32::from_be_bytes([t0, t1, t2, t3]);
         let total = Self::FIXED_LEN + length;
-        need("GTPv1 message", data, total)?;
-        let message = &data[..total];
+        let message = data.get(..total).ok_or(WireError::Truncated { layer: "GTPv1 message", needed: total, have: data.len() })?;
         let (mut sequence, mut n_pdu, mut extensions) = (None, None, 0u8);
         let mut at = Self::FIXED_LEN;
         if flags & 0x07 != 0 {
-            need("GTPv1 optional fields", message, 12)?;
+            let Some(&[s0, s1, n, next_type]) = message.get(8..).and_then(|rest| rest.first_chunk::<4>()) else {
+                return Err(WireError::Truncated { layer: "GTPv1 optional fields", needed: 12, have: message.len() });
+            };
             if flags & 0x02 != 0 {
-                sequence = be_u16(message, 8);
+                sequence = Some(u16::from_be_bytes([s0, s1]));
             }
             if flags & 0x01 != 0 {
-                n_pdu = message.get(10).copied();
+                n_pdu = Some(n);
             }
-            let mut next = if flags & 0x04 != 0 { message[11] } else { 0 };
+            let mut next = if flags & 0x04 != 0 { next_type } else { 0 };
             at = 12;
             while next != 0 {
                 if usize::from(extensions) >= GTPU_EXT_HDRS_MAX {
@@ -82,8 +83,12 @@ impl<'a> Header<'a> {
                     return Err(WireError::ZeroLengthExtension);
                 }
                 let end = at + units * 4;
-                need("GTP extension header", message, end)?;
-                next = message[end - 1];
+                // The last octet of an extension header names the next one.
+                next = *message.get(end - 1).ok_or(WireError::Truncated {
+                    layer: "GTP extension header",
+                    needed: end,
+                    have: message.len(),
+                })?;
                 at = end;
                 extensions += 1;
             }
@@ -94,7 +99,7 @@ impl<'a> Header<'a> {
             sequence,
             n_pdu,
             extensions,
-            body: &message[at..],
+            body: message.get(at..).unwrap_or_default(),
             trailing: data.len() - total,
         })
     }

@@ -73,8 +73,8 @@ pub(crate) fn be_u32(data: &[u8], at: usize) -> Option<u32> {
 /// An IPv4 or IPv6 address from 4 or 16 bytes (GSN Address, F-TEID, End User Address parts).
 pub(crate) fn ip_from(bytes: &[u8]) -> Option<std::net::IpAddr> {
     match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(|b| std::net::IpAddr::from(b)),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(|b| std::net::IpAddr::from(b)),
+        4 => <[u8; 4]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
         _ => None,
     }
 }
