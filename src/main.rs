@@ -8,13 +8,15 @@ mod jsonl;
 mod logging;
 mod metrics;
 mod probe;
+mod run;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gtpcharge_capture::{DecoderConfig, FileSource, LiveConfig, LiveSource};
 use gtpcharge_correlate::Config;
 use probe::Probe;
-use std::io::{BufWriter, IsTerminal, Write};
+use run::ProbeRun;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -352,82 +354,6 @@ impl ProbeArgs {
     }
 }
 
-/// Hands a sighting to delivery; sightings without an MSISDN cannot be charged and are counted.
-fn deliver(delivery: &Option<delivery::Delivery>, skipped: &mut u64, event: &gtpcharge_correlate::Event) {
-    let (Some(delivery), gtpcharge_correlate::Event::Sighting(s)) = (delivery, event) else { return };
-    if s.identity.msisdn.is_empty() {
-        *skipped += 1;
-        return;
-    }
-    delivery.submit(delivery::SightingRecord {
-        token: s.token.to_string(),
-        msisdn: s.identity.msisdn.to_string(),
-        imsi: s.identity.imsi.to_string(),
-        ue_ip: s.identity.ue_ip().map(|ip| ip.to_string()).unwrap_or_default(),
-        carrier: s.carrier.as_str().into(),
-        seen_at_us: i64::try_from(s.ts_us).unwrap_or(0),
-    });
-}
-
-/// Ends delivery and prints its summary; `false` when sightings were left in the spool.
-fn finish_delivery(delivery: Option<delivery::Delivery>, drain: std::time::Duration, skipped: u64, spool: &std::path::Path) -> bool {
-    let Some(delivery) = delivery else { return true };
-    let stats = delivery.finish(drain);
-    eprintln!("{}  skipped-no-msisdn {skipped}", stats.summary());
-    if stats.lost > 0 {
-        eprintln!("gtpcharge: ERROR: {} sightings were lost (spool disk full and billing API unreachable)", stats.lost);
-        return false;
-    }
-    if stats.left_in_spool > 0 {
-        eprintln!(
-            "gtpcharge: {} sightings are kept in the spool {}; the next run with the same --spool-dir delivers them",
-            stats.left_in_spool,
-            spool.display()
-        );
-        return false;
-    }
-    true
-}
-
-/// Where events go: JSON lines on stdout, or nowhere.
-struct EventOut {
-    writer: Option<BufWriter<std::io::StdoutLock<'static>>>,
-    error: Option<std::io::Error>,
-}
-
-impl EventOut {
-    fn new(emit: Emit) -> EventOut {
-        let writer = (emit == Emit::Jsonl).then(|| BufWriter::with_capacity(1 << 16, std::io::stdout().lock()));
-        EventOut { writer, error: None }
-    }
-
-    fn write(&mut self, event: &gtpcharge_correlate::Event) {
-        if self.error.is_some() {
-            return;
-        }
-        if let Some(writer) = &mut self.writer {
-            let line = jsonl::to_json(event).to_string();
-            if let Err(error) = writeln!(writer, "{line}") {
-                self.error = Some(error);
-            }
-        }
-    }
-
-    fn finish(mut self) -> Result<()> {
-        if let Some(writer) = &mut self.writer {
-            if let Err(error) = writer.flush() {
-                self.error.get_or_insert(error);
-            }
-        }
-        match self.error {
-            // A closed pipe (`| head`) is the reader's choice, not a failure.
-            Some(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            Some(error) => Err(error).context("writing events to stdout"),
-            None => Ok(()),
-        }
-    }
-}
-
 fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
     // Open every file before writing anything: a bad name fails the run with nothing half-written.
     let mut sources = Vec::with_capacity(files.len());
@@ -446,12 +372,7 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
     } else {
         None
     };
-    let mut probe = args.probe();
-    let mut out = EventOut::new(args.emit);
-    let delivery = args.delivery()?;
-    let exposition = args.metrics()?;
-    let mut published = std::time::Instant::now();
-    let mut skipped = 0u64;
+    let mut run = ProbeRun::start(args)?;
     let mut all_read = true;
     let mut position = 0u64;
     for source in &mut sources {
@@ -460,16 +381,12 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
         }
         let result = source.for_each(|frame| {
             position += 16 + frame.data.len() as u64;
-            probe.frame(frame, |event| {
-                out.write(event);
-                deliver(&delivery, &mut skipped, event);
-                logging::event(event);
-            });
-            if probe.packets % 8192 == 0 {
+            run.frame(frame);
+            if run.probe.packets % 8192 == 0 {
                 if let Some(bar) = &progress {
                     bar.set_position(position);
                 }
-                publish(&exposition, &probe, &delivery, None, &mut published, false);
+                run.publish(None, false);
             }
         });
         if let Err(error) = result {
@@ -484,29 +401,8 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    out.finish()?;
-    publish(&exposition, &probe, &delivery, None, &mut published, true);
-    eprint!("{}", probe.summary());
-    let delivered = finish_delivery(delivery, std::time::Duration::from_secs(args.drain_timeout_s), skipped, &args.spool_dir);
+    let delivered = run.finish(None, std::time::Duration::from_secs(args.drain_timeout_s))?;
     Ok(all_read && delivered)
-}
-
-/// Renders the metrics at most once a second (or now, when `force`).
-fn publish(
-    exposition: &Option<metrics::Exposition>,
-    probe: &Probe,
-    delivery: &Option<delivery::Delivery>,
-    libpcap: Option<gtpcharge_capture::LiveStats>,
-    last: &mut std::time::Instant,
-    force: bool,
-) {
-    let Some(exposition) = exposition else { return };
-    if !force && last.elapsed() < std::time::Duration::from_secs(1) {
-        return;
-    }
-    *last = std::time::Instant::now();
-    let delivery_stats = delivery.as_ref().and_then(|d| d.shared.lock().ok().map(|s| s.clone()));
-    exposition.publish(probe.metrics(delivery_stats.as_ref(), libpcap));
 }
 
 fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
@@ -514,35 +410,20 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the SIGINT/SIGTERM handler")?;
     let mut source = LiveSource::open(&live)?;
-    let mut probe = args.probe();
-    let mut out = EventOut::new(args.emit);
-    let delivery = args.delivery()?;
-    let exposition = args.metrics()?;
-    let mut published = std::time::Instant::now();
-    let mut skipped = 0u64;
+    let mut run = ProbeRun::start(args)?;
     tracing::info!(interface = %live.interface, "capturing (stop with SIGINT or SIGTERM)");
     while !stop.load(Ordering::SeqCst) {
         if let Some(frame) = source.next_frame()? {
-            probe.frame(&frame, |event| {
-                out.write(event);
-                deliver(&delivery, &mut skipped, event);
-                logging::event(event);
-            });
+            run.frame(&frame);
         }
-        if exposition.is_some() && (probe.packets % 1024 == 0 || published.elapsed() >= std::time::Duration::from_secs(1)) {
+        if run.wants_publish() {
             let libpcap = source.stats().ok();
-            publish(&exposition, &probe, &delivery, libpcap, &mut published, false);
+            run.publish(libpcap, false);
         }
     }
-    out.finish()?;
-    let stats = source.stats()?;
-    eprint!("{}", probe.summary());
-    eprintln!(
-        "libpcap received {}  dropped {}  interface dropped {}",
-        stats.received, stats.dropped, stats.interface_dropped
-    );
+    let libpcap = source.stats()?;
     // Whatever could not be delivered within the drain time stays in the spool for the next start.
-    finish_delivery(delivery, std::time::Duration::from_secs(args.drain_timeout_s.min(10)), skipped, &args.spool_dir);
+    run.finish(Some(libpcap), std::time::Duration::from_secs(args.drain_timeout_s.min(10)))?;
     Ok(())
 }
 
