@@ -8,6 +8,7 @@ mod jsonl;
 mod logging;
 mod metrics;
 mod probe;
+mod pipeline;
 mod run;
 
 use anyhow::{bail, Context, Result};
@@ -300,6 +301,9 @@ struct ProbeArgs {
     billing_client_cert: Option<PathBuf>,
     #[arg(long, requires = "billing_client_cert", env = "GTPCHARGE_BILLING_CLIENT_KEY")]
     billing_client_key: Option<PathBuf>,
+    /// Decode and correlate on one thread (default: a reader thread decodes while this one correlates).
+    #[arg(long, env = "GTPCHARGE_SINGLE_THREAD")]
+    single_thread: bool,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long, env = "GTPCHARGE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -324,8 +328,11 @@ impl ProbeArgs {
         config.session_idle_timeout_s = self.session_idle_timeout_s;
         config.flows_max = self.flows_max;
         config.scan_bytes_max = self.scan_bytes_max;
-        let decoder = DecoderConfig { fragments_max: self.fragments_max, ..DecoderConfig::default() };
-        Probe::new(config, decoder)
+        Probe::new(config, self.decoder())
+    }
+
+    fn decoder(&self) -> DecoderConfig {
+        DecoderConfig { fragments_max: self.fragments_max, ..DecoderConfig::default() }
     }
 
     fn metrics(&self) -> Result<Option<metrics::Exposition>> {
@@ -373,30 +380,48 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
         None
     };
     let mut run = ProbeRun::start(args)?;
+    let report = |error: &gtpcharge_capture::CaptureError| match &progress {
+        // A file cut short mid-record (a capture killed while writing): keep what was read, go on.
+        Some(bar) => bar.suspend(|| eprintln!("gtpcharge: {error}")),
+        None => eprintln!("gtpcharge: {error}"),
+    };
     let mut all_read = true;
-    let mut position = 0u64;
-    for source in &mut sources {
-        if let Some(bar) = &progress {
-            bar.set_message(source.path().display().to_string());
-        }
-        let result = source.for_each(|frame| {
-            position += 16 + frame.data.len() as u64;
-            run.frame(frame);
-            if run.probe.packets % 8192 == 0 {
-                if let Some(bar) = &progress {
-                    bar.set_position(position);
+    if args.single_thread {
+        let mut position = 0u64;
+        for source in &mut sources {
+            if let Some(bar) = &progress {
+                bar.set_message(source.path().display().to_string());
+            }
+            let result = source.for_each(|frame| {
+                position += 16 + frame.data.len() as u64;
+                run.frame(frame);
+                if run.probe.packets % 8192 == 0 {
+                    if let Some(bar) = &progress {
+                        bar.set_position(position);
+                    }
+                    run.publish(None, false);
                 }
-                run.publish(None, false);
+            });
+            if let Err(error) = result {
+                report(&error);
+                all_read = false;
             }
-        });
-        if let Err(error) = result {
-            // A file cut short mid-record (a capture killed while writing): keep what was read, go on.
-            match &progress {
-                Some(bar) => bar.suspend(|| eprintln!("gtpcharge: {error}")),
-                None => eprintln!("gtpcharge: {error}"),
-            }
-            all_read = false;
         }
+    } else {
+        let reader = pipeline::read_files(sources, args.decoder()).context("starting the reader thread")?;
+        for batch in reader.batches.iter() {
+            run.batch(&batch);
+            if let Some(bar) = &progress {
+                bar.set_position(batch.position);
+            }
+            run.publish(None, false);
+            reader.recycle(batch);
+        }
+        let errors = reader.join().map_err(|_| anyhow::anyhow!("the reader thread failed"))?;
+        for error in &errors {
+            report(error);
+        }
+        all_read = errors.is_empty();
     }
     if let Some(bar) = progress {
         bar.finish_and_clear();
@@ -412,16 +437,34 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
     let mut source = LiveSource::open(&live)?;
     let mut run = ProbeRun::start(args)?;
     tracing::info!(interface = %live.interface, "capturing (stop with SIGINT or SIGTERM)");
-    while !stop.load(Ordering::SeqCst) {
-        if let Some(frame) = source.next_frame()? {
-            run.frame(&frame);
+    let libpcap = if args.single_thread {
+        while !stop.load(Ordering::SeqCst) {
+            if let Some(frame) = source.next_frame()? {
+                run.frame(&frame);
+            }
+            if run.wants_publish() {
+                let libpcap = source.stats().ok();
+                run.publish(libpcap, false);
+            }
         }
-        if run.wants_publish() {
-            let libpcap = source.stats().ok();
-            run.publish(libpcap, false);
+        source.stats()?
+    } else {
+        let shared = Arc::new(std::sync::Mutex::new(None));
+        let reader = pipeline::read_live(source, args.decoder(), stop.clone(), shared.clone()).context("starting the reader thread")?;
+        for batch in reader.batches.iter() {
+            run.batch(&batch);
+            if run.wants_publish() {
+                let libpcap = shared.lock().ok().and_then(|s| *s);
+                run.publish(libpcap, false);
+            }
+            reader.recycle(batch);
         }
-    }
-    let libpcap = source.stats()?;
+        if let Ok(Some(error)) = reader.join() {
+            return Err(error.into());
+        }
+        let last = shared.lock().ok().and_then(|s| *s);
+        last.unwrap_or_default()
+    };
     // Whatever could not be delivered within the drain time stays in the spool for the next start.
     run.finish(Some(libpcap), std::time::Duration::from_secs(args.drain_timeout_s.min(10)))?;
     Ok(())

@@ -85,6 +85,18 @@ impl ProbeRun {
         });
     }
 
+    /// A batch from the pipeline's reader thread, its events to every sink.
+    pub fn batch(&mut self, batch: &crate::pipeline::Batch) {
+        let ProbeRun { probe, out, delivery, skipped_no_msisdn, .. } = self;
+        probe.batch(batch, |event| {
+            out.write(event);
+            if let Some(delivery) = delivery {
+                deliver(delivery, skipped_no_msisdn, event);
+            }
+            logging::event(event);
+        });
+    }
+
     /// Whether metrics are served and a second has passed since the last snapshot.
     pub fn wants_publish(&self) -> bool {
         self.exposition.is_some() && self.published.elapsed() >= Duration::from_secs(1)

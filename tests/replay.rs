@@ -163,3 +163,21 @@ fn logs_mask_subscriber_ids_unless_asked() {
     let shown = run(&["--log-subscriber-ids", "replay", capture.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&shown.stderr).contains(msisdn.as_str()));
 }
+
+#[test]
+fn the_pipeline_and_the_single_thread_give_the_same_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (capture, _) = write_capture(dir.path(), &Scenario { seed: 77, subscribers: 300, traffic_rounds: 3, background_per_round: 4, edge_cases: true, tokens: Vec::new() });
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
+    for file in [capture.as_path(), sample.as_path()] {
+        let piped = gtpcharge(&["replay", "--emit", "jsonl", file.to_str().unwrap()]);
+        let single = gtpcharge(&["replay", "--emit", "jsonl", "--single-thread", file.to_str().unwrap()]);
+        assert!(piped.status.success() && single.status.success());
+        assert!(!piped.stdout.is_empty());
+        assert_eq!(piped.stdout, single.stdout, "{}: the events differ between the two modes", file.display());
+        let summary = |o: &std::process::Output| {
+            String::from_utf8_lossy(&o.stderr).lines().filter(|l| !l.starts_with("packets ")).map(str::to_owned).collect::<Vec<_>>()
+        };
+        assert_eq!(summary(&piped), summary(&single), "the counters differ between the two modes");
+    }
+}
