@@ -17,15 +17,17 @@ if [ ! -f "$CAPTURE" ]; then
 fi
 cat "$CAPTURE" > /dev/null   # into page cache
 rate() { sed -n 's/.* \([0-9]*\) packets\/s.*/\1/p'; }
-best_floor=0; best_replay=0
+best_floor=0; best_replay=0; best_single=0
 for run in $(seq "$RUNS"); do
   f=$($G floor "$CAPTURE" 2>&1 | grep '^floor' | rate)
+  s=$(RUST_LOG=warn $G replay --single-thread "$CAPTURE" 2>&1 | grep '^packets' | rate)
   r=$(RUST_LOG=warn $G replay "$CAPTURE" 2>&1 | grep '^packets' | rate)
-  echo "run $run: floor $f packets/s, replay $r packets/s"
+  echo "run $run: floor $f packets/s, replay single thread $s packets/s, replay pipeline $r packets/s"
   [ "$f" -gt "$best_floor" ] && best_floor=$f
+  [ "$s" -gt "$best_single" ] && best_single=$s
   [ "$r" -gt "$best_replay" ] && best_replay=$r
 done
-echo "best: floor $best_floor packets/s, replay (1 worker) $best_replay packets/s, ratio $(echo "scale=3; $best_replay / $best_floor" | bc)"
+echo "best: floor $best_floor packets/s; single thread $best_single packets/s, ratio $(echo "scale=3; $best_single / $best_floor" | bc); pipeline (2 threads) $best_replay packets/s, ratio $(echo "scale=3; $best_replay / $best_floor" | bc)"
 peer() {
   local name=$1; shift
   local start end
