@@ -1,5 +1,5 @@
 //! `gtpcharge serve` and `gtpcharge admin`: the billing API's process and its operator commands.
-use crate::{AccountCommand, AdminCommand, NamedCreate, SpCommand};
+use crate::{AccountCommand, AdminCommand, NamedCreate, PurchaseCommand, SpCommand};
 use anyhow::{Context, Result};
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::AccountUpdate;
@@ -94,6 +94,46 @@ pub fn admin(url: &str, command: AdminCommand) -> Result<()> {
                 println!("balanced");
             }
         }
+        Ok(())
+    })
+}
+
+/// `gtpcharge purchase ...`: a tonic client calling PurchaseService as an SP would.
+pub fn purchase(url: &str, api_key: &str, command: PurchaseCommand) -> Result<()> {
+    use gtpcharge_proto::v1 as pb;
+    fn with_key<T>(api_key: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(value) = format!("Bearer {api_key}").parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+    runtime()?.block_on(async {
+        let mut client = pb::purchase_service_client::PurchaseServiceClient::connect(url.to_owned())
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        let purchase = match command {
+            PurchaseCommand::Create { product_id, description, amount, currency, idempotency_key, expires_in_s } => {
+                let idempotency_key = match idempotency_key {
+                    Some(key) => key,
+                    None => gtpcharge_proto::Token::generate().map_err(|e| anyhow::anyhow!("{e}"))?.to_string(),
+                };
+                let request = pb::CreatePurchaseRequest { product_id, description, amount, currency, expires_in_s, idempotency_key };
+                client.create_purchase(with_key(api_key, request)).await
+            }
+            PurchaseCommand::Get { key } => {
+                let key = if key.starts_with("gc1") {
+                    pb::get_purchase_request::Key::Token(key)
+                } else {
+                    pb::get_purchase_request::Key::Id(key)
+                };
+                let request = pb::GetPurchaseRequest { key: Some(key) };
+                client.get_purchase(with_key(api_key, request)).await
+            }
+        };
+        let p = purchase.map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?.into_inner();
+        let state = pb::PurchaseState::try_from(p.state).map(|s| s.as_str_name()).unwrap_or("?");
+        println!("id\t{}\ntoken\t{}\nstate\t{state}\namount\t{} {}\ncharged_msisdn\t{}", p.id, p.token, p.amount, p.currency, p.charged_msisdn);
         Ok(())
     })
 }

@@ -123,6 +123,17 @@ enum Command {
         #[arg(long, env = "GTPCHARGE_TLS_CLIENT_CA", requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
     },
+    /// An SP's view of the billing API over gRPC (a real client, for trying the flow by hand).
+    Purchase {
+        /// The billing API.
+        #[arg(long, env = "GTPCHARGE_BILLING_URL", default_value = "http://127.0.0.1:50051", global = true)]
+        billing_url: String,
+        /// The SP's API key (`gtpcharge admin sp create`).
+        #[arg(long, env = "GTPCHARGE_API_KEY", hide_env_values = true, global = true)]
+        api_key: Option<String>,
+        #[command(subcommand)]
+        command: PurchaseCommand,
+    },
     /// Operator tasks on the billing database (service providers, credentials, accounts).
     Admin {
         #[command(flatten)]
@@ -201,6 +212,32 @@ enum AdminCommand {
     },
     /// Check that the ledger balances: the sum of entries per currency is zero.
     CheckLedger,
+}
+
+#[derive(Subcommand)]
+enum PurchaseCommand {
+    /// Create a purchase; prints its id and token.
+    Create {
+        #[arg(long)]
+        product_id: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Minor units.
+        #[arg(long)]
+        amount: i64,
+        #[arg(long)]
+        currency: String,
+        /// Default: a fresh random key (no idempotency across calls).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long, default_value_t = 900)]
+        expires_in_s: i64,
+    },
+    /// Show a purchase by id or token.
+    Get {
+        /// A purchase id, or a token (starts with gc1).
+        key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -507,6 +544,10 @@ fn main() -> std::process::ExitCode {
             billing::serve(listen, &database.database_url, tls).map(|()| true)
         }
         Command::Admin { database, command } => billing::admin(&database.database_url, command).map(|()| true),
+        Command::Purchase { billing_url, api_key, command } => match api_key {
+            Some(key) => billing::purchase(&billing_url, &key, command).map(|()| true),
+            None => Err(anyhow::anyhow!("--api-key (or GTPCHARGE_API_KEY) is required")),
+        },
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
         Command::Floor { files } => floor(&files).map(|()| true),
         Command::FuzzCorpus { out, files } => fuzz_corpus(&out, &files).map(|()| true),

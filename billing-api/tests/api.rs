@@ -459,3 +459,78 @@ async fn hostile_text_and_slow_watchers_change_nothing_else() {
         h.finish().await;
     }
 }
+
+/// Sends raw bytes as a gRPC request body, to put what no well-behaved client would on the wire.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let bytes = bytes::Buf::copy_to_bytes(src, bytes::Buf::remaining(src));
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_and_garbage_messages_are_refused_and_change_nothing() {
+    for (backend, h) in Harness::each_backend().await {
+        let sightings_before = h.count("sightings").await;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/gtpcharge.v1.SightingService/ReportSightings");
+        // A Sighting (field 1) holding an unknown group (field 99) nested 50,000 deep.
+        let mut inner = Vec::new();
+        for _ in 0..50_000 {
+            inner.extend_from_slice(&[0x9B, 0x06]); // field 99, wire type 3 (start group)
+        }
+        for _ in 0..50_000 {
+            inner.extend_from_slice(&[0x9C, 0x06]); // field 99, wire type 4 (end group)
+        }
+        let mut nested = vec![0x0A];
+        let mut len = inner.len();
+        while len >= 0x80 {
+            nested.push((len as u8 & 0x7F) | 0x80);
+            len >>= 7;
+        }
+        nested.push(len as u8);
+        nested.extend_from_slice(&inner);
+        let garbage = vec![0xFF; 4096];
+        for body in [nested, garbage] {
+            let mut grpc = tonic::client::Grpc::new(h.channel.clone());
+            grpc.ready().await.unwrap();
+            let status = grpc.unary(authed(&h.probe_key, body), path.clone(), RawCodec).await.unwrap_err();
+            assert_ne!(status.code(), Code::Ok, "{backend}");
+        }
+        assert_eq!(h.count("sightings").await, sightings_before, "{backend}: nothing recorded");
+        // The server is still serving.
+        let fresh = h.create(&h.sp_key, 5, "after-garbage").await.unwrap();
+        h.account("46700000011", 100).await;
+        assert_eq!(outcome(&h.report(&fresh.token, "46700000011").await), pb::SightingOutcome::Charged, "{backend}");
+        h.finish().await;
+    }
+}
