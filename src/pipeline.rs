@@ -197,7 +197,7 @@ pub fn read_live(
     let reader = lanes(|lanes| {
         let result = builder.spawn(move || {
             let mut decoder = Decoder::new(&decoder);
-            let Some(mut batch) = lanes.next_empty() else { return None };
+            let mut batch = lanes.next_empty()?;
             let mut started = Instant::now();
             let mut failure = None;
             while !stop.load(Ordering::SeqCst) {

@@ -1007,3 +1007,91 @@ fn merge_endpoint(end: &mut Endpoint, new: Endpoint) {
 fn fteid_key(fteid: &gtpv2::FTeid, sender: IpAddr) -> TunnelKey {
     TunnelKey { address: fteid.address().unwrap_or(sender), teid: fteid.teid }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Tbcd;
+
+    const SGSN: [u8; 4] = [192, 0, 2, 10];
+    const GGSN: [u8; 4] = [198, 51, 100, 1];
+
+    fn v1(message_type: u8, teid: u32, sequence: u16, ies: &[u8]) -> Vec<u8> {
+        let mut m = vec![0x32, message_type];
+        m.extend_from_slice(&((ies.len() + 4) as u16).to_be_bytes());
+        m.extend_from_slice(&teid.to_be_bytes());
+        m.extend_from_slice(&sequence.to_be_bytes());
+        m.extend_from_slice(&[0, 0]);
+        m.extend_from_slice(ies);
+        m
+    }
+
+    fn send(c: &mut Correlator, ts: u64, from: [u8; 4], to: [u8; 4], port: u16, payload: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        c.on_datagram(&Datagram { ts_us: ts, source: (from, port).into(), destination: (to, port).into(), payload }, &mut out);
+        out
+    }
+
+    fn teids(data: u32, control: u32) -> Vec<u8> {
+        let mut ies = vec![16];
+        ies.extend_from_slice(&data.to_be_bytes());
+        ies.push(17);
+        ies.extend_from_slice(&control.to_be_bytes());
+        ies
+    }
+
+    fn session_up(events: &[Event]) -> &SessionEvent {
+        events.iter().find_map(|e| if let Event::SessionUp(s) = e { Some(s) } else { None }).expect("a session_up")
+    }
+
+    /// A primary context, a secondary one linked to it (no IMSI/MSISDN of its own), then a Delete with
+    /// Teardown Indicator that ends both.
+    #[test]
+    fn secondary_context_inherits_the_subscriber_and_teardown_ends_both() {
+        let mut c = Correlator::new(Config::default());
+        let imsi = [2u8, 0x00, 0x01, 0x10, 0x32, 0x54, 0x76, 0x98, 0xF0];
+        let msisdn = [134u8, 0, 7, 0x91, 0x64, 0x07, 0x12, 0x32, 0x54, 0xF6];
+        let primary_request = [&imsi[..], &teids(0x11, 0x12), &[20, 5], &[128, 0, 2, 0xF1, 0x21], &msisdn].concat();
+        send(&mut c, 1, SGSN, GGSN, 2123, &v1(16, 0, 1, &primary_request));
+        let response = [&[1u8, 128][..], &teids(0x21, 0x22), &[128, 0, 6, 0xF1, 0x21, 10, 1, 2, 3]].concat();
+        let up = send(&mut c, 2, GGSN, SGSN, 2123, &v1(17, 0x12, 1, &response));
+        assert_eq!(session_up(&up).identity.msisdn, Tbcd::from_digits("46702123456").unwrap());
+
+        // Secondary: addressed to the GGSN's TEID-C, NSAPI 6 linked to NSAPI 5, no identity IEs.
+        let secondary_request = [&teids(0x31, 0x12)[..], &[20, 6, 20, 5]].concat();
+        send(&mut c, 3, SGSN, GGSN, 2123, &v1(16, 0x22, 2, &secondary_request));
+        let secondary_response = [&[1u8, 128][..], &teids(0x41, 0x22)].concat();
+        let up = send(&mut c, 4, GGSN, SGSN, 2123, &v1(17, 0x12, 2, &secondary_response));
+        let secondary = session_up(&up);
+        assert_eq!(secondary.identity.msisdn, Tbcd::from_digits("46702123456").unwrap());
+        assert_eq!(secondary.identity.ue_ipv4, Some([10, 1, 2, 3].into()));
+        assert_eq!((secondary.teid_up, secondary.teid_down), (0x41, 0x31));
+        assert_eq!(c.sessions().len(), 2);
+
+        // Delete with Teardown Ind = 1 for NSAPI 5 ends every context of the PDP address.
+        send(&mut c, 5, SGSN, GGSN, 2123, &v1(20, 0x22, 3, &[19, 1, 20, 5]));
+        let down = send(&mut c, 6, GGSN, SGSN, 2123, &v1(21, 0x12, 3, &[1, 128]));
+        assert_eq!(down.iter().filter(|e| matches!(e, Event::SessionDown(_))).count(), 2);
+        assert!(c.sessions().is_empty());
+    }
+
+    /// A response that does not come back from the GSN the request went to is not paired; a rejected
+    /// response creates nothing; a request that is never answered times out of the pending table.
+    #[test]
+    fn pairing_needs_the_same_gsns_and_an_accepting_cause() {
+        let mut c = Correlator::new(Config { pending_timeout_ms: 1_000, ..Config::default() });
+        let request = [&[2u8, 0x00, 0x01, 0x10, 0x32, 0x54, 0x76, 0x98, 0xF0][..], &teids(0x11, 0x12), &[20, 5]].concat();
+        send(&mut c, 1, SGSN, GGSN, 2123, &v1(16, 0, 7, &request));
+        let response = [&[1u8, 128][..], &teids(0x21, 0x22), &[128, 0, 6, 0xF1, 0x21, 10, 1, 2, 3]].concat();
+        let stranger = [203, 0, 113, 9];
+        assert!(send(&mut c, 2, stranger, SGSN, 2123, &v1(17, 0x12, 7, &response)).is_empty());
+        let rejected = [&[1u8, 199][..], &teids(0x21, 0x22)].concat();
+        assert!(send(&mut c, 3, GGSN, SGSN, 2123, &v1(17, 0x12, 7, &rejected)).is_empty());
+        assert!(c.sessions().is_empty());
+        send(&mut c, 10, SGSN, GGSN, 2123, &v1(16, 0, 8, &request));
+        assert_eq!(c.pending_len(), 1);
+        send(&mut c, 5_000_000, SGSN, GGSN, 2152, &[0x30, 1, 0, 0, 0, 0, 0, 0]); // time passes
+        assert_eq!(c.pending_len(), 0);
+        assert_eq!(c.stats().notes().get("gtpc-request-unanswered"), Some(&1));
+    }
+}
