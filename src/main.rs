@@ -488,13 +488,20 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
     } else {
         let shared = Arc::new(std::sync::Mutex::new(None));
         let reader = pipeline::read_live(source, args.decoder(), stop.clone(), shared.clone()).context("starting the reader thread")?;
-        for batch in reader.batches.iter() {
-            run.batch(&batch);
+        // Wake at least every 200 ms so the metrics stay fresh while the link is quiet.
+        loop {
+            match reader.batches.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(batch) => {
+                    run.batch(&batch);
+                    reader.recycle(batch);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
             if run.wants_publish() {
                 let libpcap = shared.lock().ok().and_then(|s| *s);
                 run.publish(libpcap, false);
             }
-            reader.recycle(batch);
         }
         if let Ok(Some(error)) = reader.join() {
             return Err(error.into());

@@ -116,14 +116,20 @@ fn live_capture_on_a_veth_pair_charges_like_replay() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000)); // let libpcap open the interface
+    // The metrics endpoint starts after libpcap has opened the interface: wait for it.
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "gtpcharge capture did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let inject = Command::new("ip")
         .args(["netns", "exec", &namespace.0, env!("CARGO_BIN_EXE_gtpcharge"), "inject", "--interface", &wire_end, "--pps", "5000"])
         .arg(&world.capture)
         .output()
         .unwrap();
     assert!(inject.status.success(), "inject: {}", String::from_utf8_lossy(&inject.stderr));
-    std::thread::sleep(Duration::from_millis(1500));
+    // Metrics are rendered about once a second; give the last batch time to be counted and rendered.
+    std::thread::sleep(Duration::from_millis(2500));
     let metrics = {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
