@@ -76,9 +76,19 @@ fn create_session_request() -> Vec<u8> {
 
 /// An Ethernet frame carrying a G-PDU with TEID `teid` from `source` to `destination` around an inner
 /// IPv4/TCP segment with `payload`.
-fn g_pdu_frame(source: [u8; 4], destination: [u8; 4], teid: u32, inner_source: [u8; 4], payload: &[u8]) -> (Vec<u8>, usize) {
+fn g_pdu_frame(
+    source: [u8; 4],
+    destination: [u8; 4],
+    teid: u32,
+    inner_source: [u8; 4],
+    payload: &[u8],
+) -> (Vec<u8>, usize) {
     let mut inner = Vec::new();
-    PacketBuilder::ipv4(inner_source, [203, 0, 113, 80], 64).tcp(40000, 80, 1000, 65535).ack(1).write(&mut inner, payload).unwrap();
+    PacketBuilder::ipv4(inner_source, [203, 0, 113, 80], 64)
+        .tcp(40000, 80, 1000, 65535)
+        .ack(1)
+        .write(&mut inner, payload)
+        .unwrap();
     let mut gtp = vec![0x30, 0xFF];
     gtp.extend_from_slice(&(inner.len() as u16).to_be_bytes());
     gtp.extend_from_slice(&teid.to_be_bytes());
@@ -132,7 +142,8 @@ fn bench_hot_path(c: &mut Criterion) {
                 frame[seq_at..seq_at + 4].copy_from_slice(&sequence.to_be_bytes());
                 ts += 10;
                 if let Ok(Some(udp)) = decoder.decode(1, ts, black_box(&frame)) {
-                    let d = Datagram { ts_us: ts, source: udp.source, destination: udp.destination, payload: udp.payload };
+                    let d =
+                        Datagram { ts_us: ts, source: udp.source, destination: udp.destination, payload: udp.payload };
                     correlator.on_datagram(&d, &mut events);
                 }
                 events.clear();
@@ -141,7 +152,9 @@ fn bench_hot_path(c: &mut Criterion) {
     }
     let (frame, _) = g_pdu_frame(SGSN, GGSN, 0x21, [10, 1, 2, 3], &request);
     let mut decoder = Decoder::new(&DecoderConfig::default());
-    group.bench_function("decode-only/ethernet-ipv4-udp", |b| b.iter(|| black_box(decoder.decode(1, 1, black_box(&frame)).is_ok())));
+    group.bench_function("decode-only/ethernet-ipv4-udp", |b| {
+        b.iter(|| black_box(decoder.decode(1, 1, black_box(&frame)).is_ok()))
+    });
     group.finish();
 }
 
@@ -177,8 +190,14 @@ fn session(i: u32) -> Session {
         ue_ipv6: None,
         nsapi: 5,
         tid: None,
-        access: Endpoint { control: Some(TunnelKey { address: sgsn, teid: i }), user: Some(TunnelKey { address: sgsn, teid: i }) },
-        core: Endpoint { control: Some(TunnelKey { address: ggsn, teid: i }), user: Some(TunnelKey { address: ggsn, teid: i }) },
+        access: Endpoint {
+            control: Some(TunnelKey { address: sgsn, teid: i }),
+            user: Some(TunnelKey { address: sgsn, teid: i }),
+        },
+        core: Endpoint {
+            control: Some(TunnelKey { address: ggsn, teid: i }),
+            user: Some(TunnelKey { address: ggsn, teid: i }),
+        },
         last_seen_us: 0,
     }
 }
@@ -226,14 +245,22 @@ fn bench_scan(c: &mut Criterion) {
     let http = &http.as_bytes()[..4096];
     let mut group = c.benchmark_group("token-scan");
     group.throughput(Throughput::Bytes(http.len() as u64));
-    group.bench_function("http-4k-no-token", |b| b.iter(|| finder.scan(black_box(http), |_, t| { black_box(t); })));
+    group.bench_function("http-4k-no-token", |b| {
+        b.iter(|| {
+            finder.scan(black_box(http), |_, t| {
+                black_box(t);
+            })
+        })
+    });
     let hello = gtpcharge_correlate::scan::tls::build_client_hello(b"courier2.push.apple.com");
     group.throughput(Throughput::Bytes(hello.len() as u64));
     group.bench_function("tls-client-hello-sni", |b| {
         b.iter(|| {
             let mut name = [0u8; 255];
             let len = gtpcharge_correlate::scan::tls::client_hello_sni(black_box(&hello), &mut name).unwrap_or(0);
-            finder.scan(&name[..len], |_, t| { black_box(t); })
+            finder.scan(&name[..len], |_, t| {
+                black_box(t);
+            })
         })
     });
     group.finish();

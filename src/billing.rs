@@ -30,12 +30,14 @@ async fn ledger(url: &str) -> Result<Ledger> {
 }
 
 pub fn serve(listen: std::net::SocketAddr, url: &str, tls: Option<TlsFiles>) -> Result<()> {
-    let _ = tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    ).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
     runtime()?.block_on(async {
         let ledger = ledger(url).await?;
-        let listener = gtpcharge_billing_api::server::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        let listener =
+            gtpcharge_billing_api::server::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         tracing::info!(%listen, database = %redact(url), tls = tls.is_some(), "billing API serving");
         gtpcharge_billing_api::server::serve(ledger, listener, tls, gtpcharge_billing_api::server::shutdown_signal())
             .await
@@ -118,7 +120,14 @@ pub fn purchase(url: &str, api_key: &str, command: PurchaseCommand) -> Result<()
                     Some(key) => key,
                     None => gtpcharge_proto::Token::generate().map_err(|e| anyhow::anyhow!("{e}"))?.to_string(),
                 };
-                let request = pb::CreatePurchaseRequest { product_id, description, amount, currency, expires_in_s, idempotency_key };
+                let request = pb::CreatePurchaseRequest {
+                    product_id,
+                    description,
+                    amount,
+                    currency,
+                    expires_in_s,
+                    idempotency_key,
+                };
                 client.create_purchase(with_key(api_key, request)).await
             }
             PurchaseCommand::Get { key } => {
@@ -133,7 +142,10 @@ pub fn purchase(url: &str, api_key: &str, command: PurchaseCommand) -> Result<()
         };
         let p = purchase.map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?.into_inner();
         let state = pb::PurchaseState::try_from(p.state).map(|s| s.as_str_name()).unwrap_or("?");
-        println!("id\t{}\ntoken\t{}\nstate\t{state}\namount\t{} {}\ncharged_msisdn\t{}", p.id, p.token, p.amount, p.currency, p.charged_msisdn);
+        println!(
+            "id\t{}\ntoken\t{}\nstate\t{state}\namount\t{} {}\ncharged_msisdn\t{}",
+            p.id, p.token, p.amount, p.currency, p.charged_msisdn
+        );
         Ok(())
     })
 }

@@ -99,7 +99,8 @@ impl Delivery {
         std::fs::create_dir_all(&config.spool_dir)
             .with_context(|| format!("creating the spool directory {}", config.spool_dir.display()))?;
         let probe = config.spool_dir.join(".write-test");
-        std::fs::write(&probe, b"").with_context(|| format!("the spool directory {} is not writable", config.spool_dir.display()))?;
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("the spool directory {} is not writable", config.spool_dir.display()))?;
         let _ = std::fs::remove_file(probe);
         let (sender, receiver) = crossbeam_channel::bounded(config.queue_max);
         let stop_after = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -380,7 +381,10 @@ fn run(
     stats.left_in_spool = spool.pending.iter().map(|(_, _, r)| r.len() as u64).sum();
     if !batch.is_empty() {
         stats.lost = batch.len() as u64;
-        tracing::error!(sightings = batch.len(), "LOST: these sightings could not be written to the spool (disk full) nor delivered");
+        tracing::error!(
+            sightings = batch.len(),
+            "LOST: these sightings could not be written to the spool (disk full) nor delivered"
+        );
     }
     stats
 }
@@ -427,7 +431,10 @@ fn send(
         Err(status) => {
             stats.send_failures += 1;
             let message = format!("{:?}: {}", status.code(), status.message());
-            let refused = matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument);
+            let refused = matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+            );
             if stats.send_failures == 1 || stats.send_failures % 20 == 0 {
                 if refused {
                     // A configuration problem (the probe key): nothing is dropped; fix and restart.

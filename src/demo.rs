@@ -40,10 +40,17 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
         let (sp, _) = ledger.create_service_provider("demo games").await?;
         let probe = ledger.create_credential(Kind::Probe, None, "demo probe").await?;
         for (_, msisdn) in &truth.sightings {
-            let update = AccountUpdate { msisdn: msisdn.clone(), currency: "EUR".into(), balance: Some(10_000), ..Default::default() };
+            let update = AccountUpdate {
+                msisdn: msisdn.clone(),
+                currency: "EUR".into(),
+                balance: Some(10_000),
+                ..Default::default()
+            };
             ledger.set_account(&update).await?;
         }
-        for (index, token) in truth.sightings.iter().map(|(t, _)| *t).chain(truth.unattributed.iter().copied()).enumerate() {
+        for (index, token) in
+            truth.sightings.iter().map(|(t, _)| *t).chain(truth.unattributed.iter().copied()).enumerate()
+        {
             let new = NewPurchase {
                 product_id: format!("demo-item-{index}"),
                 description: "demo purchase".into(),
@@ -58,7 +65,9 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
         let address = listener.local_addr()?;
         let server_ledger = ledger.clone();
         tokio::spawn(async move {
-            if let Err(error) = gtpcharge_billing_api::server::serve(server_ledger, listener, None, std::future::pending()).await {
+            if let Err(error) =
+                gtpcharge_billing_api::server::serve(server_ledger, listener, None, std::future::pending()).await
+            {
                 eprintln!("gtpcharge: demo server: {error}");
             }
         });

@@ -35,7 +35,9 @@ pub fn event(event: &gtpcharge_correlate::Event) {
             r#where = s.carrier.as_str(),
             "sighting"
         ),
-        Event::Unattributed(u) => tracing::debug!(token = %u.token, reason = u.reason, r#where = u.carrier.as_str(), "unattributed token"),
+        Event::Unattributed(u) => {
+            tracing::debug!(token = %u.token, reason = u.reason, r#where = u.carrier.as_str(), "unattributed token")
+        }
         Event::SessionUp(e) | Event::SessionUpdate(e) | Event::SessionDown(e) => tracing::debug!(
             msisdn = %subscriber_id(&e.identity.msisdn.to_string()),
             imsi = %subscriber_id(&e.identity.imsi.to_string()),

@@ -7,8 +7,8 @@ mod demo;
 mod jsonl;
 mod logging;
 mod metrics;
-mod probe;
 mod pipeline;
+mod probe;
 mod run;
 
 use anyhow::{bail, Context, Result};
@@ -487,7 +487,8 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
         source.stats()?
     } else {
         let shared = Arc::new(std::sync::Mutex::new(None));
-        let reader = pipeline::read_live(source, args.decoder(), stop.clone(), shared.clone()).context("starting the reader thread")?;
+        let reader = pipeline::read_live(source, args.decoder(), stop.clone(), shared.clone())
+            .context("starting the reader thread")?;
         // Wake at least every 200 ms so the metrics stay fresh while the link is quiet.
         loop {
             match reader.batches.recv_timeout(std::time::Duration::from_millis(200)) {
@@ -719,8 +720,13 @@ fn token_check(tokens: &[String]) -> bool {
     all_valid
 }
 
-fn generate(scenario: &gtpcharge_pcapgen::Scenario, out: &std::path::Path, truth_path: Option<&std::path::Path>) -> Result<()> {
-    let mut file = gtpcharge_pcapgen::PcapFile::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
+fn generate(
+    scenario: &gtpcharge_pcapgen::Scenario,
+    out: &std::path::Path,
+    truth_path: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut file =
+        gtpcharge_pcapgen::PcapFile::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let truth = gtpcharge_pcapgen::generate(scenario, &mut file);
     file.finish().with_context(|| format!("{}: write failed", out.display()))?;
     if let Some(path) = truth_path {

@@ -65,7 +65,13 @@ impl Text {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
 
-    pub fn labelled<'a>(&mut self, name: &str, help: &str, label: &str, values: impl IntoIterator<Item = (String, u64)> + 'a) {
+    pub fn labelled<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: impl IntoIterator<Item = (String, u64)> + 'a,
+    ) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} counter");
         for (value_label, value) in values {
             let _ = writeln!(self.0, "{name}{{{label}=\"{}\"}} {value}", value_label.replace(['"', '\\', '\n'], "_"));

@@ -35,8 +35,12 @@ impl Probe {
         self.bytes += u64::from(frame.wire_len);
         match self.decoder.decode(frame.linktype, frame.ts_us, frame.data) {
             Ok(Some(udp)) => {
-                let datagram =
-                    Datagram { ts_us: frame.ts_us, source: udp.source, destination: udp.destination, payload: udp.payload };
+                let datagram = Datagram {
+                    ts_us: frame.ts_us,
+                    source: udp.source,
+                    destination: udp.destination,
+                    payload: udp.payload,
+                };
                 self.correlator.on_datagram(&datagram, &mut self.events);
             }
             Ok(None) => self.fragments_held += 1,
@@ -79,8 +83,18 @@ impl Probe {
         let mut text = crate::metrics::Text::default();
         text.counter("gtpcharge_packets_total", "Frames read from libpcap.", self.packets);
         text.counter("gtpcharge_bytes_total", "Bytes on the wire of the frames read.", self.bytes);
-        text.labelled("gtpcharge_drops_total", "Frames not fully processed, by reason.", "reason", stats.drops.iter().map(|(k, v)| (k.to_string(), *v)));
-        text.labelled("gtpcharge_notes_total", "Events worth counting that are not drops.", "what", stats.notes().iter().map(|(k, v)| (k.to_string(), *v)));
+        text.labelled(
+            "gtpcharge_drops_total",
+            "Frames not fully processed, by reason.",
+            "reason",
+            stats.drops.iter().map(|(k, v)| (k.to_string(), *v)),
+        );
+        text.labelled(
+            "gtpcharge_notes_total",
+            "Events worth counting that are not drops.",
+            "what",
+            stats.notes().iter().map(|(k, v)| (k.to_string(), *v)),
+        );
         text.labelled(
             "gtpcharge_gtpc_messages_total",
             "GTP-C messages by version and type.",
@@ -95,16 +109,33 @@ impl Probe {
         text.counter("gtpcharge_unattributed_total", "Tokens no live session explains.", stats.unattributed);
         if let Some(d) = delivery {
             text.counter("gtpcharge_deliveries_total", "Sightings answered by the billing API.", d.delivered);
-            text.counter("gtpcharge_delivery_failures_total", "Failed ReportSightings calls (retried).", d.send_failures);
+            text.counter(
+                "gtpcharge_delivery_failures_total",
+                "Failed ReportSightings calls (retried).",
+                d.send_failures,
+            );
             text.gauge("gtpcharge_spool_batches", "Batches waiting in the spool.", d.spool_batches);
             text.gauge("gtpcharge_spool_bytes", "Bytes in the spool.", d.spool_bytes);
             text.counter("gtpcharge_spool_full_total", "Times the spool was full.", d.spool_full);
-            text.labelled("gtpcharge_charges_total", "Billing outcomes of delivered sightings.", "outcome", d.outcomes.iter().map(|(k, v)| (k.to_string(), *v)));
+            text.labelled(
+                "gtpcharge_charges_total",
+                "Billing outcomes of delivered sightings.",
+                "outcome",
+                d.outcomes.iter().map(|(k, v)| (k.to_string(), *v)),
+            );
         }
         if let Some(l) = libpcap {
             text.counter("gtpcharge_libpcap_received_total", "Packets libpcap received.", u64::from(l.received));
-            text.counter("gtpcharge_libpcap_dropped_total", "Packets libpcap dropped (buffer full).", u64::from(l.dropped));
-            text.counter("gtpcharge_libpcap_interface_dropped_total", "Packets the interface dropped.", u64::from(l.interface_dropped));
+            text.counter(
+                "gtpcharge_libpcap_dropped_total",
+                "Packets libpcap dropped (buffer full).",
+                u64::from(l.dropped),
+            );
+            text.counter(
+                "gtpcharge_libpcap_interface_dropped_total",
+                "Packets the interface dropped.",
+                u64::from(l.interface_dropped),
+            );
         }
         text.finish()
     }

@@ -121,13 +121,19 @@ impl ProbeRun {
         out.finish()?;
         eprint!("{}", probe.summary());
         if let Some(stats) = libpcap {
-            eprintln!("libpcap received {}  dropped {}  interface dropped {}", stats.received, stats.dropped, stats.interface_dropped);
+            eprintln!(
+                "libpcap received {}  dropped {}  interface dropped {}",
+                stats.received, stats.dropped, stats.interface_dropped
+            );
         }
         let Some(delivery) = delivery else { return Ok(true) };
         let stats = delivery.finish(drain);
         eprintln!("{}  skipped-no-msisdn {skipped_no_msisdn}", stats.summary());
         if stats.lost > 0 {
-            eprintln!("gtpcharge: ERROR: {} sightings were lost (spool disk full and billing API unreachable)", stats.lost);
+            eprintln!(
+                "gtpcharge: ERROR: {} sightings were lost (spool disk full and billing API unreachable)",
+                stats.lost
+            );
             return Ok(false);
         }
         if stats.left_in_spool > 0 {

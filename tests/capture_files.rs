@@ -117,7 +117,11 @@ fn pcapng_unknown_blocks_are_skipped_and_huge_ones_refused() {
     let dir = tempfile::tempdir().unwrap();
     let frame = {
         let mut f = Vec::new();
-        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(2152, 2152).write(&mut f, b"x").unwrap();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(2152, 2152)
+            .write(&mut f, b"x")
+            .unwrap();
         f
     };
     let unknown = pcapng(&frame, &block(0x0BAD_BEEF, b"vendor data"));

@@ -64,7 +64,11 @@ fn expected_v1(rows: &[Row]) -> Vec<SessionKey> {
                 if imsi.is_empty() && field(request, "gtp.tid").len() >= 15 {
                     imsi = field(request, "gtp.tid")[..15].to_string(); // GTPv0: IMSI in the TID
                 }
-                let ue = if field(row, "gtp.user_ipv4").is_empty() { field(row, "gtp.user_ipv6") } else { field(row, "gtp.user_ipv4") };
+                let ue = if field(row, "gtp.user_ipv4").is_empty() {
+                    field(row, "gtp.user_ipv6")
+                } else {
+                    field(row, "gtp.user_ipv4")
+                };
                 sessions.push((
                     imsi,
                     first(field(request, "e164.msisdn")).to_string(),

@@ -14,7 +14,8 @@ use std::time::Duration;
 #[test]
 fn replay_charges_each_purchase_once_through_a_killed_and_restarted_server() {
     let mut world = World::new(5, 20);
-    let (database, url, probe_key, port) = (world.database.clone(), world.url.clone(), world.probe_key.clone(), world.port);
+    let (database, url, probe_key, port) =
+        (world.database.clone(), world.url.clone(), world.probe_key.clone(), world.port);
     let (capture, truth) = (world.capture.clone(), world.truth.clone());
     let dir = world.dir.path().to_path_buf();
     // (c) The server dies hard; the probe replays against nothing, spools, and waits for it to return.
@@ -36,7 +37,13 @@ fn replay_charges_each_purchase_once_through_a_killed_and_restarted_server() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("delivered {}  ", truth.sightings.len())), "{stderr}");
-    assert_eq!(std::fs::read_dir(&spool).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "batch")).count(), 0);
+    assert_eq!(
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "batch"))
+            .count(),
+        0
+    );
 
     // (a) Every purchase charged to the MSISDN that sent its token; unattributed ones untouched.
     world.check();
@@ -49,7 +56,11 @@ fn replay_charges_each_purchase_once_through_a_killed_and_restarted_server() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("already-charged={}]", truth.sightings.len())) || stderr.contains(&format!("already-charged={} ", truth.sightings.len())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("already-charged={}]", truth.sightings.len()))
+            || stderr.contains(&format!("already-charged={} ", truth.sightings.len())),
+        "{stderr}"
+    );
     assert!(!stderr.contains(" charged="), "{stderr}");
     world.check();
 }
@@ -69,7 +80,11 @@ fn the_readme_demo_charges_every_sample_purchase() {
     assert!(stderr.contains("34 of 34 purchases charged to the subscriber who sent the token"), "{stderr}");
     assert!(stderr.contains("ledger balanced"), "{stderr}");
     let events = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(events, std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.expected.jsonl")).unwrap());
+    assert_eq!(
+        events,
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.expected.jsonl"))
+            .unwrap()
+    );
 }
 
 /// Deletes the test's network namespace (and with it the veth pair) however the test ends.
@@ -82,7 +97,10 @@ impl Drop for Namespace {
 }
 
 fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("LIVE TEST CANNOT RUN: `ip` is not available: {e}"));
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("LIVE TEST CANNOT RUN: `ip` is not available: {e}"));
     assert!(
         output.status.success(),
         "LIVE TEST CANNOT RUN: `ip {}` failed (network namespaces or veth cannot be created here): {}",
@@ -123,7 +141,17 @@ fn live_capture_on_a_veth_pair_charges_like_replay() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let inject = Command::new("ip")
-        .args(["netns", "exec", &namespace.0, env!("CARGO_BIN_EXE_gtpcharge"), "inject", "--interface", &wire_end, "--pps", "5000"])
+        .args([
+            "netns",
+            "exec",
+            &namespace.0,
+            env!("CARGO_BIN_EXE_gtpcharge"),
+            "inject",
+            "--interface",
+            &wire_end,
+            "--pps",
+            "5000",
+        ])
         .arg(&world.capture)
         .output()
         .unwrap();
@@ -139,7 +167,11 @@ fn live_capture_on_a_veth_pair_charges_like_replay() {
         text
     };
     let value = |name: &str| -> u64 {
-        metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
     };
     assert!(value("gtpcharge_packets_total") >= world.truth.frames, "{metrics}");
     assert_eq!(value("gtpcharge_sightings_total"), world.truth.sightings.len() as u64, "{metrics}");

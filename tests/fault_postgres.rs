@@ -18,13 +18,16 @@ fn cluster() -> Option<String> {
 #[test]
 fn postgres_restarted_mid_delivery_charges_every_purchase_once() {
     let Some(cluster) = cluster() else {
-        eprintln!("\n*** POSTGRESQL RESTART FAULT TEST NOT RUN: needs GTPCHARGE_TEST_DATABASE_URL and pg_ctlcluster ***\n");
+        eprintln!(
+            "\n*** POSTGRESQL RESTART FAULT TEST NOT RUN: needs GTPCHARGE_TEST_DATABASE_URL and pg_ctlcluster ***\n"
+        );
         return;
     };
     let (version, name) = cluster.split_once(' ').unwrap();
     let world = World::new(31, 40);
     let pg = |action: &str| {
-        let status = Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", version, name, action]).status().unwrap();
+        let status =
+            Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", version, name, action]).status().unwrap();
         assert!(status.success(), "pg_ctlcluster {action}");
     };
     pg("stop");

@@ -139,7 +139,8 @@ fn spool_disk_full_is_loud_and_loses_nothing_once_the_api_is_back() {
     let mut world = World::new(24, 48); // enough sightings that one batch exceeds the 4 KiB disk
     let spool = world.dir.path().join("tiny-disk");
     std::fs::create_dir_all(&spool).unwrap();
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4k", "tmpfs", spool.to_str().unwrap()]).status();
+    let mounted =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=4k", "tmpfs", spool.to_str().unwrap()]).status();
     assert!(
         mounted.is_ok_and(|s| s.success()),
         "SPOOL DISK FULL TEST CANNOT RUN: mounting a tmpfs needs root (CI runs as root)"

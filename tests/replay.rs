@@ -20,7 +20,14 @@ fn write_capture(dir: &Path, scenario: &Scenario) -> (std::path::PathBuf, gtpcha
 fn every_token_is_attributed_to_the_subscriber_that_sent_it() {
     let dir = tempfile::tempdir().unwrap();
     for seed in [1, 2, 3] {
-        let scenario = Scenario { seed, subscribers: 40, traffic_rounds: 3, background_per_round: 1, edge_cases: true, tokens: Vec::new() };
+        let scenario = Scenario {
+            seed,
+            subscribers: 40,
+            traffic_rounds: 3,
+            background_per_round: 1,
+            edge_cases: true,
+            tokens: Vec::new(),
+        };
         let (path, truth) = write_capture(dir.path(), &scenario);
         let (events, summary, code) = replay(&[&path]);
         assert_eq!(code, 0, "{summary}");
@@ -81,8 +88,11 @@ fn committed_sample_is_what_the_generator_writes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = write_capture(dir.path(), &Scenario::sample());
-    assert_eq!(std::fs::read(path).unwrap(), std::fs::read(root.join("pcaps/sample.pcap")).unwrap(),
-        "pcaps/sample.pcap is stale: regenerate with `gtpcharge generate --out pcaps/sample.pcap`");
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        std::fs::read(root.join("pcaps/sample.pcap")).unwrap(),
+        "pcaps/sample.pcap is stale: regenerate with `gtpcharge generate --out pcaps/sample.pcap`"
+    );
 }
 
 #[test]
@@ -140,7 +150,8 @@ fn a_config_file_sets_flags_and_the_command_line_wins() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let lines = String::from_utf8(output.stdout).unwrap();
     assert_eq!(lines.lines().filter(|l| l.contains("\"sighting\"")).count(), truth.sightings.len());
-    let output = gtpcharge(&["--config", config.to_str().unwrap(), "replay", "--emit", "none", capture.to_str().unwrap()]);
+    let output =
+        gtpcharge(&["--config", config.to_str().unwrap(), "replay", "--emit", "none", capture.to_str().unwrap()]);
     assert!(output.stdout.is_empty(), "the command line overrides the file");
     std::fs::write(&config, "emit = [1.5]").unwrap();
     let output = gtpcharge(&["--config", config.to_str().unwrap(), "replay", capture.to_str().unwrap()]);
@@ -154,7 +165,11 @@ fn logs_mask_subscriber_ids_unless_asked() {
     let (capture, truth) = write_capture(dir.path(), &Scenario::sample());
     let msisdn = &truth.sightings[0].1;
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_gtpcharge")).env("RUST_LOG", "debug").args(args).output().unwrap()
+        std::process::Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+            .env("RUST_LOG", "debug")
+            .args(args)
+            .output()
+            .unwrap()
     };
     let masked = run(&["--log-format", "json", "replay", capture.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&masked.stderr);
@@ -167,7 +182,17 @@ fn logs_mask_subscriber_ids_unless_asked() {
 #[test]
 fn the_pipeline_and_the_single_thread_give_the_same_events() {
     let dir = tempfile::tempdir().unwrap();
-    let (capture, _) = write_capture(dir.path(), &Scenario { seed: 77, subscribers: 300, traffic_rounds: 3, background_per_round: 4, edge_cases: true, tokens: Vec::new() });
+    let (capture, _) = write_capture(
+        dir.path(),
+        &Scenario {
+            seed: 77,
+            subscribers: 300,
+            traffic_rounds: 3,
+            background_per_round: 4,
+            edge_cases: true,
+            tokens: Vec::new(),
+        },
+    );
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
     for file in [capture.as_path(), sample.as_path()] {
         let piped = gtpcharge(&["replay", "--emit", "jsonl", file.to_str().unwrap()]);
@@ -176,7 +201,11 @@ fn the_pipeline_and_the_single_thread_give_the_same_events() {
         assert!(!piped.stdout.is_empty());
         assert_eq!(piped.stdout, single.stdout, "{}: the events differ between the two modes", file.display());
         let summary = |o: &std::process::Output| {
-            String::from_utf8_lossy(&o.stderr).lines().filter(|l| !l.starts_with("packets ")).map(str::to_owned).collect::<Vec<_>>()
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .filter(|l| !l.starts_with("packets "))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
         };
         assert_eq!(summary(&piped), summary(&single), "the counters differ between the two modes");
     }

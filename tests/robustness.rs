@@ -22,7 +22,17 @@ impl XorShift {
 #[test]
 fn mutated_frames_never_panic_and_are_counted() {
     let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
-    generate(&Scenario { seed: 99, subscribers: 30, traffic_rounds: 2, background_per_round: 1, edge_cases: true, tokens: Vec::new() }, &mut frames);
+    generate(
+        &Scenario {
+            seed: 99,
+            subscribers: 30,
+            traffic_rounds: 2,
+            background_per_round: 1,
+            edge_cases: true,
+            tokens: Vec::new(),
+        },
+        &mut frames,
+    );
     let mut rng = XorShift(0x5eed);
     let mut decoder = Decoder::new(&DecoderConfig::default());
     // Small tables so the limits and their counters are exercised too.
@@ -53,8 +63,12 @@ fn mutated_frames_never_panic_and_are_counted() {
             }
             if let Ok(Some(udp)) = decoder.decode(1, ts + round, &bytes) {
                 decoded += 1;
-                let datagram =
-                    Datagram { ts_us: ts + round, source: udp.source, destination: udp.destination, payload: udp.payload };
+                let datagram = Datagram {
+                    ts_us: ts + round,
+                    source: udp.source,
+                    destination: udp.destination,
+                    payload: udp.payload,
+                };
                 correlator.on_datagram(&datagram, &mut events);
             }
             events.clear();

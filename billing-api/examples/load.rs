@@ -23,7 +23,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One account per 100 charges, so charges contend on accounts as real traffic would, a little.
     let accounts = charges.div_ceil(100).max(1);
     for i in 0..accounts {
-        let update = AccountUpdate { msisdn: format!("4690{:08}", i), currency: "EUR".into(), balance: Some(1_000_000_000), ..Default::default() };
+        let update = AccountUpdate {
+            msisdn: format!("4690{:08}", i),
+            currency: "EUR".into(),
+            balance: Some(1_000_000_000),
+            ..Default::default()
+        };
         ledger.set_account(&update).await?;
     }
     eprintln!("creating {charges} purchases ...");
@@ -58,14 +63,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let Some(chunk) = queue.lock().await.pop() else { break };
                 let sightings = chunk
                     .iter()
-                    .map(|(token, msisdn)| pb::Sighting { token: token.clone(), msisdn: msisdn.clone(), ..Default::default() })
+                    .map(|(token, msisdn)| pb::Sighting {
+                        token: token.clone(),
+                        msisdn: msisdn.clone(),
+                        ..Default::default()
+                    })
                     .collect();
                 let mut request = tonic::Request::new(pb::ReportSightingsRequest { sightings });
                 request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii key"));
                 let t = Instant::now();
                 let response = client.report_sightings(request).await.expect("report");
                 latencies.push(t.elapsed());
-                charged += response.into_inner().results.iter().filter(|r| r.outcome == pb::SightingOutcome::Charged as i32).count();
+                charged += response
+                    .into_inner()
+                    .results
+                    .iter()
+                    .filter(|r| r.outcome == pb::SightingOutcome::Charged as i32)
+                    .count();
             }
             (latencies, charged)
         }));

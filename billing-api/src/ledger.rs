@@ -281,11 +281,17 @@ impl Ledger {
         Ok((id, secret))
     }
 
-    pub async fn create_credential(&self, kind: Kind, service_provider_id: Option<i64>, name: &str) -> Result<NewSecret> {
+    pub async fn create_credential(
+        &self,
+        kind: Kind,
+        service_provider_id: Option<i64>,
+        name: &str,
+    ) -> Result<NewSecret> {
         validate_text("name", name, 1, 128)?;
         let mut tx = self.db.pool.begin().await?;
         if let Some(id) = service_provider_id {
-            let found = sqlx::query("SELECT id FROM service_providers WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
+            let found =
+                sqlx::query("SELECT id FROM service_providers WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
             if found.is_none() {
                 return Err(LedgerError::NotFound("service provider"));
             }
@@ -319,7 +325,10 @@ impl Ledger {
             .execute(&self.db.pool)
             .await?;
         if done.rows_affected() == 0 {
-            let exists = sqlx::query("SELECT key_id FROM credentials WHERE key_id = $1").bind(key_id).fetch_optional(&self.db.pool).await?;
+            let exists = sqlx::query("SELECT key_id FROM credentials WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
             if exists.is_none() {
                 return Err(LedgerError::NotFound("key"));
             }
@@ -353,7 +362,11 @@ impl Ledger {
                 return Err(invalid("kind must be prepaid or postpaid"));
             }
         }
-        for (name, value) in [("credit_limit", update.credit_limit), ("daily_cap", update.daily_cap), ("monthly_cap", update.monthly_cap)] {
+        for (name, value) in [
+            ("credit_limit", update.credit_limit),
+            ("daily_cap", update.daily_cap),
+            ("monthly_cap", update.monthly_cap),
+        ] {
             if value.is_some_and(|v| !(0..=1_000_000_000_000).contains(&v)) {
                 return Err(invalid(format!("{name} must be 0 to 10^12 minor units")));
             }
@@ -416,8 +429,30 @@ impl Ledger {
             if delta != 0 {
                 // A top-up or correction: the carrier's funding account pays the other side.
                 let movement = format!("adjust-{}-{now}", update.msisdn);
-                Self::entry(&mut tx, &movement, now, "adjustment", "subscriber", &update.msisdn, &update.currency, delta, None).await?;
-                Self::entry(&mut tx, &movement, now, "adjustment", "carrier", "funding", &update.currency, -delta, None).await?;
+                Self::entry(
+                    &mut tx,
+                    &movement,
+                    now,
+                    "adjustment",
+                    "subscriber",
+                    &update.msisdn,
+                    &update.currency,
+                    delta,
+                    None,
+                )
+                .await?;
+                Self::entry(
+                    &mut tx,
+                    &movement,
+                    now,
+                    "adjustment",
+                    "carrier",
+                    "funding",
+                    &update.currency,
+                    -delta,
+                    None,
+                )
+                .await?;
                 sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE msisdn = $1")
                     .bind(&update.msisdn)
                     .bind(delta)
@@ -425,7 +460,8 @@ impl Ledger {
                     .await?;
             }
         }
-        let account = Self::read_account(&mut tx, &update.msisdn, now, "").await?.ok_or(LedgerError::NotFound("account"))?;
+        let account =
+            Self::read_account(&mut tx, &update.msisdn, now, "").await?.ok_or(LedgerError::NotFound("account"))?;
         tx.commit().await?;
         Ok(account)
     }
@@ -497,12 +533,18 @@ impl Ledger {
     pub async fn get_account(&self, msisdn: &str) -> Result<AccountRow> {
         validate_msisdn(msisdn)?;
         let mut tx = self.db.pool.begin().await?;
-        let account = Self::read_account(&mut tx, msisdn, now_us(), "").await?.ok_or(LedgerError::NotFound("account"))?;
+        let account =
+            Self::read_account(&mut tx, msisdn, now_us(), "").await?.ok_or(LedgerError::NotFound("account"))?;
         tx.commit().await?;
         Ok(account)
     }
 
-    pub async fn statement(&self, msisdn: &str, page_size: i64, before_id: Option<i64>) -> Result<(AccountRow, Vec<EntryRow>)> {
+    pub async fn statement(
+        &self,
+        msisdn: &str,
+        page_size: i64,
+        before_id: Option<i64>,
+    ) -> Result<(AccountRow, Vec<EntryRow>)> {
         let account = self.get_account(msisdn).await?;
         let rows = sqlx::query(
             "SELECT id, at_us, kind, amount, currency, purchase_id FROM ledger_entries \
@@ -626,26 +668,36 @@ impl Ledger {
     pub async fn get_purchase(&self, sp: i64, id: Option<i64>, token: Option<&str>) -> Result<PurchaseRow> {
         let row = match (id, token) {
             (Some(id), _) => {
-                sqlx::query(&format!("SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1 AND service_provider_id = $2"))
-                    .bind(id)
-                    .bind(sp)
-                    .fetch_optional(&self.db.pool)
-                    .await?
+                sqlx::query(&format!(
+                    "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1 AND service_provider_id = $2"
+                ))
+                .bind(id)
+                .bind(sp)
+                .fetch_optional(&self.db.pool)
+                .await?
             }
             (None, Some(token)) => {
                 let token = Token::parse(token.as_bytes()).map_err(|e| invalid(format!("token: {e}")))?;
-                sqlx::query(&format!("SELECT {PURCHASE_COLUMNS} FROM purchases WHERE token = $1 AND service_provider_id = $2"))
-                    .bind(token.to_string())
-                    .bind(sp)
-                    .fetch_optional(&self.db.pool)
-                    .await?
+                sqlx::query(&format!(
+                    "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE token = $1 AND service_provider_id = $2"
+                ))
+                .bind(token.to_string())
+                .bind(sp)
+                .fetch_optional(&self.db.pool)
+                .await?
             }
             (None, None) => return Err(invalid("give an id or a token")),
         };
         Ok(PurchaseRow::from_row(&row.ok_or(LedgerError::NotFound("purchase"))?)?)
     }
 
-    pub async fn list_purchases(&self, sp: i64, filter: &PurchaseFilter, page_size: i64, before_id: Option<i64>) -> Result<Vec<PurchaseRow>> {
+    pub async fn list_purchases(
+        &self,
+        sp: i64,
+        filter: &PurchaseFilter,
+        page_size: i64,
+        before_id: Option<i64>,
+    ) -> Result<Vec<PurchaseRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE service_provider_id = $1 AND id < $2 \
              AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR product_id = $4) ORDER BY id DESC LIMIT $5"
@@ -662,12 +714,14 @@ impl Ledger {
 
     async fn lock_purchase(&self, tx: &mut Tx<'_>, sp: i64, id: i64) -> Result<PurchaseRow> {
         let lock = self.db.for_update();
-        let row = sqlx::query(&format!("SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1 AND service_provider_id = $2{lock}"))
-            .bind(id)
-            .bind(sp)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or(LedgerError::NotFound("purchase"))?;
+        let row = sqlx::query(&format!(
+            "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1 AND service_provider_id = $2{lock}"
+        ))
+        .bind(id)
+        .bind(sp)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(LedgerError::NotFound("purchase"))?;
         Ok(PurchaseRow::from_row(&row)?)
     }
 
@@ -678,7 +732,11 @@ impl Ledger {
         match purchase.state.as_str() {
             "cancelled" => return Ok(purchase),
             "pending" => {}
-            other => return Err(LedgerError::Precondition(format!("only a pending purchase can be cancelled; it is {other}"))),
+            other => {
+                return Err(LedgerError::Precondition(format!(
+                    "only a pending purchase can be cancelled; it is {other}"
+                )))
+            }
         }
         sqlx::query("UPDATE purchases SET state = 'cancelled' WHERE id = $1").bind(id).execute(&mut *tx).await?;
         purchase.state = "cancelled".into();
@@ -689,7 +747,14 @@ impl Ledger {
     }
 
     /// Refunds `amount` (0: the rest) of a charged purchase, once per `refund_key`.
-    pub async fn refund(&self, sp: i64, id: i64, amount: i64, refund_key: &str, reason: &str) -> Result<(PurchaseRow, i64)> {
+    pub async fn refund(
+        &self,
+        sp: i64,
+        id: i64,
+        amount: i64,
+        refund_key: &str,
+        reason: &str,
+    ) -> Result<(PurchaseRow, i64)> {
         validate_text("refund_key", refund_key, 1, 128)?;
         validate_text("reason", reason, 0, 512)?;
         if amount < 0 {
@@ -711,7 +776,10 @@ impl Ledger {
             return Ok((purchase, done));
         }
         if purchase.state != "charged" {
-            return Err(LedgerError::Precondition(format!("only a charged purchase can be refunded; it is {}", purchase.state)));
+            return Err(LedgerError::Precondition(format!(
+                "only a charged purchase can be refunded; it is {}",
+                purchase.state
+            )));
         }
         let remaining = purchase.amount - purchase.refunded_amount;
         let refund = if amount == 0 { remaining } else { amount };
@@ -720,9 +788,15 @@ impl Ledger {
         }
         let msisdn = purchase.charged_msisdn.clone().unwrap_or_default();
         let movement = format!("refund-{id}-{refund_key}");
-        Self::entry(&mut tx, &movement, now, "refund", "subscriber", &msisdn, &purchase.currency, refund, Some(id)).await?;
-        Self::entry(&mut tx, &movement, now, "refund", "sp", &sp.to_string(), &purchase.currency, -refund, Some(id)).await?;
-        sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE msisdn = $1").bind(&msisdn).bind(refund).execute(&mut *tx).await?;
+        Self::entry(&mut tx, &movement, now, "refund", "subscriber", &msisdn, &purchase.currency, refund, Some(id))
+            .await?;
+        Self::entry(&mut tx, &movement, now, "refund", "sp", &sp.to_string(), &purchase.currency, -refund, Some(id))
+            .await?;
+        sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE msisdn = $1")
+            .bind(&msisdn)
+            .bind(refund)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO refunds (purchase_id, refund_key, amount, reason, at_us) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(refund_key)
@@ -813,7 +887,8 @@ impl Ledger {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
-            Self::audit(&mut tx, None, &token.to_string(), sighting, Outcome::UnknownToken, false, probe_key_id, now).await?;
+            Self::audit(&mut tx, None, &token.to_string(), sighting, Outcome::UnknownToken, false, probe_key_id, now)
+                .await?;
             tx.commit().await?;
             return Ok(unknown);
         };
@@ -822,7 +897,10 @@ impl Ledger {
         let outcome = match purchase.state.as_str() {
             "pending" if purchase.expires_at_us <= now => {
                 purchase.state = "expired".into();
-                sqlx::query("UPDATE purchases SET state = 'expired' WHERE id = $1").bind(purchase.id).execute(&mut *tx).await?;
+                sqlx::query("UPDATE purchases SET state = 'expired' WHERE id = $1")
+                    .bind(purchase.id)
+                    .execute(&mut *tx)
+                    .await?;
                 changed = true;
                 Outcome::Expired
             }
@@ -858,7 +936,17 @@ impl Ledger {
         if changed {
             Self::record_change(&mut tx, &purchase, now).await?;
         }
-        Self::audit(&mut tx, Some(purchase.id), &purchase.token, sighting, outcome, other_subscriber, probe_key_id, now).await?;
+        Self::audit(
+            &mut tx,
+            Some(purchase.id),
+            &purchase.token,
+            sighting,
+            outcome,
+            other_subscriber,
+            probe_key_id,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         if changed {
             self.changed.notify_waiters();
@@ -874,7 +962,13 @@ impl Ledger {
 
     /// Checks the subscriber's account and, if it can pay, moves the money and marks the purchase
     /// charged. Returns the decline reason otherwise (nothing moved).
-    async fn try_charge(&self, tx: &mut Tx<'_>, purchase: &PurchaseRow, msisdn: &str, now: i64) -> Result<Option<&'static str>> {
+    async fn try_charge(
+        &self,
+        tx: &mut Tx<'_>,
+        purchase: &PurchaseRow,
+        msisdn: &str,
+        now: i64,
+    ) -> Result<Option<&'static str>> {
         let Some(account) = Self::read_account(tx, msisdn, now, self.db.for_update()).await? else {
             return Ok(Some("unknown-subscriber"));
         };
@@ -896,8 +990,20 @@ impl Ledger {
             return Ok(Some("insufficient-balance"));
         }
         let movement = format!("charge-{}", purchase.id);
-        Self::entry(tx, &movement, now, "charge", "subscriber", msisdn, &purchase.currency, -amount, Some(purchase.id)).await?;
-        Self::entry(tx, &movement, now, "charge", "sp", &purchase.service_provider_id.to_string(), &purchase.currency, amount, Some(purchase.id)).await?;
+        Self::entry(tx, &movement, now, "charge", "subscriber", msisdn, &purchase.currency, -amount, Some(purchase.id))
+            .await?;
+        Self::entry(
+            tx,
+            &movement,
+            now,
+            "charge",
+            "sp",
+            &purchase.service_provider_id.to_string(),
+            &purchase.currency,
+            amount,
+            Some(purchase.id),
+        )
+        .await?;
         sqlx::query("UPDATE accounts SET balance = balance - $2, updated_at_us = $3 WHERE msisdn = $1")
             .bind(msisdn)
             .bind(amount)

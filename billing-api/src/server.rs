@@ -51,7 +51,8 @@ pub async fn serve(
     };
 
     let require_client_certificate = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-    let mut builder = Server::builder().timeout(Duration::from_secs(30)).http2_keepalive_interval(Some(Duration::from_secs(30)));
+    let mut builder =
+        Server::builder().timeout(Duration::from_secs(30)).http2_keepalive_interval(Some(Duration::from_secs(30)));
     if let Some(tls) = tls {
         let certificate = std::fs::read(&tls.certificate)?;
         let key = std::fs::read(&tls.key)?;
@@ -63,8 +64,11 @@ pub async fn serve(
     }
     let purchases = pb::purchase_service_server::PurchaseServiceServer::new(PurchaseApi { ledger: ledger.clone() })
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
-    let sightings = pb::sighting_service_server::SightingServiceServer::new(SightingApi { ledger: ledger.clone(), require_client_certificate })
-        .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let sightings = pb::sighting_service_server::SightingServiceServer::new(SightingApi {
+        ledger: ledger.clone(),
+        require_client_certificate,
+    })
+    .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let accounts = pb::account_service_server::AccountServiceServer::new(AccountApi { ledger })
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

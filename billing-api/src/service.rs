@@ -41,7 +41,10 @@ async fn authenticate<T>(ledger: &Ledger, request: &Request<T>, kind: Kind) -> R
 }
 
 fn parse_id(text: &str) -> Result<i64, Status> {
-    text.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| Status::invalid_argument("id must be a positive decimal number"))
+    text.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| Status::invalid_argument("id must be a positive decimal number"))
 }
 
 fn page(page_size: i32, page_token: &str) -> Result<(i64, Option<i64>), Status> {
@@ -134,7 +137,10 @@ type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::PurchaseChange, Status>
 
 #[tonic::async_trait]
 impl pb::purchase_service_server::PurchaseService for PurchaseApi {
-    async fn create_purchase(&self, request: Request<pb::CreatePurchaseRequest>) -> Result<Response<pb::Purchase>, Status> {
+    async fn create_purchase(
+        &self,
+        request: Request<pb::CreatePurchaseRequest>,
+    ) -> Result<Response<pb::Purchase>, Status> {
         let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
         let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
         let r = request.into_inner();
@@ -154,14 +160,21 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
         let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
         let purchase = match request.into_inner().key {
-            Some(pb::get_purchase_request::Key::Id(id)) => self.ledger.get_purchase(sp, Some(parse_id(&id)?), None).await?,
-            Some(pb::get_purchase_request::Key::Token(token)) => self.ledger.get_purchase(sp, None, Some(&token)).await?,
+            Some(pb::get_purchase_request::Key::Id(id)) => {
+                self.ledger.get_purchase(sp, Some(parse_id(&id)?), None).await?
+            }
+            Some(pb::get_purchase_request::Key::Token(token)) => {
+                self.ledger.get_purchase(sp, None, Some(&token)).await?
+            }
             None => return Err(Status::invalid_argument("give an id or a token")),
         };
         Ok(Response::new(purchase_to_pb(&purchase)))
     }
 
-    async fn list_purchases(&self, request: Request<pb::ListPurchasesRequest>) -> Result<Response<pb::ListPurchasesResponse>, Status> {
+    async fn list_purchases(
+        &self,
+        request: Request<pb::ListPurchasesRequest>,
+    ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
         let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
         let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
         let r = request.into_inner();
@@ -172,28 +185,45 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
             product_id: (!r.product_id.is_empty()).then_some(r.product_id),
         };
         let rows = self.ledger.list_purchases(sp, &filter, size, before).await?;
-        let next_page_token = if rows.len() as i64 == size { rows.last().map(|p| p.id.to_string()).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(pb::ListPurchasesResponse { purchases: rows.iter().map(purchase_to_pb).collect(), next_page_token }))
+        let next_page_token = if rows.len() as i64 == size {
+            rows.last().map(|p| p.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPurchasesResponse {
+            purchases: rows.iter().map(purchase_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
-    async fn cancel_purchase(&self, request: Request<pb::CancelPurchaseRequest>) -> Result<Response<pb::Purchase>, Status> {
+    async fn cancel_purchase(
+        &self,
+        request: Request<pb::CancelPurchaseRequest>,
+    ) -> Result<Response<pb::Purchase>, Status> {
         let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
         let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
         let purchase = self.ledger.cancel(sp, parse_id(&request.into_inner().id)?).await?;
         Ok(Response::new(purchase_to_pb(&purchase)))
     }
 
-    async fn refund_purchase(&self, request: Request<pb::RefundPurchaseRequest>) -> Result<Response<pb::RefundPurchaseResponse>, Status> {
+    async fn refund_purchase(
+        &self,
+        request: Request<pb::RefundPurchaseRequest>,
+    ) -> Result<Response<pb::RefundPurchaseResponse>, Status> {
         let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
         let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
         let r = request.into_inner();
-        let (purchase, refunded_now) = self.ledger.refund(sp, parse_id(&r.id)?, r.amount, &r.refund_key, &r.reason).await?;
+        let (purchase, refunded_now) =
+            self.ledger.refund(sp, parse_id(&r.id)?, r.amount, &r.refund_key, &r.reason).await?;
         Ok(Response::new(pb::RefundPurchaseResponse { purchase: Some(purchase_to_pb(&purchase)), refunded_now }))
     }
 
     type WatchPurchasesStream = ChangeStream;
 
-    async fn watch_purchases(&self, request: Request<pb::WatchPurchasesRequest>) -> Result<Response<ChangeStream>, Status> {
+    async fn watch_purchases(
+        &self,
+        request: Request<pb::WatchPurchasesRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
         let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
         let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
         let mut cursor = request.into_inner().after_cursor;
@@ -246,7 +276,10 @@ pub struct SightingApi {
 
 #[tonic::async_trait]
 impl pb::sighting_service_server::SightingService for SightingApi {
-    async fn report_sightings(&self, request: Request<pb::ReportSightingsRequest>) -> Result<Response<pb::ReportSightingsResponse>, Status> {
+    async fn report_sightings(
+        &self,
+        request: Request<pb::ReportSightingsRequest>,
+    ) -> Result<Response<pb::ReportSightingsResponse>, Status> {
         if self.require_client_certificate && request.peer_certs().is_none_or(|certificates| certificates.is_empty()) {
             return Err(Status::unauthenticated("this billing API requires probes to present a client certificate"));
         }
@@ -257,14 +290,16 @@ impl pb::sighting_service_server::SightingService for SightingApi {
         }
         // Validate the whole batch before touching anything: a bad batch changes nothing.
         for (index, s) in sightings.iter().enumerate() {
-            ledger::validate_msisdn(&s.msisdn).map_err(|e| Status::invalid_argument(format!("sighting {index}: {e}")))?;
+            ledger::validate_msisdn(&s.msisdn)
+                .map_err(|e| Status::invalid_argument(format!("sighting {index}: {e}")))?;
             if s.token.len() > 64 {
                 return Err(Status::invalid_argument(format!("sighting {index}: token too long")));
             }
         }
         let mut results = Vec::with_capacity(sightings.len());
         for s in &sightings {
-            let report = ledger::SightingReport { token: s.token.clone(), msisdn: s.msisdn.clone(), seen_at_us: s.seen_at_us };
+            let report =
+                ledger::SightingReport { token: s.token.clone(), msisdn: s.msisdn.clone(), seen_at_us: s.seen_at_us };
             let r = self.ledger.report(&caller.key_id, &report).await?;
             let outcome = match r.outcome {
                 Outcome::Charged => pb::SightingOutcome::Charged,
@@ -322,12 +357,19 @@ impl pb::account_service_server::AccountService for AccountApi {
         Ok(Response::new(account_to_pb(&self.ledger.get_account(&request.into_inner().msisdn).await?)))
     }
 
-    async fn get_statement(&self, request: Request<pb::GetStatementRequest>) -> Result<Response<pb::Statement>, Status> {
+    async fn get_statement(
+        &self,
+        request: Request<pb::GetStatementRequest>,
+    ) -> Result<Response<pb::Statement>, Status> {
         authenticate(&self.ledger, &request, Kind::Operator).await?;
         let r = request.into_inner();
         let (size, before) = page(r.page_size, &r.page_token)?;
         let (account, entries) = self.ledger.statement(&r.msisdn, size, before).await?;
-        let next_page_token = if entries.len() as i64 == size { entries.last().map(|e| e.id.to_string()).unwrap_or_default() } else { String::new() };
+        let next_page_token = if entries.len() as i64 == size {
+            entries.last().map(|e| e.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::Statement {
             account: Some(account_to_pb(&account)),
             entries: entries
@@ -345,20 +387,37 @@ impl pb::account_service_server::AccountService for AccountApi {
         }))
     }
 
-    async fn create_service_provider(&self, request: Request<pb::CreateServiceProviderRequest>) -> Result<Response<pb::Credential>, Status> {
+    async fn create_service_provider(
+        &self,
+        request: Request<pb::CreateServiceProviderRequest>,
+    ) -> Result<Response<pb::Credential>, Status> {
         authenticate(&self.ledger, &request, Kind::Operator).await?;
         let (id, secret) = self.ledger.create_service_provider(&request.into_inner().name).await?;
-        Ok(Response::new(pb::Credential { key_id: secret.key_id, secret: secret.secret, service_provider_id: id.to_string() }))
+        Ok(Response::new(pb::Credential {
+            key_id: secret.key_id,
+            secret: secret.secret,
+            service_provider_id: id.to_string(),
+        }))
     }
 
-    async fn create_api_key(&self, request: Request<pb::CreateApiKeyRequest>) -> Result<Response<pb::Credential>, Status> {
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::Credential>, Status> {
         authenticate(&self.ledger, &request, Kind::Operator).await?;
         let sp = parse_id(&request.into_inner().service_provider_id)?;
         let secret = self.ledger.create_credential(Kind::ServiceProvider, Some(sp), "api key").await?;
-        Ok(Response::new(pb::Credential { key_id: secret.key_id, secret: secret.secret, service_provider_id: sp.to_string() }))
+        Ok(Response::new(pb::Credential {
+            key_id: secret.key_id,
+            secret: secret.secret,
+            service_provider_id: sp.to_string(),
+        }))
     }
 
-    async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
         authenticate(&self.ledger, &request, Kind::Operator).await?;
         self.ledger.revoke(&request.into_inner().key_id).await?;
         Ok(Response::new(pb::RevokeKeyResponse {}))

@@ -116,7 +116,12 @@ impl Harness {
     }
 
     async fn account(&self, msisdn: &str, balance: i64) {
-        let update = AccountUpdate { msisdn: msisdn.into(), currency: "EUR".into(), balance: Some(balance), ..Default::default() };
+        let update = AccountUpdate {
+            msisdn: msisdn.into(),
+            currency: "EUR".into(),
+            balance: Some(balance),
+            ..Default::default()
+        };
         self.ledger.set_account(&update).await.unwrap();
     }
 
@@ -178,7 +183,12 @@ async fn purchase_is_charged_once_and_the_sp_is_told() {
         let purchase = h.create(&h.sp_key, 250, "order-1").await.unwrap();
         assert_eq!(purchase.state, pb::PurchaseState::Pending as i32, "{backend}");
         assert!(purchase.token.parse::<gtpcharge_proto::Token>().is_ok());
-        let mut watch = h.purchases().watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 })).await.unwrap().into_inner();
+        let mut watch = h
+            .purchases()
+            .watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
         let first = watch.message().await.unwrap().unwrap();
         assert_eq!(first.purchase.unwrap().state, pb::PurchaseState::Pending as i32);
 
@@ -189,16 +199,34 @@ async fn purchase_is_charged_once_and_the_sp_is_told() {
         assert_eq!(again.charged_msisdn, "46700000001");
         assert!(!again.other_subscriber);
 
-        let change = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
+        let change =
+            tokio::time::timeout(std::time::Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
         let charged = change.purchase.unwrap();
-        assert_eq!((charged.state, charged.charged_msisdn.as_str()), (pb::PurchaseState::Charged as i32, "46700000001"), "{backend}");
+        assert_eq!(
+            (charged.state, charged.charged_msisdn.as_str()),
+            (pb::PurchaseState::Charged as i32, "46700000001"),
+            "{backend}"
+        );
         // Resuming from the first change's cursor sees the charge again, and nothing before it.
-        let mut resumed = h.purchases().watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: first.cursor })).await.unwrap().into_inner();
+        let mut resumed = h
+            .purchases()
+            .watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: first.cursor }))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(resumed.message().await.unwrap().unwrap().cursor, change.cursor);
 
         let account = h.ledger.get_account("46700000001").await.unwrap();
         assert_eq!((account.balance, account.spent_today), (9_750, 250), "{backend}");
-        let fetched = h.purchases().get_purchase(authed(&h.sp_key, pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(purchase.token.clone())) })).await.unwrap().into_inner();
+        let fetched = h
+            .purchases()
+            .get_purchase(authed(
+                &h.sp_key,
+                pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(purchase.token.clone())) },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(fetched.state, pb::PurchaseState::Charged as i32);
         h.finish().await;
     }
@@ -227,8 +255,13 @@ async fn concurrent_reports_of_one_token_charge_once() {
         }
         let charged = results.iter().filter(|r| outcome(r) == pb::SightingOutcome::Charged).count();
         assert_eq!(charged, 1, "{backend}: exactly one report charges");
-        assert!(results.iter().all(|r| matches!(outcome(r), pb::SightingOutcome::Charged | pb::SightingOutcome::AlreadyCharged)));
-        assert!(results.iter().all(|r| r.purchase_id == results[0].purchase_id && r.charged_msisdn == "46700000002"), "{backend}: the same answer to all");
+        assert!(results
+            .iter()
+            .all(|r| matches!(outcome(r), pb::SightingOutcome::Charged | pb::SightingOutcome::AlreadyCharged)));
+        assert!(
+            results.iter().all(|r| r.purchase_id == results[0].purchase_id && r.charged_msisdn == "46700000002"),
+            "{backend}: the same answer to all"
+        );
         assert_eq!(h.ledger.get_account("46700000002").await.unwrap().balance, 99_300, "{backend}");
         assert_eq!(h.count("ledger_entries").await, 2 + 2, "{backend}: one adjustment pair, one charge pair");
         h.finish().await;
@@ -241,7 +274,11 @@ async fn declines_expiry_cancel_and_second_subscriber() {
         h.account("46700000003", 100).await;
         let expensive = h.create(&h.sp_key, 500, "too-much").await.unwrap();
         let r = h.report(&expensive.token, "46700000003").await;
-        assert_eq!((outcome(&r), r.decline_reason), (pb::SightingOutcome::Declined, pb::DeclineReason::InsufficientBalance as i32), "{backend}");
+        assert_eq!(
+            (outcome(&r), r.decline_reason),
+            (pb::SightingOutcome::Declined, pb::DeclineReason::InsufficientBalance as i32),
+            "{backend}"
+        );
         // A decline is final and repeats its answer.
         assert_eq!(outcome(&h.report(&expensive.token, "46700000003").await), pb::SightingOutcome::Declined);
 
@@ -249,29 +286,62 @@ async fn declines_expiry_cancel_and_second_subscriber() {
         let r = h.report(&unknown.token, "46799999999").await;
         assert_eq!(r.decline_reason, pb::DeclineReason::UnknownSubscriber as i32, "{backend}");
 
-        let update = AccountUpdate { msisdn: "46700000004".into(), currency: "EUR".into(), balance: Some(1_000), daily_cap: Some(300), ..Default::default() };
+        let update = AccountUpdate {
+            msisdn: "46700000004".into(),
+            currency: "EUR".into(),
+            balance: Some(1_000),
+            daily_cap: Some(300),
+            ..Default::default()
+        };
         h.ledger.set_account(&update).await.unwrap();
         let a = h.create(&h.sp_key, 200, "cap-a").await.unwrap();
         let b = h.create(&h.sp_key, 200, "cap-b").await.unwrap();
         assert_eq!(outcome(&h.report(&a.token, "46700000004").await), pb::SightingOutcome::Charged);
-        assert_eq!(h.report(&b.token, "46700000004").await.decline_reason, pb::DeclineReason::DailyCap as i32, "{backend}");
+        assert_eq!(
+            h.report(&b.token, "46700000004").await.decline_reason,
+            pb::DeclineReason::DailyCap as i32,
+            "{backend}"
+        );
 
-        let barred = AccountUpdate { msisdn: "46700000005".into(), currency: "EUR".into(), balance: Some(1_000), barred: Some(true), ..Default::default() };
+        let barred = AccountUpdate {
+            msisdn: "46700000005".into(),
+            currency: "EUR".into(),
+            balance: Some(1_000),
+            barred: Some(true),
+            ..Default::default()
+        };
         h.ledger.set_account(&barred).await.unwrap();
         let c = h.create(&h.sp_key, 10, "barred").await.unwrap();
         assert_eq!(h.report(&c.token, "46700000005").await.decline_reason, pb::DeclineReason::Barred as i32);
 
-        let usd = AccountUpdate { msisdn: "46700000006".into(), currency: "USD".into(), balance: Some(1_000), ..Default::default() };
+        let usd = AccountUpdate {
+            msisdn: "46700000006".into(),
+            currency: "USD".into(),
+            balance: Some(1_000),
+            ..Default::default()
+        };
         h.ledger.set_account(&usd).await.unwrap();
         let d = h.create(&h.sp_key, 10, "usd").await.unwrap();
         assert_eq!(h.report(&d.token, "46700000006").await.decline_reason, pb::DeclineReason::CurrencyMismatch as i32);
 
         let e = h.create(&h.sp_key, 10, "cancel-me").await.unwrap();
-        let cancelled = h.purchases().cancel_purchase(authed(&h.sp_key, pb::CancelPurchaseRequest { id: e.id.clone() })).await.unwrap().into_inner();
+        let cancelled = h
+            .purchases()
+            .cancel_purchase(authed(&h.sp_key, pb::CancelPurchaseRequest { id: e.id.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(cancelled.state, pb::PurchaseState::Cancelled as i32);
         assert_eq!(outcome(&h.report(&e.token, "46700000004").await), pb::SightingOutcome::Cancelled);
 
-        let short = pb::CreatePurchaseRequest { product_id: "p".into(), description: String::new(), amount: 5, currency: "EUR".into(), expires_in_s: 1, idempotency_key: "short".into() };
+        let short = pb::CreatePurchaseRequest {
+            product_id: "p".into(),
+            description: String::new(),
+            amount: 5,
+            currency: "EUR".into(),
+            expires_in_s: 1,
+            idempotency_key: "short".into(),
+        };
         let short = h.purchases().create_purchase(authed(&h.sp_key, short)).await.unwrap().into_inner();
         tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
         assert_eq!(outcome(&h.report(&short.token, "46700000004").await), pb::SightingOutcome::Expired, "{backend}");
@@ -285,7 +355,10 @@ async fn declines_expiry_cancel_and_second_subscriber() {
         // Forged tokens: right syntax and wrong check part; right check part and no purchase.
         let mut forged = a.token.clone().into_bytes();
         forged[10] = if forged[10] == b'a' { b'b' } else { b'a' };
-        assert_eq!(outcome(&h.report(std::str::from_utf8(&forged).unwrap(), "46700000004").await), pb::SightingOutcome::UnknownToken);
+        assert_eq!(
+            outcome(&h.report(std::str::from_utf8(&forged).unwrap(), "46700000004").await),
+            pb::SightingOutcome::UnknownToken
+        );
         let stranger = gtpcharge_proto::Token::generate().unwrap().to_string();
         assert_eq!(outcome(&h.report(&stranger, "46700000004").await), pb::SightingOutcome::UnknownToken);
         h.finish().await;
@@ -298,7 +371,12 @@ async fn refunds_are_new_entries_and_idempotent() {
         h.account("46700000007", 1_000).await;
         let p = h.create(&h.sp_key, 600, "refund-me").await.unwrap();
         assert_eq!(outcome(&h.report(&p.token, "46700000007").await), pb::SightingOutcome::Charged);
-        let refund = |amount, key: &str| pb::RefundPurchaseRequest { id: p.id.clone(), amount, refund_key: key.into(), reason: "test".into() };
+        let refund = |amount, key: &str| pb::RefundPurchaseRequest {
+            id: p.id.clone(),
+            amount,
+            refund_key: key.into(),
+            reason: "test".into(),
+        };
         let first = h.purchases().refund_purchase(authed(&h.sp_key, refund(200, "r1"))).await.unwrap().into_inner();
         assert_eq!(first.refunded_now, 200);
         let repeat = h.purchases().refund_purchase(authed(&h.sp_key, refund(200, "r1"))).await.unwrap().into_inner();
@@ -309,7 +387,15 @@ async fn refunds_are_new_entries_and_idempotent() {
         assert_eq!((rest.refunded_now, rest.purchase.unwrap().state), (400, pb::PurchaseState::Refunded as i32));
         assert_eq!(h.ledger.get_account("46700000007").await.unwrap().balance, 1_000, "{backend}");
         assert_eq!(outcome(&h.report(&p.token, "46700000007").await), pb::SightingOutcome::Refunded);
-        let statement = h.accounts().get_statement(authed(&h.operator_key, pb::GetStatementRequest { msisdn: "46700000007".into(), page_size: 10, page_token: String::new() })).await.unwrap().into_inner();
+        let statement = h
+            .accounts()
+            .get_statement(authed(
+                &h.operator_key,
+                pb::GetStatementRequest { msisdn: "46700000007".into(), page_size: 10, page_token: String::new() },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
         let kinds: Vec<&str> = statement.entries.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, vec!["refund", "refund", "charge", "adjustment"], "{backend}");
         h.finish().await;
@@ -333,17 +419,42 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
         let code = |r: Result<tonic::Response<pb::Purchase>, tonic::Status>| r.unwrap_err().code();
         let mut purchases = h.purchases();
         assert_eq!(code(purchases.create_purchase(Request::new(create(1, "EUR", "x"))).await), Code::Unauthenticated);
-        assert_eq!(code(purchases.create_purchase(authed("gcsk_not_a_key", create(1, "EUR", "x"))).await), Code::Unauthenticated);
-        assert_eq!(code(purchases.create_purchase(authed(&h.probe_key, create(1, "EUR", "x"))).await), Code::PermissionDenied);
-        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(0, "EUR", "x"))).await), Code::InvalidArgument);
-        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(-5, "EUR", "x"))).await), Code::InvalidArgument);
-        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(5, "XYZ", "x"))).await), Code::InvalidArgument);
-        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(5, "EUR", ""))).await), Code::InvalidArgument);
-        assert_eq!(code(purchases.create_purchase(authed(&h.sp_key, create(5, "EUR", "mine"))).await), Code::AlreadyExists, "{backend}");
+        assert_eq!(
+            code(purchases.create_purchase(authed("gcsk_not_a_key", create(1, "EUR", "x"))).await),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(purchases.create_purchase(authed(&h.probe_key, create(1, "EUR", "x"))).await),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(purchases.create_purchase(authed(&h.sp_key, create(0, "EUR", "x"))).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(purchases.create_purchase(authed(&h.sp_key, create(-5, "EUR", "x"))).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(purchases.create_purchase(authed(&h.sp_key, create(5, "XYZ", "x"))).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(purchases.create_purchase(authed(&h.sp_key, create(5, "EUR", ""))).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(purchases.create_purchase(authed(&h.sp_key, create(5, "EUR", "mine"))).await),
+            Code::AlreadyExists,
+            "{backend}"
+        );
         let mut huge = create(5, "EUR", "huge");
         huge.description = "x".repeat(2 << 20);
         let status = purchases.create_purchase(authed(&h.sp_key, huge)).await.unwrap_err();
-        assert!(matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument), "{status:?}");
+        assert!(
+            matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument),
+            "{status:?}"
+        );
         let sql = create(5, "EUR", "'); DROP TABLE purchases; --");
         assert!(purchases.create_purchase(authed(&h.sp_key, sql)).await.is_ok(), "SQL-shaped text is stored as text");
         // Another SP's purchase does not exist for this caller, by id or by token.
@@ -351,37 +462,101 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
         assert_eq!(purchases.get_purchase(authed(&h.other_sp_key, by_id)).await.unwrap_err().code(), Code::NotFound);
         let by_token = pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(mine.token.clone())) };
         assert_eq!(purchases.get_purchase(authed(&h.other_sp_key, by_token)).await.unwrap_err().code(), Code::NotFound);
-        assert_eq!(purchases.cancel_purchase(authed(&h.other_sp_key, pb::CancelPurchaseRequest { id: mine.id.clone() })).await.unwrap_err().code(), Code::NotFound);
-        assert_eq!(purchases.cancel_purchase(authed(&h.sp_key, pb::CancelPurchaseRequest { id: "abc".into() })).await.unwrap_err().code(), Code::InvalidArgument);
-        let refund = pb::RefundPurchaseRequest { id: mine.id.clone(), amount: 10, refund_key: "k".into(), reason: String::new() };
-        assert_eq!(purchases.refund_purchase(authed(&h.sp_key, refund)).await.unwrap_err().code(), Code::FailedPrecondition, "refund of a pending purchase");
+        assert_eq!(
+            purchases
+                .cancel_purchase(authed(&h.other_sp_key, pb::CancelPurchaseRequest { id: mine.id.clone() }))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound
+        );
+        assert_eq!(
+            purchases
+                .cancel_purchase(authed(&h.sp_key, pb::CancelPurchaseRequest { id: "abc".into() }))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument
+        );
+        let refund = pb::RefundPurchaseRequest {
+            id: mine.id.clone(),
+            amount: 10,
+            refund_key: "k".into(),
+            reason: String::new(),
+        };
+        assert_eq!(
+            purchases.refund_purchase(authed(&h.sp_key, refund)).await.unwrap_err().code(),
+            Code::FailedPrecondition,
+            "refund of a pending purchase"
+        );
         let list = pb::ListPurchasesRequest { page_size: 100_000, ..Default::default() };
         assert_eq!(purchases.list_purchases(authed(&h.sp_key, list)).await.unwrap_err().code(), Code::InvalidArgument);
         let mut sightings = h.sightings();
         let too_many = pb::ReportSightingsRequest { sightings: vec![sighting(&mine.token, "46700000008"); 1001] };
-        assert_eq!(sightings.report_sightings(authed(&h.probe_key, too_many)).await.unwrap_err().code(), Code::InvalidArgument);
-        let bad_msisdn = pb::ReportSightingsRequest { sightings: vec![sighting(&mine.token, "46700000008"), sighting(&mine.token, "+46 70")] };
-        assert_eq!(sightings.report_sightings(authed(&h.probe_key, bad_msisdn)).await.unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            sightings.report_sightings(authed(&h.probe_key, too_many)).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let bad_msisdn = pb::ReportSightingsRequest {
+            sightings: vec![sighting(&mine.token, "46700000008"), sighting(&mine.token, "+46 70")],
+        };
+        assert_eq!(
+            sightings.report_sightings(authed(&h.probe_key, bad_msisdn)).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
         let with_sp_key = pb::ReportSightingsRequest { sightings: vec![sighting(&mine.token, "46700000008")] };
-        assert_eq!(sightings.report_sightings(authed(&h.sp_key, with_sp_key)).await.unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(
+            sightings.report_sightings(authed(&h.sp_key, with_sp_key)).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
         let mut accounts = h.accounts();
-        let set = pb::SetAccountRequest { msisdn: "46700000009".into(), currency: "EUR".into(), balance: Some(5), ..Default::default() };
-        assert_eq!(accounts.set_account(authed(&h.sp_key, set.clone())).await.unwrap_err().code(), Code::PermissionDenied);
+        let set = pb::SetAccountRequest {
+            msisdn: "46700000009".into(),
+            currency: "EUR".into(),
+            balance: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            accounts.set_account(authed(&h.sp_key, set.clone())).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
         let bad_currency = pb::SetAccountRequest { currency: "EURO".into(), ..set.clone() };
-        assert_eq!(accounts.set_account(authed(&h.operator_key, bad_currency)).await.unwrap_err().code(), Code::InvalidArgument);
-        let other_currency = pb::SetAccountRequest { msisdn: "46700000008".into(), currency: "USD".into(), ..set.clone() };
-        assert_eq!(accounts.set_account(authed(&h.operator_key, other_currency)).await.unwrap_err().code(), Code::FailedPrecondition);
-        assert_eq!(accounts.get_account(authed(&h.operator_key, pb::GetAccountRequest { msisdn: "46711111111".into() })).await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(
+            accounts.set_account(authed(&h.operator_key, bad_currency)).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let other_currency =
+            pb::SetAccountRequest { msisdn: "46700000008".into(), currency: "USD".into(), ..set.clone() };
+        assert_eq!(
+            accounts.set_account(authed(&h.operator_key, other_currency)).await.unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            accounts
+                .get_account(authed(&h.operator_key, pb::GetAccountRequest { msisdn: "46711111111".into() }))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound
+        );
         // Nothing above changed money or state (the SQL-shaped purchase is the one accepted call).
         assert_eq!(h.count("purchases").await, before.0 + 1, "{backend}");
         assert_eq!(h.count("ledger_entries").await, before.1, "{backend}");
         assert_eq!(h.count("purchase_changes").await, before.2 + 1, "{backend}");
         assert_eq!(h.ledger.get_account("46700000008").await.unwrap().balance, 1_000);
         // A revoked key stops working.
-        let key = accounts.create_api_key(authed(&h.operator_key, pb::CreateApiKeyRequest { service_provider_id: "1".into() })).await.unwrap().into_inner();
+        let key = accounts
+            .create_api_key(authed(&h.operator_key, pb::CreateApiKeyRequest { service_provider_id: "1".into() }))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(h.create(&key.secret, 5, "with-new-key").await.is_ok());
         accounts.revoke_key(authed(&h.operator_key, pb::RevokeKeyRequest { key_id: key.key_id })).await.unwrap();
-        assert_eq!(h.create(&key.secret, 5, "after-revoke").await.unwrap_err().code(), Code::Unauthenticated, "{backend}");
+        assert_eq!(
+            h.create(&key.secret, 5, "after-revoke").await.unwrap_err().code(),
+            Code::Unauthenticated,
+            "{backend}"
+        );
         let _ = &h.probe_key_id;
         h.finish().await;
     }
@@ -400,9 +575,19 @@ async fn health_and_idempotent_create() {
         let a = h.create(&h.sp_key, 42, "same").await.unwrap();
         let b = h.create(&h.sp_key, 42, "same").await.unwrap();
         assert_eq!((a.id, a.token), (b.id, b.token), "{backend}: a retried create returns the same purchase");
-        let listed = h.purchases().list_purchases(authed(&h.sp_key, pb::ListPurchasesRequest::default())).await.unwrap().into_inner();
+        let listed = h
+            .purchases()
+            .list_purchases(authed(&h.sp_key, pb::ListPurchasesRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(listed.purchases.len(), 1);
-        let other = h.purchases().list_purchases(authed(&h.other_sp_key, pb::ListPurchasesRequest::default())).await.unwrap().into_inner();
+        let other = h
+            .purchases()
+            .list_purchases(authed(&h.other_sp_key, pb::ListPurchasesRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(other.purchases.is_empty(), "{backend}: an SP sees only its own purchases");
         h.finish().await;
     }
@@ -423,32 +608,59 @@ async fn hostile_text_and_slow_watchers_change_nothing_else() {
             idempotency_key: sql.clone(),
         };
         let p = h.purchases().create_purchase(authed(&h.sp_key, create)).await.unwrap().into_inner();
-        assert_eq!((p.product_id.as_str(), p.description.as_str(), p.idempotency_key.as_str()), (sql.as_str(), sql.as_str(), sql.as_str()));
+        assert_eq!(
+            (p.product_id.as_str(), p.description.as_str(), p.idempotency_key.as_str()),
+            (sql.as_str(), sql.as_str(), sql.as_str())
+        );
         h.account("46700000010", 100).await;
         assert_eq!(outcome(&h.report(&p.token, "46700000010").await), pb::SightingOutcome::Charged);
-        let refund = pb::RefundPurchaseRequest { id: p.id.clone(), amount: 1, refund_key: sql.clone(), reason: sql.clone() };
-        assert_eq!(h.purchases().refund_purchase(authed(&h.sp_key, refund)).await.unwrap().into_inner().refunded_now, 1);
+        let refund =
+            pb::RefundPurchaseRequest { id: p.id.clone(), amount: 1, refund_key: sql.clone(), reason: sql.clone() };
+        assert_eq!(
+            h.purchases().refund_purchase(authed(&h.sp_key, refund)).await.unwrap().into_inner().refunded_now,
+            1
+        );
         let sp = pb::CreateServiceProviderRequest { name: sql.clone() };
         assert!(h.accounts().create_service_provider(authed(&h.operator_key, sp)).await.is_ok());
-        let sighting_with_sql = pb::ReportSightingsRequest { sightings: vec![pb::Sighting { token: sql.chars().take(60).collect(), ..sighting(&p.token, "46700000010") }] };
+        let sighting_with_sql = pb::ReportSightingsRequest {
+            sightings: vec![pb::Sighting {
+                token: sql.chars().take(60).collect(),
+                ..sighting(&p.token, "46700000010")
+            }],
+        };
         let r = h.sightings().report_sightings(authed(&h.probe_key, sighting_with_sql)).await.unwrap().into_inner();
         assert_eq!(outcome(&r.results[0]), pb::SightingOutcome::UnknownToken);
         let list = pb::ListPurchasesRequest { product_id: sql.clone(), ..Default::default() };
-        assert_eq!(h.purchases().list_purchases(authed(&h.sp_key, list)).await.unwrap().into_inner().purchases.len(), 1, "{backend}");
+        assert_eq!(
+            h.purchases().list_purchases(authed(&h.sp_key, list)).await.unwrap().into_inner().purchases.len(),
+            1,
+            "{backend}"
+        );
         assert!(h.count("ledger_entries").await >= 6, "{backend}: the table is still there");
 
         // A client that opens WatchPurchases and never reads: the server holds a bounded buffer for it
         // and goes on serving everyone else.
-        let slow = h.purchases().watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 })).await.unwrap();
+        let slow = h
+            .purchases()
+            .watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 }))
+            .await
+            .unwrap();
         for i in 0..150 {
             h.create(&h.sp_key, 1, &format!("flood-{i}")).await.unwrap();
         }
         let started = std::time::Instant::now();
         let fresh = h.create(&h.sp_key, 1, "after-flood").await.unwrap();
         assert!(started.elapsed() < std::time::Duration::from_secs(2), "{backend}: a slow watcher slowed everyone");
-        let mut reader = h.purchases().watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 })).await.unwrap().into_inner();
+        let mut reader = h
+            .purchases()
+            .watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
         let mut seen = 0;
-        while let Some(change) = tokio::time::timeout(std::time::Duration::from_secs(5), reader.message()).await.unwrap().unwrap() {
+        while let Some(change) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), reader.message()).await.unwrap().unwrap()
+        {
             seen += 1;
             if change.purchase.unwrap().id == fresh.id {
                 break;
@@ -502,7 +714,8 @@ impl tonic::codec::Codec for RawCodec {
 async fn deeply_nested_and_garbage_messages_are_refused_and_change_nothing() {
     for (backend, h) in Harness::each_backend().await {
         let sightings_before = h.count("sightings").await;
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/gtpcharge.v1.SightingService/ReportSightings");
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/gtpcharge.v1.SightingService/ReportSightings");
         // A Sighting (field 1) holding an unknown group (field 99) nested 50,000 deep.
         let mut inner = Vec::new();
         for _ in 0..50_000 {

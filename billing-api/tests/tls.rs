@@ -15,7 +15,9 @@ fn authed<T>(key: &str, message: T) -> tonic::Request<T> {
 
 fn report() -> pb::ReportSightingsRequest {
     let token = gtpcharge_proto::Token::generate().unwrap().to_string();
-    pb::ReportSightingsRequest { sightings: vec![pb::Sighting { token, msisdn: "46700000001".into(), ..Default::default() }] }
+    pb::ReportSightingsRequest {
+        sightings: vec![pb::Sighting { token, msisdn: "46700000001".into(), ..Default::default() }],
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,9 +29,11 @@ async fn mutual_tls_for_probes_and_reflection() {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, &ca_key);
     let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&server_key, &issuer).unwrap();
+    let server_cert =
+        CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&server_key, &issuer).unwrap();
     let probe_key_pair = KeyPair::generate().unwrap();
-    let probe_cert = CertificateParams::new(vec!["probe-1".to_owned()]).unwrap().signed_by(&probe_key_pair, &issuer).unwrap();
+    let probe_cert =
+        CertificateParams::new(vec!["probe-1".to_owned()]).unwrap().signed_by(&probe_key_pair, &issuer).unwrap();
     let write = |name: &str, text: String| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
@@ -49,11 +53,13 @@ async fn mutual_tls_for_probes_and_reflection() {
     tokio::spawn(gtpcharge_billing_api::server::serve(ledger, listener, Some(tls), std::future::pending()));
 
     let tls_channel = |identity: Option<Identity>| {
-        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_cert.pem())).domain_name("localhost");
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_cert.pem())).domain_name("localhost");
         if let Some(identity) = identity {
             config = config.identity(identity);
         }
-        let endpoint = Channel::from_shared(format!("https://localhost:{}", address.port())).unwrap().tls_config(config).unwrap();
+        let endpoint =
+            Channel::from_shared(format!("https://localhost:{}", address.port())).unwrap().tls_config(config).unwrap();
         async move { endpoint.connect().await.unwrap() }
     };
     // A probe with its certificate: served.
@@ -88,13 +94,25 @@ async fn mutual_tls_for_probes_and_reflection() {
     assert!(plain_result, "plaintext must not be served");
 
     // Reflection: what `grpcurl list` asks.
-    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        ServerReflectionRequest,
+    };
     let mut reflection = ServerReflectionClient::new(with_cert);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
     let response = responses.message().await.unwrap().unwrap();
     let listed = format!("{:?}", response.message_response);
-    for service in ["gtpcharge.v1.PurchaseService", "gtpcharge.v1.SightingService", "gtpcharge.v1.AccountService", "grpc.health.v1.Health"] {
+    for service in [
+        "gtpcharge.v1.PurchaseService",
+        "gtpcharge.v1.SightingService",
+        "gtpcharge.v1.AccountService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(listed.contains(service), "{service} not listed: {listed}");
     }
 }

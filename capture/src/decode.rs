@@ -112,7 +112,12 @@ impl Decoder {
     }
 
     /// Decodes one frame. `Ok(None)`: a fragment was held for reassembly. `Err(reason)`: dropped.
-    pub fn decode<'a>(&'a mut self, linktype: i32, ts_us: u64, data: &'a [u8]) -> Result<Option<Udp<'a>>, &'static str> {
+    pub fn decode<'a>(
+        &'a mut self,
+        linktype: i32,
+        ts_us: u64,
+        data: &'a [u8],
+    ) -> Result<Option<Udp<'a>>, &'static str> {
         let network = network_layer(linktype, data)?;
         let ip = IpSlice::from_slice(network).map_err(|_| "ip-malformed")?;
         let (source, destination) = (ip.source_addr(), ip.destination_addr());

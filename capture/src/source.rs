@@ -76,7 +76,9 @@ impl PcapNgFallback {
                 Block::InterfaceDescription(idb) => {
                     let linktype = i32::try_from(u32::from(idb.linktype)).unwrap_or(-1);
                     let resolution = idb.options.iter().find_map(|o| match o {
-                        pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+                        pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption::IfTsResol(r) => {
+                            Some(*r)
+                        }
                         _ => None,
                     });
                     let per_second = match resolution {
@@ -114,7 +116,8 @@ impl PcapNgFallback {
                 continue;
             }
             // `ticks` is the raw 64-bit timestamp in the interface's resolution.
-            let ts_us = if *per_second == 0 { 0 } else { (u128::from(ticks) * 1_000_000 / u128::from(*per_second)) as u64 };
+            let ts_us =
+                if *per_second == 0 { 0 } else { (u128::from(ticks) * 1_000_000 / u128::from(*per_second)) as u64 };
             return Ok(Some(Frame { ts_us, wire_len, linktype: *linktype, data: &self.data }));
         }
     }
@@ -267,7 +270,8 @@ pub struct LiveSource {
 
 impl LiveSource {
     pub fn open(config: &LiveConfig) -> Result<LiveSource, CaptureError> {
-        let live = |error: pcap::Error| CaptureError::Live { interface: config.interface.clone(), message: error.to_string() };
+        let live =
+            |error: pcap::Error| CaptureError::Live { interface: config.interface.clone(), message: error.to_string() };
         let mut capture = pcap::Capture::from_device(config.interface.as_str())
             .map_err(live)?
             .snaplen(config.snaplen)

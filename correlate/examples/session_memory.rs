@@ -34,8 +34,14 @@ fn main() {
             ue_ipv6: None,
             nsapi: 5,
             tid: None,
-            access: Endpoint { control: Some(TunnelKey { address: sgsn, teid: i }), user: Some(TunnelKey { address: sgsn, teid: i ^ 0x8000_0000 }) },
-            core: Endpoint { control: Some(TunnelKey { address: ggsn, teid: i }), user: Some(TunnelKey { address: ggsn, teid: i ^ 0x8000_0000 }) },
+            access: Endpoint {
+                control: Some(TunnelKey { address: sgsn, teid: i }),
+                user: Some(TunnelKey { address: sgsn, teid: i ^ 0x8000_0000 }),
+            },
+            core: Endpoint {
+                control: Some(TunnelKey { address: ggsn, teid: i }),
+                user: Some(TunnelKey { address: ggsn, teid: i ^ 0x8000_0000 }),
+            },
             last_seen_us: 0,
         };
         if table.insert(session).is_none() {

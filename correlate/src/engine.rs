@@ -10,8 +10,8 @@ use crate::scan::{dns, http::HttpState, tls, Carrier, TokenFinder};
 use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey};
 use crate::wire::gtpu::{self, Transport};
 use crate::wire::{gtpv0, gtpv1, gtpv2, Tbcd, WireError};
-use gtpcharge_proto::Token;
 use crate::Map;
+use gtpcharge_proto::Token;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -285,12 +285,8 @@ impl Correlator {
     }
 
     fn pending_take(&mut self, datagram: &Datagram<'_>, sequence: u32, version: u8) -> Option<PendingKind> {
-        let key = PendingKey {
-            requester: datagram.destination.ip(),
-            responder: datagram.source.ip(),
-            sequence,
-            version,
-        };
+        let key =
+            PendingKey { requester: datagram.destination.ip(), responder: datagram.source.ip(), sequence, version };
         match self.pending.remove(&key) {
             Some(pending) => Some(pending.kind),
             None => {
@@ -337,7 +333,11 @@ impl Correlator {
                 let mut fields = fields;
                 if let (Some(linked), true) = (fields.linked_nsapi, header.teid != 0) {
                     // Secondary context: it inherits the subscriber of the primary it is linked to.
-                    match self.sessions.by_control(receiver, linked, datagram.source.ip()).and_then(|id| self.sessions.get(id)) {
+                    match self
+                        .sessions
+                        .by_control(receiver, linked, datagram.source.ip())
+                        .and_then(|id| self.sessions.get(id))
+                    {
                         Some(primary) => {
                             fields.imsi = fields.imsi.or(Some(primary.imsi));
                             fields.msisdn = fields.msisdn.or(Some(primary.msisdn));
@@ -358,8 +358,10 @@ impl Correlator {
                     (DELETE_PDP_REQUEST, true, _) | (_, _, None) => (0..16).collect(),
                     (_, _, Some(nsapi)) => vec![nsapi],
                 };
-                let sessions: Vec<u64> =
-                    nsapis.iter().filter_map(|nsapi| self.sessions.by_control(receiver, *nsapi, datagram.source.ip())).collect();
+                let sessions: Vec<u64> = nsapis
+                    .iter()
+                    .filter_map(|nsapi| self.sessions.by_control(receiver, *nsapi, datagram.source.ip()))
+                    .collect();
                 if sessions.is_empty() {
                     return self.stats.note("gtpc-unknown-context");
                 }
@@ -367,8 +369,7 @@ impl Correlator {
                     PendingKind::DeleteV1 { sessions }
                 } else {
                     let Some(&session) = sessions.first() else { return };
-                    let sender_is_access =
-                        self.sessions.get(session).is_some_and(|s| s.core.control == Some(receiver));
+                    let sender_is_access = self.sessions.get(session).is_some_and(|s| s.core.control == Some(receiver));
                     PendingKind::UpdateV1 { session, fields, sender_is_access }
                 };
                 self.pending_insert(key, kind);
@@ -466,8 +467,7 @@ impl Correlator {
                 let kind = if header.message_type == DELETE_SESSION_REQUEST {
                     PendingKind::DeleteV2 { session }
                 } else {
-                    let sender_is_access =
-                        self.sessions.get(session).is_some_and(|s| s.core.control == Some(receiver));
+                    let sender_is_access = self.sessions.get(session).is_some_and(|s| s.core.control == Some(receiver));
                     PendingKind::ModifyV2 { session, fields, sender_is_access }
                 };
                 self.pending_insert(key, kind);
@@ -747,7 +747,11 @@ impl Correlator {
         if tunnel.is_some_and(|t| self.sessions.is_tombstone(t)) {
             return Err("ended-tunnel");
         }
-        let id = self.sessions.by_ue_ip(source).ok_or(if self.sessions.is_empty() { "no-live-session" } else { "unknown-tunnel" })?;
+        let id = self.sessions.by_ue_ip(source).ok_or(if self.sessions.is_empty() {
+            "no-live-session"
+        } else {
+            "unknown-tunnel"
+        })?;
         let same_gsn = match (tunnel, self.sessions.get(id).and_then(|s| s.core.user)) {
             (Some(tunnel), Some(core)) => tunnel.address == core.address,
             (None, _) => true, // GTPv0: no tunnel key, the TID lookup already failed
@@ -951,8 +955,13 @@ fn scan_segment(
     }
 }
 
-
-fn collect(scanner: &Scanner, stats: &mut Stats, haystack: &[u8], carrier: Carrier, found: &mut [Option<(Token, Carrier)>; 4]) {
+fn collect(
+    scanner: &Scanner,
+    stats: &mut Stats,
+    haystack: &[u8],
+    carrier: Carrier,
+    found: &mut [Option<(Token, Carrier)>; 4],
+) {
     let haystack = haystack.get(..scanner.bytes_max).unwrap_or(haystack);
     let counts = scanner.finder.scan(haystack, |_, token| push_token(found, token, carrier));
     for _ in 0..counts.rejected {
@@ -968,7 +977,6 @@ fn push_token(found: &mut [Option<(Token, Carrier)>; 4], token: Token, carrier: 
         *slot = Some((token, carrier));
     }
 }
-
 
 fn ip_bits(ip: IpAddr) -> u128 {
     match ip {
@@ -1028,7 +1036,10 @@ mod tests {
 
     fn send(c: &mut Correlator, ts: u64, from: [u8; 4], to: [u8; 4], port: u16, payload: &[u8]) -> Vec<Event> {
         let mut out = Vec::new();
-        c.on_datagram(&Datagram { ts_us: ts, source: (from, port).into(), destination: (to, port).into(), payload }, &mut out);
+        c.on_datagram(
+            &Datagram { ts_us: ts, source: (from, port).into(), destination: (to, port).into(), payload },
+            &mut out,
+        );
         out
     }
 
@@ -1080,7 +1091,8 @@ mod tests {
     #[test]
     fn pairing_needs_the_same_gsns_and_an_accepting_cause() {
         let mut c = Correlator::new(Config { pending_timeout_ms: 1_000, ..Config::default() });
-        let request = [&[2u8, 0x00, 0x01, 0x10, 0x32, 0x54, 0x76, 0x98, 0xF0][..], &teids(0x11, 0x12), &[20, 5]].concat();
+        let request =
+            [&[2u8, 0x00, 0x01, 0x10, 0x32, 0x54, 0x76, 0x98, 0xF0][..], &teids(0x11, 0x12), &[20, 5]].concat();
         send(&mut c, 1, SGSN, GGSN, 2123, &v1(16, 0, 7, &request));
         let response = [&[1u8, 128][..], &teids(0x21, 0x22), &[128, 0, 6, 0xF1, 0x21, 10, 1, 2, 3]].concat();
         let stranger = [203, 0, 113, 9];

@@ -3,8 +3,8 @@
 //! where the flow is in its HTTP request. Bounded by `flows_max`; idle flows are swept.
 use crate::scan::http::HttpState;
 use crate::scan::Carrier;
-use gtpcharge_proto::token::TEXT_LEN;
 use crate::Map;
+use gtpcharge_proto::token::TEXT_LEN;
 use std::net::IpAddr;
 
 /// Bytes kept from the end of a segment: one less than a token, so any token crossing the boundary has

@@ -13,8 +13,8 @@
 //!   `session_idle_timeout_s` of packet time are ended with reason `idle-timeout`.
 use crate::event::Identity;
 use crate::wire::{Apn, Tbcd};
-use std::collections::hash_map::Entry;
 use crate::Map;
+use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -347,8 +347,7 @@ impl SessionTable {
 
     /// Removes and returns sessions not seen since `cutoff_us`.
     pub fn expire(&mut self, cutoff_us: u64) -> Vec<Session> {
-        let idle: Vec<u64> =
-            self.sessions.values().filter(|s| s.last_seen_us < cutoff_us).map(|s| s.id).collect();
+        let idle: Vec<u64> = self.sessions.values().filter(|s| s.last_seen_us < cutoff_us).map(|s| s.id).collect();
         idle.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 

@@ -43,15 +43,19 @@ fn steady_state_g_pdus_do_not_allocate() {
     let mut events = Vec::with_capacity(64);
     let request = [
         &[2u8, 0x00, 0x01, 0x10, 0x32, 0x54, 0x76, 0x98, 0xF0][..], // IMSI
-        &[16, 0, 0, 0, 0x11, 17, 0, 0, 0, 0x12, 20, 5],            // TEID data, TEID C, NSAPI
-        &[134, 0, 7, 0x91, 0x64, 0x07, 0x12, 0x32, 0x54, 0xF6],    // MSISDN
+        &[16, 0, 0, 0, 0x11, 17, 0, 0, 0, 0x12, 20, 5],             // TEID data, TEID C, NSAPI
+        &[134, 0, 7, 0x91, 0x64, 0x07, 0x12, 0x32, 0x54, 0xF6],     // MSISDN
     ]
     .concat();
-    let response = [&[1u8, 128, 16, 0, 0, 0, 0x21, 17, 0, 0, 0, 0x22][..], &[128, 0, 6, 0xF1, 0x21, 10, 1, 2, 3]].concat();
+    let response =
+        [&[1u8, 128, 16, 0, 0, 0, 0x21, 17, 0, 0, 0, 0x22][..], &[128, 0, 6, 0xF1, 0x21, 10, 1, 2, 3]].concat();
     let create = v1_message(16, 0, 1, &request);
     let accept = v1_message(17, 0x12, 1, &response);
     let send = |c: &mut Correlator, events: &mut Vec<_>, ts, src: [u8; 4], dst: [u8; 4], port, payload: &[u8]| {
-        c.on_datagram(&Datagram { ts_us: ts, source: (src, port).into(), destination: (dst, port).into(), payload }, events);
+        c.on_datagram(
+            &Datagram { ts_us: ts, source: (src, port).into(), destination: (dst, port).into(), payload },
+            events,
+        );
         events.clear();
     };
     send(&mut correlator, &mut events, 1, sgsn, ggsn, 2123, &create);
@@ -75,7 +79,10 @@ fn steady_state_g_pdus_do_not_allocate() {
         g_pdus.push(g);
     }
     let mut down_inner = Vec::new();
-    etherparse::PacketBuilder::ipv4([203, 0, 113, 80], [10, 1, 2, 3], 64).tcp(80, 40000, 1, 65535).write(&mut down_inner, &[b'x'; 1200]).unwrap();
+    etherparse::PacketBuilder::ipv4([203, 0, 113, 80], [10, 1, 2, 3], 64)
+        .tcp(80, 40000, 1, 65535)
+        .write(&mut down_inner, &[b'x'; 1200])
+        .unwrap();
     let mut down = vec![0x30, 0xFF];
     down.extend_from_slice(&(down_inner.len() as u16).to_be_bytes());
     down.extend_from_slice(&0x11u32.to_be_bytes());

@@ -16,7 +16,7 @@ use etherparse::PacketBuilder;
 use gtpcharge_proto::Token;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -37,7 +37,14 @@ pub struct Scenario {
 impl Scenario {
     /// The committed sample: small, every feature.
     pub fn sample() -> Scenario {
-        Scenario { seed: 7, subscribers: 24, traffic_rounds: 2, background_per_round: 2, edge_cases: true, tokens: Vec::new() }
+        Scenario {
+            seed: 7,
+            subscribers: 24,
+            traffic_rounds: 2,
+            background_per_round: 2,
+            edge_cases: true,
+            tokens: Vec::new(),
+        }
     }
 }
 
@@ -99,11 +106,7 @@ impl PcapFile {
 
 impl FrameSink for PcapFile {
     fn frame(&mut self, ts_us: u64, data: &[u8]) {
-        let header = pcap::PacketHeader {
-            ts: libc_timeval(ts_us),
-            caplen: data.len() as u32,
-            len: data.len() as u32,
-        };
+        let header = pcap::PacketHeader { ts: libc_timeval(ts_us), caplen: data.len() as u32, len: data.len() as u32 };
         self.save.write(&pcap::Packet::new(&header, data));
     }
 }
@@ -295,7 +298,11 @@ impl<'s, S: FrameSink> Generator<'s, S> {
             return self.udp((source, 2152), (destination, 2152), &payload);
         }
         let mut whole = Vec::new();
-        if PacketBuilder::ipv4(source.octets(), destination.octets(), 64).udp(2152, 2152).write(&mut whole, &payload).is_err() {
+        if PacketBuilder::ipv4(source.octets(), destination.octets(), 64)
+            .udp(2152, 2152)
+            .write(&mut whole, &payload)
+            .is_err()
+        {
             return;
         }
         let Ok((mut header, _)) = etherparse::Ipv4Header::from_slice(&whole) else { return };
@@ -309,7 +316,8 @@ impl<'s, S: FrameSink> Generator<'s, S> {
             let end = (start + chunk).min(transport.len());
             let mut h = header.clone();
             h.more_fragments = end < transport.len();
-            h.fragment_offset = etherparse::IpFragOffset::try_new((start / 8) as u16).unwrap_or(etherparse::IpFragOffset::ZERO);
+            h.fragment_offset =
+                etherparse::IpFragOffset::try_new((start / 8) as u16).unwrap_or(etherparse::IpFragOffset::ZERO);
             if h.set_payload_len(end - start).is_err() {
                 return;
             }
@@ -366,7 +374,10 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         // SYN
         let mut syn = Vec::new();
         let _ = match (v6, sub.ue_ipv6) {
-            (true, Some(ue6)) => PacketBuilder::ipv6(ue6.octets(), WEB6.octets(), 64).tcp(sub.tcp_port, 80, isn, 65535).syn().write(&mut syn, &[]),
+            (true, Some(ue6)) => PacketBuilder::ipv6(ue6.octets(), WEB6.octets(), 64)
+                .tcp(sub.tcp_port, 80, isn, 65535)
+                .syn()
+                .write(&mut syn, &[]),
             _ => PacketBuilder::ipv4(sub.ue_ipv4.octets(), WEB.octets(), 64)
                 .tcp(sub.tcp_port, if request.first() == Some(&0x16) { 443 } else { 80 }, isn, 65535)
                 .syn()
@@ -375,7 +386,9 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         self.uplink(sub, &syn);
         let start = isn.wrapping_add(1);
         let parts: Vec<(u32, &[u8])> = match split_at {
-            Some(at) if at < request.len() => vec![(start, &request[..at]), (start.wrapping_add(at as u32), &request[at..])],
+            Some(at) if at < request.len() => {
+                vec![(start, &request[..at]), (start.wrapping_add(at as u32), &request[at..])]
+            }
             _ => vec![(start, request)],
         };
         for (index, (sequence, bytes)) in parts.iter().enumerate() {
@@ -387,7 +400,9 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         }
         let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         let mut down = Vec::new();
-        let _ = PacketBuilder::ipv4(WEB.octets(), sub.ue_ipv4.octets(), 64).tcp(80, sub.tcp_port, 1, 65535).write(&mut down, response);
+        let _ = PacketBuilder::ipv4(WEB.octets(), sub.ue_ipv4.octets(), 64)
+            .tcp(80, sub.tcp_port, 1, 65535)
+            .write(&mut down, response);
         self.downlink(sub, &down);
     }
 
@@ -399,7 +414,9 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         }
         message.extend_from_slice(&[0, 0, 1, 0, 1]);
         let mut inner = Vec::new();
-        let _ = PacketBuilder::ipv4(sub.ue_ipv4.octets(), RESOLVER.octets(), 64).udp(40000 + (sub.tcp_port % 1000), 53).write(&mut inner, &message);
+        let _ = PacketBuilder::ipv4(sub.ue_ipv4.octets(), RESOLVER.octets(), 64)
+            .udp(40000 + (sub.tcp_port % 1000), 53)
+            .write(&mut inner, &message);
         self.uplink(sub, &inner);
     }
 
@@ -408,11 +425,17 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         let body = vec![b'x'; size];
         let sent = size.min(100);
         let mut up = Vec::new();
-        let _ = PacketBuilder::ipv4(sub.ue_ipv4.octets(), WEB.octets(), 64).tcp(50000, 8443, sub.tcp_sequence, 65535).ack(1).write(&mut up, &body[..sent]);
+        let _ = PacketBuilder::ipv4(sub.ue_ipv4.octets(), WEB.octets(), 64)
+            .tcp(50000, 8443, sub.tcp_sequence, 65535)
+            .ack(1)
+            .write(&mut up, &body[..sent]);
         sub.tcp_sequence = sub.tcp_sequence.wrapping_add(sent as u32);
         self.uplink(sub, &up);
         let mut down = Vec::new();
-        let _ = PacketBuilder::ipv4(WEB.octets(), sub.ue_ipv4.octets(), 64).tcp(8443, 50000, 1, 65535).ack(1).write(&mut down, &body);
+        let _ = PacketBuilder::ipv4(WEB.octets(), sub.ue_ipv4.octets(), 64)
+            .tcp(8443, 50000, 1, 65535)
+            .ack(1)
+            .write(&mut down, &body);
         self.downlink(sub, &down);
     }
 
@@ -602,7 +625,8 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         let text = token.to_string();
         match placement {
             Placement::HttpUrl => {
-                let request = format!("GET /confirm?t={text}&sp=42 HTTP/1.1\r\nHost: pay.sp.example\r\nUser-Agent: test\r\n\r\n");
+                let request =
+                    format!("GET /confirm?t={text}&sp=42 HTTP/1.1\r\nHost: pay.sp.example\r\nUser-Agent: test\r\n\r\n");
                 let retransmit = self.rng.next_u64() % 3 == 0;
                 self.http_request(sub, request.as_bytes(), None, retransmit);
             }
@@ -625,7 +649,8 @@ impl<'s, S: FrameSink> Generator<'s, S> {
                 self.dns_query(sub, &name);
             }
             Placement::TlsSni => {
-                let hello = gtpcharge_correlate::scan::tls::build_client_hello(format!("{text}.pay.example").as_bytes());
+                let hello =
+                    gtpcharge_correlate::scan::tls::build_client_hello(format!("{text}.pay.example").as_bytes());
                 self.http_request(sub, &hello, None, false);
             }
         }
@@ -635,27 +660,28 @@ impl<'s, S: FrameSink> Generator<'s, S> {
     fn look_alike(&mut self, sub: &mut Subscriber) {
         let mut text = self.random_token().to_string().into_bytes();
         text[20] = if text[20] == b'a' { b'b' } else { b'a' };
-        let request = format!("GET /confirm?t={} HTTP/1.1\r\nHost: pay.sp.example\r\n\r\n", String::from_utf8_lossy(&text));
+        let request =
+            format!("GET /confirm?t={} HTTP/1.1\r\nHost: pay.sp.example\r\n\r\n", String::from_utf8_lossy(&text));
         self.http_request(sub, request.as_bytes(), None, false);
     }
 
     fn malformed(&mut self) {
         let garbage_gtpc: [&[u8]; 5] = [
-            &[0x32, 16, 0, 40, 0, 0, 0, 0, 0, 1],                            // length beyond the datagram
-            &[0x32, 16, 0, 8, 0, 0, 0, 0, 0, 9, 0, 0, 100, 1, 2, 3],          // unknown TV IE 100
-            &[0x32, 16, 0, 7, 0, 0, 0, 0, 0, 9, 0, 0, 131, 0, 60],           // TLV longer than the message
-            &[0xE2, 1, 0, 0],                                                 // version 7
-            &[0x48, 32, 0, 3, 0, 0, 0],                                       // GTPv2 length too short
+            &[0x32, 16, 0, 40, 0, 0, 0, 0, 0, 1], // length beyond the datagram
+            &[0x32, 16, 0, 8, 0, 0, 0, 0, 0, 9, 0, 0, 100, 1, 2, 3], // unknown TV IE 100
+            &[0x32, 16, 0, 7, 0, 0, 0, 0, 0, 9, 0, 0, 131, 0, 60], // TLV longer than the message
+            &[0xE2, 1, 0, 0],                     // version 7
+            &[0x48, 32, 0, 3, 0, 0, 0],           // GTPv2 length too short
         ];
         for bytes in garbage_gtpc {
             self.tick(1_000);
             self.udp((SGSN_1, 2123), (GGSN, 2123), bytes);
         }
         let garbage_gtpu: [&[u8]; 4] = [
-            b"not gtp at all, just bytes on port 2152",                        // false GTP (like zeek's gtp3)
-            &[0x34, 0xFF, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0x85, 0, 0, 0, 0],       // zero-length extension
-            &[0x30, 0xFF, 0, 4, 0, 0, 0, 1, 0x45, 0, 0, 60],                  // truncated inner IPv4
-            &[0x30, 0x01, 0, 4, 0, 0, 0, 0, 0, 1, 0, 0],                     // GTP-U echo request
+            b"not gtp at all, just bytes on port 2152", // false GTP (like zeek's gtp3)
+            &[0x34, 0xFF, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0x85, 0, 0, 0, 0], // zero-length extension
+            &[0x30, 0xFF, 0, 4, 0, 0, 0, 1, 0x45, 0, 0, 60], // truncated inner IPv4
+            &[0x30, 0x01, 0, 4, 0, 0, 0, 0, 0, 1, 0, 0], // GTP-U echo request
         ];
         for bytes in garbage_gtpu {
             self.tick(1_000);
@@ -692,7 +718,11 @@ pub fn generate<S: FrameSink>(scenario: &Scenario, sink: &mut S) -> Truth {
             // Subscribers 0 and 1 share one private address on two APNs.
             let host = if i == 1 { 0 } else { i };
             let ip = Ipv4Addr::new(10, 64 + (host >> 16) as u8, (host >> 8) as u8, (host & 0xFF) as u8);
-            let ip = if ip.octets()[3] == 0 { Ipv4Addr::new(10, 200, (host >> 8) as u8, (host & 0xFF) as u8 + 1) } else { ip };
+            let ip = if ip.octets()[3] == 0 {
+                Ipv4Addr::new(10, 200, (host >> 8) as u8, (host & 0xFF) as u8 + 1)
+            } else {
+                ip
+            };
             let apn = if i == 1 { "corp.example" } else { "internet" };
             g.subscriber(i, ip, apn)
         })
@@ -704,13 +734,19 @@ pub fn generate<S: FrameSink>(scenario: &Scenario, sink: &mut S) -> Truth {
         g.create(&mut refused, false);
         let token = g.token();
         let text = token.to_string();
-        g.http_request(&mut refused, format!("GET /confirm?t={text} HTTP/1.1\r\nHost: pay.sp.example\r\n\r\n").as_bytes(), None, false);
+        g.http_request(
+            &mut refused,
+            format!("GET /confirm?t={text} HTTP/1.1\r\nHost: pay.sp.example\r\n\r\n").as_bytes(),
+            None,
+            false,
+        );
         g.truth.unattributed.push(token);
     }
     for sub in subscribers.iter_mut() {
         g.create(sub, true);
     }
-    let placements = [Placement::HttpUrl, Placement::HttpHeader, Placement::Dns, Placement::TlsSni, Placement::HttpUrlSplit];
+    let placements =
+        [Placement::HttpUrl, Placement::HttpHeader, Placement::Dns, Placement::TlsSni, Placement::HttpUrlSplit];
     for round in 0..scenario.traffic_rounds {
         for (i, sub) in subscribers.iter_mut().enumerate() {
             for _ in 0..scenario.background_per_round {
@@ -747,13 +783,19 @@ pub fn generate<S: FrameSink>(scenario: &Scenario, sink: &mut S) -> Truth {
         let token = g.token();
         let text = token.to_string();
         let mut ghost = leaving.clone();
-        g.http_request(&mut ghost, format!("GET /confirm?t={text} HTTP/1.1\r\nHost: pay.sp.example\r\n\r\n").as_bytes(), None, false);
+        g.http_request(
+            &mut ghost,
+            format!("GET /confirm?t={text} HTTP/1.1\r\nHost: pay.sp.example\r\n\r\n").as_bytes(),
+            None,
+            false,
+        );
         g.truth.unattributed.push(token);
         // A large request whose G-PDU exceeds the MTU: the outer IPv4 packet is fragmented.
         let big_header = "a".repeat(1600);
         let mut sub = subscribers[4].clone();
         let token = g.token();
-        let request = format!("GET /confirm?t={token} HTTP/1.1\r\nHost: pay.sp.example\r\nCookie: {big_header}\r\n\r\n");
+        let request =
+            format!("GET /confirm?t={token} HTTP/1.1\r\nHost: pay.sp.example\r\nCookie: {big_header}\r\n\r\n");
         g.http_request(&mut sub, request.as_bytes(), None, false);
         g.truth.sightings.push((token, sub.msisdn.clone()));
         subscribers.push(newcomer);
@@ -766,9 +808,4 @@ pub fn generate<S: FrameSink>(scenario: &Scenario, sink: &mut S) -> Truth {
         }
     }
     g.truth
-}
-
-/// Addresses used, for documentation and tests.
-pub fn gsn_addresses() -> [IpAddr; 10] {
-    [SGSN_1, SGSN_1_USER, SGSN_2, SGSN_2_USER, GGSN, GGSN_USER, SGW, SGW_USER, PGW, PGW_USER].map(IpAddr::V4)
 }

@@ -25,7 +25,9 @@ pub fn database_url(dir: &std::path::Path, seed: u64) -> (String, Option<(String
             (format!("{prefix}/{name}"), Some((base.clone(), name)))
         }
         Err(_) => {
-            eprintln!("\n*** END TO END ON SQLITE ONLY: GTPCHARGE_TEST_DATABASE_URL is not set (.ci/run sets it) ***\n");
+            eprintln!(
+                "\n*** END TO END ON SQLITE ONLY: GTPCHARGE_TEST_DATABASE_URL is not set (.ci/run sets it) ***\n"
+            );
             (format!("sqlite://{}/ledger.sqlite?mode=rwc", dir.display()), None)
         }
     }
@@ -97,7 +99,14 @@ impl World {
         let server = serve(&database, port);
         let url = format!("http://127.0.0.1:{port}");
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let mut scenario = Scenario { seed, subscribers, traffic_rounds: 2, background_per_round: 1, edge_cases: true, tokens: Vec::new() };
+        let mut scenario = Scenario {
+            seed,
+            subscribers,
+            traffic_rounds: 2,
+            background_per_round: 1,
+            edge_cases: true,
+            tokens: Vec::new(),
+        };
         // How many tokens the scenario carries, then that many real purchases.
         let dry_truth = generate(&scenario, &mut Vec::<(u64, Vec<u8>)>::new());
         let needed = dry_truth.sightings.len() + dry_truth.unattributed.len();
@@ -137,14 +146,21 @@ impl World {
     /// down by exactly one charge per purchase, the ledger balanced.
     pub fn check(&self) {
         self.runtime.block_on(async {
-            let mut client = pb::purchase_service_client::PurchaseServiceClient::connect(self.url.clone()).await.unwrap();
+            let mut client =
+                pb::purchase_service_client::PurchaseServiceClient::connect(self.url.clone()).await.unwrap();
             for (token, msisdn) in &self.truth.sightings {
-                let request = pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token.to_string())) };
+                let request =
+                    pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token.to_string())) };
                 let p = client.get_purchase(authed(&self.api_key, request)).await.unwrap().into_inner();
-                assert_eq!((p.state, p.charged_msisdn.as_str()), (pb::PurchaseState::Charged as i32, msisdn.as_str()), "{token}");
+                assert_eq!(
+                    (p.state, p.charged_msisdn.as_str()),
+                    (pb::PurchaseState::Charged as i32, msisdn.as_str()),
+                    "{token}"
+                );
             }
             for token in &self.truth.unattributed {
-                let request = pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token.to_string())) };
+                let request =
+                    pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token.to_string())) };
                 let p = client.get_purchase(authed(&self.api_key, request)).await.unwrap().into_inner();
                 assert_eq!(p.state, pb::PurchaseState::Pending as i32, "an unattributed token must not be charged");
             }
@@ -171,4 +187,3 @@ impl Drop for World {
         }
     }
 }
-

@@ -27,7 +27,10 @@ impl<'a> Reader<'a> {
     }
     fn u16(&mut self) -> Result<usize, TlsError> {
         let b = self.bytes(2)?;
-        Ok(usize::from(u16::from_be_bytes([*b.first().ok_or(TlsError::Truncated)?, *b.get(1).ok_or(TlsError::Truncated)?])))
+        Ok(usize::from(u16::from_be_bytes([
+            *b.first().ok_or(TlsError::Truncated)?,
+            *b.get(1).ok_or(TlsError::Truncated)?,
+        ])))
     }
 }
 
@@ -65,7 +68,10 @@ pub fn client_hello_sni(segment: &[u8], out: &mut [u8; NAME_MAX]) -> Result<usiz
         let list_end = (e.at + list_len).min(ext.len());
         while e.at + 3 <= list_end {
             let name_type = e.u8().map_err(|_| TlsError::Malformed)?;
-            let name = { let len = e.u16().map_err(|_| TlsError::Malformed)?; e.bytes(len).map_err(|_| TlsError::Malformed)? };
+            let name = {
+                let len = e.u16().map_err(|_| TlsError::Malformed)?;
+                e.bytes(len).map_err(|_| TlsError::Malformed)?
+            };
             if name_type == 0 {
                 let target = out.get_mut(..name.len()).ok_or(TlsError::Malformed)?;
                 for (slot, byte) in target.iter_mut().zip(name) {

@@ -7,8 +7,20 @@ use std::net::IpAddr;
 /// What the inner packet carried, borrowed from the G-PDU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport<'a> {
-    Tcp { source_port: u16, destination_port: u16, sequence: u32, syn: bool, fin: bool, rst: bool, payload: &'a [u8] },
-    Udp { source_port: u16, destination_port: u16, payload: &'a [u8] },
+    Tcp {
+        source_port: u16,
+        destination_port: u16,
+        sequence: u32,
+        syn: bool,
+        fin: bool,
+        rst: bool,
+        payload: &'a [u8],
+    },
+    Udp {
+        source_port: u16,
+        destination_port: u16,
+        payload: &'a [u8],
+    },
     /// Another protocol (ICMP, ESP ...): not scanned.
     Other,
 }
@@ -87,9 +99,12 @@ mod tests {
             .unwrap();
         let inner = inner_packet(&tcp).unwrap();
         assert_eq!(inner.source, IpAddr::from([10, 0, 0, 1]));
-        assert!(matches!(inner.transport, Transport::Tcp { destination_port: 80, sequence: 1000, payload: b"GET / HTTP/1.1\r\n", .. }));
+        assert!(matches!(
+            inner.transport,
+            Transport::Tcp { destination_port: 80, sequence: 1000, payload: b"GET / HTTP/1.1\r\n", .. }
+        ));
         let mut udp = Vec::new();
-        etherparse::PacketBuilder::ipv6([0x20; 16], [0x30; 16], 64).udp(5353, 53, ).write(&mut udp, b"q").unwrap();
+        etherparse::PacketBuilder::ipv6([0x20; 16], [0x30; 16], 64).udp(5353, 53).write(&mut udp, b"q").unwrap();
         assert!(matches!(inner_packet(&udp).unwrap().transport, Transport::Udp { destination_port: 53, .. }));
         assert_eq!(inner_packet(&tcp[..30]), Err(InnerError::Ip), "IP total length beyond the data");
         assert_eq!(inner_packet(&[0x45, 0, 0]), Err(InnerError::Ip));

@@ -92,8 +92,8 @@ mod tests {
         let mut data = vec![0x1E, 0x10, 0, 0, 0x10, 0x01, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
         data.extend_from_slice(&[0x42, 0x00, 0x01, 0x21, 0x43, 0x65, 0x87, 0x09]);
         let ies = [
-            &[6u8, 1, 2, 3][..],                                    // QoS profile (v0: 3 bytes)
-            &[16, 0, 1],                                            // Flow label data I (v0: 2 bytes)
+            &[6u8, 1, 2, 3][..], // QoS profile (v0: 3 bytes)
+            &[16, 0, 1],         // Flow label data I (v0: 2 bytes)
             &[131, 0, 9, 8, b'i', b'n', b't', b'e', b'r', b'n', b'e', b't'],
             &[134, 0, 7, 0x91, 0x64, 0x07, 0x12, 0x32, 0x54, 0xF6],
         ]

@@ -55,7 +55,11 @@ impl<'a> Header<'a> {
         let length = usize::from(u16::from_be_bytes([length_high, length_low]));
         let teid = u32::from_be_bytes([t0, t1, t2, t3]);
         let total = Self::FIXED_LEN + length;
-        let message = data.get(..total).ok_or(WireError::Truncated { layer: "GTPv1 message", needed: total, have: data.len() })?;
+        let message = data.get(..total).ok_or(WireError::Truncated {
+            layer: "GTPv1 message",
+            needed: total,
+            have: data.len(),
+        })?;
         let (mut sequence, mut n_pdu, mut extensions) = (None, None, 0u8);
         let mut at = Self::FIXED_LEN;
         if flags & 0x07 != 0 {
@@ -168,7 +172,8 @@ impl<'a> IeIter<'a> {
         let rest = self.data.get(self.at..).unwrap_or_default();
         let ie_type = *rest.first().ok_or(WireError::BadIe("GTPv1-C"))?;
         let (header_len, value_len) = if ie_type >= 128 {
-            let len = be_u16(rest, 1).ok_or(WireError::Truncated { layer: "GTPv1-C TLV IE", needed: 3, have: rest.len() })?;
+            let len =
+                be_u16(rest, 1).ok_or(WireError::Truncated { layer: "GTPv1-C TLV IE", needed: 3, have: rest.len() })?;
             (3, usize::from(len))
         } else {
             (1, (self.tv_len)(ie_type).ok_or(WireError::UnknownTv(ie_type))?)
