@@ -30,6 +30,14 @@ fn postgres_restarted_mid_delivery_charges_every_purchase_once() {
             Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", version, name, action]).status().unwrap();
         assert!(status.success(), "pg_ctlcluster {action}");
     };
+    /// Starts the cluster again however the test ends: later tests need it.
+    struct Restart(String, String);
+    impl Drop for Restart {
+        fn drop(&mut self) {
+            let _ = Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &self.0, &self.1, "start"]).status();
+        }
+    }
+    let _restart = Restart(version.to_owned(), name.to_owned());
     pg("stop");
     let started = std::time::Instant::now();
     let spool = world.dir.path().join("spool");
