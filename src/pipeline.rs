@@ -127,61 +127,53 @@ impl Lanes {
             b
         })
     }
+
+    /// Sends the filled batch and puts an empty one in its place (waits for one: policy block).
+    fn hand_over(&self, batch: &mut Batch) {
+        let next = self.next_empty().unwrap_or_default();
+        let _ = self.full.send(std::mem::replace(batch, next));
+    }
 }
 
-fn lanes<T>(spawn: impl FnOnce(Lanes) -> std::thread::JoinHandle<T>) -> Reader<T> {
+/// Starts the reader thread with its lanes: batches out, used batches back.
+fn spawn_reader<T: Send + 'static>(work: impl FnOnce(Lanes) -> T + Send + 'static) -> std::io::Result<Reader<T>> {
     let (full, batches) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT);
     let (recycle, empty) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT + 2);
     for _ in 0..BATCHES_IN_FLIGHT + 2 {
         let _ = recycle.try_send(Batch::default());
     }
-    let thread = spawn(Lanes { full, empty });
-    Reader { batches, recycle, thread }
+    let lanes = Lanes { full, empty };
+    let thread = std::thread::Builder::new().name("reader".into()).spawn(move || work(lanes))?;
+    Ok(Reader { batches, recycle, thread })
 }
 
 /// Reads capture files in order on a reader thread. The thread returns, per file, the error that ended
 /// it early (if any).
 pub fn read_files(sources: Vec<FileSource>, decoder: DecoderConfig) -> std::io::Result<Reader<Vec<CaptureError>>> {
-    let builder = std::thread::Builder::new().name("reader".into());
-    let mut spawn_error = None;
-    let reader = lanes(|lanes| {
-        let result = builder.spawn(move || {
-            let mut decoder = Decoder::new(&decoder);
-            let mut errors = Vec::new();
-            let Some(mut batch) = lanes.next_empty() else { return errors };
-            let mut position = 0u64;
-            for mut source in sources {
-                let result = source.for_each(|frame| {
-                    position += 16 + frame.data.len() as u64;
-                    batch.push(&mut decoder, frame);
-                    if batch.is_full() {
-                        batch.position = position;
-                        let next = lanes.next_empty().unwrap_or_default();
-                        let _ = lanes.full.send(std::mem::replace(&mut batch, next));
-                    }
-                });
-                if let Err(error) = result {
-                    errors.push(error);
+    spawn_reader(move |lanes| {
+        let mut decoder = Decoder::new(&decoder);
+        let mut errors = Vec::new();
+        let Some(mut batch) = lanes.next_empty() else { return errors };
+        let mut position = 0u64;
+        for mut source in sources {
+            let result = source.for_each(|frame| {
+                position += 16 + frame.data.len() as u64;
+                batch.push(&mut decoder, frame);
+                if batch.is_full() {
+                    batch.position = position;
+                    lanes.hand_over(&mut batch);
                 }
-            }
-            if !batch.is_empty() {
-                batch.position = position;
-                let _ = lanes.full.send(batch);
-            }
-            errors
-        });
-        match result {
-            Ok(handle) => handle,
-            Err(error) => {
-                spawn_error = Some(error);
-                std::thread::spawn(Vec::new)
+            });
+            if let Err(error) = result {
+                errors.push(error);
             }
         }
-    });
-    match spawn_error {
-        Some(error) => Err(error),
-        None => Ok(reader),
-    }
+        if !batch.is_empty() {
+            batch.position = position;
+            let _ = lanes.full.send(batch);
+        }
+        errors
+    })
 }
 
 /// Reads a live interface on a reader thread until `stop`; libpcap's counters are refreshed into
@@ -192,50 +184,35 @@ pub fn read_live(
     stop: Arc<AtomicBool>,
     libpcap: Arc<Mutex<Option<LiveStats>>>,
 ) -> std::io::Result<Reader<Option<CaptureError>>> {
-    let builder = std::thread::Builder::new().name("reader".into());
-    let mut spawn_error = None;
-    let reader = lanes(|lanes| {
-        let result = builder.spawn(move || {
-            let mut decoder = Decoder::new(&decoder);
-            let mut batch = lanes.next_empty()?;
-            let mut started = Instant::now();
-            let mut failure = None;
-            while !stop.load(Ordering::SeqCst) {
-                match source.next_frame() {
-                    Ok(Some(frame)) => batch.push(&mut decoder, &frame),
-                    Ok(None) => {}
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
-                    }
-                }
-                if batch.is_full() || (!batch.is_empty() && started.elapsed() >= BATCH_AGE_MAX) {
-                    if let Ok(mut shared) = libpcap.lock() {
-                        *shared = source.stats().ok();
-                    }
-                    let next = lanes.next_empty().unwrap_or_default();
-                    let _ = lanes.full.send(std::mem::replace(&mut batch, next));
-                    started = Instant::now();
-                }
-            }
+    spawn_reader(move |lanes| {
+        let mut decoder = Decoder::new(&decoder);
+        let mut batch = lanes.next_empty()?;
+        let mut started = Instant::now();
+        let mut failure = None;
+        let refresh = |source: &mut LiveSource| {
             if let Ok(mut shared) = libpcap.lock() {
                 *shared = source.stats().ok();
             }
-            if !batch.is_empty() {
-                let _ = lanes.full.send(batch);
+        };
+        while !stop.load(Ordering::SeqCst) {
+            match source.next_frame() {
+                Ok(Some(frame)) => batch.push(&mut decoder, &frame),
+                Ok(None) => {}
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
             }
-            failure
-        });
-        match result {
-            Ok(handle) => handle,
-            Err(error) => {
-                spawn_error = Some(error);
-                std::thread::spawn(|| None)
+            if batch.is_full() || (!batch.is_empty() && started.elapsed() >= BATCH_AGE_MAX) {
+                refresh(&mut source);
+                lanes.hand_over(&mut batch);
+                started = Instant::now();
             }
         }
-    });
-    match spawn_error {
-        Some(error) => Err(error),
-        None => Ok(reader),
-    }
+        refresh(&mut source);
+        if !batch.is_empty() {
+            let _ = lanes.full.send(batch);
+        }
+        failure
+    })
 }

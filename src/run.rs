@@ -76,25 +76,13 @@ impl ProbeRun {
     /// One frame through the probe; its events to every sink.
     pub fn frame(&mut self, frame: &Frame<'_>) {
         let ProbeRun { probe, out, delivery, skipped_no_msisdn, .. } = self;
-        probe.frame(frame, |event| {
-            out.write(event);
-            if let Some(delivery) = delivery {
-                deliver(delivery, skipped_no_msisdn, event);
-            }
-            logging::event(event);
-        });
+        probe.frame(frame, |event| sink(out, delivery, skipped_no_msisdn, event));
     }
 
     /// A batch from the pipeline's reader thread, its events to every sink.
     pub fn batch(&mut self, batch: &crate::pipeline::Batch) {
         let ProbeRun { probe, out, delivery, skipped_no_msisdn, .. } = self;
-        probe.batch(batch, |event| {
-            out.write(event);
-            if let Some(delivery) = delivery {
-                deliver(delivery, skipped_no_msisdn, event);
-            }
-            logging::event(event);
-        });
+        probe.batch(batch, |event| sink(out, delivery, skipped_no_msisdn, event));
     }
 
     /// Whether metrics are served and a second has passed since the last snapshot.
@@ -146,6 +134,15 @@ impl ProbeRun {
         }
         Ok(true)
     }
+}
+
+/// Every event to every sink: stdout, delivery (sightings), the debug log.
+fn sink(out: &mut EventOut, delivery: &Option<Delivery>, skipped: &mut u64, event: &Event) {
+    out.write(event);
+    if let Some(delivery) = delivery {
+        deliver(delivery, skipped, event);
+    }
+    logging::event(event);
 }
 
 /// Hands a sighting to delivery; sightings without an MSISDN cannot be charged and are counted.

@@ -34,7 +34,8 @@ fn postgres_restarted_mid_delivery_charges_every_purchase_once() {
     struct Restart(String, String);
     impl Drop for Restart {
         fn drop(&mut self) {
-            let _ = Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &self.0, &self.1, "start"]).status();
+            let _ =
+                Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &self.0, &self.1, "start"]).status();
         }
     }
     let _restart = Restart(version.to_owned(), name.to_owned());

@@ -8,6 +8,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `gtpcharge replay` of the world's capture, reporting to its billing server.
+fn replay_command(world: &World) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gtpcharge"));
+    command.args([
+        "replay",
+        world.capture.to_str().unwrap(),
+        "--billing-url",
+        &world.url,
+        "--probe-key",
+        &world.probe_key,
+    ]);
+    command
+}
+
 fn batches(spool: &Path) -> usize {
     std::fs::read_dir(spool)
         .map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "batch"))).count())
@@ -20,8 +34,7 @@ fn probe_killed_with_a_full_spool_delivers_it_on_the_next_start() {
     world.server.kill().unwrap();
     world.server.wait().unwrap();
     let spool = world.dir.path().join("spool");
-    let mut probe = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
-        .args(["replay", world.capture.to_str().unwrap(), "--billing-url", &world.url, "--probe-key", &world.probe_key])
+    let mut probe = replay_command(&world)
         .args(["--spool-dir", spool.to_str().unwrap(), "--drain-timeout-s", "120"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -61,8 +74,7 @@ fn a_full_spool_is_loud_and_loses_nothing() {
     world.server.kill().unwrap();
     world.server.wait().unwrap();
     let spool = world.dir.path().join("spool");
-    let probe = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
-        .args(["replay", world.capture.to_str().unwrap(), "--billing-url", &world.url, "--probe-key", &world.probe_key])
+    let probe = replay_command(&world)
         .args(["--spool-dir", spool.to_str().unwrap(), "--spool-max-bytes", "1500", "--drain-timeout-s", "120"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -154,8 +166,7 @@ fn spool_disk_full_is_loud_and_loses_nothing_once_the_api_is_back() {
     let _unmount = Unmount(spool.clone());
     world.server.kill().unwrap();
     world.server.wait().unwrap();
-    let probe = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
-        .args(["replay", world.capture.to_str().unwrap(), "--billing-url", &world.url, "--probe-key", &world.probe_key])
+    let probe = replay_command(&world)
         .args(["--spool-dir", spool.to_str().unwrap(), "--drain-timeout-s", "120"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

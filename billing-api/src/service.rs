@@ -40,6 +40,12 @@ async fn authenticate<T>(ledger: &Ledger, request: &Request<T>, kind: Kind) -> R
     Ok(caller)
 }
 
+/// Authenticates an SP call; returns the SP's id.
+async fn authenticate_service_provider<T>(ledger: &Ledger, request: &Request<T>) -> Result<i64, Status> {
+    let caller = authenticate(ledger, request, Kind::ServiceProvider).await?;
+    caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))
+}
+
 fn parse_id(text: &str) -> Result<i64, Status> {
     text.parse::<i64>()
         .ok()
@@ -141,8 +147,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::CreatePurchaseRequest>,
     ) -> Result<Response<pb::Purchase>, Status> {
-        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
-        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let sp = authenticate_service_provider(&self.ledger, &request).await?;
         let r = request.into_inner();
         let new = ledger::NewPurchase {
             product_id: r.product_id,
@@ -157,8 +162,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
     }
 
     async fn get_purchase(&self, request: Request<pb::GetPurchaseRequest>) -> Result<Response<pb::Purchase>, Status> {
-        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
-        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let sp = authenticate_service_provider(&self.ledger, &request).await?;
         let purchase = match request.into_inner().key {
             Some(pb::get_purchase_request::Key::Id(id)) => {
                 self.ledger.get_purchase(sp, Some(parse_id(&id)?), None).await?
@@ -175,8 +179,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::ListPurchasesRequest>,
     ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
-        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
-        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let sp = authenticate_service_provider(&self.ledger, &request).await?;
         let r = request.into_inner();
         let (size, before) = page(r.page_size, &r.page_token)?;
         let state = pb::PurchaseState::try_from(r.state).map_err(|_| Status::invalid_argument("unknown state"))?;
@@ -200,8 +203,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::CancelPurchaseRequest>,
     ) -> Result<Response<pb::Purchase>, Status> {
-        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
-        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let sp = authenticate_service_provider(&self.ledger, &request).await?;
         let purchase = self.ledger.cancel(sp, parse_id(&request.into_inner().id)?).await?;
         Ok(Response::new(purchase_to_pb(&purchase)))
     }
@@ -210,8 +212,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::RefundPurchaseRequest>,
     ) -> Result<Response<pb::RefundPurchaseResponse>, Status> {
-        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
-        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let sp = authenticate_service_provider(&self.ledger, &request).await?;
         let r = request.into_inner();
         let (purchase, refunded_now) =
             self.ledger.refund(sp, parse_id(&r.id)?, r.amount, &r.refund_key, &r.reason).await?;
@@ -224,8 +225,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::WatchPurchasesRequest>,
     ) -> Result<Response<ChangeStream>, Status> {
-        let caller = authenticate(&self.ledger, &request, Kind::ServiceProvider).await?;
-        let sp = caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))?;
+        let sp = authenticate_service_provider(&self.ledger, &request).await?;
         let mut cursor = request.into_inner().after_cursor;
         if cursor < 0 {
             return Err(Status::invalid_argument("after_cursor must not be negative"));
