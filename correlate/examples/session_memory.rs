@@ -44,8 +44,8 @@ fn main() {
             },
             last_seen_us: 0,
         };
-        if table.insert(session).is_none() {
-            eprintln!("table full at {i}");
+        if let Err(reason) = table.insert(session) {
+            eprintln!("refused at {i}: {reason}");
             break;
         }
     }

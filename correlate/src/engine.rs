@@ -607,28 +607,43 @@ impl Correlator {
 
     fn session_up(&mut self, session: Session, out: &mut Vec<Event>) {
         match self.sessions.insert(session) {
-            Some((id, displaced)) => {
+            Ok((id, displaced)) => {
                 for old in displaced {
                     self.session_down(&old, "replaced", out);
                 }
                 if let Some(session) = self.sessions.get(id) {
                     self.stats.sessions_up += 1;
-                    out.push(Event::SessionUp(session_event(session, self.now_us, "created")));
+                    out.push(Event::SessionUp(session_event(&session, self.now_us, "created")));
                 }
+                self.note_crowding();
             }
-            None => self.stats.drop("session-table-full"),
+            Err(reason) => self.stats.drop(reason),
         }
     }
 
     fn session_update(&mut self, id: u64, out: &mut Vec<Event>, change: impl FnOnce(&mut Session)) {
-        let displaced = self.sessions.update(id, change);
+        let displaced = match self.sessions.update(id, change) {
+            Ok(displaced) => displaced,
+            Err(reason) => return self.stats.drop(reason),
+        };
         for old in displaced {
             self.session_down(&old, "replaced", out);
         }
         self.sessions.touch(id, self.now_us);
         if let Some(session) = self.sessions.get(id) {
             self.stats.sessions_updated += 1;
-            out.push(Event::SessionUpdate(session_event(session, self.now_us, "updated")));
+            out.push(Event::SessionUpdate(session_event(&session, self.now_us, "updated")));
+        }
+        self.note_crowding();
+    }
+
+    /// Sessions the table left out of a crowded index (see `session::SHARED_KEY_MAX`), as notes.
+    fn note_crowding(&mut self) {
+        let (control, ue_ip) = self.sessions.crowded();
+        for (name, count) in [("control-key-crowded", control), ("ue-ip-crowded", ue_ip)] {
+            if count > 0 {
+                self.stats.other_notes.insert(name, count);
+            }
         }
     }
 
@@ -679,11 +694,7 @@ impl Correlator {
         let mut unattributed_reason = "unknown-tunnel";
         let attributed = match found {
             Some((id, _)) => {
-                let owns_source = self.sessions.touch(id, now).is_some_and(|s| {
-                    s.ue_ipv4.map(IpAddr::V4) == Some(packet.source)
-                        || s.ue_ipv6.map(IpAddr::V6) == Some(packet.source)
-                        || (s.ue_ipv4.is_none() && s.ue_ipv6.is_none())
-                });
+                let owns_source = self.sessions.touch(id, now) && self.sessions.may_send_from(id, packet.source);
                 if !owns_source {
                     self.stats.note("inner-source-not-ue-ip");
                 }
@@ -829,7 +840,7 @@ impl Correlator {
         out: &mut Vec<Event>,
     ) {
         let session = attributed.and_then(|(id, how)| self.sessions.get(id).map(|s| (s, how)));
-        let who = match session {
+        let who = match &session {
             Some((s, _)) if !s.imsi.is_empty() => u128::from(u64::from_le_bytes(s.imsi.packed())),
             Some((s, _)) if !s.msisdn.is_empty() => u128::from(u64::from_le_bytes(s.msisdn.packed())) | 1 << 64,
             Some((s, _)) => u128::from(s.id) | 2 << 64,

@@ -1,9 +1,8 @@
-//! The session table: live PDP contexts (GTPv0/v1) and PDN connections (GTPv2), their indices, and the
-//! bounded table of requests waiting for their responses.
+//! The session table: live PDP contexts (GTPv0/v1) and PDN connections (GTPv2), and their indices.
 //!
 //! Rules (ARCHITECTURE.md, "Attribution"):
 //! - A context becomes live only when an accepting response answers its request (same sequence number
-//!   between the same two GSN addresses).
+//!   between the same two GSN addresses); the engine does the pairing, this table holds the result.
 //! - User-plane packets are attributed by tunnel: (GSN user-plane address, TEID) → session. A tunnel key
 //!   registered by a new context ends any older context that held it (the TEID was reallocated, so the
 //!   old context is gone): a key never points at two sessions.
@@ -11,10 +10,18 @@
 //! - Capacity: `sessions_max`. A new context beyond it is refused and counted (`session-table-full`),
 //!   never squeezed in by evicting a live subscriber. Sessions idle (no signalling, no user plane) for
 //!   `session_idle_timeout_s` of packet time are ended with reason `idle-timeout`.
+//!
+//! Layout (ARCHITECTURE.md, "Session memory"): a carrier runs millions of live contexts, so a session is
+//! one 80-byte [`Record`] in a slab (`Vec`, freed slots reused) and every index is one shared
+//! open-addressing table of 4-byte entries (`slot << 3 | kind`) whose keys are read back from the record.
+//! GSN addresses (a few hundred per carrier) are interned to `u16` ids with reference counts, APNs to
+//! `u16` ids; IPv6 UE addresses and GTPv0 TIDs, which few sessions have, live in side maps. [`Session`]
+//! is the wide form the engine builds and reads; it is not what is stored.
 use crate::event::Identity;
 use crate::wire::{Apn, Tbcd};
 use crate::Map;
-use std::collections::hash_map::Entry;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -41,8 +48,10 @@ pub struct Endpoint {
     pub user: Option<TunnelKey>,
 }
 
-#[derive(Debug, Clone)]
+/// A session in full (what the engine builds from signalling and reads back); stored compactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
+    /// Assigned by the table: stable while the session lives, never reused for another one.
     pub id: u64,
     pub gtp_version: u8,
     pub imsi: Tbcd,
@@ -91,199 +100,660 @@ impl Session {
         self.access.user.map_or(0, |k| k.teid)
     }
 
-    fn ue_ips(&self) -> impl Iterator<Item = IpAddr> {
-        self.ue_ipv4.map(IpAddr::V4).into_iter().chain(self.ue_ipv6.map(IpAddr::V6))
+    fn keys(&self) -> [Option<TunnelKey>; 4] {
+        [self.access.control, self.access.user, self.core.control, self.core.user]
     }
 }
 
-/// Owners of one UE address: the last session that took it and how many live sessions hold it.
+// Index entries are `slot << KIND_BITS | kind`.
+const ACCESS_CONTROL: u32 = 0;
+const ACCESS_USER: u32 = 1;
+const CORE_CONTROL: u32 = 2;
+const CORE_USER: u32 = 3;
+const UE_V4: u32 = 4;
+const UE_V6: u32 = 5;
+const TID: u32 = 6;
+const KIND_BITS: u32 = 3;
+const KIND_MASK: u32 = (1 << KIND_BITS) - 1;
+/// Slots that fit in an index entry.
+const SLOTS_MAX: usize = 1 << (32 - KIND_BITS);
+
+/// At most this many live sessions are indexed under one control key or one UE address (a SGW's S11 and
+/// S5 sharing a TEID, private addresses reused across APNs: a handful). Sessions beyond it are counted,
+/// not indexed, so a hostile stream cannot turn every lookup into a walk over thousands of entries.
+pub const SHARED_KEY_MAX: usize = 8;
+
+const NO_GSN: u16 = u16::MAX;
+const NO_APN: u16 = u16::MAX;
+/// The APN is not interned (the APN table was full): it is in `Store::apn_elsewhere`.
+const APN_ELSEWHERE: u16 = u16::MAX - 1;
+
+const HAS_V4: u8 = 1;
+const HAS_V6: u8 = 2;
+const HAS_TID: u8 = 4;
+const INDEXED_V4: u8 = 8;
+const INDEXED_V6: u8 = 16;
+const INDEXED_ACCESS_CONTROL: u8 = 32;
+const INDEXED_CORE_CONTROL: u8 = 64;
+const INDEXED: u8 = INDEXED_V4 | INDEXED_V6 | INDEXED_ACCESS_CONTROL | INDEXED_CORE_CONTROL;
+
+/// A live session as stored: 80 bytes.
 #[derive(Debug, Clone, Copy)]
-struct IpOwners {
-    last: u64,
-    count: u32,
-    /// `last` is no longer known to be the single owner (an owner left while others remain).
-    stale: bool,
+struct Record {
+    /// Insertion number, from 1; 0 marks a free slot. Its low 32 bits are the high half of the id.
+    seq: u64,
+    last_seen_us: u64,
+    imsi: Tbcd,
+    msisdn: Tbcd,
+    imei: Tbcd,
+    /// Tunnel ends in kind order: access control, access user, core control, core user.
+    teids: [u32; 4],
+    gsns: [u16; 4],
+    ue_ipv4: u32,
+    apn: u16,
+    nsapi: u8,
+    gtp_version: u8,
+    flags: u8,
+}
+
+const FREE: Record = Record {
+    seq: 0,
+    last_seen_us: 0,
+    imsi: Tbcd::EMPTY,
+    msisdn: Tbcd::EMPTY,
+    imei: Tbcd::EMPTY,
+    teids: [0; 4],
+    gsns: [NO_GSN; 4],
+    ue_ipv4: 0,
+    apn: NO_APN,
+    nsapi: 0,
+    gtp_version: 0,
+    flags: 0,
+};
+
+impl Record {
+    fn live(&self) -> bool {
+        self.seq != 0
+    }
+
+    fn id(&self, slot: u32) -> u64 {
+        (self.seq & 0xFFFF_FFFF) << 32 | u64::from(slot)
+    }
+}
+
+/// GSN addresses as `u16` ids, reference-counted by the tunnel ends of live sessions, so the table stays
+/// bounded (65,535 addresses in use at once) however many addresses a stream names over time.
+#[derive(Default)]
+struct Gsns {
+    addresses: Vec<IpAddr>,
+    refs: Vec<u32>,
+    ids: Map<IpAddr, u16>,
+    free: Vec<u16>,
+}
+
+impl Gsns {
+    fn acquire(&mut self, address: IpAddr) -> Option<u16> {
+        if let Some(&id) = self.ids.get(&address) {
+            if let Some(refs) = self.refs.get_mut(usize::from(id)) {
+                *refs += 1;
+            }
+            return Some(id);
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None if self.addresses.len() < usize::from(NO_GSN) => {
+                self.addresses.push(address);
+                self.refs.push(0);
+                u16::try_from(self.addresses.len() - 1).ok()?
+            }
+            None => return None,
+        };
+        *self.addresses.get_mut(usize::from(id))? = address;
+        *self.refs.get_mut(usize::from(id))? = 1;
+        self.ids.insert(address, id);
+        Some(id)
+    }
+
+    fn release(&mut self, id: u16) {
+        let Some(refs) = self.refs.get_mut(usize::from(id)) else { return };
+        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            if let Some(address) = self.addresses.get(usize::from(id)) {
+                self.ids.remove(address);
+            }
+            self.free.push(id);
+        }
+    }
+
+    fn address(&self, id: u16) -> Option<IpAddr> {
+        self.addresses.get(usize::from(id)).copied()
+    }
+}
+
+/// What index entries are resolved against: the slab and the side tables.
+struct Store {
+    records: Vec<Record>,
+    gsns: Gsns,
+    ue_ipv6: Map<u32, Ipv6Addr>,
+    tids: Map<u32, u64>,
+    apn_names: Vec<Arc<str>>,
+    apn_elsewhere: Map<u32, Arc<str>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Store {
+    fn record(&self, slot: u32) -> Option<&Record> {
+        self.records.get(slot as usize).filter(|r| r.live())
+    }
+
+    fn key_at(&self, record: &Record, kind: u32) -> Option<TunnelKey> {
+        let gsn = *record.gsns.get(kind as usize)?;
+        let teid = *record.teids.get(kind as usize)?;
+        Some(TunnelKey { address: self.gsns.address(gsn)?, teid })
+    }
+
+    fn hash_user(&self, key: TunnelKey) -> u64 {
+        self.hasher.hash_one((ACCESS_USER, key.address, key.teid))
+    }
+
+    fn hash_control(&self, key: TunnelKey, nsapi: u8) -> u64 {
+        self.hasher.hash_one((ACCESS_CONTROL, key.address, key.teid, nsapi))
+    }
+
+    fn hash_ip(&self, ip: IpAddr) -> u64 {
+        self.hasher.hash_one((UE_V4, ip))
+    }
+
+    fn hash_tid(&self, tid: u64) -> u64 {
+        self.hasher.hash_one((TID, tid))
+    }
+
+    fn ue_ipv6(&self, slot: u32, record: &Record) -> Option<Ipv6Addr> {
+        if record.flags & HAS_V6 == 0 {
+            return None;
+        }
+        self.ue_ipv6.get(&slot).copied()
+    }
+
+    fn tid(&self, slot: u32, record: &Record) -> Option<u64> {
+        if record.flags & HAS_TID == 0 {
+            return None;
+        }
+        self.tids.get(&slot).copied()
+    }
+
+    /// The hash an index entry was stored under, recomputed from its record (for the table's growth).
+    fn entry_hash(&self, entry: u32) -> u64 {
+        let (slot, kind) = (entry >> KIND_BITS, entry & KIND_MASK);
+        let Some(record) = self.record(slot) else { return 0 };
+        let hash = match kind {
+            ACCESS_CONTROL | CORE_CONTROL => self.key_at(record, kind).map(|k| self.hash_control(k, record.nsapi)),
+            ACCESS_USER | CORE_USER => self.key_at(record, kind).map(|k| self.hash_user(k)),
+            UE_V4 => Some(self.hash_ip(IpAddr::V4(record.ue_ipv4.into()))),
+            UE_V6 => self.ue_ipv6(slot, record).map(|ip| self.hash_ip(IpAddr::V6(ip))),
+            _ => self.tid(slot, record).map(|tid| self.hash_tid(tid)),
+        };
+        hash.unwrap_or(0)
+    }
+
+    fn is_user(&self, entry: u32, key: TunnelKey) -> bool {
+        let kind = entry & KIND_MASK;
+        (kind == ACCESS_USER || kind == CORE_USER)
+            && self.record(entry >> KIND_BITS).and_then(|r| self.key_at(r, kind)) == Some(key)
+    }
+
+    fn is_control(&self, entry: u32, key: TunnelKey, nsapi: u8) -> bool {
+        let kind = entry & KIND_MASK;
+        (kind == ACCESS_CONTROL || kind == CORE_CONTROL)
+            && self.record(entry >> KIND_BITS).is_some_and(|r| r.nsapi == nsapi && self.key_at(r, kind) == Some(key))
+    }
+
+    fn is_ip(&self, entry: u32, ip: IpAddr) -> bool {
+        let slot = entry >> KIND_BITS;
+        match (entry & KIND_MASK, ip) {
+            (UE_V4, IpAddr::V4(v4)) => self.record(slot).is_some_and(|r| r.ue_ipv4 == u32::from(v4)),
+            (UE_V6, IpAddr::V6(v6)) => self.record(slot).and_then(|r| self.ue_ipv6(slot, r)) == Some(v6),
+            _ => false,
+        }
+    }
+
+    fn is_tid(&self, entry: u32, tid: u64) -> bool {
+        let slot = entry >> KIND_BITS;
+        entry & KIND_MASK == TID && self.record(slot).and_then(|r| self.tid(slot, r)) == Some(tid)
+    }
+
+    fn decode(&self, slot: u32) -> Option<Session> {
+        let record = self.record(slot)?;
+        let key = |kind| self.key_at(record, kind);
+        Some(Session {
+            id: record.id(slot),
+            gtp_version: record.gtp_version,
+            imsi: record.imsi,
+            msisdn: record.msisdn,
+            imei: record.imei,
+            apn: match record.apn {
+                NO_APN => None,
+                APN_ELSEWHERE => self.apn_elsewhere.get(&slot).cloned(),
+                id => self.apn_names.get(usize::from(id)).cloned(),
+            },
+            ue_ipv4: (record.flags & HAS_V4 != 0).then(|| Ipv4Addr::from(record.ue_ipv4)),
+            ue_ipv6: self.ue_ipv6(slot, record),
+            nsapi: record.nsapi,
+            tid: self.tid(slot, record),
+            access: Endpoint { control: key(ACCESS_CONTROL), user: key(ACCESS_USER) },
+            core: Endpoint { control: key(CORE_CONTROL), user: key(CORE_USER) },
+            last_seen_us: record.last_seen_us,
+        })
+    }
 }
 
 /// Live sessions and their indices. Every index entry points at a live session.
 pub struct SessionTable {
-    sessions: Map<u64, Session>,
-    /// Control-plane keys are not unique across interfaces: a SGW may use one TEID on S11 and S5.
-    /// Each key keeps every session that uses it (a short list); lookups prefer the one whose peer sent.
-    by_control: Map<(TunnelKey, u8), Vec<u64>>,
-    by_user: Map<TunnelKey, (u64, Direction)>,
-    by_tid: Map<u64, u64>,
-    by_ue_ip: Map<IpAddr, IpOwners>,
-    apns: Map<Apn, Arc<str>>,
+    store: Store,
+    /// Every index in one table: tunnel ends (user plane, unique), control keys (shared by at most
+    /// [`SHARED_KEY_MAX`]), UE addresses (likewise) and GTPv0 TIDs (unique).
+    index: HashTable<u32>,
+    free: Vec<u32>,
+    live: usize,
+    apn_ids: Map<Arc<str>, u16>,
+    /// Holders of a UE address beyond [`SHARED_KEY_MAX`], which are not in the index.
+    ue_ip_crowded: Map<IpAddr, u32>,
     /// User-plane tunnel ends of sessions that ended, with when: traffic still arriving on them belongs
     /// to nobody, and must not fall back to the UE address (which may already be someone else's).
     tombstones: Map<TunnelKey, u64>,
     tombstones_max: usize,
-    next_id: u64,
+    next_seq: u64,
     sessions_max: usize,
     apns_max: usize,
+    crowded_control_keys: u64,
+    crowded_ue_ips: u64,
 }
 
 impl SessionTable {
     pub fn new(sessions_max: usize) -> SessionTable {
         SessionTable {
-            sessions: Map::default(),
-            by_control: Map::default(),
-            by_user: Map::default(),
-            by_tid: Map::default(),
-            by_ue_ip: Map::default(),
-            apns: Map::default(),
+            store: Store {
+                records: Vec::new(),
+                gsns: Gsns::default(),
+                ue_ipv6: Map::default(),
+                tids: Map::default(),
+                apn_names: Vec::new(),
+                apn_elsewhere: Map::default(),
+                hasher: foldhash::fast::RandomState::default(),
+            },
+            index: HashTable::new(),
+            free: Vec::new(),
+            live: 0,
+            apn_ids: Map::default(),
+            ue_ip_crowded: Map::default(),
             tombstones: Map::default(),
             tombstones_max: 262_144,
-            next_id: 1,
-            sessions_max,
+            next_seq: 1,
+            sessions_max: sessions_max.min(SLOTS_MAX),
             apns_max: 4096,
+            crowded_control_keys: 0,
+            crowded_ue_ips: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.live == 0
     }
 
     pub fn is_full(&self) -> bool {
-        self.sessions.len() >= self.sessions_max
+        self.live >= self.sessions_max
     }
 
-    pub fn get(&self, id: u64) -> Option<&Session> {
-        self.sessions.get(&id)
+    /// Sessions left out of a crowded index: (control keys, UE addresses) since the start.
+    pub fn crowded(&self) -> (u64, u64) {
+        (self.crowded_control_keys, self.crowded_ue_ips)
+    }
+
+    fn slot_of(&self, id: u64) -> Option<u32> {
+        let slot = (id & 0xFFFF_FFFF) as u32;
+        self.store.record(slot).filter(|r| r.seq & 0xFFFF_FFFF == id >> 32).map(|_| slot)
+    }
+
+    /// The session, in full (a copy: the table stores it packed).
+    pub fn get(&self, id: u64) -> Option<Session> {
+        self.store.decode(self.slot_of(id)?)
     }
 
     /// One shared copy per distinct APN (carriers have few); bounded, then APNs are not interned.
     pub fn intern_apn(&mut self, apn: Option<Apn>) -> Option<Arc<str>> {
         let apn = apn?;
-        if let Some(name) = self.apns.get(&apn) {
-            return Some(name.clone());
+        let text = apn.as_str();
+        if let Some(&id) = self.apn_ids.get(text) {
+            return self.store.apn_names.get(usize::from(id)).cloned();
         }
-        let name: Arc<str> = Arc::from(apn.as_str());
-        if self.apns.len() < self.apns_max {
-            self.apns.insert(apn, name.clone());
+        let name: Arc<str> = Arc::from(text);
+        if let Ok(id) = u16::try_from(self.store.apn_names.len()) {
+            if usize::from(id) < self.apns_max && id < APN_ELSEWHERE {
+                self.store.apn_names.push(name.clone());
+                self.apn_ids.insert(name.clone(), id);
+            }
         }
         Some(name)
     }
 
     /// The session a control message sent to `key` by `peer` is about: among the sessions using that
-    /// key, the one whose other side is `peer`, else the most recent.
+    /// key, the first whose other side is `peer`, else the most recent.
     pub fn by_control(&self, key: TunnelKey, nsapi: u8, peer: IpAddr) -> Option<u64> {
-        let ids = self.by_control.get(&(key, nsapi))?;
-        let peer_matches = |id: &&u64| {
-            self.sessions.get(id).is_some_and(|s| {
-                let other = if s.access.control == Some(key) { s.core.control } else { s.access.control };
-                other.is_some_and(|o| o.address == peer)
-            })
-        };
-        ids.iter().find(peer_matches).or(ids.last()).copied()
+        let store = &self.store;
+        let mut first_with_peer: Option<(u64, u64)> = None;
+        let mut latest: Option<(u64, u64)> = None;
+        for &entry in self.index.iter_hash(store.hash_control(key, nsapi)) {
+            if !store.is_control(entry, key, nsapi) {
+                continue;
+            }
+            let slot = entry >> KIND_BITS;
+            let Some(record) = store.record(slot) else { continue };
+            let other = if entry & KIND_MASK == ACCESS_CONTROL { CORE_CONTROL } else { ACCESS_CONTROL };
+            let candidate = (record.seq, record.id(slot));
+            if store.key_at(record, other).is_some_and(|o| o.address == peer)
+                && first_with_peer.is_none_or(|(seq, _)| record.seq < seq)
+            {
+                first_with_peer = Some(candidate);
+            }
+            if latest.is_none_or(|(seq, _)| record.seq > seq) {
+                latest = Some(candidate);
+            }
+        }
+        first_with_peer.or(latest).map(|(_, id)| id)
     }
 
+    /// The session whose user-plane tunnel end this is, and which way traffic into it flows.
     pub fn by_user(&self, key: TunnelKey) -> Option<(u64, Direction)> {
-        self.by_user.get(&key).copied()
+        let store = &self.store;
+        let &entry = self.index.find(store.hash_user(key), |&e| store.is_user(e, key))?;
+        let slot = entry >> KIND_BITS;
+        let direction = if entry & KIND_MASK == CORE_USER { Direction::Uplink } else { Direction::Downlink };
+        Some((store.record(slot)?.id(slot), direction))
     }
 
     pub fn by_tid(&self, tid: u64) -> Option<u64> {
-        self.by_tid.get(&tid).copied()
+        let store = &self.store;
+        let &entry = self.index.find(store.hash_tid(tid), |&e| store.is_tid(e, tid))?;
+        let slot = entry >> KIND_BITS;
+        Some(store.record(slot)?.id(slot))
     }
 
     /// The single live session holding this UE address, if exactly one does.
     pub fn by_ue_ip(&self, ip: IpAddr) -> Option<u64> {
-        self.by_ue_ip.get(&ip).filter(|o| o.count == 1 && !o.stale).map(|o| o.last)
+        if self.ue_ip_crowded.contains_key(&ip) {
+            return None;
+        }
+        let store = &self.store;
+        let mut holders = self.index.iter_hash(store.hash_ip(ip)).filter(|&&e| store.is_ip(e, ip));
+        let only = *holders.next()?;
+        if holders.next().is_some() {
+            return None;
+        }
+        let slot = only >> KIND_BITS;
+        Some(store.record(slot)?.id(slot))
     }
 
-    /// Marks a session as seen at `ts_us` (packet time) and returns it.
-    pub fn touch(&mut self, id: u64, ts_us: u64) -> Option<&Session> {
-        let session = self.sessions.get_mut(&id)?;
-        session.last_seen_us = session.last_seen_us.max(ts_us);
-        Some(session)
+    /// Marks a session as seen at `ts_us` (packet time); `false` if it is not live.
+    pub fn touch(&mut self, id: u64, ts_us: u64) -> bool {
+        let Some(record) = self.store.records.get_mut((id & 0xFFFF_FFFF) as usize) else { return false };
+        if !record.live() || record.seq & 0xFFFF_FFFF != id >> 32 {
+            return false;
+        }
+        record.last_seen_us = record.last_seen_us.max(ts_us);
+        true
+    }
+
+    /// Whether `ip` is one of the session's UE addresses, or the session has none to compare with.
+    pub fn may_send_from(&self, id: u64, ip: IpAddr) -> bool {
+        let Some(slot) = self.slot_of(id) else { return false };
+        let Some(record) = self.store.record(slot) else { return false };
+        if record.flags & (HAS_V4 | HAS_V6) == 0 {
+            return true;
+        }
+        match ip {
+            IpAddr::V4(v4) => record.flags & HAS_V4 != 0 && record.ue_ipv4 == u32::from(v4),
+            IpAddr::V6(v6) => self.store.ue_ipv6(slot, record) == Some(v6),
+        }
     }
 
     /// Inserts a new live session (its id is assigned here) and indexes it. Returns the id and the
-    /// sessions it displaced (whose tunnel keys it now holds), already removed. `None` when full.
-    pub fn insert(&mut self, mut session: Session) -> Option<(u64, Vec<Session>)> {
+    /// sessions it displaced (whose tunnel keys it now holds), already removed; or why it was refused
+    /// (`session-table-full`, `gsn-table-full`).
+    pub fn insert(&mut self, session: Session) -> Result<(u64, Vec<Session>), &'static str> {
         if self.is_full() {
-            return None;
+            return Err("session-table-full");
         }
-        session.id = self.next_id;
-        self.next_id += 1;
-        let id = session.id;
-        for ip in session.ue_ips() {
-            self.by_ue_ip
-                .entry(ip)
-                .and_modify(|o| {
-                    o.last = id;
-                    o.count += 1;
-                })
-                .or_insert(IpOwners { last: id, count: 1, stale: false });
-        }
-        self.sessions.insert(id, session);
-        let displaced = self.index(id);
-        Some((id, displaced))
+        let record = self.encode(&session, self.next_seq)?;
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = u32::try_from(self.store.records.len()).ok().filter(|s| (*s as usize) < SLOTS_MAX);
+                let Some(slot) = slot else {
+                    self.release(&record);
+                    return Err("session-table-full");
+                };
+                self.store.records.push(FREE);
+                slot
+            }
+        };
+        self.next_seq += 1;
+        self.place(slot, record, Some(&session));
+        self.live += 1;
+        let displaced = self.index(slot);
+        Ok((record.id(slot), displaced))
     }
 
-    /// Indexes a session's tunnel keys; removes and returns sessions that held any of them.
-    fn index(&mut self, id: u64) -> Vec<Session> {
-        let Some(session) = self.sessions.get(&id) else { return Vec::new() };
-        let (access, core, nsapi, tid) = (session.access, session.core, session.nsapi, session.tid);
-        let mut displaced_ids = Vec::new();
-        for control in [access.control, core.control].into_iter().flatten() {
-            let ids = self.by_control.entry((control, nsapi)).or_default();
-            if !ids.contains(&id) {
-                ids.push(id);
+    /// Changes a live session (Update PDP Context, Modify Bearer) and re-indexes it. Returns the sessions
+    /// displaced by its new keys, or why the change was refused (the session is then unchanged).
+    pub fn update(&mut self, id: u64, change: impl FnOnce(&mut Session)) -> Result<Vec<Session>, &'static str> {
+        let Some(slot) = self.slot_of(id) else { return Ok(Vec::new()) };
+        let (Some(old), Some(mut session)) = (self.store.record(slot).copied(), self.store.decode(slot)) else {
+            return Ok(Vec::new());
+        };
+        change(&mut session);
+        let record = self.encode(&session, old.seq)?;
+        self.unindex(slot, &old, false);
+        self.release(&old);
+        self.place(slot, record, Some(&session));
+        Ok(self.index(slot))
+    }
+
+    /// Packs a session, taking references on its GSN addresses (given back if one cannot be had).
+    fn encode(&mut self, session: &Session, seq: u64) -> Result<Record, &'static str> {
+        let mut record = FREE;
+        for (kind, key) in session.keys().into_iter().enumerate() {
+            let Some(key) = key else { continue };
+            let Some(gsn) = self.store.gsns.acquire(key.address) else {
+                self.release(&record);
+                return Err("gsn-table-full");
+            };
+            if let (Some(g), Some(t)) = (record.gsns.get_mut(kind), record.teids.get_mut(kind)) {
+                (*g, *t) = (gsn, key.teid);
             }
         }
-        // GTPv0 user traffic is keyed by its TID (port 3386), not by GTPv1 tunnel ends.
-        let users = if tid.is_some() {
-            [(None, Direction::Downlink), (None, Direction::Uplink)]
-        } else {
-            [(access.user, Direction::Downlink), (core.user, Direction::Uplink)]
+        record.seq = seq;
+        record.last_seen_us = session.last_seen_us;
+        (record.imsi, record.msisdn, record.imei) = (session.imsi, session.msisdn, session.imei);
+        record.apn = match &session.apn {
+            None => NO_APN,
+            Some(name) => self.apn_ids.get(&**name).copied().unwrap_or(APN_ELSEWHERE),
         };
-        for (key, direction) in users {
-            if let Some(key) = key {
+        if let Some(v4) = session.ue_ipv4 {
+            record.ue_ipv4 = u32::from(v4);
+            record.flags |= HAS_V4;
+        }
+        record.flags |=
+            if session.ue_ipv6.is_some() { HAS_V6 } else { 0 } | if session.tid.is_some() { HAS_TID } else { 0 };
+        (record.nsapi, record.gtp_version) = (session.nsapi, session.gtp_version);
+        Ok(record)
+    }
+
+    fn release(&mut self, record: &Record) {
+        for gsn in record.gsns {
+            if gsn != NO_GSN {
+                self.store.gsns.release(gsn);
+            }
+        }
+    }
+
+    /// Stores a packed record and its side-table parts in `slot` (whose index entries are gone); `None`
+    /// frees the slot.
+    fn place(&mut self, slot: u32, record: Record, session: Option<&Session>) {
+        if let Some(stored) = self.store.records.get_mut(slot as usize) {
+            *stored = record;
+        }
+        let store = &mut self.store;
+        match (record.apn, session.and_then(|s| s.apn.as_ref())) {
+            (APN_ELSEWHERE, Some(name)) => store.apn_elsewhere.insert(slot, name.clone()),
+            _ => store.apn_elsewhere.remove(&slot),
+        };
+        match session.and_then(|s| s.ue_ipv6) {
+            Some(v6) => store.ue_ipv6.insert(slot, v6),
+            None => store.ue_ipv6.remove(&slot),
+        };
+        match session.and_then(|s| s.tid) {
+            Some(tid) => store.tids.insert(slot, tid),
+            None => store.tids.remove(&slot),
+        };
+    }
+
+    fn set_flag(&mut self, slot: u32, flag: u8) {
+        if let Some(record) = self.store.records.get_mut(slot as usize) {
+            record.flags |= flag;
+        }
+    }
+
+    /// Adds a session's index entries; removes and returns the sessions that held its unique keys.
+    fn index(&mut self, slot: u32) -> Vec<Session> {
+        let Some(record) = self.store.record(slot).copied() else { return Vec::new() };
+        let mut displaced = Vec::new();
+        for (kind, flag) in [(ACCESS_CONTROL, INDEXED_ACCESS_CONTROL), (CORE_CONTROL, INDEXED_CORE_CONTROL)] {
+            let Some(key) = self.store.key_at(&record, kind) else { continue };
+            let store = &self.store;
+            let hash = store.hash_control(key, record.nsapi);
+            let (mut holders, mut mine) = (0usize, false);
+            for &e in self.index.iter_hash(hash).filter(|&&e| store.is_control(e, key, record.nsapi)) {
+                holders += 1;
+                mine |= e >> KIND_BITS == slot;
+            }
+            if mine {
+                continue; // both sides use the same key: one entry finds it
+            }
+            if holders >= SHARED_KEY_MAX {
+                self.crowded_control_keys += 1;
+                continue;
+            }
+            self.index.insert_unique(hash, slot << KIND_BITS | kind, |&e| store.entry_hash(e));
+            self.set_flag(slot, flag);
+        }
+        // GTPv0 user traffic is keyed by its TID (port 3386), not by GTPv1 tunnel ends.
+        let tid = self.store.tid(slot, &record);
+        let unique: [Option<(u32, u64)>; 2] = match tid {
+            Some(tid) => [Some((TID, self.store.hash_tid(tid))), None],
+            None => [
+                self.store.key_at(&record, ACCESS_USER).map(|k| (ACCESS_USER, self.store.hash_user(k))),
+                self.store.key_at(&record, CORE_USER).map(|k| (CORE_USER, self.store.hash_user(k))),
+            ],
+        };
+        for (kind, hash) in unique.into_iter().flatten() {
+            let store = &self.store;
+            let same_key = |e: &u32| match (kind, tid) {
+                (TID, Some(tid)) => store.is_tid(*e, tid),
+                _ => store.key_at(&record, kind).is_some_and(|key| store.is_user(*e, key)),
+            };
+            if let Ok(entry) = self.index.find_entry(hash, same_key) {
+                let (old, _) = entry.remove();
+                if old >> KIND_BITS != slot {
+                    displaced.push(old >> KIND_BITS);
+                }
+            }
+            if let Some(key) = store.key_at(&record, kind).filter(|_| kind != TID) {
                 self.tombstones.remove(&key);
-                if let Some((old, _)) = self.by_user.insert(key, (id, direction)) {
-                    if old != id {
-                        displaced_ids.push(old);
+            }
+            let store = &self.store;
+            self.index.insert_unique(hash, slot << KIND_BITS | kind, |&e| store.entry_hash(e));
+        }
+        let v4 = (record.flags & HAS_V4 != 0).then(|| IpAddr::V4(record.ue_ipv4.into()));
+        let v6 = self.store.ue_ipv6(slot, &record).map(IpAddr::V6);
+        for (kind, flag, ip) in [(UE_V4, INDEXED_V4, v4), (UE_V6, INDEXED_V6, v6)] {
+            let Some(ip) = ip else { continue };
+            let store = &self.store;
+            let hash = store.hash_ip(ip);
+            if self.index.iter_hash(hash).filter(|&&e| store.is_ip(e, ip)).count() >= SHARED_KEY_MAX {
+                *self.ue_ip_crowded.entry(ip).or_default() += 1;
+                self.crowded_ue_ips += 1;
+                continue;
+            }
+            self.index.insert_unique(hash, slot << KIND_BITS | kind, |&e| store.entry_hash(e));
+            self.set_flag(slot, flag);
+        }
+        displaced.sort_unstable();
+        displaced.dedup();
+        displaced.into_iter().filter_map(|old| self.remove_slot(old)).collect()
+    }
+
+    /// Removes a session's index entries (its record still in place); user-plane keys it still held
+    /// become tombstones when `tombstone` is set.
+    fn unindex(&mut self, slot: u32, record: &Record, tombstone: bool) {
+        let store = &self.store;
+        let mut entries: [Option<(u32, u64)>; 6] = [None; 6];
+        for (at, (kind, flag)) in
+            [(ACCESS_CONTROL, INDEXED_ACCESS_CONTROL), (CORE_CONTROL, INDEXED_CORE_CONTROL)].into_iter().enumerate()
+        {
+            if record.flags & flag != 0 {
+                if let (Some(key), Some(out)) = (store.key_at(record, kind), entries.get_mut(at)) {
+                    *out = Some((kind, store.hash_control(key, record.nsapi)));
+                }
+            }
+        }
+        if let (true, Some(out)) = (record.flags & INDEXED_V4 != 0, entries.get_mut(2)) {
+            *out = Some((UE_V4, store.hash_ip(IpAddr::V4(record.ue_ipv4.into()))));
+        }
+        if let (true, Some(v6), Some(out)) =
+            (record.flags & INDEXED_V6 != 0, store.ue_ipv6(slot, record), entries.get_mut(3))
+        {
+            *out = Some((UE_V6, store.hash_ip(IpAddr::V6(v6))));
+        }
+        if let (Some(tid), Some(out)) = (store.tid(slot, record), entries.get_mut(4)) {
+            *out = Some((TID, store.hash_tid(tid)));
+        }
+        for (kind, hash) in entries.into_iter().flatten() {
+            if let Ok(entry) = self.index.find_entry(hash, |&e| e == slot << KIND_BITS | kind) {
+                entry.remove();
+            }
+        }
+        if record.flags & HAS_TID == 0 {
+            for kind in [ACCESS_USER, CORE_USER] {
+                let Some(key) = self.store.key_at(record, kind) else { continue };
+                let hash = self.store.hash_user(key);
+                // A key another session has taken over is that session's now: no tombstone for it.
+                if let Ok(entry) = self.index.find_entry(hash, |&e| e == slot << KIND_BITS | kind) {
+                    entry.remove();
+                    if tombstone && self.tombstones.len() < self.tombstones_max {
+                        self.tombstones.insert(key, record.last_seen_us);
                     }
                 }
             }
         }
-        if let Some(tid) = tid {
-            if let Some(old) = self.by_tid.insert(tid, id) {
-                if old != id {
-                    displaced_ids.push(old);
+        let v4 = (record.flags & (HAS_V4 | INDEXED_V4) == HAS_V4).then(|| IpAddr::V4(record.ue_ipv4.into()));
+        let v6 = (record.flags & (HAS_V6 | INDEXED_V6) == HAS_V6)
+            .then(|| self.store.ue_ipv6(slot, record).map(IpAddr::V6))
+            .flatten();
+        for ip in [v4, v6].into_iter().flatten() {
+            if let std::collections::hash_map::Entry::Occupied(mut crowded) = self.ue_ip_crowded.entry(ip) {
+                *crowded.get_mut() -= 1;
+                if *crowded.get() == 0 {
+                    crowded.remove();
                 }
             }
         }
-        displaced_ids.sort_unstable();
-        displaced_ids.dedup();
-        displaced_ids.into_iter().filter_map(|old| self.remove(old)).collect()
-    }
-
-    /// Changes a live session's tunnel ends (Update PDP Context, Modify Bearer) and re-indexes it.
-    /// Returns the sessions displaced by its new keys.
-    pub fn update(&mut self, id: u64, change: impl FnOnce(&mut Session)) -> Vec<Session> {
-        let Some(session) = self.sessions.get_mut(&id) else { return Vec::new() };
-        let before = (session.access, session.core);
-        change(session);
-        let nsapi = session.nsapi;
-        // Drop the old keys that pointed here, then index the new ones.
-        for control in [before.0.control, before.1.control].into_iter().flatten() {
-            self.unindex_control(control, nsapi, id);
+        if let Some(stored) = self.store.records.get_mut(slot as usize) {
+            stored.flags &= !INDEXED;
         }
-        for user in [before.0.user, before.1.user].into_iter().flatten() {
-            if let Entry::Occupied(entry) = self.by_user.entry(user) {
-                if entry.get().0 == id {
-                    entry.remove();
-                }
-            }
-        }
-        self.index(id)
     }
 
     /// Whether this tunnel end belonged to a session that ended (and the mark has not expired).
@@ -296,66 +766,43 @@ impl SessionTable {
         self.tombstones.retain(|_, ended| *ended >= cutoff_us);
     }
 
-    fn unindex_control(&mut self, control: TunnelKey, nsapi: u8, id: u64) {
-        if let Entry::Occupied(mut entry) = self.by_control.entry((control, nsapi)) {
-            entry.get_mut().retain(|other| *other != id);
-            if entry.get().is_empty() {
-                entry.remove();
-            }
-        }
-    }
-
     /// Removes a session and every index entry that points at it; its user-plane tunnel ends are
     /// remembered as tombstones (bounded: when full, no new marks are kept and the fallback stays off
     /// only by the TEID lookup failing, see `Correlator`).
     pub fn remove(&mut self, id: u64) -> Option<Session> {
-        let session = self.sessions.remove(&id)?;
-        for control in [session.access.control, session.core.control].into_iter().flatten() {
-            self.unindex_control(control, session.nsapi, id);
-        }
-        for user in [session.access.user, session.core.user].into_iter().flatten() {
-            if let Entry::Occupied(entry) = self.by_user.entry(user) {
-                // A key another session has taken over is that session's now: no tombstone for it.
-                if entry.get().0 == id {
-                    entry.remove();
-                    if self.tombstones.len() < self.tombstones_max {
-                        self.tombstones.insert(user, session.last_seen_us);
-                    }
-                }
-            }
-        }
-        if let Some(tid) = session.tid {
-            if let Entry::Occupied(entry) = self.by_tid.entry(tid) {
-                if *entry.get() == id {
-                    entry.remove();
-                }
-            }
-        }
-        for ip in session.ue_ips() {
-            if let Entry::Occupied(mut entry) = self.by_ue_ip.entry(ip) {
-                let owners = entry.get_mut();
-                owners.count = owners.count.saturating_sub(1);
-                if owners.count == 0 {
-                    entry.remove();
-                } else if owners.last == id {
-                    owners.stale = true;
-                }
-            }
-        }
+        self.remove_slot(self.slot_of(id)?)
+    }
+
+    fn remove_slot(&mut self, slot: u32) -> Option<Session> {
+        let session = self.store.decode(slot)?;
+        let record = *self.store.record(slot)?;
+        self.unindex(slot, &record, true);
+        self.release(&record);
+        self.place(slot, FREE, None);
+        self.free.push(slot);
+        self.live -= 1;
         Some(session)
     }
 
     /// Removes and returns sessions not seen since `cutoff_us`.
     pub fn expire(&mut self, cutoff_us: u64) -> Vec<Session> {
-        let idle: Vec<u64> = self.sessions.values().filter(|s| s.last_seen_us < cutoff_us).map(|s| s.id).collect();
-        idle.into_iter().filter_map(|id| self.remove(id)).collect()
+        let idle: Vec<u32> = (0u32..)
+            .zip(&self.store.records)
+            .filter(|(_, r)| r.live() && r.last_seen_us < cutoff_us)
+            .map(|(slot, _)| slot)
+            .collect();
+        idle.into_iter().filter_map(|slot| self.remove_slot(slot)).collect()
     }
 
-    /// All live sessions, in id order (for end-of-run reporting and tests).
-    pub fn sessions(&self) -> Vec<&Session> {
-        let mut all: Vec<&Session> = self.sessions.values().collect();
-        all.sort_by_key(|s| s.id);
-        all
+    /// All live sessions, oldest first (for end-of-run reporting and tests).
+    pub fn sessions(&self) -> Vec<Session> {
+        let mut all: Vec<(u64, Session)> = (0u32..)
+            .zip(&self.store.records)
+            .filter(|(_, r)| r.live())
+            .filter_map(|(slot, r)| Some((r.seq, self.store.decode(slot)?)))
+            .collect();
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, s)| s).collect()
     }
 }
 
@@ -371,8 +818,8 @@ mod tests {
         Session {
             id: 0,
             gtp_version: 1,
-            imsi: Tbcd::EMPTY,
-            msisdn: Tbcd::EMPTY,
+            imsi: Tbcd::from_digits("001011234567890").unwrap(),
+            msisdn: Tbcd::from_digits("46701234567").unwrap(),
             imei: Tbcd::EMPTY,
             apn: None,
             ue_ipv4: Some(ue.into()),
@@ -386,6 +833,24 @@ mod tests {
     }
 
     #[test]
+    fn a_record_is_80_bytes() {
+        assert_eq!(std::mem::size_of::<Record>(), 80);
+    }
+
+    #[test]
+    fn what_goes_in_comes_out() {
+        let mut table = SessionTable::new(10);
+        let mut wide = session([10, 9, 0, 1], 100, 200);
+        wide.apn = table.intern_apn(Apn::from_text("internet"));
+        wide.ue_ipv6 = Some("2001:db8::1".parse().unwrap());
+        wide.imei = Tbcd::from_digits("3534900698733190").unwrap();
+        wide.last_seen_us = 77;
+        let (id, _) = table.insert(wide.clone()).unwrap();
+        assert_eq!(table.get(id), Some(Session { id, ..wide }));
+        assert_eq!(table.by_ue_ip("2001:db8::1".parse().unwrap()), Some(id));
+    }
+
+    #[test]
     fn tunnel_keys_never_point_at_two_sessions() {
         let mut table = SessionTable::new(10);
         let (a, displaced) = table.insert(session([10, 9, 0, 1], 100, 200)).unwrap();
@@ -394,22 +859,83 @@ mod tests {
         let (b, displaced) = table.insert(session([10, 9, 0, 2], 100, 300)).unwrap();
         assert_eq!(displaced.iter().map(|s| s.id).collect::<Vec<_>>(), vec![a]);
         assert_eq!(table.by_user(key([10, 0, 1, 2], 100)), Some((b, Direction::Uplink)));
+        assert_eq!(table.by_user(key([10, 0, 0, 2], 300)), Some((b, Direction::Downlink)));
+        assert_eq!(table.by_user(key([10, 0, 0, 2], 200)), None);
+        assert!(table.is_tombstone(key([10, 0, 0, 2], 200)), "the displaced session's other tunnel end");
+        assert!(!table.is_tombstone(key([10, 0, 1, 2], 100)), "taken over, not ended");
         assert_eq!(table.by_ue_ip(IpAddr::from([10, 9, 0, 1])), None);
+        assert_eq!(table.get(a), None);
         assert_eq!(table.len(), 1);
     }
 
     #[test]
-    fn shared_ue_ip_is_ambiguous_until_one_is_left_and_known() {
+    fn an_id_is_never_another_sessions() {
+        let mut table = SessionTable::new(10);
+        let (a, _) = table.insert(session([10, 9, 0, 1], 1, 2)).unwrap();
+        table.remove(a).unwrap();
+        let (b, _) = table.insert(session([10, 9, 0, 2], 3, 4)).unwrap();
+        assert_ne!(a, b, "the slot is reused, the id is not");
+        assert_eq!(table.get(a), None);
+        assert!(!table.touch(a, 5));
+        assert!(table.touch(b, 5));
+    }
+
+    #[test]
+    fn a_shared_ue_ip_answers_only_when_one_holder_is_left() {
         let mut table = SessionTable::new(10);
         let (a, _) = table.insert(session([10, 9, 0, 1], 1, 2)).unwrap();
         let (b, _) = table.insert(session([10, 9, 0, 1], 3, 4)).unwrap();
         let ip = IpAddr::from([10, 9, 0, 1]);
         assert_eq!(table.by_ue_ip(ip), None, "two APNs share the private address: no fallback");
         table.remove(b);
-        assert_eq!(table.by_ue_ip(ip), None, "the remaining owner is not known for sure");
+        assert_eq!(table.by_ue_ip(ip), Some(a), "exactly one live session holds it again");
         table.remove(a);
-        let (c, _) = table.insert(session([10, 9, 0, 1], 5, 6)).unwrap();
-        assert_eq!(table.by_ue_ip(ip), Some(c));
+        assert_eq!(table.by_ue_ip(ip), None);
+    }
+
+    #[test]
+    fn crowded_keys_are_bounded_and_stay_ambiguous() {
+        let mut table = SessionTable::new(100);
+        let ip = IpAddr::from([10, 9, 0, 1]);
+        let mut ids = Vec::new();
+        for i in 0..20u32 {
+            // Same UE address and same control keys for all: only the user-plane TEIDs differ.
+            let mut s = session([10, 9, 0, 1], 1000 + i, 2000 + i);
+            s.access.control = Some(key([10, 0, 0, 1], 7));
+            s.core.control = Some(key([10, 0, 1, 1], 8));
+            ids.push(table.insert(s).unwrap().0);
+        }
+        assert_eq!(table.crowded(), (2 * 12, 12));
+        assert_eq!(table.by_ue_ip(ip), None);
+        // Remove every indexed holder but one: the unindexed ones still make the address ambiguous.
+        for &id in ids.iter().take(SHARED_KEY_MAX - 1) {
+            table.remove(id);
+        }
+        assert_eq!(table.by_ue_ip(ip), None);
+        for &id in ids.iter().skip(SHARED_KEY_MAX - 1) {
+            table.remove(id);
+        }
+        assert!(table.is_empty());
+        assert!(table.ue_ip_crowded.is_empty());
+        assert_eq!(table.index.len(), 0, "every entry went with its session");
+        assert!(table.store.gsns.ids.is_empty(), "every GSN address was given back");
+    }
+
+    #[test]
+    fn control_lookup_prefers_the_sender_then_the_newest() {
+        let mut table = SessionTable::new(10);
+        let shared = key([10, 0, 1, 1], 9);
+        let mut s11 = session([10, 9, 0, 1], 1, 2);
+        s11.core.control = Some(shared);
+        let mut s5 = session([10, 9, 0, 2], 3, 4);
+        s5.core.control = Some(shared);
+        s5.access.control = Some(key([10, 0, 0, 77], 4));
+        let (a, _) = table.insert(s11).unwrap();
+        let (b, _) = table.insert(s5).unwrap();
+        assert_eq!(table.by_control(shared, 5, IpAddr::from([10, 0, 0, 1])), Some(a));
+        assert_eq!(table.by_control(shared, 5, IpAddr::from([10, 0, 0, 77])), Some(b));
+        assert_eq!(table.by_control(shared, 5, IpAddr::from([1, 1, 1, 1])), Some(b));
+        assert_eq!(table.by_control(shared, 6, IpAddr::from([10, 0, 0, 1])), None, "another NSAPI");
     }
 
     #[test]
@@ -418,19 +944,61 @@ mod tests {
         let mut first = session([10, 9, 0, 1], 1, 2);
         first.last_seen_us = 5;
         table.insert(first).unwrap();
-        assert!(table.insert(session([10, 9, 0, 2], 3, 4)).is_none());
+        assert_eq!(table.insert(session([10, 9, 0, 2], 3, 4)).err(), Some("session-table-full"));
         assert_eq!(table.expire(10).len(), 1);
         assert!(table.is_empty());
         assert!(table.by_user(key([10, 0, 1, 2], 1)).is_none());
     }
 
     #[test]
-    fn update_moves_keys() {
+    fn update_moves_keys_and_addresses() {
         let mut table = SessionTable::new(10);
         let (a, _) = table.insert(session([10, 9, 0, 1], 1, 2)).unwrap();
-        let displaced = table.update(a, |s| s.access.user = Some(key([10, 0, 0, 99], 77)));
+        let displaced = table
+            .update(a, |s| {
+                s.access.user = Some(key([10, 0, 0, 99], 77));
+                s.ue_ipv4 = Some([10, 9, 9, 9].into());
+            })
+            .unwrap();
         assert!(displaced.is_empty());
         assert_eq!(table.by_user(key([10, 0, 0, 2], 2)), None);
+        assert!(!table.is_tombstone(key([10, 0, 0, 2], 2)), "moved, not ended");
         assert_eq!(table.by_user(key([10, 0, 0, 99], 77)), Some((a, Direction::Downlink)));
+        assert_eq!(table.by_ue_ip(IpAddr::from([10, 9, 0, 1])), None);
+        assert_eq!(table.by_ue_ip(IpAddr::from([10, 9, 9, 9])), Some(a));
+        assert_eq!(table.by_control(key([10, 0, 1, 1], 1), 5, IpAddr::from([10, 0, 0, 1])), Some(a));
+    }
+
+    #[test]
+    fn gtpv0_contexts_are_found_by_tid_only() {
+        let mut table = SessionTable::new(10);
+        let mut v0 = session([10, 9, 0, 1], 1, 2);
+        v0.tid = Some(0x1234);
+        let (a, _) = table.insert(v0).unwrap();
+        assert_eq!(table.by_tid(0x1234), Some(a));
+        assert_eq!(table.by_user(key([10, 0, 1, 2], 1)), None);
+        let mut again = session([10, 9, 0, 2], 3, 4);
+        again.tid = Some(0x1234);
+        let (b, displaced) = table.insert(again).unwrap();
+        assert_eq!(displaced.len(), 1);
+        assert_eq!(table.by_tid(0x1234), Some(b));
+    }
+
+    #[test]
+    fn the_index_survives_growth() {
+        let mut table = SessionTable::new(100_000);
+        for i in 0..20_000u32 {
+            let mut s = session((0x0A00_0000 + i).to_be_bytes(), i, i);
+            s.access.user = Some(key([10, 0, 0, (i % 7) as u8], i));
+            s.core.user = Some(key([10, 0, 1, (i % 5) as u8], i));
+            s.access.control = None;
+            s.core.control = None;
+            table.insert(s).unwrap();
+        }
+        for i in (0..20_000u32).step_by(97) {
+            let (id, direction) = table.by_user(key([10, 0, 1, (i % 5) as u8], i)).unwrap();
+            assert_eq!(direction, Direction::Uplink);
+            assert_eq!(table.by_ue_ip(IpAddr::from((0x0A00_0000 + i).to_be_bytes())), Some(id));
+        }
     }
 }
