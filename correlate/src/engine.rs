@@ -164,6 +164,7 @@ pub struct Correlator {
     stats: Stats,
     now_us: u64,
     next_sweep_us: u64,
+    next_table_sweep_us: u64,
     next_session_sweep_us: u64,
 }
 
@@ -178,6 +179,7 @@ impl Correlator {
             stats: Stats::default(),
             now_us: 0,
             next_sweep_us: 0,
+            next_table_sweep_us: 0,
             next_session_sweep_us: 0,
             config,
         }
@@ -234,9 +236,23 @@ impl Correlator {
             for _ in self.pending.len()..before {
                 self.stats.note("gtpc-request-unanswered");
             }
-            self.flows.expire(self.now_us.saturating_sub(self.config.flow_idle_timeout_s * 1_000_000));
-            self.sessions.expire_tombstones(self.now_us.saturating_sub(self.config.tombstone_s * 1_000_000));
-            let dedupe_cutoff = self.now_us.saturating_sub(self.config.sighting_dedupe_window_s * 1_000_000);
+        }
+        // The big tables are swept every eighth of their timeout: a full pass over a million flows each
+        // second of packet time would cost more than the packets. Between sweeps, lookups check the age
+        // themselves (`flow_idle_cutoff`, `dedupe_cutoff`, `tombstone_cutoff`), so an entry past its
+        // timeout is never used, only not yet freed.
+        if self.now_us >= self.next_table_sweep_us {
+            let interval =
+                [self.config.flow_idle_timeout_s, self.config.sighting_dedupe_window_s, self.config.tombstone_s]
+                    .into_iter()
+                    .min()
+                    .unwrap_or(0)
+                    .saturating_mul(1_000_000 / 8)
+                    .max(SWEEP_INTERVAL_US);
+            self.next_table_sweep_us = self.now_us + interval;
+            self.flows.expire(self.flow_idle_cutoff());
+            self.sessions.expire_tombstones(self.tombstone_cutoff());
+            let dedupe_cutoff = self.dedupe_cutoff();
             self.dedupe.retain(|_, seen| *seen >= dedupe_cutoff);
         }
         if self.now_us >= self.next_session_sweep_us {
@@ -246,6 +262,21 @@ impl Correlator {
                 self.session_down(&session, "idle-timeout", out);
             }
         }
+    }
+
+    /// Flows last seen before this are idle: forgotten.
+    fn flow_idle_cutoff(&self) -> u64 {
+        self.now_us.saturating_sub(self.config.flow_idle_timeout_s * 1_000_000)
+    }
+
+    /// Sightings before this no longer suppress a repeat.
+    fn dedupe_cutoff(&self) -> u64 {
+        self.now_us.saturating_sub(self.config.sighting_dedupe_window_s * 1_000_000)
+    }
+
+    /// Tunnel ends of sessions that ended before this are no longer marked.
+    fn tombstone_cutoff(&self) -> u64 {
+        self.now_us.saturating_sub(self.config.tombstone_s * 1_000_000)
     }
 
     // ---------------------------------------------------------------- GTP-C
@@ -755,7 +786,7 @@ impl Correlator {
     /// wrong: the tunnel is not one of an ended session, exactly one live session holds the address, and
     /// that session's uplink tunnel ends at the same GSN address the packet was sent to.
     fn fallback(&self, tunnel: Option<TunnelKey>, source: IpAddr) -> Result<u64, &'static str> {
-        if tunnel.is_some_and(|t| self.sessions.is_tombstone(t)) {
+        if tunnel.is_some_and(|t| self.sessions.is_tombstone(t, self.tombstone_cutoff())) {
             return Err("ended-tunnel");
         }
         let id = self.sessions.by_ue_ip(source).ok_or(if self.sessions.is_empty() {
@@ -798,6 +829,7 @@ impl Correlator {
             }
             return;
         }
+        let idle_cutoff = self.flow_idle_cutoff();
         let Correlator { flows, scanner, stats, .. } = self;
         let Some(state) = flows.get_or_insert(key, || FlowState::new(sequence, now)) else {
             // No room for state: scan this segment alone (no carry, no retransmission check).
@@ -806,6 +838,9 @@ impl Correlator {
             scan_segment(scanner, stats, &mut state, payload, 0, false, found);
             return;
         };
+        if state.last_seen_us < idle_cutoff {
+            *state = FlowState::new(sequence, now); // idle past its timeout, not yet swept: a new flow
+        }
         state.last_seen_us = now;
         let (skip, contiguous) = match flow::order(state.next_sequence, sequence, payload.len()) {
             SegmentOrder::Retransmission => {
@@ -847,11 +882,11 @@ impl Correlator {
             None => ip_bits(source.ip()) | 3 << 126,
         };
         let key = DedupeKey { token, who };
-        if self.dedupe.contains_key(&key) {
+        if self.dedupe.get(&key).is_some_and(|seen| *seen >= self.dedupe_cutoff()) {
             self.stats.note("sighting-duplicate");
             return;
         }
-        if self.dedupe.len() < self.config.sighting_dedupe_max {
+        if self.dedupe.len() < self.config.sighting_dedupe_max || self.dedupe.contains_key(&key) {
             self.dedupe.insert(key, self.now_us);
         }
         match session {
@@ -1095,6 +1130,47 @@ mod tests {
         let down = send(&mut c, 6, GGSN, SGSN, 2123, &v1(21, 0x12, 3, &[1, 128]));
         assert_eq!(down.iter().filter(|e| matches!(e, Event::SessionDown(_))).count(), 2);
         assert!(c.sessions().is_empty());
+    }
+
+    /// A G-PDU on the uplink tunnel 0x21 at the GGSN carrying a DNS query for `<token>.sp.example`.
+    fn dns_g_pdu(token: &Token) -> Vec<u8> {
+        let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in [token.to_string().as_str(), "sp", "example"] {
+            query.push(label.len() as u8);
+            query.extend_from_slice(label.as_bytes());
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let mut inner = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 1, 2, 3], [8, 8, 8, 8], 64)
+            .udp(40000, 53)
+            .write(&mut inner, &query)
+            .unwrap();
+        let mut gtp = vec![0x30, 0xFF];
+        gtp.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+        gtp.extend_from_slice(&0x21u32.to_be_bytes());
+        gtp.extend_from_slice(&inner);
+        gtp
+    }
+
+    /// A token seen again within the dedupe window is not reported again; after the window it is, even
+    /// when the table has not been swept since the first sighting went out of the window.
+    #[test]
+    fn repeated_sightings_are_suppressed_only_within_the_window() {
+        let mut c = Correlator::new(Config { sighting_dedupe_window_s: 100, ..Config::default() });
+        let imsi = [2u8, 0x00, 0x01, 0x10, 0x32, 0x54, 0x76, 0x98, 0xF0];
+        let request = [&imsi[..], &teids(0x11, 0x12), &[20, 5], &[128, 0, 2, 0xF1, 0x21]].concat();
+        send(&mut c, 1, SGSN, GGSN, 2123, &v1(16, 0, 1, &request));
+        let response = [&[1u8, 128][..], &teids(0x21, 0x22), &[128, 0, 6, 0xF1, 0x21, 10, 1, 2, 3]].concat();
+        send(&mut c, 2, GGSN, SGSN, 2123, &v1(17, 0x12, 1, &response));
+        let token = Token::from_random([5; 16]);
+        let g_pdu = dns_g_pdu(&token);
+        let sightings = |events: Vec<Event>| events.iter().filter(|e| matches!(e, Event::Sighting(_))).count();
+        let s = 1_000_000;
+        assert_eq!(sightings(send(&mut c, 3, SGSN, GGSN, 2152, &g_pdu)), 1);
+        assert_eq!(sightings(send(&mut c, 50 * s, SGSN, GGSN, 2152, &g_pdu)), 0, "within the window");
+        send(&mut c, 100 * s, SGSN, GGSN, 2152, &[0x30, 1, 0, 0, 0, 0, 0, 0]); // a sweep that keeps it
+        assert_eq!(sightings(send(&mut c, 101 * s, SGSN, GGSN, 2152, &g_pdu)), 1, "past the window");
+        assert_eq!(c.stats().notes().get("sighting-duplicate"), Some(&1));
     }
 
     /// A response that does not come back from the GSN the request went to is not paired; a rejected

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 /// its start in the carry.
 pub const CARRY_LEN: usize = TEXT_LEN - 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     /// The session the flow belongs to (0: none), so equal private addresses on two APNs do not mix.
     pub session: u64,
@@ -19,6 +19,16 @@ pub struct FlowKey {
     pub destination: IpAddr,
     pub source_port: u16,
     pub destination_port: u16,
+}
+
+impl std::hash::Hash for FlowKey {
+    /// Two 128-bit words (per packet, so few and wide): each address, IPv4 mapped so its high 80 bits
+    /// are free, with the session id or the ports folded in.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let ports = u128::from(self.source_port) << 16 | u128::from(self.destination_port);
+        state.write_u128(crate::ip_word(self.source) ^ u128::from(self.session) << 64);
+        state.write_u128(crate::ip_word(self.destination) ^ ports << 64);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,4 +24,15 @@ pub use engine::{Config, Correlator, Datagram, Stats};
 /// Every table keyed by wire data uses foldhash: several times faster than SipHash on these small keys,
 /// and seeded per process, so an attacker who picks TEIDs and addresses cannot aim at one bucket.
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// An address as one 128-bit word for hashing (IPv4 as its IPv4-mapped IPv6 form). Not injective across
+/// families (`1.2.3.4` and `::ffff:1.2.3.4` share a word), which only costs a rare extra comparison: the
+/// keys that use it compare the addresses themselves for equality.
+#[inline]
+pub(crate) fn ip_word(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
 pub use event::{Attribution, Event, Identity, SessionEvent, Sighting, Unattributed};

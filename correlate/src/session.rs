@@ -21,15 +21,22 @@ use crate::event::Identity;
 use crate::wire::{Apn, Tbcd};
 use crate::Map;
 use hashbrown::HashTable;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 /// A tunnel end: the address a GTP packet is sent to and the TEID it carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelKey {
     pub address: IpAddr,
     pub teid: u32,
+}
+
+impl Hash for TunnelKey {
+    /// One 128-bit word: the address (IPv4 mapped, so its high 80 bits are free) with the TEID folded in.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u128(crate::ip_word(self.address) ^ u128::from(self.teid) << 96);
+    }
 }
 
 /// Which way user traffic flows into a tunnel end.
@@ -252,20 +259,21 @@ impl Store {
         Some(TunnelKey { address: self.gsns.address(gsn)?, teid })
     }
 
+    // Entries of different kinds may share a hash: every lookup also checks the entry's kind.
     fn hash_user(&self, key: TunnelKey) -> u64 {
-        self.hasher.hash_one((ACCESS_USER, key.address, key.teid))
+        self.hasher.hash_one(key)
     }
 
     fn hash_control(&self, key: TunnelKey, nsapi: u8) -> u64 {
-        self.hasher.hash_one((ACCESS_CONTROL, key.address, key.teid, nsapi))
+        self.hasher.hash_one((key, nsapi))
     }
 
     fn hash_ip(&self, ip: IpAddr) -> u64 {
-        self.hasher.hash_one((UE_V4, ip))
+        self.hasher.hash_one(crate::ip_word(ip))
     }
 
     fn hash_tid(&self, tid: u64) -> u64 {
-        self.hasher.hash_one((TID, tid))
+        self.hasher.hash_one(tid)
     }
 
     fn ue_ipv6(&self, slot: u32, record: &Record) -> Option<Ipv6Addr> {
@@ -756,9 +764,9 @@ impl SessionTable {
         }
     }
 
-    /// Whether this tunnel end belonged to a session that ended (and the mark has not expired).
-    pub fn is_tombstone(&self, key: TunnelKey) -> bool {
-        self.tombstones.contains_key(&key)
+    /// Whether this tunnel end belonged to a session that ended at or after `since_us`.
+    pub fn is_tombstone(&self, key: TunnelKey, since_us: u64) -> bool {
+        self.tombstones.get(&key).is_some_and(|ended| *ended >= since_us)
     }
 
     /// Forgets tunnel ends of sessions that ended before `cutoff_us`.
@@ -861,8 +869,8 @@ mod tests {
         assert_eq!(table.by_user(key([10, 0, 1, 2], 100)), Some((b, Direction::Uplink)));
         assert_eq!(table.by_user(key([10, 0, 0, 2], 300)), Some((b, Direction::Downlink)));
         assert_eq!(table.by_user(key([10, 0, 0, 2], 200)), None);
-        assert!(table.is_tombstone(key([10, 0, 0, 2], 200)), "the displaced session's other tunnel end");
-        assert!(!table.is_tombstone(key([10, 0, 1, 2], 100)), "taken over, not ended");
+        assert!(table.is_tombstone(key([10, 0, 0, 2], 200), 0), "the displaced session's other tunnel end");
+        assert!(!table.is_tombstone(key([10, 0, 1, 2], 100), 0), "taken over, not ended");
         assert_eq!(table.by_ue_ip(IpAddr::from([10, 9, 0, 1])), None);
         assert_eq!(table.get(a), None);
         assert_eq!(table.len(), 1);
@@ -962,7 +970,7 @@ mod tests {
             .unwrap();
         assert!(displaced.is_empty());
         assert_eq!(table.by_user(key([10, 0, 0, 2], 2)), None);
-        assert!(!table.is_tombstone(key([10, 0, 0, 2], 2)), "moved, not ended");
+        assert!(!table.is_tombstone(key([10, 0, 0, 2], 2), 0), "moved, not ended");
         assert_eq!(table.by_user(key([10, 0, 0, 99], 77)), Some((a, Direction::Downlink)));
         assert_eq!(table.by_ue_ip(IpAddr::from([10, 9, 0, 1])), None);
         assert_eq!(table.by_ue_ip(IpAddr::from([10, 9, 9, 9])), Some(a));
