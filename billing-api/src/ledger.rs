@@ -41,6 +41,22 @@ fn invalid(message: impl Into<String>) -> LedgerError {
     LedgerError::Invalid(message.into())
 }
 
+/// One movement of money: its id (the idempotency of the ledger), when, why and in which currency.
+struct Movement<'a> {
+    id: &'a str,
+    at_us: i64,
+    kind: &'a str,
+    currency: &'a str,
+}
+
+/// Whether reading an account sums what it spent today and this month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spending {
+    Always,
+    /// Only when a cap needs it (the figures are then not shown to anyone).
+    WhenCapped,
+}
+
 pub fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
@@ -429,30 +445,8 @@ impl Ledger {
             if delta != 0 {
                 // A top-up or correction: the carrier's funding account pays the other side.
                 let movement = format!("adjust-{}-{now}", update.msisdn);
-                Self::entry(
-                    &mut tx,
-                    &movement,
-                    now,
-                    "adjustment",
-                    "subscriber",
-                    &update.msisdn,
-                    &update.currency,
-                    delta,
-                    None,
-                )
-                .await?;
-                Self::entry(
-                    &mut tx,
-                    &movement,
-                    now,
-                    "adjustment",
-                    "carrier",
-                    "funding",
-                    &update.currency,
-                    -delta,
-                    None,
-                )
-                .await?;
+                let movement = Movement { id: &movement, at_us: now, kind: "adjustment", currency: &update.currency };
+                Self::movement(&mut tx, &movement, None, &update.msisdn, delta, ("carrier", "funding")).await?;
                 sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE msisdn = $1")
                     .bind(&update.msisdn)
                     .bind(delta)
@@ -460,42 +454,50 @@ impl Ledger {
                     .await?;
             }
         }
-        let account =
-            Self::read_account(&mut tx, &update.msisdn, now, "").await?.ok_or(LedgerError::NotFound("account"))?;
+        let account = Self::read_account(&mut tx, &update.msisdn, now, "", Spending::Always)
+            .await?
+            .ok_or(LedgerError::NotFound("account"))?;
         tx.commit().await?;
         Ok(account)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn entry(
+    /// Writes one movement: two ledger entries that sum to zero, the subscriber's first, in one statement.
+    async fn movement(
         tx: &mut Tx<'_>,
-        movement: &str,
-        at_us: i64,
-        kind: &str,
-        account_type: &str,
-        account_ref: &str,
-        currency: &str,
-        amount: i64,
+        movement: &Movement<'_>,
         purchase_id: Option<i64>,
+        subscriber: &str,
+        subscriber_amount: i64,
+        (other_type, other_ref): (&str, &str),
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO ledger_entries (movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, 'subscriber', $4, $5, $6, $7), ($1, $2, $3, $8, $9, $5, $10, $7)",
         )
-        .bind(movement)
-        .bind(at_us)
-        .bind(kind)
-        .bind(account_type)
-        .bind(account_ref)
-        .bind(currency)
-        .bind(amount)
+        .bind(movement.id)
+        .bind(movement.at_us)
+        .bind(movement.kind)
+        .bind(subscriber)
+        .bind(movement.currency)
+        .bind(subscriber_amount)
         .bind(purchase_id)
+        .bind(other_type)
+        .bind(other_ref)
+        .bind(-subscriber_amount)
         .execute(&mut **tx)
         .await?;
         Ok(())
     }
 
-    async fn read_account(tx: &mut Tx<'_>, msisdn: &str, now: i64, lock: &str) -> Result<Option<AccountRow>> {
+    /// The account row; what it spent today and this month is summed from the ledger when `spending` says
+    /// so (the charge path needs it only for an account with a cap).
+    async fn read_account(
+        tx: &mut Tx<'_>,
+        msisdn: &str,
+        now: i64,
+        lock: &str,
+        spending: Spending,
+    ) -> Result<Option<AccountRow>> {
         let Some(row) = sqlx::query(&format!(
             "SELECT msisdn, kind, currency, balance, credit_limit, daily_cap, monthly_cap, barred FROM accounts WHERE msisdn = $1{lock}"
         ))
@@ -505,25 +507,31 @@ impl Ledger {
         else {
             return Ok(None);
         };
-        let (day, month) = day_and_month_start(now);
-        let spent = |since: i64| {
-            sqlx::query(
-                "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM ledger_entries \
-                 WHERE account_type = 'subscriber' AND account_ref = $1 AND kind IN ('charge', 'refund') AND at_us >= $2",
+        let (daily_cap, monthly_cap): (i64, i64) = (row.try_get("daily_cap")?, row.try_get("monthly_cap")?);
+        let (mut today, mut month) = (0i64, 0i64);
+        if spending == Spending::Always || daily_cap > 0 || monthly_cap > 0 {
+            // The month started no later than the day: one pass over the month's entries gives both.
+            let (day_start, month_start) = day_and_month_start(now);
+            let sums = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(CASE WHEN at_us >= $2 THEN amount ELSE 0 END), 0) AS BIGINT) AS today, \
+                 CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS month FROM ledger_entries \
+                 WHERE account_type = 'subscriber' AND account_ref = $1 AND kind IN ('charge', 'refund') AND at_us >= $3",
             )
             .bind(msisdn.to_owned())
-            .bind(since)
-        };
-        let today: i64 = spent(day).fetch_one(&mut **tx).await?.try_get("total")?;
-        let month: i64 = spent(month).fetch_one(&mut **tx).await?.try_get("total")?;
+            .bind(day_start)
+            .bind(month_start)
+            .fetch_one(&mut **tx)
+            .await?;
+            (today, month) = (sums.try_get("today")?, sums.try_get("month")?);
+        }
         Ok(Some(AccountRow {
             msisdn: row.try_get("msisdn")?,
             kind: row.try_get("kind")?,
             currency: row.try_get("currency")?,
             balance: row.try_get("balance")?,
             credit_limit: row.try_get("credit_limit")?,
-            daily_cap: row.try_get("daily_cap")?,
-            monthly_cap: row.try_get("monthly_cap")?,
+            daily_cap,
+            monthly_cap,
             barred: row.try_get::<i64, _>("barred")? != 0,
             spent_today: -today,
             spent_this_month: -month,
@@ -533,8 +541,9 @@ impl Ledger {
     pub async fn get_account(&self, msisdn: &str) -> Result<AccountRow> {
         validate_msisdn(msisdn)?;
         let mut tx = self.db.pool.begin().await?;
-        let account =
-            Self::read_account(&mut tx, msisdn, now_us(), "").await?.ok_or(LedgerError::NotFound("account"))?;
+        let account = Self::read_account(&mut tx, msisdn, now_us(), "", Spending::Always)
+            .await?
+            .ok_or(LedgerError::NotFound("account"))?;
         tx.commit().await?;
         Ok(account)
     }
@@ -788,10 +797,8 @@ impl Ledger {
         }
         let msisdn = purchase.charged_msisdn.clone().unwrap_or_default();
         let movement = format!("refund-{id}-{refund_key}");
-        Self::entry(&mut tx, &movement, now, "refund", "subscriber", &msisdn, &purchase.currency, refund, Some(id))
-            .await?;
-        Self::entry(&mut tx, &movement, now, "refund", "sp", &sp.to_string(), &purchase.currency, -refund, Some(id))
-            .await?;
+        let movement = Movement { id: &movement, at_us: now, kind: "refund", currency: &purchase.currency };
+        Self::movement(&mut tx, &movement, Some(id), &msisdn, refund, ("sp", &sp.to_string())).await?;
         sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE msisdn = $1")
             .bind(&msisdn)
             .bind(refund)
@@ -969,7 +976,8 @@ impl Ledger {
         msisdn: &str,
         now: i64,
     ) -> Result<Option<&'static str>> {
-        let Some(account) = Self::read_account(tx, msisdn, now, self.db.for_update()).await? else {
+        let Some(account) = Self::read_account(tx, msisdn, now, self.db.for_update(), Spending::WhenCapped).await?
+        else {
             return Ok(Some("unknown-subscriber"));
         };
         if account.barred {
@@ -990,20 +998,9 @@ impl Ledger {
             return Ok(Some("insufficient-balance"));
         }
         let movement = format!("charge-{}", purchase.id);
-        Self::entry(tx, &movement, now, "charge", "subscriber", msisdn, &purchase.currency, -amount, Some(purchase.id))
-            .await?;
-        Self::entry(
-            tx,
-            &movement,
-            now,
-            "charge",
-            "sp",
-            &purchase.service_provider_id.to_string(),
-            &purchase.currency,
-            amount,
-            Some(purchase.id),
-        )
-        .await?;
+        let movement = Movement { id: &movement, at_us: now, kind: "charge", currency: &purchase.currency };
+        let sp = purchase.service_provider_id.to_string();
+        Self::movement(tx, &movement, Some(purchase.id), msisdn, -amount, ("sp", &sp)).await?;
         sqlx::query("UPDATE accounts SET balance = balance - $2, updated_at_us = $3 WHERE msisdn = $1")
             .bind(msisdn)
             .bind(amount)
