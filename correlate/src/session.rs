@@ -186,6 +186,16 @@ impl Record {
     fn id(&self, slot: u32) -> u64 {
         (self.seq & 0xFFFF_FFFF) << 32 | u64::from(slot)
     }
+
+    /// Whether this live record is the session `id` names (and not a later one in the same slot).
+    fn is(&self, id: u64) -> bool {
+        self.live() && self.seq & 0xFFFF_FFFF == id >> 32
+    }
+}
+
+/// The slot an id names (its low half).
+fn slot_in(id: u64) -> u32 {
+    (id & 0xFFFF_FFFF) as u32
 }
 
 /// GSN addresses as `u16` ids, reference-counted by the tunnel ends of live sessions, so the table stays
@@ -274,6 +284,12 @@ impl Store {
 
     fn hash_tid(&self, tid: u64) -> u64 {
         self.hasher.hash_one(tid)
+    }
+
+    /// The id of the session an index entry points at.
+    fn id_of(&self, entry: u32) -> Option<u64> {
+        let slot = entry >> KIND_BITS;
+        Some(self.record(slot)?.id(slot))
     }
 
     fn ue_ipv6(&self, slot: u32, record: &Record) -> Option<Ipv6Addr> {
@@ -422,8 +438,8 @@ impl SessionTable {
     }
 
     fn slot_of(&self, id: u64) -> Option<u32> {
-        let slot = (id & 0xFFFF_FFFF) as u32;
-        self.store.record(slot).filter(|r| r.seq & 0xFFFF_FFFF == id >> 32).map(|_| slot)
+        let slot = slot_in(id);
+        self.store.record(slot).is_some_and(|r| r.is(id)).then_some(slot)
     }
 
     /// The session, in full (a copy: the table stores it packed).
@@ -478,16 +494,14 @@ impl SessionTable {
     pub fn by_user(&self, key: TunnelKey) -> Option<(u64, Direction)> {
         let store = &self.store;
         let &entry = self.index.find(store.hash_user(key), |&e| store.is_user(e, key))?;
-        let slot = entry >> KIND_BITS;
         let direction = if entry & KIND_MASK == CORE_USER { Direction::Uplink } else { Direction::Downlink };
-        Some((store.record(slot)?.id(slot), direction))
+        Some((store.id_of(entry)?, direction))
     }
 
     pub fn by_tid(&self, tid: u64) -> Option<u64> {
         let store = &self.store;
         let &entry = self.index.find(store.hash_tid(tid), |&e| store.is_tid(e, tid))?;
-        let slot = entry >> KIND_BITS;
-        Some(store.record(slot)?.id(slot))
+        store.id_of(entry)
     }
 
     /// The single live session holding this UE address, if exactly one does.
@@ -501,14 +515,13 @@ impl SessionTable {
         if holders.next().is_some() {
             return None;
         }
-        let slot = only >> KIND_BITS;
-        Some(store.record(slot)?.id(slot))
+        store.id_of(only)
     }
 
     /// Marks a session as seen at `ts_us` (packet time); `false` if it is not live.
     pub fn touch(&mut self, id: u64, ts_us: u64) -> bool {
-        let Some(record) = self.store.records.get_mut((id & 0xFFFF_FFFF) as usize) else { return false };
-        if !record.live() || record.seq & 0xFFFF_FFFF != id >> 32 {
+        let Some(record) = self.store.records.get_mut(slot_in(id) as usize) else { return false };
+        if !record.is(id) {
             return false;
         }
         record.last_seen_us = record.last_seen_us.max(ts_us);
@@ -564,7 +577,7 @@ impl SessionTable {
         };
         change(&mut session);
         let record = self.encode(&session, old.seq)?;
-        self.unindex(slot, &old, false);
+        self.unindex(slot, false);
         self.release(&old);
         self.place(slot, record, Some(&session));
         Ok(self.index(slot))
@@ -704,52 +717,38 @@ impl SessionTable {
         displaced.into_iter().filter_map(|old| self.remove_slot(old)).collect()
     }
 
-    /// Removes a session's index entries (its record still in place); user-plane keys it still held
-    /// become tombstones when `tombstone` is set.
-    fn unindex(&mut self, slot: u32, record: &Record, tombstone: bool) {
-        let store = &self.store;
-        let mut entries: [Option<(u32, u64)>; 6] = [None; 6];
-        for (at, (kind, flag)) in
-            [(ACCESS_CONTROL, INDEXED_ACCESS_CONTROL), (CORE_CONTROL, INDEXED_CORE_CONTROL)].into_iter().enumerate()
-        {
-            if record.flags & flag != 0 {
-                if let (Some(key), Some(out)) = (store.key_at(record, kind), entries.get_mut(at)) {
-                    *out = Some((kind, store.hash_control(key, record.nsapi)));
-                }
+    /// Removes a session's index entries (its record still in place: each entry's hash is recomputed
+    /// from it); user-plane keys it still held become tombstones when `tombstone` is set.
+    fn unindex(&mut self, slot: u32, tombstone: bool) {
+        let Some(record) = self.store.record(slot).copied() else { return };
+        let has = |flag: u8| record.flags & flag != 0;
+        let user_keys = !has(HAS_TID);
+        for (kind, indexed) in [
+            (ACCESS_CONTROL, has(INDEXED_ACCESS_CONTROL)),
+            (CORE_CONTROL, has(INDEXED_CORE_CONTROL)),
+            (ACCESS_USER, user_keys),
+            (CORE_USER, user_keys),
+            (UE_V4, has(INDEXED_V4)),
+            (UE_V6, has(INDEXED_V6)),
+            (TID, has(HAS_TID)),
+        ] {
+            if !indexed {
+                continue;
             }
-        }
-        if let (true, Some(out)) = (record.flags & INDEXED_V4 != 0, entries.get_mut(2)) {
-            *out = Some((UE_V4, store.hash_ip(IpAddr::V4(record.ue_ipv4.into()))));
-        }
-        if let (true, Some(v6), Some(out)) =
-            (record.flags & INDEXED_V6 != 0, store.ue_ipv6(slot, record), entries.get_mut(3))
-        {
-            *out = Some((UE_V6, store.hash_ip(IpAddr::V6(v6))));
-        }
-        if let (Some(tid), Some(out)) = (store.tid(slot, record), entries.get_mut(4)) {
-            *out = Some((TID, store.hash_tid(tid)));
-        }
-        for (kind, hash) in entries.into_iter().flatten() {
-            if let Ok(entry) = self.index.find_entry(hash, |&e| e == slot << KIND_BITS | kind) {
-                entry.remove();
-            }
-        }
-        if record.flags & HAS_TID == 0 {
-            for kind in [ACCESS_USER, CORE_USER] {
-                let Some(key) = self.store.key_at(record, kind) else { continue };
-                let hash = self.store.hash_user(key);
-                // A key another session has taken over is that session's now: no tombstone for it.
-                if let Ok(entry) = self.index.find_entry(hash, |&e| e == slot << KIND_BITS | kind) {
-                    entry.remove();
-                    if tombstone && self.tombstones.len() < self.tombstones_max {
-                        self.tombstones.insert(key, record.last_seen_us);
-                    }
-                }
+            let entry = slot << KIND_BITS | kind;
+            let hash = self.store.entry_hash(entry);
+            // A user key another session has taken over is that session's now: not found, no tombstone.
+            let Ok(found) = self.index.find_entry(hash, |&e| e == entry) else { continue };
+            found.remove();
+            let user_key =
+                if kind == ACCESS_USER || kind == CORE_USER { self.store.key_at(&record, kind) } else { None };
+            if let (true, Some(key)) = (tombstone && self.tombstones.len() < self.tombstones_max, user_key) {
+                self.tombstones.insert(key, record.last_seen_us);
             }
         }
         let v4 = (record.flags & (HAS_V4 | INDEXED_V4) == HAS_V4).then(|| IpAddr::V4(record.ue_ipv4.into()));
         let v6 = (record.flags & (HAS_V6 | INDEXED_V6) == HAS_V6)
-            .then(|| self.store.ue_ipv6(slot, record).map(IpAddr::V6))
+            .then(|| self.store.ue_ipv6(slot, &record).map(IpAddr::V6))
             .flatten();
         for ip in [v4, v6].into_iter().flatten() {
             if let std::collections::hash_map::Entry::Occupied(mut crowded) = self.ue_ip_crowded.entry(ip) {
@@ -784,7 +783,7 @@ impl SessionTable {
     fn remove_slot(&mut self, slot: u32) -> Option<Session> {
         let session = self.store.decode(slot)?;
         let record = *self.store.record(slot)?;
-        self.unindex(slot, &record, true);
+        self.unindex(slot, true);
         self.release(&record);
         self.place(slot, FREE, None);
         self.free.push(slot);
