@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# Charging throughput through gRPC into PostgreSQL, beside pgbench's one-row-update-plus-insert on the
-# same server. Uses a scratch database that it drops at the end.
+# Charging through gRPC into PostgreSQL, beside pgbench's one-row-update-plus-insert on the same server.
+# Uses a scratch database per run that it drops at the end.
 #   bash benches/billing-load.sh [CHARGES] [CONCURRENCY] [BATCH]
+# 1. pgbench, CONCURRENCY clients, 10 s: the rate to meet.
+# 2. Closed loop: CONCURRENCY callers of BATCH sightings each, as fast as they are answered (capacity).
+# 3. Open loop at pgbench's rate, calls of 1 and of BATCH sightings on a fixed schedule: the latency at
+#    that rate, counted from each call's scheduled start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CHARGES=${1:-5000}; CONCURRENCY=${2:-16}; BATCH=${3:-1}
+CHARGES=${1:-10000}; CONCURRENCY=${2:-16}; BATCH=${3:-8}
 PGHOST=${PGHOST:-127.0.0.1}; PGUSER=${PGUSER:-postgres}
-DB=gtpcharge_bench_$$
-psql -h "$PGHOST" -U "$PGUSER" -d postgres -qc "CREATE DATABASE $DB"
-trap 'psql -h "$PGHOST" -U "$PGUSER" -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"' EXIT
+CREATED=$(mktemp)
+cleanup() {
+  while read -r db; do psql -h "$PGHOST" -U "$PGUSER" -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"; done < "$CREATED"
+  rm -f "$CREATED"
+}
+trap cleanup EXIT
+# A new scratch database per run (called in $(...), so the list of them lives in a file).
+fresh() {
+  local db; db=gtpcharge_bench_$$_$(wc -l < "$CREATED")
+  echo "$db" >> "$CREATED"
+  psql -h "$PGHOST" -U "$PGUSER" -d postgres -qc "CREATE DATABASE $db"
+  echo "$db"
+}
 cargo build -q --release -p gtpcharge-billing-api --example load
-echo "== gtpcharge ReportSightings (1 charge = 1 purchase update + 2 ledger entries + account update + audit + change row)"
-./target/release/examples/load "postgres://$PGUSER@$PGHOST:5432/$DB" "$CHARGES" "$CONCURRENCY" "$BATCH"
+
 echo "== pgbench: one-row UPDATE + INSERT per transaction, $CONCURRENCY clients, 10 s"
+DB=$(fresh)
 psql -h "$PGHOST" -U "$PGUSER" -d "$DB" -qc "CREATE TABLE bench_accounts (id int PRIMARY KEY, balance bigint); INSERT INTO bench_accounts SELECT g, 0 FROM generate_series(1, 1000) g; CREATE TABLE bench_entries (id bigserial PRIMARY KEY, account int, amount bigint);"
 SCRIPT=$(mktemp)
 cat > "$SCRIPT" <<'SQL'
@@ -22,5 +36,20 @@ UPDATE bench_accounts SET balance = balance - 1 WHERE id = :id;
 INSERT INTO bench_entries (account, amount) VALUES (:id, -1);
 COMMIT;
 SQL
-pgbench -h "$PGHOST" -U "$PGUSER" -n -c "$CONCURRENCY" -j 2 -T 10 -f "$SCRIPT" "$DB" 2>/dev/null | grep -E "^(tps|latency)"
-rm -f "$SCRIPT"
+LOGS=$(mktemp -d)
+PGBENCH=$(cd "$LOGS" && pgbench -h "$PGHOST" -U "$PGUSER" -n -c "$CONCURRENCY" -j 2 -T 10 -l -f "$SCRIPT" "$DB" 2>/dev/null)
+echo "$PGBENCH" | grep -E "^(tps|latency)"
+# Per-transaction latencies (3rd column, microseconds) from pgbench's log: the same percentiles as ours.
+cat "$LOGS"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{l[NR]=$1} END {printf "pgbench transaction p50 %.2f ms  p99 %.2f ms\n", l[int((NR-1)*0.5)+1]/1000, l[int((NR-1)*0.99)+1]/1000}'
+rm -rf "$SCRIPT" "$LOGS"
+RATE=$(echo "$PGBENCH" | sed -nE 's/^tps = ([0-9]+).*/\1/p')
+
+echo "== gtpcharge ReportSightings (a charge: purchase update, account update, 2 ledger entries, change row, audit row)"
+echo "-- closed loop, $CONCURRENCY callers"
+for b in 1 "$BATCH"; do
+  ./target/release/examples/load "postgres://$PGUSER@$PGHOST:5432/$(fresh)" "$CHARGES" "$CONCURRENCY" "$b" | tail -1
+done
+echo "-- open loop at pgbench's rate ($RATE/s)"
+for b in 1 "$BATCH"; do
+  ./target/release/examples/load "postgres://$PGUSER@$PGHOST:5432/$(fresh)" "$CHARGES" "$CONCURRENCY" "$b" "$RATE" | tail -1
+done

@@ -2,7 +2,10 @@
 //! concurrent probe connections through gRPC into the ledger; prints charges/s and p50/p99 latency of
 //! ReportSightings. `benches/billing-load.sh` runs it beside pgbench on the same PostgreSQL.
 //!
-//! cargo run --release -p gtpcharge-billing-api --example load -- DATABASE_URL [CHARGES] [CONCURRENCY] [BATCH]
+//! With RATE (charges/s) the load is open: calls of BATCH sightings start on a fixed schedule, as many at
+//! once as it takes, and latency counts from each call's scheduled start.
+//!
+//! cargo run --release -p gtpcharge-billing-api --example load -- DATABASE_URL [CHARGES] [CONCURRENCY] [BATCH] [RATE]
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::{AccountUpdate, NewPurchase};
 use gtpcharge_billing_api::{Db, Ledger};
@@ -12,10 +15,11 @@ use std::time::{Duration, Instant};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).ok_or("usage: load DATABASE_URL [CHARGES] [CONCURRENCY] [BATCH]")?.clone();
+    let url = args.get(1).ok_or("usage: load DATABASE_URL [CHARGES] [CONCURRENCY] [BATCH] [RATE]")?.clone();
     let charges: usize = args.get(2).map_or(Ok(5_000), |s| s.parse())?;
     let concurrency: usize = args.get(3).map_or(Ok(16), |s| s.parse())?;
     let batch: usize = args.get(4).map_or(Ok(1), |s| s.parse())?;
+    let rate: f64 = args.get(5).map_or(Ok(0.0), |s| s.parse())?;
     let ledger = Ledger::new(Db::connect(&url).await?);
     let suffix = gtpcharge_billing_api::ledger::now_us();
     let (sp, _) = ledger.create_service_provider(&format!("load-{suffix}")).await?;
@@ -49,40 +53,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(gtpcharge_billing_api::server::serve(ledger.clone(), listener, None, std::future::pending()));
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))?.connect().await?;
     let chunks: Vec<Vec<(String, String)>> = tokens.chunks(batch).map(<[_]>::to_vec).collect();
-    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(chunks));
+    let client = pb::sighting_service_client::SightingServiceClient::new(channel);
+    let key = probe.secret.clone();
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let queue = queue.clone();
-        let mut client = pb::sighting_service_client::SightingServiceClient::new(channel.clone());
-        let key = probe.secret.clone();
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut charged = 0usize;
-            loop {
-                let Some(chunk) = queue.lock().await.pop() else { break };
-                let sightings = chunk
-                    .iter()
-                    .map(|(token, msisdn)| pb::Sighting {
-                        token: token.clone(),
-                        msisdn: msisdn.clone(),
-                        ..Default::default()
-                    })
-                    .collect();
-                let mut request = tonic::Request::new(pb::ReportSightingsRequest { sightings });
-                request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii key"));
-                let t = Instant::now();
-                let response = client.report_sightings(request).await.expect("report");
-                latencies.push(t.elapsed());
-                charged += response
-                    .into_inner()
-                    .results
-                    .iter()
-                    .filter(|r| r.outcome == pb::SightingOutcome::Charged as i32)
-                    .count();
-            }
-            (latencies, charged)
-        }));
+    if rate > 0.0 {
+        // Open loop: call i starts at started + i * BATCH / RATE whether or not earlier calls have
+        // answered, and its latency counts from that scheduled time (no coordinated omission).
+        let every = Duration::from_secs_f64(batch as f64 / rate);
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let due = started + every * i as u32;
+            tokio::time::sleep_until(due.into()).await;
+            let (client, key) = (client.clone(), key.clone());
+            workers.push(tokio::spawn(async move {
+                let charged = call(client, &key, &chunk).await;
+                (vec![due.elapsed()], charged)
+            }));
+        }
+    } else {
+        // Closed loop: CONCURRENCY callers, each sending its next call when the last one answered.
+        let queue = std::sync::Arc::new(tokio::sync::Mutex::new(chunks));
+        for _ in 0..concurrency {
+            let (queue, client, key) = (queue.clone(), client.clone(), key.clone());
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut charged = 0usize;
+                loop {
+                    let Some(chunk) = queue.lock().await.pop() else { break };
+                    let t = Instant::now();
+                    charged += call(client.clone(), &key, &chunk).await;
+                    latencies.push(t.elapsed());
+                }
+                (latencies, charged)
+            }));
+        }
     }
     let mut latencies: Vec<Duration> = Vec::new();
     let mut charged = 0;
@@ -94,8 +98,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = started.elapsed();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+    let load = if rate > 0.0 { format!("offered {rate:.0} charges/s") } else { format!("concurrency {concurrency}") };
     println!(
-        "charges {charged}/{charges}  concurrency {concurrency}  batch {batch}  elapsed {:.2}s  {:.0} charges/s  RPC p50 {:.2} ms  p99 {:.2} ms",
+        "charges {charged}/{charges}  {load}  batch {batch}  elapsed {:.2}s  {:.0} charges/s  RPC p50 {:.2} ms  p99 {:.2} ms",
         elapsed.as_secs_f64(),
         charged as f64 / elapsed.as_secs_f64(),
         pct(0.50).as_secs_f64() * 1e3,
@@ -104,4 +109,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sums = ledger.sums_by_currency().await?;
     assert!(sums.iter().all(|(_, s)| *s == 0), "ledger unbalanced: {sums:?}");
     Ok(())
+}
+
+/// One ReportSightings call; returns how many of its sightings were charged.
+async fn call(
+    mut client: pb::sighting_service_client::SightingServiceClient<tonic::transport::Channel>,
+    key: &str,
+    chunk: &[(String, String)],
+) -> usize {
+    let sightings = chunk
+        .iter()
+        .map(|(token, msisdn)| pb::Sighting { token: token.clone(), msisdn: msisdn.clone(), ..Default::default() })
+        .collect();
+    let mut request = tonic::Request::new(pb::ReportSightingsRequest { sightings });
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii key"));
+    let response = client.report_sightings(request).await.expect("report");
+    response.into_inner().results.iter().filter(|r| r.outcome == pb::SightingOutcome::Charged as i32).count()
 }

@@ -74,6 +74,59 @@ impl Db {
     }
 }
 
+/// The SQL type of a column read from a JSON parameter (see [`Db::json_rows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonColumn {
+    BigInt,
+    Text,
+}
+
+impl Db {
+    /// A FROM item named `v` holding the rows of the JSON array of objects bound as `$n`, one column per
+    /// object key. Set-based statements take any number of rows through one parameter, so each keeps one
+    /// prepared statement whatever the batch size (an IN list or a VALUES list would prepare one statement
+    /// per size). PostgreSQL: `json_to_recordset`; SQLite: `json_each`.
+    pub fn json_rows(&self, n: usize, columns: &[(&str, JsonColumn)]) -> String {
+        match self.backend {
+            Backend::Postgres => {
+                let types: Vec<String> = columns
+                    .iter()
+                    .map(|(name, kind)| match kind {
+                        JsonColumn::BigInt => format!("{name} BIGINT"),
+                        JsonColumn::Text => format!("{name} TEXT"),
+                    })
+                    .collect();
+                format!("json_to_recordset(${n}::json) AS v({})", types.join(", "))
+            }
+            Backend::Sqlite => {
+                let fields: Vec<String> =
+                    columns.iter().map(|(name, _)| format!("json_extract(value, '$.{name}') AS {name}")).collect();
+                format!("(SELECT {} FROM json_each(${n})) AS v", fields.join(", "))
+            }
+        }
+    }
+
+    /// A predicate: `column` equals one of the values bound as `$n`, a JSON array of strings (`key`
+    /// `None`) or of objects (the value at `key`). On PostgreSQL it is written as `= ANY(ARRAY(...))`
+    /// so the planner probes the column's index: a join or `IN` against a JSON function is estimated at
+    /// 100 rows and planned as a scan of the whole table until the table is large.
+    pub fn json_in(&self, column: &str, n: usize, key: Option<(&str, JsonColumn)>) -> String {
+        match (self.backend, key) {
+            (Backend::Postgres, None) => format!("{column} = ANY(ARRAY(SELECT json_array_elements_text(${n}::json)))"),
+            (Backend::Postgres, Some((key, JsonColumn::Text))) => {
+                format!("{column} = ANY(ARRAY(SELECT json_array_elements(${n}::json) ->> '{key}'))")
+            }
+            (Backend::Postgres, Some((key, JsonColumn::BigInt))) => {
+                format!("{column} = ANY(ARRAY(SELECT (json_array_elements(${n}::json) ->> '{key}')::BIGINT))")
+            }
+            (Backend::Sqlite, None) => format!("{column} IN (SELECT value FROM json_each(${n}))"),
+            (Backend::Sqlite, Some((key, _))) => {
+                format!("{column} IN (SELECT json_extract(value, '$.{key}') FROM json_each(${n}))")
+            }
+        }
+    }
+}
+
 /// Reads an optional text column.
 pub fn opt_text(row: &AnyRow, column: &str) -> Result<Option<String>, sqlx::Error> {
     row.try_get::<Option<String>, _>(column)

@@ -7,12 +7,14 @@
 //! only ever inserted; a refund is a new pair of entries. Each state change also appends a row to
 //! `purchase_changes`, the SP's resumable change stream.
 use crate::auth::{self, Caller, Kind, NewSecret};
-use crate::db::{opt_text, Db};
+use crate::db::{opt_text, Backend, Db, JsonColumn};
 use gtpcharge_proto::Token;
+use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum LedgerError {
     Database(#[from] sqlx::Error),
     #[error("no randomness available")]
     Random,
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, LedgerError>;
@@ -261,18 +265,46 @@ pub struct SightingResult {
     pub other_subscriber: bool,
 }
 
+impl SightingResult {
+    fn unknown() -> SightingResult {
+        SightingResult {
+            outcome: Outcome::UnknownToken,
+            decline_reason: None,
+            purchase_id: None,
+            charged_msisdn: None,
+            other_subscriber: false,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     pub db: Db,
     /// Woken after every commit that appended purchase changes (WatchPurchases waits on it).
     pub changed: Arc<Notify>,
+    /// Credentials recently found valid, by the SHA-256 of their secret (see [`CREDENTIAL_TTL`]).
+    credentials: Arc<Mutex<Credentials>>,
 }
+
+#[derive(Default)]
+struct Credentials {
+    valid: HashMap<String, (Caller, Instant)>,
+    /// Bumped by every revocation: a lookup that started before one does not fill the cache.
+    generation: u64,
+}
+
+/// How long a credential found valid is trusted without asking the database again. A key revoked
+/// through this server stops working at once (the cache is emptied); one revoked through another
+/// server sharing the database stops working here within this time.
+pub const CREDENTIAL_TTL: Duration = Duration::from_secs(2);
+/// At most this many credentials are remembered (the cache is emptied when it is full).
+const CREDENTIALS_CACHED: usize = 4096;
 
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
 impl Ledger {
     pub fn new(db: Db) -> Ledger {
-        Ledger { db, changed: Arc::new(Notify::new()) }
+        Ledger { db, changed: Arc::new(Notify::new()), credentials: Arc::default() }
     }
 
     // ------------------------------------------------------------------ credentials
@@ -340,6 +372,11 @@ impl Ledger {
             .bind(now_us())
             .execute(&self.db.pool)
             .await?;
+        // After the row is updated: emptied, and lookups that read it before cannot refill the cache.
+        if let Ok(mut cache) = self.credentials.lock() {
+            cache.valid.clear();
+            cache.generation += 1;
+        }
         if done.rows_affected() == 0 {
             let exists = sqlx::query("SELECT key_id FROM credentials WHERE key_id = $1")
                 .bind(key_id)
@@ -353,19 +390,38 @@ impl Ledger {
     }
 
     pub async fn authenticate(&self, secret: &str) -> Result<Caller> {
+        let hash = auth::hash(secret);
+        let mut generation = None;
+        if let Ok(cache) = self.credentials.lock() {
+            if let Some((caller, at)) = cache.valid.get(&hash) {
+                if at.elapsed() < CREDENTIAL_TTL {
+                    return Ok(caller.clone());
+                }
+            }
+            generation = Some(cache.generation);
+        }
         let row = sqlx::query(
             "SELECT key_id, kind, service_provider_id FROM credentials WHERE secret_sha256 = $1 AND revoked_at_us IS NULL",
         )
-        .bind(auth::hash(secret))
+        .bind(&hash)
         .fetch_optional(&self.db.pool)
         .await?
         .ok_or(LedgerError::Unauthenticated)?;
         let kind: String = row.try_get("kind")?;
-        Ok(Caller {
+        let caller = Caller {
             key_id: row.try_get("key_id")?,
             kind: Kind::parse(&kind).ok_or(LedgerError::Unauthenticated)?,
             service_provider_id: row.try_get::<Option<i64>, _>("service_provider_id")?,
-        })
+        };
+        if let Ok(mut cache) = self.credentials.lock() {
+            if generation == Some(cache.generation) {
+                if cache.valid.len() >= CREDENTIALS_CACHED {
+                    cache.valid.clear();
+                }
+                cache.valid.insert(hash, (caller.clone(), Instant::now()));
+            }
+        }
+        Ok(caller)
     }
 
     // ------------------------------------------------------------------ accounts
@@ -446,7 +502,7 @@ impl Ledger {
                 // A top-up or correction: the carrier's funding account pays the other side.
                 let movement = format!("adjust-{}-{now}", update.msisdn);
                 let movement = Movement { id: &movement, at_us: now, kind: "adjustment", currency: &update.currency };
-                Self::movement(&mut tx, &movement, None, &update.msisdn, delta, ("carrier", "funding")).await?;
+                self.movement(&mut tx, &movement, None, &update.msisdn, delta, ("carrier", "funding")).await?;
                 sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE msisdn = $1")
                     .bind(&update.msisdn)
                     .bind(delta)
@@ -454,15 +510,17 @@ impl Ledger {
                     .await?;
             }
         }
-        let account = Self::read_account(&mut tx, &update.msisdn, now, "", Spending::Always)
+        let account = self
+            .read_account(&mut tx, &update.msisdn, now, "", Spending::Always)
             .await?
             .ok_or(LedgerError::NotFound("account"))?;
         tx.commit().await?;
         Ok(account)
     }
 
-    /// Writes one movement: two ledger entries that sum to zero, the subscriber's first, in one statement.
+    /// Writes one movement: two ledger entries that sum to zero, the subscriber's first.
     async fn movement(
+        &self,
         tx: &mut Tx<'_>,
         movement: &Movement<'_>,
         purchase_id: Option<i64>,
@@ -470,78 +528,123 @@ impl Ledger {
         subscriber_amount: i64,
         (other_type, other_ref): (&str, &str),
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO ledger_entries (movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id) \
-             VALUES ($1, $2, $3, 'subscriber', $4, $5, $6, $7), ($1, $2, $3, $8, $9, $5, $10, $7)",
-        )
-        .bind(movement.id)
-        .bind(movement.at_us)
-        .bind(movement.kind)
-        .bind(subscriber)
-        .bind(movement.currency)
-        .bind(subscriber_amount)
-        .bind(purchase_id)
-        .bind(other_type)
-        .bind(other_ref)
-        .bind(-subscriber_amount)
-        .execute(&mut **tx)
-        .await?;
+        let entries = EntryWrite::pair(movement, purchase_id, subscriber, subscriber_amount, (other_type, other_ref));
+        self.insert_entries(tx, &entries).await
+    }
+
+    /// Inserts ledger entries, any number in one statement.
+    async fn insert_entries(&self, tx: &mut Tx<'_>, entries: &[EntryWrite]) -> Result<()> {
+        sqlx::query(&self.entries_sql(1)).bind(json(entries)?).execute(&mut **tx).await?;
         Ok(())
     }
 
-    /// The account row; what it spent today and this month is summed from the ledger when `spending` says
-    /// so (the charge path needs it only for an account with a cap).
+    /// The statement inserting the ledger entries bound as `$n` ([`EntryWrite`] rows).
+    fn entries_sql(&self, n: usize) -> String {
+        use JsonColumn::{BigInt, Text};
+        let rows = self.db.json_rows(
+            n,
+            &[
+                ("movement_id", Text),
+                ("at_us", BigInt),
+                ("kind", Text),
+                ("account_type", Text),
+                ("account_ref", Text),
+                ("currency", Text),
+                ("amount", BigInt),
+                ("purchase_id", BigInt),
+            ],
+        );
+        format!(
+            "INSERT INTO ledger_entries (movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id) \
+             SELECT movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id FROM {rows}"
+        )
+    }
+
+    /// One account; see [`Ledger::read_accounts`].
     async fn read_account(
+        &self,
         tx: &mut Tx<'_>,
         msisdn: &str,
         now: i64,
         lock: &str,
         spending: Spending,
     ) -> Result<Option<AccountRow>> {
-        let Some(row) = sqlx::query(&format!(
-            "SELECT msisdn, kind, currency, balance, credit_limit, daily_cap, monthly_cap, barred FROM accounts WHERE msisdn = $1{lock}"
+        Ok(self.read_accounts(tx, &[msisdn], now, lock, spending).await?.pop())
+    }
+
+    /// The accounts of these MSISDNs that exist, in MSISDN order (the order their rows are locked in when
+    /// `lock` asks for it); what each spent today and this month is summed from the ledger when
+    /// `spending` says so (the charge path needs it only for accounts with a cap), in one query for all.
+    async fn read_accounts(
+        &self,
+        tx: &mut Tx<'_>,
+        msisdns: &[&str],
+        now: i64,
+        lock: &str,
+        spending: Spending,
+    ) -> Result<Vec<AccountRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT msisdn, kind, currency, balance, credit_limit, daily_cap, monthly_cap, barred FROM accounts \
+             WHERE {} ORDER BY msisdn{lock}",
+            self.db.json_in("msisdn", 1, None)
         ))
-        .bind(msisdn)
-        .fetch_optional(&mut **tx)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let (daily_cap, monthly_cap): (i64, i64) = (row.try_get("daily_cap")?, row.try_get("monthly_cap")?);
-        let (mut today, mut month) = (0i64, 0i64);
-        if spending == Spending::Always || daily_cap > 0 || monthly_cap > 0 {
-            // The month started no later than the day: one pass over the month's entries gives both.
-            let (day_start, month_start) = day_and_month_start(now);
-            let sums = sqlx::query(
-                "SELECT CAST(COALESCE(SUM(CASE WHEN at_us >= $2 THEN amount ELSE 0 END), 0) AS BIGINT) AS today, \
-                 CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS month FROM ledger_entries \
-                 WHERE account_type = 'subscriber' AND account_ref = $1 AND kind IN ('charge', 'refund') AND at_us >= $3",
-            )
-            .bind(msisdn.to_owned())
-            .bind(day_start)
-            .bind(month_start)
-            .fetch_one(&mut **tx)
-            .await?;
-            (today, month) = (sums.try_get("today")?, sums.try_get("month")?);
+        .bind(json(msisdns)?)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut accounts = rows
+            .iter()
+            .map(|row| {
+                Ok(AccountRow {
+                    msisdn: row.try_get("msisdn")?,
+                    kind: row.try_get("kind")?,
+                    currency: row.try_get("currency")?,
+                    balance: row.try_get("balance")?,
+                    credit_limit: row.try_get("credit_limit")?,
+                    daily_cap: row.try_get("daily_cap")?,
+                    monthly_cap: row.try_get("monthly_cap")?,
+                    barred: row.try_get::<i64, _>("barred")? != 0,
+                    spent_today: 0,
+                    spent_this_month: 0,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        let summed: Vec<&str> = accounts
+            .iter()
+            .filter(|a| spending == Spending::Always || a.daily_cap > 0 || a.monthly_cap > 0)
+            .map(|a| a.msisdn.as_str())
+            .collect();
+        if summed.is_empty() {
+            return Ok(accounts);
         }
-        Ok(Some(AccountRow {
-            msisdn: row.try_get("msisdn")?,
-            kind: row.try_get("kind")?,
-            currency: row.try_get("currency")?,
-            balance: row.try_get("balance")?,
-            credit_limit: row.try_get("credit_limit")?,
-            daily_cap,
-            monthly_cap,
-            barred: row.try_get::<i64, _>("barred")? != 0,
-            spent_today: -today,
-            spent_this_month: -month,
-        }))
+        // The month started no later than the day: one pass over the month's entries gives both.
+        let (day_start, month_start) = day_and_month_start(now);
+        let sums = sqlx::query(&format!(
+            "SELECT account_ref, CAST(COALESCE(SUM(CASE WHEN at_us >= $2 THEN amount ELSE 0 END), 0) AS BIGINT) AS today, \
+             CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS month FROM ledger_entries \
+             WHERE account_type = 'subscriber' AND {} AND kind IN ('charge', 'refund') AND at_us >= $3 \
+             GROUP BY account_ref",
+            self.db.json_in("account_ref", 1, None)
+        ))
+        .bind(json(&summed)?)
+        .bind(day_start)
+        .bind(month_start)
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &sums {
+            let msisdn: String = row.try_get("account_ref")?;
+            if let Some(account) = accounts.iter_mut().find(|a| a.msisdn == msisdn) {
+                account.spent_today = -row.try_get::<i64, _>("today")?;
+                account.spent_this_month = -row.try_get::<i64, _>("month")?;
+            }
+        }
+        Ok(accounts)
     }
 
     pub async fn get_account(&self, msisdn: &str) -> Result<AccountRow> {
         validate_msisdn(msisdn)?;
         let mut tx = self.db.pool.begin().await?;
-        let account = Self::read_account(&mut tx, msisdn, now_us(), "", Spending::Always)
+        let account = self
+            .read_account(&mut tx, msisdn, now_us(), "", Spending::Always)
             .await?
             .ok_or(LedgerError::NotFound("account"))?;
         tx.commit().await?;
@@ -631,7 +734,7 @@ impl Ledger {
         match inserted {
             Ok(row) => {
                 let purchase = PurchaseRow::from_row(&row)?;
-                Self::record_change(&mut tx, &purchase, now).await?;
+                self.record_change(&mut tx, &purchase, now).await?;
                 tx.commit().await?;
                 self.changed.notify_waiters();
                 Ok(purchase)
@@ -657,20 +760,34 @@ impl Ledger {
         }
     }
 
-    async fn record_change(tx: &mut Tx<'_>, purchase: &PurchaseRow, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO purchase_changes (service_provider_id, purchase_id, state, refunded_amount, decline_reason, at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(purchase.service_provider_id)
-        .bind(purchase.id)
-        .bind(&purchase.state)
-        .bind(purchase.refunded_amount)
-        .bind(purchase.decline_reason.as_deref())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    async fn record_change(&self, tx: &mut Tx<'_>, purchase: &PurchaseRow, now: i64) -> Result<()> {
+        self.insert_changes(tx, &[ChangeWrite::of(purchase, now)]).await
+    }
+
+    /// Appends rows to the SPs' change streams, any number in one statement.
+    async fn insert_changes(&self, tx: &mut Tx<'_>, changes: &[ChangeWrite]) -> Result<()> {
+        sqlx::query(&self.changes_sql(1)).bind(json(changes)?).execute(&mut **tx).await?;
         Ok(())
+    }
+
+    /// The statement appending the change rows bound as `$n` ([`ChangeWrite`] rows).
+    fn changes_sql(&self, n: usize) -> String {
+        use JsonColumn::{BigInt, Text};
+        let rows = self.db.json_rows(
+            n,
+            &[
+                ("service_provider_id", BigInt),
+                ("purchase_id", BigInt),
+                ("state", Text),
+                ("refunded_amount", BigInt),
+                ("decline_reason", Text),
+                ("at_us", BigInt),
+            ],
+        );
+        format!(
+            "INSERT INTO purchase_changes (service_provider_id, purchase_id, state, refunded_amount, decline_reason, at_us) \
+             SELECT service_provider_id, purchase_id, state, refunded_amount, decline_reason, at_us FROM {rows}"
+        )
     }
 
     /// A purchase of this SP, by id or token; another SP's purchase is NOT_FOUND like a missing one.
@@ -749,7 +866,7 @@ impl Ledger {
         }
         sqlx::query("UPDATE purchases SET state = 'cancelled' WHERE id = $1").bind(id).execute(&mut *tx).await?;
         purchase.state = "cancelled".into();
-        Self::record_change(&mut tx, &purchase, now).await?;
+        self.record_change(&mut tx, &purchase, now).await?;
         tx.commit().await?;
         self.changed.notify_waiters();
         Ok(purchase)
@@ -798,7 +915,7 @@ impl Ledger {
         let msisdn = purchase.charged_msisdn.clone().unwrap_or_default();
         let movement = format!("refund-{id}-{refund_key}");
         let movement = Movement { id: &movement, at_us: now, kind: "refund", currency: &purchase.currency };
-        Self::movement(&mut tx, &movement, Some(id), &msisdn, refund, ("sp", &sp.to_string())).await?;
+        self.movement(&mut tx, &movement, Some(id), &msisdn, refund, ("sp", &sp.to_string())).await?;
         sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE msisdn = $1")
             .bind(&msisdn)
             .bind(refund)
@@ -822,7 +939,7 @@ impl Ledger {
             .bind(&purchase.state)
             .execute(&mut *tx)
             .await?;
-        Self::record_change(&mut tx, &purchase, now).await?;
+        self.record_change(&mut tx, &purchase, now).await?;
         tx.commit().await?;
         self.changed.notify_waiters();
         Ok((purchase, refund))
@@ -832,19 +949,25 @@ impl Ledger {
     pub async fn expire_due(&self) -> Result<u64> {
         let now = now_us();
         let mut tx = self.db.pool.begin().await?;
+        // Rows are locked in id order, as every transaction that locks several purchases does.
+        let lock = self.db.for_update();
         let rows = sqlx::query(&format!(
-            "UPDATE purchases SET state = 'expired' WHERE state = 'pending' AND expires_at_us <= $1 RETURNING {PURCHASE_COLUMNS}"
+            "UPDATE purchases SET state = 'expired' WHERE id IN (SELECT id FROM purchases \
+             WHERE state = 'pending' AND expires_at_us <= $1 ORDER BY id{lock}) RETURNING {PURCHASE_COLUMNS}"
         ))
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        for row in &rows {
-            Self::record_change(&mut tx, &PurchaseRow::from_row(row)?, now).await?;
+        if rows.is_empty() {
+            return Ok(0);
         }
+        let changes = rows
+            .iter()
+            .map(|row| Ok(ChangeWrite::of(&PurchaseRow::from_row(row)?, now)))
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        self.insert_changes(&mut tx, &changes).await?;
         tx.commit().await?;
-        if !rows.is_empty() {
-            self.changed.notify_waiters();
-        }
+        self.changed.notify_waiters();
         Ok(rows.len() as u64)
     }
 
@@ -877,176 +1000,170 @@ impl Ledger {
 
     /// Reports one sighting: charges the purchase at most once. Validate with [`validate_msisdn`] first.
     pub async fn report(&self, probe_key_id: &str, sighting: &SightingReport) -> Result<SightingResult> {
+        let mut results = self.report_batch(&[(probe_key_id, sighting)]).await?;
+        results.pop().ok_or(LedgerError::Precondition("a batch of one gave no result".into()))
+    }
+
+    /// Reports sightings (each with the key id of the probe that sent it) in one transaction; each
+    /// purchase is charged at most once. The results are what reporting them one by one, in this order,
+    /// would give. Validate every MSISDN with [`validate_msisdn`] first.
+    ///
+    /// Purchases are locked in id order, then the paying accounts in MSISDN order; every transaction
+    /// that locks more than one row of a table does so in that order, so concurrent batches wait for
+    /// each other but cannot deadlock. The decisions are made in memory ([`settle`]) and written with
+    /// one statement per table, whatever the batch size.
+    pub async fn report_batch(&self, items: &[(&str, &SightingReport)]) -> Result<Vec<SightingResult>> {
         let now = now_us();
-        let unknown = SightingResult {
-            outcome: Outcome::UnknownToken,
-            decline_reason: None,
-            purchase_id: None,
-            charged_msisdn: None,
-            other_subscriber: false,
-        };
-        // A token that fails its own check part cannot belong to a purchase: no database work at all.
-        let Ok(token) = Token::parse(sighting.token.as_bytes()) else { return Ok(unknown) };
-        let mut tx = self.db.pool.begin().await?;
-        let lock = self.db.for_update();
-        let row = sqlx::query(&format!("SELECT {PURCHASE_COLUMNS} FROM purchases WHERE token = $1{lock}"))
-            .bind(token.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            Self::audit(&mut tx, None, &token.to_string(), sighting, Outcome::UnknownToken, false, probe_key_id, now)
-                .await?;
-            tx.commit().await?;
-            return Ok(unknown);
-        };
-        let mut purchase = PurchaseRow::from_row(&row)?;
-        let mut changed = false;
-        let outcome = match purchase.state.as_str() {
-            "pending" if purchase.expires_at_us <= now => {
-                purchase.state = "expired".into();
-                sqlx::query("UPDATE purchases SET state = 'expired' WHERE id = $1")
-                    .bind(purchase.id)
-                    .execute(&mut *tx)
-                    .await?;
-                changed = true;
-                Outcome::Expired
-            }
-            "pending" => {
-                let decline = self.try_charge(&mut tx, &purchase, &sighting.msisdn, now).await?;
-                changed = true;
-                match decline {
-                    None => {
-                        purchase.state = "charged".into();
-                        purchase.charged_msisdn = Some(sighting.msisdn.clone());
-                        purchase.charged_at_us = Some(now);
-                        Outcome::Charged
-                    }
-                    Some(reason) => {
-                        purchase.state = "declined".into();
-                        purchase.decline_reason = Some(reason.into());
-                        sqlx::query("UPDATE purchases SET state = 'declined', decline_reason = $2 WHERE id = $1")
-                            .bind(purchase.id)
-                            .bind(reason)
-                            .execute(&mut *tx)
-                            .await?;
-                        Outcome::Declined
-                    }
-                }
-            }
-            "charged" => Outcome::AlreadyCharged,
-            "declined" => Outcome::Declined,
-            "expired" => Outcome::Expired,
-            "cancelled" => Outcome::Cancelled,
-            _ => Outcome::Refunded,
-        };
-        let other_subscriber = purchase.charged_msisdn.as_deref().is_some_and(|m| m != sighting.msisdn);
-        if changed {
-            Self::record_change(&mut tx, &purchase, now).await?;
+        // A token that fails its own check part cannot belong to a purchase: no database work for it.
+        let tokens: Vec<Option<String>> = items
+            .iter()
+            .map(|(_, sighting)| Token::parse(sighting.token.as_bytes()).ok().map(|t| t.to_string()))
+            .collect();
+        let mut wanted: Vec<&str> = tokens.iter().flatten().map(String::as_str).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(items.iter().map(|_| SightingResult::unknown()).collect());
         }
-        Self::audit(
-            &mut tx,
-            Some(purchase.id),
-            &purchase.token,
-            sighting,
-            outcome,
-            other_subscriber,
-            probe_key_id,
-            now,
-        )
+        let lock = self.db.for_update();
+        let mut tx = self.db.pool.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE {} ORDER BY id{lock}",
+            self.db.json_in("token", 1, None)
+        ))
+        .bind(json(&wanted)?)
+        .fetch_all(&mut *tx)
         .await?;
+        let mut purchases = rows
+            .iter()
+            .map(|row| PurchaseRow::from_row(row).map(|p| (p.token.clone(), p)))
+            .collect::<std::result::Result<HashMap<_, _>, sqlx::Error>>()?;
+        // Only a sighting of a pending, unexpired purchase can charge: lock just those payers.
+        let mut payers: Vec<&str> = items
+            .iter()
+            .zip(&tokens)
+            .filter(|(_, token)| {
+                token
+                    .as_ref()
+                    .and_then(|t| purchases.get(t))
+                    .is_some_and(|p| p.state == "pending" && p.expires_at_us > now)
+            })
+            .map(|((_, sighting), _)| sighting.msisdn.as_str())
+            .collect();
+        payers.sort_unstable();
+        payers.dedup();
+        let mut accounts: HashMap<String, AccountRow> = if payers.is_empty() {
+            HashMap::new()
+        } else {
+            let found = self.read_accounts(&mut tx, &payers, now, lock, Spending::WhenCapped).await?;
+            found.into_iter().map(|a| (a.msisdn.clone(), a)).collect()
+        };
+        let (results, writes) = settle(items, &tokens, &mut purchases, &mut accounts, now);
+        self.write(&mut tx, &writes).await?;
         tx.commit().await?;
-        if changed {
+        if !writes.changes.is_empty() {
             self.changed.notify_waiters();
         }
-        Ok(SightingResult {
-            outcome,
-            decline_reason: purchase.decline_reason.clone(),
-            purchase_id: Some(purchase.id),
-            charged_msisdn: purchase.charged_msisdn.clone(),
-            other_subscriber,
-        })
+        Ok(results)
     }
 
-    /// Checks the subscriber's account and, if it can pay, moves the money and marks the purchase
-    /// charged. Returns the decline reason otherwise (nothing moved).
-    async fn try_charge(
-        &self,
-        tx: &mut Tx<'_>,
-        purchase: &PurchaseRow,
-        msisdn: &str,
-        now: i64,
-    ) -> Result<Option<&'static str>> {
-        let Some(account) = Self::read_account(tx, msisdn, now, self.db.for_update(), Spending::WhenCapped).await?
-        else {
-            return Ok(Some("unknown-subscriber"));
+    /// Writes what [`settle`] decided: one statement per table that changes, each taking all its rows
+    /// as one JSON parameter; on PostgreSQL the statements go as one (data-modifying WITH clauses), so a
+    /// batch's writes are one round trip.
+    async fn write(&self, tx: &mut Tx<'_>, writes: &Writes) -> Result<()> {
+        use JsonColumn::{BigInt, Text};
+        let postgres = self.db.backend == Backend::Postgres;
+        // Each statement takes its rows as `$n`: its own parameter when they are joined into one.
+        let mut parts: Vec<(String, String)> = Vec::new();
+        let n = |parts: &Vec<(String, String)>| if postgres { parts.len() + 1 } else { 1 };
+        // First, so its row count can be checked in either form.
+        let updates = writes.purchases.len() as u64;
+        if updates > 0 {
+            let at = n(&parts);
+            let rows = self.db.json_rows(
+                at,
+                &[
+                    ("id", BigInt),
+                    ("state", Text),
+                    ("charged_msisdn", Text),
+                    ("charged_at_us", BigInt),
+                    ("decline_reason", Text),
+                ],
+            );
+            // No `state = 'pending'` guard here: the rows are locked since they were read pending (or
+            // SQLite's only writer holds the database), and the guard makes the planner scan the index
+            // of pending purchases. The row count below still catches a purchase that is not there.
+            let sql = format!(
+                "UPDATE purchases SET state = v.state, charged_msisdn = v.charged_msisdn, charged_at_us = v.charged_at_us, \
+                 decline_reason = v.decline_reason FROM {rows} WHERE purchases.id = v.id AND {}",
+                self.db.json_in("purchases.id", at, Some(("id", BigInt)))
+            );
+            parts.push((sql, json(&writes.purchases)?));
+        }
+        if !writes.debits.is_empty() {
+            let at = n(&parts);
+            let rows = self.db.json_rows(at, &[("msisdn", Text), ("amount", BigInt), ("at_us", BigInt)]);
+            let sql = format!(
+                "UPDATE accounts SET balance = accounts.balance - v.amount, updated_at_us = v.at_us FROM {rows} \
+                 WHERE accounts.msisdn = v.msisdn AND {}",
+                self.db.json_in("accounts.msisdn", at, Some(("msisdn", Text)))
+            );
+            parts.push((sql, json(&writes.debits)?));
+        }
+        if !writes.entries.is_empty() {
+            parts.push((self.entries_sql(n(&parts)), json(&writes.entries)?));
+        }
+        if !writes.changes.is_empty() {
+            parts.push((self.changes_sql(n(&parts)), json(&writes.changes)?));
+        }
+        if !writes.sightings.is_empty() {
+            let rows = self.db.json_rows(
+                n(&parts),
+                &[
+                    ("purchase_id", BigInt),
+                    ("token", Text),
+                    ("msisdn", Text),
+                    ("outcome", Text),
+                    ("other_msisdn", BigInt),
+                    ("probe_key_id", Text),
+                    ("seen_at_us", BigInt),
+                    ("reported_at_us", BigInt),
+                ],
+            );
+            let sql = format!(
+                "INSERT INTO sightings (purchase_id, token, msisdn, outcome, other_msisdn, probe_key_id, seen_at_us, reported_at_us) \
+                 SELECT purchase_id, token, msisdn, outcome, other_msisdn, probe_key_id, seen_at_us, reported_at_us FROM {rows}"
+            );
+            parts.push((sql, json(&writes.sightings)?));
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let updated = if postgres {
+            // Every data-modifying WITH clause runs to completion whether or not its output is read.
+            let clauses: Vec<String> =
+                parts.iter().enumerate().map(|(i, (sql, _))| format!("w{i} AS ({sql} RETURNING 1)")).collect();
+            let count = if updates > 0 { "(SELECT COUNT(*) FROM w0)" } else { "0" };
+            let sql = format!("WITH {} SELECT CAST({count} AS BIGINT) AS updated", clauses.join(", "));
+            let mut query = sqlx::query(&sql);
+            for (_, rows) in &parts {
+                query = query.bind(rows);
+            }
+            let row = query.fetch_one(&mut **tx).await?;
+            row.try_get::<i64, _>("updated")? as u64
+        } else {
+            let mut updated = 0;
+            for (i, (sql, rows)) in parts.iter().enumerate() {
+                let done = sqlx::query(sql).bind(rows).execute(&mut **tx).await?;
+                if i == 0 && updates > 0 {
+                    updated = done.rows_affected();
+                }
+            }
+            updated
         };
-        if account.barred {
-            return Ok(Some("barred"));
+        if updated != updates {
+            return Err(LedgerError::Precondition("a purchase to update was not found".into()));
         }
-        if account.currency != purchase.currency {
-            return Ok(Some("currency-mismatch"));
-        }
-        let amount = purchase.amount;
-        if account.daily_cap > 0 && account.spent_today + amount > account.daily_cap {
-            return Ok(Some("daily-cap"));
-        }
-        if account.monthly_cap > 0 && account.spent_this_month + amount > account.monthly_cap {
-            return Ok(Some("monthly-cap"));
-        }
-        let floor = if account.kind == "postpaid" { -account.credit_limit } else { 0 };
-        if account.balance - amount < floor {
-            return Ok(Some("insufficient-balance"));
-        }
-        let movement = format!("charge-{}", purchase.id);
-        let movement = Movement { id: &movement, at_us: now, kind: "charge", currency: &purchase.currency };
-        let sp = purchase.service_provider_id.to_string();
-        Self::movement(tx, &movement, Some(purchase.id), msisdn, -amount, ("sp", &sp)).await?;
-        sqlx::query("UPDATE accounts SET balance = balance - $2, updated_at_us = $3 WHERE msisdn = $1")
-            .bind(msisdn)
-            .bind(amount)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        let updated = sqlx::query(
-            "UPDATE purchases SET state = 'charged', charged_msisdn = $2, charged_at_us = $3 WHERE id = $1 AND state = 'pending'",
-        )
-        .bind(purchase.id)
-        .bind(msisdn)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        // The row was locked (or SQLite's only writer): it is still pending. Anything else is a bug.
-        if updated.rows_affected() != 1 {
-            return Err(LedgerError::Precondition("purchase changed state during the charge".into()));
-        }
-        Ok(None)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn audit(
-        tx: &mut Tx<'_>,
-        purchase_id: Option<i64>,
-        token: &str,
-        sighting: &SightingReport,
-        outcome: Outcome,
-        other: bool,
-        probe_key_id: &str,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO sightings (purchase_id, token, msisdn, outcome, other_msisdn, probe_key_id, seen_at_us, reported_at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(purchase_id)
-        .bind(token)
-        .bind(&sighting.msisdn)
-        .bind(outcome.as_str())
-        .bind(i64::from(other))
-        .bind(probe_key_id)
-        .bind(sighting.seen_at_us)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
         Ok(())
     }
 
@@ -1062,6 +1179,244 @@ impl Ledger {
             .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
             .map_err(Into::into)
     }
+}
+
+/// A batch of rows for a set-based statement: one JSON parameter (see [`Db::json_rows`]).
+fn json<T: Serialize + ?Sized>(rows: &T) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| LedgerError::Precondition(format!("encoding a batch: {e}")))
+}
+
+/// A purchase leaving `pending`, as written back.
+#[derive(Debug, Serialize)]
+struct PurchaseWrite {
+    id: i64,
+    state: String,
+    charged_msisdn: Option<String>,
+    charged_at_us: Option<i64>,
+    decline_reason: Option<String>,
+}
+
+/// One ledger entry.
+#[derive(Debug, Serialize)]
+struct EntryWrite {
+    movement_id: String,
+    at_us: i64,
+    kind: String,
+    account_type: String,
+    account_ref: String,
+    currency: String,
+    amount: i64,
+    purchase_id: Option<i64>,
+}
+
+impl EntryWrite {
+    /// The two entries of a movement between a subscriber and another account; they sum to zero.
+    fn pair(
+        movement: &Movement<'_>,
+        purchase_id: Option<i64>,
+        subscriber: &str,
+        subscriber_amount: i64,
+        (other_type, other_ref): (&str, &str),
+    ) -> [EntryWrite; 2] {
+        let entry = |account_type: &str, account_ref: &str, amount: i64| EntryWrite {
+            movement_id: movement.id.to_owned(),
+            at_us: movement.at_us,
+            kind: movement.kind.to_owned(),
+            account_type: account_type.to_owned(),
+            account_ref: account_ref.to_owned(),
+            currency: movement.currency.to_owned(),
+            amount,
+            purchase_id,
+        };
+        [entry("subscriber", subscriber, subscriber_amount), entry(other_type, other_ref, -subscriber_amount)]
+    }
+}
+
+/// One row of an SP's change stream.
+#[derive(Debug, Serialize)]
+struct ChangeWrite {
+    service_provider_id: i64,
+    purchase_id: i64,
+    state: String,
+    refunded_amount: i64,
+    decline_reason: Option<String>,
+    at_us: i64,
+}
+
+impl ChangeWrite {
+    fn of(purchase: &PurchaseRow, now: i64) -> ChangeWrite {
+        ChangeWrite {
+            service_provider_id: purchase.service_provider_id,
+            purchase_id: purchase.id,
+            state: purchase.state.clone(),
+            refunded_amount: purchase.refunded_amount,
+            decline_reason: purchase.decline_reason.clone(),
+            at_us: now,
+        }
+    }
+}
+
+/// One audited sighting.
+#[derive(Debug, Serialize)]
+struct SightingWrite {
+    purchase_id: Option<i64>,
+    token: String,
+    msisdn: String,
+    outcome: &'static str,
+    other_msisdn: i64,
+    probe_key_id: String,
+    seen_at_us: i64,
+    reported_at_us: i64,
+}
+
+/// What a batch of sightings changes, decided in memory by [`settle`].
+#[derive(Debug, Default)]
+struct Writes {
+    purchases: Vec<PurchaseWrite>,
+    /// Total debited per paying account.
+    debits: Vec<Debit>,
+    entries: Vec<EntryWrite>,
+    changes: Vec<ChangeWrite>,
+    sightings: Vec<SightingWrite>,
+}
+
+#[derive(Debug, Serialize)]
+struct Debit {
+    msisdn: String,
+    amount: i64,
+    at_us: i64,
+}
+
+/// Why this account cannot pay for this purchase now, or `None` if it can.
+fn decline_reason(account: Option<&AccountRow>, purchase: &PurchaseRow) -> Option<&'static str> {
+    let Some(account) = account else { return Some("unknown-subscriber") };
+    let amount = purchase.amount;
+    let floor = if account.kind == "postpaid" { -account.credit_limit } else { 0 };
+    if account.barred {
+        Some("barred")
+    } else if account.currency != purchase.currency {
+        Some("currency-mismatch")
+    } else if account.daily_cap > 0 && account.spent_today + amount > account.daily_cap {
+        Some("daily-cap")
+    } else if account.monthly_cap > 0 && account.spent_this_month + amount > account.monthly_cap {
+        Some("monthly-cap")
+    } else if account.balance - amount < floor {
+        Some("insufficient-balance")
+    } else {
+        None
+    }
+}
+
+/// Decides a batch of sightings in order against the locked purchases (by token) and paying accounts
+/// (by MSISDN), updating both as each charge would, so a later sighting in the batch sees what an
+/// earlier one did (a token reported twice charges once; two charges to one account both count against
+/// its balance and caps). `tokens` holds each sighting's canonical token, `None` where it failed its check.
+fn settle(
+    items: &[(&str, &SightingReport)],
+    tokens: &[Option<String>],
+    purchases: &mut HashMap<String, PurchaseRow>,
+    accounts: &mut HashMap<String, AccountRow>,
+    now: i64,
+) -> (Vec<SightingResult>, Writes) {
+    let mut writes = Writes::default();
+    let mut debits: HashMap<String, i64> = HashMap::new();
+    let mut results = Vec::with_capacity(items.len());
+    for ((probe_key_id, sighting), token) in items.iter().zip(tokens) {
+        let Some(token) = token else {
+            results.push(SightingResult::unknown());
+            continue;
+        };
+        let audit = |purchase_id: Option<i64>, outcome: Outcome, other: bool| SightingWrite {
+            purchase_id,
+            token: token.clone(),
+            msisdn: sighting.msisdn.clone(),
+            outcome: outcome.as_str(),
+            other_msisdn: i64::from(other),
+            probe_key_id: (*probe_key_id).to_owned(),
+            seen_at_us: sighting.seen_at_us,
+            reported_at_us: now,
+        };
+        let Some(purchase) = purchases.get_mut(token) else {
+            writes.sightings.push(audit(None, Outcome::UnknownToken, false));
+            results.push(SightingResult::unknown());
+            continue;
+        };
+        let mut changed = true;
+        let outcome = match purchase.state.as_str() {
+            "pending" if purchase.expires_at_us <= now => {
+                purchase.state = "expired".into();
+                Outcome::Expired
+            }
+            "pending" => {
+                let account = accounts.get_mut(&sighting.msisdn);
+                match decline_reason(account.as_deref(), purchase) {
+                    Some(reason) => {
+                        purchase.state = "declined".into();
+                        purchase.decline_reason = Some(reason.into());
+                        Outcome::Declined
+                    }
+                    None => {
+                        let amount = purchase.amount;
+                        if let Some(account) = account {
+                            account.balance -= amount;
+                            account.spent_today += amount;
+                            account.spent_this_month += amount;
+                        }
+                        *debits.entry(sighting.msisdn.clone()).or_default() += amount;
+                        let movement = format!("charge-{}", purchase.id);
+                        let movement =
+                            Movement { id: &movement, at_us: now, kind: "charge", currency: &purchase.currency };
+                        let sp = purchase.service_provider_id.to_string();
+                        writes.entries.extend(EntryWrite::pair(
+                            &movement,
+                            Some(purchase.id),
+                            &sighting.msisdn,
+                            -amount,
+                            ("sp", &sp),
+                        ));
+                        purchase.state = "charged".into();
+                        purchase.charged_msisdn = Some(sighting.msisdn.clone());
+                        purchase.charged_at_us = Some(now);
+                        Outcome::Charged
+                    }
+                }
+            }
+            state => {
+                changed = false;
+                match state {
+                    "charged" => Outcome::AlreadyCharged,
+                    "declined" => Outcome::Declined,
+                    "expired" => Outcome::Expired,
+                    "cancelled" => Outcome::Cancelled,
+                    _ => Outcome::Refunded,
+                }
+            }
+        };
+        let other_subscriber = purchase.charged_msisdn.as_deref().is_some_and(|m| m != sighting.msisdn);
+        if changed {
+            writes.purchases.push(PurchaseWrite {
+                id: purchase.id,
+                state: purchase.state.clone(),
+                charged_msisdn: purchase.charged_msisdn.clone(),
+                charged_at_us: purchase.charged_at_us,
+                decline_reason: purchase.decline_reason.clone(),
+            });
+            writes.changes.push(ChangeWrite::of(purchase, now));
+        }
+        writes.sightings.push(audit(Some(purchase.id), outcome, other_subscriber));
+        results.push(SightingResult {
+            outcome,
+            decline_reason: purchase.decline_reason.clone(),
+            purchase_id: Some(purchase.id),
+            charged_msisdn: purchase.charged_msisdn.clone(),
+            other_subscriber,
+        });
+    }
+    let mut debits: Vec<Debit> =
+        debits.into_iter().map(|(msisdn, amount)| Debit { msisdn, amount, at_us: now }).collect();
+    debits.sort_unstable_by(|a, b| a.msisdn.cmp(&b.msisdn));
+    writes.debits = debits;
+    (results, writes)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //!
 //! - [`db`]: connection, migrations, backend differences.
 //! - [`ledger`]: the domain operations, each one database transaction.
+//! - [`batch`]: group commit: sightings from concurrent calls charged in shared transactions.
 //! - [`auth`]: credentials (hashed at rest).
 //! - [`service`]: the tonic services and the protobuf ↔ domain conversion.
 //! - [`server`]: serving (health, reflection, TLS, limits, graceful shutdown) and the expiry sweeper.
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod batch;
 pub mod db;
 pub mod ledger;
 pub mod server;

@@ -1,6 +1,7 @@
 //! Serving the billing API: the three services plus gRPC health and reflection (so `grpcurl` works),
 //! optional TLS (rustls) with optional client certificates, message size limits, a sweeper that expires
 //! unseen purchases, and a graceful stop on SIGINT/SIGTERM.
+use crate::batch::{self, ReportQueue};
 use crate::ledger::Ledger;
 use crate::service::{AccountApi, PurchaseApi, SightingApi};
 use gtpcharge_proto::v1 as pb;
@@ -66,6 +67,7 @@ pub async fn serve(
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let sightings = pb::sighting_service_server::SightingServiceServer::new(SightingApi {
         ledger: ledger.clone(),
+        queue: ReportQueue::start(ledger.clone(), batch::WORKERS),
         require_client_certificate,
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX);

@@ -1,6 +1,7 @@
 //! The gRPC services: authentication, request limits and the conversion between protobuf messages and
 //! the ledger's domain types (by hand, here and nowhere else).
 use crate::auth::{self, Caller, Kind};
+use crate::batch::ReportQueue;
 use crate::ledger::{self, Ledger, LedgerError, Outcome};
 use gtpcharge_proto::v1 as pb;
 use std::pin::Pin;
@@ -26,6 +27,7 @@ impl From<LedgerError> for Status {
                 Status::unavailable("the ledger is unavailable; retry")
             }
             LedgerError::Random => Status::internal("no randomness available"),
+            LedgerError::Unavailable(m) => Status::unavailable(m),
         }
     }
 }
@@ -270,6 +272,8 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
 
 pub struct SightingApi {
     pub ledger: Ledger,
+    /// Where sightings go to be charged, batched with other calls' (group commit).
+    pub queue: ReportQueue,
     /// Set when the server has a client CA: probes must then present a certificate it signed.
     pub require_client_certificate: bool,
 }
@@ -296,28 +300,34 @@ impl pb::sighting_service_server::SightingService for SightingApi {
                 return Err(Status::invalid_argument(format!("sighting {index}: token too long")));
             }
         }
-        let mut results = Vec::with_capacity(sightings.len());
-        for s in &sightings {
-            let report =
-                ledger::SightingReport { token: s.token.clone(), msisdn: s.msisdn.clone(), seen_at_us: s.seen_at_us };
-            let r = self.ledger.report(&caller.key_id, &report).await?;
-            let outcome = match r.outcome {
-                Outcome::Charged => pb::SightingOutcome::Charged,
-                Outcome::AlreadyCharged => pb::SightingOutcome::AlreadyCharged,
-                Outcome::Declined => pb::SightingOutcome::Declined,
-                Outcome::Expired => pb::SightingOutcome::Expired,
-                Outcome::Cancelled => pb::SightingOutcome::Cancelled,
-                Outcome::UnknownToken => pb::SightingOutcome::UnknownToken,
-                Outcome::Refunded => pb::SightingOutcome::Refunded,
-            };
-            results.push(pb::SightingResult {
-                outcome: outcome as i32,
-                decline_reason: decline_to_pb(r.decline_reason.as_deref()) as i32,
-                purchase_id: r.purchase_id.map(|id| id.to_string()).unwrap_or_default(),
-                charged_msisdn: r.charged_msisdn.unwrap_or_default(),
-                other_subscriber: r.other_subscriber,
-            });
-        }
+        let reports = sightings
+            .into_iter()
+            .map(|s| ledger::SightingReport { token: s.token, msisdn: s.msisdn, seen_at_us: s.seen_at_us })
+            .collect();
+        let results = self
+            .queue
+            .report(caller.key_id, reports)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let outcome = match r.outcome {
+                    Outcome::Charged => pb::SightingOutcome::Charged,
+                    Outcome::AlreadyCharged => pb::SightingOutcome::AlreadyCharged,
+                    Outcome::Declined => pb::SightingOutcome::Declined,
+                    Outcome::Expired => pb::SightingOutcome::Expired,
+                    Outcome::Cancelled => pb::SightingOutcome::Cancelled,
+                    Outcome::UnknownToken => pb::SightingOutcome::UnknownToken,
+                    Outcome::Refunded => pb::SightingOutcome::Refunded,
+                };
+                pb::SightingResult {
+                    outcome: outcome as i32,
+                    decline_reason: decline_to_pb(r.decline_reason.as_deref()) as i32,
+                    purchase_id: r.purchase_id.map(|id| id.to_string()).unwrap_or_default(),
+                    charged_msisdn: r.charged_msisdn.unwrap_or_default(),
+                    other_subscriber: r.other_subscriber,
+                }
+            })
+            .collect();
         Ok(Response::new(pb::ReportSightingsResponse { results }))
     }
 }
