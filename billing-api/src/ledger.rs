@@ -297,6 +297,8 @@ struct Credentials {
 /// through this server stops working at once (the cache is emptied); one revoked through another
 /// server sharing the database stops working here within this time.
 pub const CREDENTIAL_TTL: Duration = Duration::from_secs(2);
+/// The advisory lock key that orders change cursors ("gtpcharg" in ASCII; see `lock_change_stream`).
+const CHANGE_STREAM_LOCK: i64 = 0x6774_7063_6861_7267;
 /// At most this many credentials are remembered (the cache is emptied when it is full).
 const CREDENTIALS_CACHED: usize = 4096;
 
@@ -766,7 +768,22 @@ impl Ledger {
 
     /// Appends rows to the SPs' change streams, any number in one statement.
     async fn insert_changes(&self, tx: &mut Tx<'_>, changes: &[ChangeWrite]) -> Result<()> {
+        self.lock_change_stream(tx).await?;
         sqlx::query(&self.changes_sql(1)).bind(json(changes)?).execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// Makes change cursors visible in order. A cursor is drawn when a change row is inserted, but the
+    /// row becomes visible when its transaction commits; were two transactions to commit in the other
+    /// order, a watcher could see cursor N+1, resume after it, and never see N. So every transaction
+    /// takes this lock (a transaction-scoped advisory lock on PostgreSQL) just before it inserts change
+    /// rows and keeps it until it commits: cursors are drawn in commit order. It is always the last lock
+    /// a transaction takes, and its holder waits for nothing else, so it cannot deadlock. SQLite runs one
+    /// transaction at a time and needs nothing.
+    async fn lock_change_stream(&self, tx: &mut Tx<'_>) -> Result<()> {
+        if self.db.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHANGE_STREAM_LOCK).execute(&mut **tx).await?;
+        }
         Ok(())
     }
 
@@ -1138,6 +1155,9 @@ impl Ledger {
         }
         if parts.is_empty() {
             return Ok(());
+        }
+        if !writes.changes.is_empty() {
+            self.lock_change_stream(tx).await?;
         }
         let updated = if postgres {
             // Every data-modifying WITH clause runs to completion whether or not its output is read.

@@ -410,6 +410,73 @@ async fn a_key_revoked_elsewhere_stops_working_within_the_cache_time() {
     }
 }
 
+/// The change stream is resumable by cursor, so cursors must become visible in order: a watcher that has
+/// seen cursor N must never later find a change below N committed. Many transactions append changes at
+/// once here (purchases created by several SPs' tasks, and charged through the batching queue) while a
+/// watcher follows the stream; it must end up with every change, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_misses_no_change_when_many_commit_at_once() {
+    for (backend, h) in Harness::each_backend().await {
+        for a in 0..4 {
+            h.account(&format!("4670000030{a}"), 1_000_000).await;
+        }
+        let mut watch = h
+            .purchases()
+            .watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
+        // Every purchase is created and then charged: 400 changes. A missed one never comes, so the
+        // watcher stops on a quiet stream too (the assertions below then say what is missing).
+        let watcher = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < 8 * 25 * 2 {
+                let quiet = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message()).await;
+                let Ok(Some(change)) = quiet.map(|m| m.unwrap()) else { break };
+                seen.push(change.cursor);
+            }
+            seen
+        });
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (purchases, sightings) = (h.purchases(), h.sightings());
+                let (sp_key, probe_key) = (h.sp_key.clone(), h.probe_key.clone());
+                tokio::spawn(async move {
+                    let (mut purchases, mut sightings) = (purchases, sightings);
+                    for i in 0..25 {
+                        let request = pb::CreatePurchaseRequest {
+                            product_id: "p".into(),
+                            description: String::new(),
+                            amount: 1,
+                            currency: "EUR".into(),
+                            expires_in_s: 600,
+                            idempotency_key: format!("stream-{t}-{i}"),
+                        };
+                        let token =
+                            purchases.create_purchase(authed(&sp_key, request)).await.unwrap().into_inner().token;
+                        let report = pb::ReportSightingsRequest {
+                            sightings: vec![sighting(&token, &format!("4670000030{}", t % 4))],
+                        };
+                        sightings.report_sightings(authed(&probe_key, report)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let seen = watcher.await.unwrap();
+        let mut unique = seen.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "{backend}: no change twice");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{backend}: in cursor order");
+        assert_eq!(seen.len() as i64, h.count("purchase_changes").await, "{backend}: every change, none missed");
+        assert_eq!(seen.len(), 8 * 25 * 2, "{backend}: created and charged, 200 purchases");
+        h.finish().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn declines_expiry_cancel_and_second_subscriber() {
     for (backend, h) in Harness::each_backend().await {
