@@ -445,7 +445,7 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
             }
         }
     } else {
-        let reader = pipeline::read_files(sources, args.decoder()).context("starting the reader thread")?;
+        let reader = pipeline::read_files(sources).context("starting the reader thread")?;
         for batch in reader.batches.iter() {
             run.batch(&batch);
             if let Some(bar) = &progress {
@@ -487,7 +487,7 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
         source.stats()?
     } else {
         let shared = Arc::new(std::sync::Mutex::new(None));
-        let reader = pipeline::read_live(source, args.decoder(), stop.clone(), shared.clone())
+        let reader = pipeline::read_live(source, stop.clone(), shared.clone())
             .context("starting the reader thread")?;
         // Wake at least every 200 ms so the metrics stay fresh while the link is quiet.
         loop {

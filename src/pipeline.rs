@@ -1,96 +1,75 @@
-//! The two-stage pipeline: a reader thread runs libpcap and the link/IP/UDP decode (with outer
-//! reassembly) and hands batches of decoded datagrams, in capture order, to the correlating thread over
-//! a bounded crossbeam channel. Subscriber state is never split: all of GTP-C and GTP-U is correlated by
-//! one thread, in the order the packets were captured, so the events are exactly those of the
-//! single-threaded run (a test compares them byte for byte).
+//! The two-stage pipeline: a reader thread runs libpcap and copies each frame, in capture order, into
+//! batches that it hands to the correlating thread over a bounded crossbeam channel; the correlating
+//! thread decodes (link/IP/UDP, outer reassembly) and correlates them exactly as the single-threaded run
+//! does (`Probe::frame` for both), so the events are the same byte for byte (a test compares them).
+//! The reader does as little as it can beyond libpcap itself, because it is the slower of the two: the
+//! correlating thread had half the reader's CPU samples when the reader also decoded (perf).
 //!
-//! Bounds and policy: 16 batches in flight of at most 512 datagrams or 512 KiB each, recycled through a
+//! Bounds and policy: 16 batches in flight of at most 512 frames or 512 KiB each, recycled through a
 //! return channel (no allocation per batch in steady state). Policy **block**: a reader ahead of the
 //! correlator waits; live, the kernel ring then fills and libpcap's own drop counter shows it.
-use gtpcharge_capture::{CaptureError, Decoder, DecoderConfig, FileSource, Frame, LiveSource, LiveStats};
-use std::net::SocketAddr;
+use gtpcharge_capture::{CaptureError, FileSource, Frame, LiveSource, LiveStats};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BATCHES_IN_FLIGHT: usize = 16;
-const BATCH_DATAGRAMS_MAX: usize = 512;
+const BATCH_FRAMES_MAX: usize = 512;
 const BATCH_BYTES_MAX: usize = 512 << 10;
 /// A live batch is handed over after this long even when not full (latency bound).
 const BATCH_AGE_MAX: Duration = Duration::from_millis(20);
 
-enum Item {
-    Datagram { ts_us: u64, source: SocketAddr, destination: SocketAddr, start: usize, end: usize },
-    Drop(&'static str),
+/// Where one frame's bytes are in the batch, and what libpcap said about it.
+struct Item {
+    ts_us: u64,
+    wire_len: u32,
+    linktype: i32,
+    start: usize,
+    end: usize,
 }
 
-/// What the correlating thread receives: decoded datagrams and the frame counters they came from.
+/// What the correlating thread receives: copies of captured frames, in capture order.
 #[derive(Default)]
 pub struct Batch {
-    pub frames: u64,
-    pub wire_bytes: u64,
-    pub fragments_held: u64,
     /// Bytes of capture file consumed so far (for the progress bar).
     pub position: u64,
     items: Vec<Item>,
     bytes: Vec<u8>,
 }
 
-/// One decoded item of a batch, borrowed from it.
-pub enum Decoded<'a> {
-    Datagram { ts_us: u64, source: SocketAddr, destination: SocketAddr, payload: &'a [u8] },
-    Drop(&'static str),
-}
-
 impl Batch {
     fn clear(&mut self) {
-        self.frames = 0;
-        self.wire_bytes = 0;
-        self.fragments_held = 0;
         self.items.clear();
         self.bytes.clear();
     }
 
     fn is_full(&self) -> bool {
-        self.items.len() >= BATCH_DATAGRAMS_MAX || self.bytes.len() >= BATCH_BYTES_MAX
+        self.items.len() >= BATCH_FRAMES_MAX || self.bytes.len() >= BATCH_BYTES_MAX
     }
 
     fn is_empty(&self) -> bool {
-        self.frames == 0 && self.items.is_empty()
+        self.items.is_empty()
     }
 
-    fn push(&mut self, decoder: &mut Decoder, frame: &Frame<'_>) {
-        self.frames += 1;
-        self.wire_bytes += u64::from(frame.wire_len);
-        match decoder.decode(frame.linktype, frame.ts_us, frame.data) {
-            Ok(Some(udp)) => {
-                let start = self.bytes.len();
-                self.bytes.extend_from_slice(udp.payload);
-                self.items.push(Item::Datagram {
-                    ts_us: frame.ts_us,
-                    source: udp.source,
-                    destination: udp.destination,
-                    start,
-                    end: self.bytes.len(),
-                });
-            }
-            Ok(None) => self.fragments_held += 1,
-            Err(reason) => self.items.push(Item::Drop(reason)),
-        }
-        for _ in 0..decoder.take_fragment_timeouts() {
-            self.items.push(Item::Drop("fragment-timeout"));
-        }
+    fn push(&mut self, frame: &Frame<'_>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(frame.data);
+        self.items.push(Item {
+            ts_us: frame.ts_us,
+            wire_len: frame.wire_len,
+            linktype: frame.linktype,
+            start,
+            end: self.bytes.len(),
+        });
     }
 
-    pub fn decoded(&self) -> impl Iterator<Item = Decoded<'_>> {
-        self.items.iter().map(|item| match item {
-            Item::Datagram { ts_us, source, destination, start, end } => Decoded::Datagram {
-                ts_us: *ts_us,
-                source: *source,
-                destination: *destination,
-                payload: self.bytes.get(*start..*end).unwrap_or_default(),
-            },
-            Item::Drop(reason) => Decoded::Drop(reason),
+    /// The frames, in capture order, borrowed from the batch.
+    pub fn frames(&self) -> impl Iterator<Item = Frame<'_>> {
+        self.items.iter().map(|item| Frame {
+            ts_us: item.ts_us,
+            wire_len: item.wire_len,
+            linktype: item.linktype,
+            data: self.bytes.get(item.start..item.end).unwrap_or_default(),
         })
     }
 }
@@ -149,16 +128,15 @@ fn spawn_reader<T: Send + 'static>(work: impl FnOnce(Lanes) -> T + Send + 'stati
 
 /// Reads capture files in order on a reader thread. The thread returns, per file, the error that ended
 /// it early (if any).
-pub fn read_files(sources: Vec<FileSource>, decoder: DecoderConfig) -> std::io::Result<Reader<Vec<CaptureError>>> {
+pub fn read_files(sources: Vec<FileSource>) -> std::io::Result<Reader<Vec<CaptureError>>> {
     spawn_reader(move |lanes| {
-        let mut decoder = Decoder::new(&decoder);
         let mut errors = Vec::new();
         let Some(mut batch) = lanes.next_empty() else { return errors };
         let mut position = 0u64;
         for mut source in sources {
             let result = source.for_each(|frame| {
                 position += 16 + frame.data.len() as u64;
-                batch.push(&mut decoder, frame);
+                batch.push(frame);
                 if batch.is_full() {
                     batch.position = position;
                     lanes.hand_over(&mut batch);
@@ -180,12 +158,10 @@ pub fn read_files(sources: Vec<FileSource>, decoder: DecoderConfig) -> std::io::
 /// `libpcap` with every batch. The thread returns the read error that stopped it, if any.
 pub fn read_live(
     mut source: LiveSource,
-    decoder: DecoderConfig,
     stop: Arc<AtomicBool>,
     libpcap: Arc<Mutex<Option<LiveStats>>>,
 ) -> std::io::Result<Reader<Option<CaptureError>>> {
     spawn_reader(move |lanes| {
-        let mut decoder = Decoder::new(&decoder);
         let mut batch = lanes.next_empty()?;
         let mut started = Instant::now();
         let mut failure = None;
@@ -196,7 +172,7 @@ pub fn read_live(
         };
         while !stop.load(Ordering::SeqCst) {
             match source.next_frame() {
-                Ok(Some(frame)) => batch.push(&mut decoder, &frame),
+                Ok(Some(frame)) => batch.push(&frame),
                 Ok(None) => {}
                 Err(error) => {
                     failure = Some(error);

@@ -1,6 +1,6 @@
 //! The probe's per-packet work: frames → decode → correlate → events, with the counters the summary and
-//! the metrics show. `frame` does it all on one thread; with the pipeline (`pipeline.rs`) the reader
-//! thread decodes and `batch` correlates what it decoded.
+//! the metrics show. `frame` does it all; with the pipeline (`pipeline.rs`) the reader thread only
+//! copies frames and `batch` runs `frame` on each.
 use gtpcharge_capture::{Decoder, DecoderConfig, Frame};
 use gtpcharge_correlate::{Config, Correlator, Datagram, Event};
 use std::collections::BTreeMap;
@@ -54,22 +54,10 @@ impl Probe {
         }
     }
 
-    /// Correlates a batch decoded by the reader thread; hands each resulting event to `emit`.
+    /// Processes a batch of frames copied by the reader thread, as `frame` would one by one.
     pub fn batch(&mut self, batch: &crate::pipeline::Batch, mut emit: impl FnMut(&Event)) {
-        self.packets += batch.frames;
-        self.bytes += batch.wire_bytes;
-        self.fragments_held += batch.fragments_held;
-        for item in batch.decoded() {
-            match item {
-                crate::pipeline::Decoded::Datagram { ts_us, source, destination, payload } => {
-                    let datagram = Datagram { ts_us, source, destination, payload };
-                    self.correlator.on_datagram(&datagram, &mut self.events);
-                }
-                crate::pipeline::Decoded::Drop(reason) => self.correlator.count_drop(reason),
-            }
-            for event in self.events.drain(..) {
-                emit(&event);
-            }
+        for frame in batch.frames() {
+            self.frame(&frame, &mut emit);
         }
     }
 
