@@ -487,8 +487,7 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
         source.stats()?
     } else {
         let shared = Arc::new(std::sync::Mutex::new(None));
-        let reader = pipeline::read_live(source, stop.clone(), shared.clone())
-            .context("starting the reader thread")?;
+        let reader = pipeline::read_live(source, stop.clone(), shared.clone()).context("starting the reader thread")?;
         // Wake at least every 200 ms so the metrics stay fresh while the link is quiet.
         loop {
             match reader.batches.recv_timeout(std::time::Duration::from_millis(200)) {

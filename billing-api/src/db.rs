@@ -106,6 +106,13 @@ impl Db {
         }
     }
 
+    /// An INSERT of the rows of the JSON array of objects bound as `$n` into `table`, one column per key.
+    pub fn json_insert(&self, table: &str, n: usize, columns: &[(&str, JsonColumn)]) -> String {
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let names = names.join(", ");
+        format!("INSERT INTO {table} ({names}) SELECT {names} FROM {}", self.json_rows(n, columns))
+    }
+
     /// A predicate: `column` equals one of the values bound as `$n`, a JSON array of strings (`key`
     /// `None`) or of objects (the value at `key`). On PostgreSQL it is written as `= ANY(ARRAY(...))`
     /// so the planner probes the column's index: a join or `IN` against a JSON function is estimated at

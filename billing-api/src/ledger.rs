@@ -542,24 +542,7 @@ impl Ledger {
 
     /// The statement inserting the ledger entries bound as `$n` ([`EntryWrite`] rows).
     fn entries_sql(&self, n: usize) -> String {
-        use JsonColumn::{BigInt, Text};
-        let rows = self.db.json_rows(
-            n,
-            &[
-                ("movement_id", Text),
-                ("at_us", BigInt),
-                ("kind", Text),
-                ("account_type", Text),
-                ("account_ref", Text),
-                ("currency", Text),
-                ("amount", BigInt),
-                ("purchase_id", BigInt),
-            ],
-        );
-        format!(
-            "INSERT INTO ledger_entries (movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id) \
-             SELECT movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id FROM {rows}"
-        )
+        self.db.json_insert("ledger_entries", n, ENTRY_COLUMNS)
     }
 
     /// One account; see [`Ledger::read_accounts`].
@@ -789,22 +772,7 @@ impl Ledger {
 
     /// The statement appending the change rows bound as `$n` ([`ChangeWrite`] rows).
     fn changes_sql(&self, n: usize) -> String {
-        use JsonColumn::{BigInt, Text};
-        let rows = self.db.json_rows(
-            n,
-            &[
-                ("service_provider_id", BigInt),
-                ("purchase_id", BigInt),
-                ("state", Text),
-                ("refunded_amount", BigInt),
-                ("decline_reason", Text),
-                ("at_us", BigInt),
-            ],
-        );
-        format!(
-            "INSERT INTO purchase_changes (service_provider_id, purchase_id, state, refunded_amount, decline_reason, at_us) \
-             SELECT service_provider_id, purchase_id, state, refunded_amount, decline_reason, at_us FROM {rows}"
-        )
+        self.db.json_insert("purchase_changes", n, CHANGE_COLUMNS)
     }
 
     /// A purchase of this SP, by id or token; another SP's purchase is NOT_FOUND like a missing one.
@@ -1134,23 +1102,7 @@ impl Ledger {
             parts.push((self.changes_sql(n(&parts)), json(&writes.changes)?));
         }
         if !writes.sightings.is_empty() {
-            let rows = self.db.json_rows(
-                n(&parts),
-                &[
-                    ("purchase_id", BigInt),
-                    ("token", Text),
-                    ("msisdn", Text),
-                    ("outcome", Text),
-                    ("other_msisdn", BigInt),
-                    ("probe_key_id", Text),
-                    ("seen_at_us", BigInt),
-                    ("reported_at_us", BigInt),
-                ],
-            );
-            let sql = format!(
-                "INSERT INTO sightings (purchase_id, token, msisdn, outcome, other_msisdn, probe_key_id, seen_at_us, reported_at_us) \
-                 SELECT purchase_id, token, msisdn, outcome, other_msisdn, probe_key_id, seen_at_us, reported_at_us FROM {rows}"
-            );
+            let sql = self.db.json_insert("sightings", n(&parts), SIGHTING_COLUMNS);
             parts.push((sql, json(&writes.sightings)?));
         }
         if parts.is_empty() {
@@ -1205,6 +1157,36 @@ impl Ledger {
 fn json<T: Serialize + ?Sized>(rows: &T) -> Result<String> {
     serde_json::to_string(rows).map_err(|e| LedgerError::Precondition(format!("encoding a batch: {e}")))
 }
+
+/// The columns of each batch-inserted table, as its write struct below serialises them.
+const ENTRY_COLUMNS: &[(&str, JsonColumn)] = &[
+    ("movement_id", JsonColumn::Text),
+    ("at_us", JsonColumn::BigInt),
+    ("kind", JsonColumn::Text),
+    ("account_type", JsonColumn::Text),
+    ("account_ref", JsonColumn::Text),
+    ("currency", JsonColumn::Text),
+    ("amount", JsonColumn::BigInt),
+    ("purchase_id", JsonColumn::BigInt),
+];
+const CHANGE_COLUMNS: &[(&str, JsonColumn)] = &[
+    ("service_provider_id", JsonColumn::BigInt),
+    ("purchase_id", JsonColumn::BigInt),
+    ("state", JsonColumn::Text),
+    ("refunded_amount", JsonColumn::BigInt),
+    ("decline_reason", JsonColumn::Text),
+    ("at_us", JsonColumn::BigInt),
+];
+const SIGHTING_COLUMNS: &[(&str, JsonColumn)] = &[
+    ("purchase_id", JsonColumn::BigInt),
+    ("token", JsonColumn::Text),
+    ("msisdn", JsonColumn::Text),
+    ("outcome", JsonColumn::Text),
+    ("other_msisdn", JsonColumn::BigInt),
+    ("probe_key_id", JsonColumn::Text),
+    ("seen_at_us", JsonColumn::BigInt),
+    ("reported_at_us", JsonColumn::BigInt),
+];
 
 /// A purchase leaving `pending`, as written back.
 #[derive(Debug, Serialize)]
