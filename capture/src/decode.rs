@@ -4,7 +4,7 @@
 //! IPv4, IPv6 with its extension headers, and UDP are etherparse's borrowed slices. A frame that is not
 //! UDP over IP, or is malformed, yields a counter reason; nothing here panics on any input.
 use crate::reassembly::{FragmentKey, Outcome, Reassembler};
-use etherparse::{IpNumber, IpSlice, UdpSlice};
+use etherparse::{IpNumber, IpSlice, Ipv4HeaderSlice, UdpSlice};
 use std::net::{IpAddr, SocketAddr};
 
 /// libpcap DLT values this decoder reads.
@@ -119,6 +119,9 @@ impl Decoder {
         data: &'a [u8],
     ) -> Result<Option<Udp<'a>>, &'static str> {
         let network = network_layer(linktype, data)?;
+        if let Some((source, destination, transport)) = plain_ipv4(network, IpNumber::UDP) {
+            return udp(source, destination, transport).map(Some);
+        }
         let ip = IpSlice::from_slice(network).map_err(|_| "ip-malformed")?;
         let (source, destination) = (ip.source_addr(), ip.destination_addr());
         let protocol = ip.payload_ip_number();
@@ -157,6 +160,21 @@ impl Decoder {
         }
         udp(source, destination, ip.payload().payload).map(Some)
     }
+}
+
+/// The common case, cheaply: an unfragmented IPv4 packet of `protocol`, whole in `network`; its addresses
+/// and payload (without any link-layer padding). `None` for anything else, which the caller then decodes
+/// with etherparse's full `IpSlice` (IPv6, options of any kind are fine here; AH, fragments, other
+/// protocols and every malformation go the full way, so errors are reported by one path). The full path
+/// costs about 130 instructions per packet more (callgrind); a test checks that both agree.
+#[inline]
+pub fn plain_ipv4(network: &[u8], protocol: IpNumber) -> Option<(IpAddr, IpAddr, &[u8])> {
+    let header = Ipv4HeaderSlice::from_slice(network).ok()?;
+    if header.protocol() != protocol || header.is_fragmenting_payload() {
+        return None;
+    }
+    let payload = network.get(header.slice().len()..usize::from(header.total_len()))?;
+    Some((header.source_addr().into(), header.destination_addr().into(), payload))
 }
 
 fn udp(source: IpAddr, destination: IpAddr, transport: &[u8]) -> Result<Udp<'_>, &'static str> {
@@ -215,6 +233,47 @@ mod tests {
         sll2.extend_from_slice(ip);
         assert!(decoder.decode(linktype::LINUX_SLL2, 0, &sll2).unwrap().is_some());
         assert!(decoder.decode(linktype::RAW, 0, ip).unwrap().is_some());
+    }
+
+    /// The IPv4 fast path against etherparse's full `IpSlice` on every truncation and on byte mutations of
+    /// a UDP packet (with options and link padding): where the fast path answers, it answers the same.
+    #[test]
+    fn the_ipv4_fast_path_agrees_with_the_full_decode() {
+        let mut packet = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(2152, 2152).write(&mut packet, b"payload").unwrap();
+        let mut with_options = packet.clone();
+        with_options[0] = 0x46; // IHL 6: one word of options
+        with_options.splice(20..20, [1, 1, 1, 1]);
+        let total = u16::from_be_bytes([with_options[2], with_options[3]]) + 4;
+        with_options[2..4].copy_from_slice(&total.to_be_bytes());
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut answered = 0;
+        for base in [packet, with_options] {
+            let mut padded = base.clone();
+            padded.extend_from_slice(&[0; 6]); // Ethernet minimum-frame padding
+            let mut cases: Vec<Vec<u8>> = (0..base.len()).map(|cut| base[..cut].to_vec()).collect();
+            cases.push(padded);
+            for _ in 0..20_000 {
+                let mut mutated = base.clone();
+                for _ in 0..1 + (state % 3) {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let at = (state >> 8) as usize % 12; // the fields the fast path reads
+                    mutated[at] = (state >> 32) as u8;
+                }
+                cases.push(mutated);
+            }
+            for case in cases {
+                let Some((source, destination, payload)) = plain_ipv4(&case, IpNumber::UDP) else { continue };
+                answered += 1;
+                let full = IpSlice::from_slice(&case).expect("the full decode accepts what the fast path does");
+                assert!(!full.is_fragmenting_payload() && full.payload_ip_number() == IpNumber::UDP);
+                assert_eq!((source, destination), (full.source_addr(), full.destination_addr()));
+                assert_eq!(payload, full.payload().payload);
+            }
+        }
+        assert!(answered > 1_000, "the fast path answered {answered} cases");
     }
 
     #[test]

@@ -154,8 +154,38 @@ const SESSION_SWEEP_INTERVAL_US: u64 = 60_000_000;
 /// At most this many piggybacked GTPv2 messages are read from one datagram.
 const PIGGYBACK_MAX: usize = 2;
 
+/// What each UDP port is configured as (bits, a port may be several): one load per port instead of a
+/// search of three lists per packet.
+struct PortClasses(Box<[u8]>);
+
+impl PortClasses {
+    const GTPC: u8 = 1;
+    const GTPU: u8 = 2;
+    const GTPV0: u8 = 4;
+
+    fn new(config: &Config) -> PortClasses {
+        let mut classes = vec![0u8; 1 << 16].into_boxed_slice();
+        for (ports, class) in
+            [(&config.gtpc_ports, Self::GTPC), (&config.gtpu_ports, Self::GTPU), (&config.gtpv0_ports, Self::GTPV0)]
+        {
+            for &port in ports {
+                if let Some(slot) = classes.get_mut(usize::from(port)) {
+                    *slot |= class;
+                }
+            }
+        }
+        PortClasses(classes)
+    }
+
+    #[inline]
+    fn of(&self, port: u16) -> u8 {
+        self.0.get(usize::from(port)).copied().unwrap_or(0)
+    }
+}
+
 pub struct Correlator {
     config: Config,
+    ports: PortClasses,
     sessions: SessionTable,
     pending: Map<PendingKey, Pending>,
     flows: FlowTable,
@@ -171,6 +201,7 @@ pub struct Correlator {
 impl Correlator {
     pub fn new(config: Config) -> Correlator {
         Correlator {
+            ports: PortClasses::new(&config),
             sessions: SessionTable::new(config.sessions_max),
             flows: FlowTable::new(config.flows_max),
             pending: Map::default(),
@@ -210,13 +241,14 @@ impl Correlator {
     pub fn on_datagram(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
         self.stats.datagrams += 1;
         self.advance_time(datagram.ts_us, out);
-        let (sport, dport) = (datagram.source.port(), datagram.destination.port());
-        let is = |ports: &[u16]| ports.contains(&dport) || ports.contains(&sport);
-        if self.config.gtpu_ports.contains(&dport) || (!is(&self.config.gtpc_ports) && is(&self.config.gtpu_ports)) {
+        let destination = self.ports.of(datagram.destination.port());
+        let either = destination | self.ports.of(datagram.source.port());
+        if destination & PortClasses::GTPU != 0 || (either & PortClasses::GTPC == 0 && either & PortClasses::GTPU != 0)
+        {
             self.on_gtpu(datagram, out);
-        } else if is(&self.config.gtpc_ports) {
+        } else if either & PortClasses::GTPC != 0 {
             self.on_gtpc(datagram, out);
-        } else if is(&self.config.gtpv0_ports) {
+        } else if either & PortClasses::GTPV0 != 0 {
             self.on_gtpv0(datagram, out);
         } else {
             self.stats.drop("udp-not-gtp-port");
@@ -775,6 +807,9 @@ impl Correlator {
             }
             Transport::Other => return,
         };
+        if let [None, ..] = found_tokens {
+            return; // the common case; `push_token` fills the slots in order
+        }
         let source = SocketAddr::new(packet.source, source_port);
         let destination = SocketAddr::new(packet.destination, destination_port);
         for (token, carrier) in found_tokens.into_iter().flatten() {
