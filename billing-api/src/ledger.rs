@@ -1099,7 +1099,16 @@ impl Ledger {
             parts.push((self.entries_sql(n(&parts)), json(&writes.entries)?));
         }
         if !writes.changes.is_empty() {
-            parts.push((self.changes_sql(n(&parts)), json(&writes.changes)?));
+            let mut sql = self.changes_sql(n(&parts));
+            if postgres {
+                // The change-stream lock (`lock_change_stream`) inside the one statement, saving a round
+                // trip: each row to insert is a join with the lock's one row, so no row (and no cursor,
+                // drawn as a row is inserted) exists before the lock is held.
+                sql.push_str(&format!(
+                    " CROSS JOIN (SELECT pg_advisory_xact_lock({CHANGE_STREAM_LOCK})) AS stream_lock"
+                ));
+            }
+            parts.push((sql, json(&writes.changes)?));
         }
         if !writes.sightings.is_empty() {
             let sql = self.db.json_insert("sightings", n(&parts), SIGHTING_COLUMNS);
@@ -1107,9 +1116,6 @@ impl Ledger {
         }
         if parts.is_empty() {
             return Ok(());
-        }
-        if !writes.changes.is_empty() {
-            self.lock_change_stream(tx).await?;
         }
         let updated = if postgres {
             // Every data-modifying WITH clause runs to completion whether or not its output is read.
