@@ -116,10 +116,16 @@ impl Harness {
     }
 
     async fn account(&self, msisdn: &str, balance: i64) {
+        self.capped_account(msisdn, balance, None).await;
+    }
+
+    /// A EUR account with this balance and daily cap.
+    async fn capped_account(&self, msisdn: &str, balance: i64, daily_cap: Option<i64>) {
         let update = AccountUpdate {
             msisdn: msisdn.into(),
             currency: "EUR".into(),
             balance: Some(balance),
+            daily_cap,
             ..Default::default()
         };
         self.ledger.set_account(&update).await.unwrap();
@@ -271,14 +277,7 @@ async fn concurrent_reports_of_one_token_charge_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_call_is_decided_in_order_as_if_reported_one_by_one() {
     for (backend, h) in Harness::each_backend().await {
-        let update = AccountUpdate {
-            msisdn: "46700000020".into(),
-            currency: "EUR".into(),
-            balance: Some(1_000),
-            daily_cap: Some(900),
-            ..Default::default()
-        };
-        h.ledger.set_account(&update).await.unwrap();
+        h.capped_account("46700000020", 1_000, Some(900)).await;
         let a = h.create(&h.sp_key, 400, "order-a").await.unwrap();
         let b = h.create(&h.sp_key, 400, "order-b").await.unwrap();
         let c = h.create(&h.sp_key, 400, "order-c").await.unwrap();
@@ -495,14 +494,7 @@ async fn declines_expiry_cancel_and_second_subscriber() {
         let r = h.report(&unknown.token, "46799999999").await;
         assert_eq!(r.decline_reason, pb::DeclineReason::UnknownSubscriber as i32, "{backend}");
 
-        let update = AccountUpdate {
-            msisdn: "46700000004".into(),
-            currency: "EUR".into(),
-            balance: Some(1_000),
-            daily_cap: Some(300),
-            ..Default::default()
-        };
-        h.ledger.set_account(&update).await.unwrap();
+        h.capped_account("46700000004", 1_000, Some(300)).await;
         let a = h.create(&h.sp_key, 200, "cap-a").await.unwrap();
         let b = h.create(&h.sp_key, 200, "cap-b").await.unwrap();
         assert_eq!(outcome(&h.report(&a.token, "46700000004").await), pb::SightingOutcome::Charged);

@@ -162,13 +162,13 @@ impl Decoder {
     }
 }
 
-/// The common case, cheaply: an unfragmented IPv4 packet of `protocol`, whole in `network`; its addresses
-/// and payload (without any link-layer padding). `None` for anything else, which the caller then decodes
-/// with etherparse's full `IpSlice` (IPv6, options of any kind are fine here; AH, fragments, other
-/// protocols and every malformation go the full way, so errors are reported by one path). The full path
-/// costs about 130 instructions per packet more (callgrind); a test checks that both agree.
+/// The common case, cheaply: an unfragmented IPv4 packet of `protocol` (IPv4 options allowed), whole in
+/// `network`; its addresses and payload (without any link-layer padding). `None` for anything else (IPv6,
+/// AH, fragments, other protocols, every malformation), which the caller decodes with etherparse's full
+/// `IpSlice`, so errors are reported by one path. The full path costs about 130 instructions per packet
+/// more (callgrind); a test checks that both agree.
 #[inline]
-pub fn plain_ipv4(network: &[u8], protocol: IpNumber) -> Option<(IpAddr, IpAddr, &[u8])> {
+fn plain_ipv4(network: &[u8], protocol: IpNumber) -> Option<(IpAddr, IpAddr, &[u8])> {
     let header = Ipv4HeaderSlice::from_slice(network).ok()?;
     if header.protocol() != protocol || header.is_fragmenting_payload() {
         return None;

@@ -108,13 +108,19 @@ fn plain_ipv4(data: &[u8]) -> Option<(IpAddr, IpAddr, IpNumber, &[u8])> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tcp_and_udp_inner_packets() {
-        let mut tcp = Vec::new();
+    /// A subscriber's IPv4/TCP packet carrying the start of an HTTP request.
+    fn http_request_packet() -> Vec<u8> {
+        let mut packet = Vec::new();
         etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [93, 184, 216, 34], 64)
             .tcp(40000, 80, 1000, 64240)
-            .write(&mut tcp, b"GET / HTTP/1.1\r\n")
+            .write(&mut packet, b"GET / HTTP/1.1\r\n")
             .unwrap();
+        packet
+    }
+
+    #[test]
+    fn tcp_and_udp_inner_packets() {
+        let tcp = http_request_packet();
         let inner = inner_packet(&tcp).unwrap();
         assert_eq!(inner.source, IpAddr::from([10, 0, 0, 1]));
         assert!(matches!(
@@ -132,11 +138,7 @@ mod tests {
     /// of the header: where the fast path answers, it answers the same.
     #[test]
     fn the_ipv4_fast_path_agrees_with_the_full_decode() {
-        let mut packet = Vec::new();
-        etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [93, 184, 216, 34], 64)
-            .tcp(40000, 80, 1000, 64240)
-            .write(&mut packet, b"GET / HTTP/1.1\r\n")
-            .unwrap();
+        let packet = http_request_packet();
         let mut cases: Vec<Vec<u8>> = (0..packet.len()).map(|cut| packet[..cut].to_vec()).collect();
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         for _ in 0..40_000 {
