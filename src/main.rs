@@ -446,7 +446,7 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
         }
     } else {
         let reader = pipeline::read_files(sources).context("starting the reader thread")?;
-        for batch in reader.batches.iter() {
+        while let Some(batch) = reader.next() {
             run.batch(&batch);
             if let Some(bar) = &progress {
                 bar.set_position(batch.position);
@@ -490,7 +490,7 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
         let reader = pipeline::read_live(source, stop.clone(), shared.clone()).context("starting the reader thread")?;
         // Wake at least every 200 ms so the metrics stay fresh while the link is quiet.
         loop {
-            match reader.batches.recv_timeout(std::time::Duration::from_millis(200)) {
+            match reader.next_timeout(std::time::Duration::from_millis(200)) {
                 Ok(batch) => {
                     run.batch(&batch);
                     reader.recycle(batch);
