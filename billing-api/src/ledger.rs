@@ -9,7 +9,7 @@
 use crate::auth::{self, Caller, Kind, NewSecret};
 use crate::db::{opt_text, Backend, Db, JsonColumn};
 use gtpcharge_proto::Token;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::collections::HashMap;
@@ -127,7 +127,7 @@ fn day_and_month_start(now_us: i64) -> (i64, i64) {
     (days * DAY_US, month_start_days * DAY_US)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PurchaseRow {
     pub id: i64,
     pub service_provider_id: i64,
@@ -183,6 +183,38 @@ pub struct AccountRow {
     pub barred: bool,
     pub spent_today: i64,
     pub spent_this_month: i64,
+}
+
+const ACCOUNT_COLUMNS: &str = "msisdn, kind, currency, balance, credit_limit, daily_cap, monthly_cap, barred";
+
+/// An account row as the charging path's locking read returns it (JSON; see `lock_for_charging`).
+#[derive(Deserialize)]
+struct LockedAccount {
+    msisdn: String,
+    kind: String,
+    currency: String,
+    balance: i64,
+    credit_limit: i64,
+    daily_cap: i64,
+    monthly_cap: i64,
+    barred: i64,
+}
+
+impl LockedAccount {
+    fn into_row(self) -> AccountRow {
+        AccountRow {
+            msisdn: self.msisdn,
+            kind: self.kind,
+            currency: self.currency,
+            balance: self.balance,
+            credit_limit: self.credit_limit,
+            daily_cap: self.daily_cap,
+            monthly_cap: self.monthly_cap,
+            barred: self.barred != 0,
+            spent_today: 0,
+            spent_this_month: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,7 +545,7 @@ impl Ledger {
             }
         }
         let account = self
-            .read_account(&mut tx, &update.msisdn, now, "", Spending::Always)
+            .read_account(&mut tx, &update.msisdn, now, Spending::Always)
             .await?
             .ok_or(LedgerError::NotFound("account"))?;
         tx.commit().await?;
@@ -551,10 +583,9 @@ impl Ledger {
         tx: &mut Tx<'_>,
         msisdn: &str,
         now: i64,
-        lock: &str,
         spending: Spending,
     ) -> Result<Option<AccountRow>> {
-        Ok(self.read_accounts(tx, &[msisdn], now, lock, spending).await?.pop())
+        Ok(self.read_accounts(tx, &[msisdn], now, spending).await?.pop())
     }
 
     /// The accounts of these MSISDNs that exist, in MSISDN order (the order their rows are locked in when
@@ -565,12 +596,10 @@ impl Ledger {
         tx: &mut Tx<'_>,
         msisdns: &[&str],
         now: i64,
-        lock: &str,
         spending: Spending,
     ) -> Result<Vec<AccountRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT msisdn, kind, currency, balance, credit_limit, daily_cap, monthly_cap, barred FROM accounts \
-             WHERE {} ORDER BY msisdn{lock}",
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {} ORDER BY msisdn",
             self.db.json_in("msisdn", 1, None)
         ))
         .bind(json(msisdns)?)
@@ -593,13 +622,28 @@ impl Ledger {
                 })
             })
             .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        self.add_spending(tx, &mut accounts, now, spending).await?;
+        Ok(accounts)
+    }
+
+    /// Fills in what each account spent today and this month, summed from the ledger (for every
+    /// account, or only for those with a cap). A statement of its own: under READ COMMITTED it sees
+    /// every charge committed before it began, so after the accounts' rows are locked it sees all the
+    /// charges of the transactions it waited for.
+    async fn add_spending(
+        &self,
+        tx: &mut Tx<'_>,
+        accounts: &mut [AccountRow],
+        now: i64,
+        spending: Spending,
+    ) -> Result<()> {
         let summed: Vec<&str> = accounts
             .iter()
             .filter(|a| spending == Spending::Always || a.daily_cap > 0 || a.monthly_cap > 0)
             .map(|a| a.msisdn.as_str())
             .collect();
         if summed.is_empty() {
-            return Ok(accounts);
+            return Ok(());
         }
         // The month started no later than the day: one pass over the month's entries gives both.
         let (day_start, month_start) = day_and_month_start(now);
@@ -622,14 +666,14 @@ impl Ledger {
                 account.spent_this_month = -row.try_get::<i64, _>("month")?;
             }
         }
-        Ok(accounts)
+        Ok(())
     }
 
     pub async fn get_account(&self, msisdn: &str) -> Result<AccountRow> {
         validate_msisdn(msisdn)?;
         let mut tx = self.db.pool.begin().await?;
         let account = self
-            .read_account(&mut tx, msisdn, now_us(), "", Spending::Always)
+            .read_account(&mut tx, msisdn, now_us(), Spending::Always)
             .await?
             .ok_or(LedgerError::NotFound("account"))?;
         tx.commit().await?;
@@ -1010,39 +1054,8 @@ impl Ledger {
         if wanted.is_empty() {
             return Ok(items.iter().map(|_| SightingResult::unknown()).collect());
         }
-        let lock = self.db.for_update();
         let mut tx = self.db.pool.begin().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE {} ORDER BY id{lock}",
-            self.db.json_in("token", 1, None)
-        ))
-        .bind(json(&wanted)?)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut purchases = rows
-            .iter()
-            .map(|row| PurchaseRow::from_row(row).map(|p| (p.token.clone(), p)))
-            .collect::<std::result::Result<HashMap<_, _>, sqlx::Error>>()?;
-        // Only a sighting of a pending, unexpired purchase can charge: lock just those payers.
-        let mut payers: Vec<&str> = items
-            .iter()
-            .zip(&tokens)
-            .filter(|(_, token)| {
-                token
-                    .as_ref()
-                    .and_then(|t| purchases.get(t))
-                    .is_some_and(|p| p.state == "pending" && p.expires_at_us > now)
-            })
-            .map(|((_, sighting), _)| sighting.msisdn.as_str())
-            .collect();
-        payers.sort_unstable();
-        payers.dedup();
-        let mut accounts: HashMap<String, AccountRow> = if payers.is_empty() {
-            HashMap::new()
-        } else {
-            let found = self.read_accounts(&mut tx, &payers, now, lock, Spending::WhenCapped).await?;
-            found.into_iter().map(|a| (a.msisdn.clone(), a)).collect()
-        };
+        let (mut purchases, mut accounts) = self.lock_for_charging(&mut tx, items, &tokens, &wanted, now).await?;
         let (results, writes) = settle(items, &tokens, &mut purchases, &mut accounts, now);
         self.write(&mut tx, &writes).await?;
         tx.commit().await?;
@@ -1050,6 +1063,98 @@ impl Ledger {
             self.changed.notify_waiters();
         }
         Ok(results)
+    }
+
+    /// Locks what a batch of sightings may change and reads it: the purchases of the `wanted` tokens (in
+    /// id order), then the accounts of the MSISDNs that saw a pending, unexpired one (in MSISDN order),
+    /// with what capped accounts spent so far. Every purchase is locked before any account.
+    ///
+    /// On PostgreSQL both locking reads are one statement (one round trip fewer per batch): the accounts'
+    /// clause takes its MSISDNs from an aggregate over the materialized purchases, so it cannot start
+    /// before every purchase row is locked; each row comes back as it is after any transaction it waited
+    /// for (READ COMMITTED re-reads a row it had to wait for). The spending sums stay a statement of
+    /// their own ([`Ledger::add_spending`]). SQLite runs one transaction at a time and reads them in turn.
+    async fn lock_for_charging(
+        &self,
+        tx: &mut Tx<'_>,
+        items: &[(&str, &SightingReport)],
+        tokens: &[Option<String>],
+        wanted: &[&str],
+        now: i64,
+    ) -> Result<(HashMap<String, PurchaseRow>, HashMap<String, AccountRow>)> {
+        let (purchases, accounts) = if self.db.backend == Backend::Postgres {
+            #[derive(Serialize)]
+            struct Seen<'a> {
+                token: &'a str,
+                msisdn: &'a str,
+            }
+            #[derive(Deserialize)]
+            struct Locked {
+                purchases: Option<Vec<PurchaseRow>>,
+                accounts: Option<Vec<LockedAccount>>,
+            }
+            let seen: Vec<Seen<'_>> = items
+                .iter()
+                .zip(tokens)
+                .filter_map(|((_, sighting), token)| {
+                    token.as_deref().map(|token| Seen { token, msisdn: sighting.msisdn.as_str() })
+                })
+                .collect();
+            let row = sqlx::query(&format!(
+                "WITH seen AS MATERIALIZED (SELECT s ->> 'token' AS token, s ->> 'msisdn' AS msisdn \
+                 FROM json_array_elements($1::json) AS s), \
+                 p AS MATERIALIZED (SELECT {PURCHASE_COLUMNS} FROM purchases \
+                 WHERE token = ANY(ARRAY(SELECT token FROM seen)) ORDER BY id FOR UPDATE), \
+                 a AS MATERIALIZED (SELECT {ACCOUNT_COLUMNS} FROM accounts \
+                 WHERE msisdn = ANY(ARRAY(SELECT DISTINCT seen.msisdn FROM seen JOIN p ON p.token = seen.token \
+                 WHERE p.state = 'pending' AND p.expires_at_us > $2)) ORDER BY msisdn FOR UPDATE) \
+                 SELECT json_build_object('purchases', (SELECT json_agg(p) FROM p), \
+                 'accounts', (SELECT json_agg(a) FROM a))::text AS locked"
+            ))
+            .bind(json(&seen)?)
+            .bind(now)
+            .fetch_one(&mut **tx)
+            .await?;
+            let locked: Locked = serde_json::from_str(&row.try_get::<String, _>("locked")?)
+                .map_err(|e| LedgerError::Precondition(format!("the locking read gave unreadable rows: {e}")))?;
+            let mut accounts: Vec<AccountRow> =
+                locked.accounts.unwrap_or_default().into_iter().map(LockedAccount::into_row).collect();
+            self.add_spending(tx, &mut accounts, now, Spending::WhenCapped).await?;
+            (locked.purchases.unwrap_or_default(), accounts)
+        } else {
+            let rows = sqlx::query(&format!(
+                "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE {} ORDER BY id",
+                self.db.json_in("token", 1, None)
+            ))
+            .bind(json(wanted)?)
+            .fetch_all(&mut **tx)
+            .await?;
+            let purchases =
+                rows.iter().map(PurchaseRow::from_row).collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+            // Only a sighting of a pending, unexpired purchase can charge: just those payers.
+            let mut payers: Vec<&str> = items
+                .iter()
+                .zip(tokens)
+                .filter(|(_, token)| {
+                    token.as_ref().and_then(|t| purchases.iter().find(|p| p.token == *t)).is_some_and(|p| {
+                        p.state == "pending" && p.expires_at_us > now
+                    })
+                })
+                .map(|((_, sighting), _)| sighting.msisdn.as_str())
+                .collect();
+            payers.sort_unstable();
+            payers.dedup();
+            let accounts = if payers.is_empty() {
+                Vec::new()
+            } else {
+                self.read_accounts(tx, &payers, now, Spending::WhenCapped).await?
+            };
+            (purchases, accounts)
+        };
+        Ok((
+            purchases.into_iter().map(|p| (p.token.clone(), p)).collect(),
+            accounts.into_iter().map(|a| (a.msisdn.clone(), a)).collect(),
+        ))
     }
 
     /// Writes what [`settle`] decided: one statement per table that changes, each taking all its rows
