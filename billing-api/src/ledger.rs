@@ -1136,9 +1136,10 @@ impl Ledger {
                 .iter()
                 .zip(tokens)
                 .filter(|(_, token)| {
-                    token.as_ref().and_then(|t| purchases.iter().find(|p| p.token == *t)).is_some_and(|p| {
-                        p.state == "pending" && p.expires_at_us > now
-                    })
+                    token
+                        .as_ref()
+                        .and_then(|t| purchases.iter().find(|p| p.token == *t))
+                        .is_some_and(|p| p.state == "pending" && p.expires_at_us > now)
                 })
                 .map(|((_, sighting), _)| sighting.msisdn.as_str())
                 .collect();
