@@ -119,20 +119,22 @@ impl<T> Reader<T> {
 /// Takes what `channel` holds, spinning for up to [`SPIN_MAX`] while it is empty; `None` when nothing
 /// came (or the other side has gone): the caller then waits the blocking way.
 fn spin<T>(channel: &crossbeam_channel::Receiver<T>) -> Option<T> {
-    let started = Instant::now();
-    // Bounded by SPIN_MAX: the clock is read every 64 turns (a turn is a few nanoseconds).
-    for turn in 1u32.. {
+    // The clock is read only once the channel was found empty, then every 64 turns (a turn is a few
+    // nanoseconds); bounded by SPIN_MAX.
+    let mut started = None;
+    let mut turn = 0u32;
+    loop {
         match channel.try_recv() {
             Ok(item) => return Some(item),
             Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
             Err(crossbeam_channel::TryRecvError::Empty) => {}
         }
-        if turn % 64 == 0 && started.elapsed() >= SPIN_MAX {
+        if turn % 64 == 0 && started.get_or_insert_with(Instant::now).elapsed() >= SPIN_MAX {
             return None;
         }
+        turn = turn.wrapping_add(1);
         std::hint::spin_loop();
     }
-    None
 }
 
 struct Lanes {

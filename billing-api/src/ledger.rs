@@ -588,9 +588,9 @@ impl Ledger {
         Ok(self.read_accounts(tx, &[msisdn], now, spending).await?.pop())
     }
 
-    /// The accounts of these MSISDNs that exist, in MSISDN order (the order their rows are locked in when
-    /// `lock` asks for it); what each spent today and this month is summed from the ledger when
-    /// `spending` says so (the charge path needs it only for accounts with a cap), in one query for all.
+    /// The accounts of these MSISDNs that exist, in MSISDN order, unlocked (the charge path locks them in
+    /// `lock_for_charging`); what each spent today and this month is added as `spending` says
+    /// ([`Ledger::add_spending`]).
     async fn read_accounts(
         &self,
         tx: &mut Tx<'_>,
