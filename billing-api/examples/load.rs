@@ -5,6 +5,11 @@
 //! With RATE (charges/s) the load is open: calls of BATCH sightings start on a fixed schedule, as many at
 //! once as it takes, and latency counts from each call's scheduled start.
 //!
+//! A warm-up (a tenth as many charges, at least 200, closed loop) runs first and is not counted: the
+//! pool's connections, their prepared statements and the credential cache are then as a running server
+//! has them. LOAD_TRACE=FILE writes each measured call's start and latency (ms), to see when slow calls
+//! happened.
+//!
 //! cargo run --release -p gtpcharge-billing-api --example load -- DATABASE_URL [CHARGES] [CONCURRENCY] [BATCH] [RATE]
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::{AccountUpdate, NewPurchase};
@@ -35,9 +40,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         ledger.set_account(&update).await?;
     }
-    eprintln!("creating {charges} purchases ...");
-    let mut tokens = Vec::with_capacity(charges);
-    for i in 0..charges {
+    // The warm-up's purchases come first: the same path, run before the clock starts and not counted,
+    // so the figures are the steady state's (pgbench, too, reports without its connection time).
+    let warmup = (charges / 10).max(200);
+    eprintln!("creating {} purchases ({warmup} for the warm-up) ...", charges + warmup);
+    let mut tokens = Vec::with_capacity(charges + warmup);
+    for i in 0..charges + warmup {
         let new = NewPurchase {
             product_id: "load".into(),
             description: String::new(),
@@ -48,54 +56,50 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         tokens.push((ledger.create_purchase(sp, &new).await?.token, format!("4690{:08}", i % accounts)));
     }
+    let measured = tokens.split_off(warmup);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     tokio::spawn(gtpcharge_billing_api::server::serve(ledger.clone(), listener, None, std::future::pending()));
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))?.connect().await?;
-    let chunks: Vec<Vec<(String, String)>> = tokens.chunks(batch).map(<[_]>::to_vec).collect();
     let client = pb::sighting_service_client::SightingServiceClient::new(channel);
     let key = probe.secret.clone();
+    let warm = closed_loop(&client, &key, tokens.chunks(batch).map(<[_]>::to_vec).collect(), concurrency).await?;
+    eprintln!("warm-up: {} charges", warm.iter().map(|(_, c)| c).sum::<usize>());
+    let chunks: Vec<Vec<(String, String)>> = measured.chunks(batch).map(<[_]>::to_vec).collect();
     let started = Instant::now();
-    let mut workers = Vec::new();
-    if rate > 0.0 {
+    let results = if rate > 0.0 {
         // Open loop: call i starts at started + i * BATCH / RATE whether or not earlier calls have
         // answered, and its latency counts from that scheduled time (no coordinated omission).
         let every = Duration::from_secs_f64(batch as f64 / rate);
+        let mut calls = Vec::new();
         for (i, chunk) in chunks.into_iter().enumerate() {
             let due = started + every * i as u32;
             tokio::time::sleep_until(due.into()).await;
             let (client, key) = (client.clone(), key.clone());
-            workers.push(tokio::spawn(async move {
+            calls.push(tokio::spawn(async move {
                 let charged = call(client, &key, &chunk).await;
-                (vec![due.elapsed()], charged)
+                (vec![(due - started, due.elapsed())], charged)
             }));
         }
+        let mut results = Vec::new();
+        for call in calls {
+            results.push(call.await?);
+        }
+        results
     } else {
-        // Closed loop: CONCURRENCY callers, each sending its next call when the last one answered.
-        let queue = std::sync::Arc::new(tokio::sync::Mutex::new(chunks));
-        for _ in 0..concurrency {
-            let (queue, client, key) = (queue.clone(), client.clone(), key.clone());
-            workers.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut charged = 0usize;
-                loop {
-                    let Some(chunk) = queue.lock().await.pop() else { break };
-                    let t = Instant::now();
-                    charged += call(client.clone(), &key, &chunk).await;
-                    latencies.push(t.elapsed());
-                }
-                (latencies, charged)
-            }));
-        }
-    }
-    let mut latencies: Vec<Duration> = Vec::new();
-    let mut charged = 0;
-    for worker in workers {
-        let (l, c) = worker.await?;
-        latencies.extend(l);
-        charged += c;
-    }
+        closed_loop(&client, &key, chunks, concurrency).await?
+    };
     let elapsed = started.elapsed();
+    // LOAD_TRACE=FILE: one line per call, "start_ms latency_ms", to see when the slow calls happened.
+    if let Ok(path) = std::env::var("LOAD_TRACE") {
+        let mut trace = String::new();
+        for (start, latency) in results.iter().flat_map(|(calls, _)| calls) {
+            trace.push_str(&format!("{:.3} {:.3}\n", start.as_secs_f64() * 1e3, latency.as_secs_f64() * 1e3));
+        }
+        std::fs::write(path, trace)?;
+    }
+    let charged: usize = results.iter().map(|(_, c)| c).sum();
+    let mut latencies: Vec<Duration> = results.into_iter().flat_map(|(calls, _)| calls).map(|(_, l)| l).collect();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
     let load = if rate > 0.0 { format!("offered {rate:.0} charges/s") } else { format!("concurrency {concurrency}") };
@@ -109,6 +113,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sums = ledger.sums_by_currency().await?;
     assert!(sums.iter().all(|(_, s)| *s == 0), "ledger unbalanced: {sums:?}");
     Ok(())
+}
+
+/// Calls made and answered by one caller: (when each started, after the phase's start; how long it took),
+/// and how many sightings were charged.
+type CallerResult = (Vec<(Duration, Duration)>, usize);
+
+/// CONCURRENCY callers, each sending its next call when the last one answered.
+async fn closed_loop(
+    client: &pb::sighting_service_client::SightingServiceClient<tonic::transport::Channel>,
+    key: &str,
+    chunks: Vec<Vec<(String, String)>>,
+    concurrency: usize,
+) -> Result<Vec<CallerResult>, tokio::task::JoinError> {
+    let started = Instant::now();
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(chunks));
+    let mut callers = Vec::new();
+    for _ in 0..concurrency {
+        let (queue, client, key) = (queue.clone(), client.clone(), key.to_string());
+        callers.push(tokio::spawn(async move {
+            let mut calls = Vec::new();
+            let mut charged = 0usize;
+            loop {
+                let Some(chunk) = queue.lock().await.pop() else { break };
+                let t = Instant::now();
+                charged += call(client.clone(), &key, &chunk).await;
+                calls.push((t - started, t.elapsed()));
+            }
+            (calls, charged)
+        }));
+    }
+    let mut results = Vec::new();
+    for caller in callers {
+        results.push(caller.await?);
+    }
+    Ok(results)
 }
 
 /// One ReportSightings call; returns how many of its sightings were charged.
