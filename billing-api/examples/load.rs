@@ -8,7 +8,7 @@
 //! A warm-up (a tenth as many charges, at least 200, closed loop) runs first and is not counted: the
 //! pool's connections, their prepared statements and the credential cache are then as a running server
 //! has them. LOAD_TRACE=FILE writes each measured call's start and latency (ms), to see when slow calls
-//! happened.
+//! happened; LOAD_WARMUP=N sets the warm-up's charges (0: measure a cold start).
 //!
 //! cargo run --release -p gtpcharge-billing-api --example load -- DATABASE_URL [CHARGES] [CONCURRENCY] [BATCH] [RATE]
 use gtpcharge_billing_api::auth::Kind;
@@ -42,7 +42,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The warm-up's purchases come first: the same path, run before the clock starts and not counted,
     // so the figures are the steady state's (pgbench, too, reports without its connection time).
-    let warmup = (charges / 10).max(200);
+    let warmup = match std::env::var("LOAD_WARMUP") {
+        Ok(n) => n.parse()?,
+        Err(_) => (charges / 10).max(200),
+    };
     eprintln!("creating {} purchases ({warmup} for the warm-up) ...", charges + warmup);
     let mut tokens = Vec::with_capacity(charges + warmup);
     for i in 0..charges + warmup {
