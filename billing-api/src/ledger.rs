@@ -171,7 +171,10 @@ impl PurchaseRow {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An account as read: its row, and what it spent today and this month (summed from the ledger, or 0
+/// where not asked for). Deserialize reads the row as the charging path's locking read returns it
+/// (JSON; see `lock_for_charging`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AccountRow {
     pub msisdn: String,
     pub kind: String,
@@ -180,42 +183,20 @@ pub struct AccountRow {
     pub credit_limit: i64,
     pub daily_cap: i64,
     pub monthly_cap: i64,
+    /// Stored as an integer (0 or 1) on both backends.
+    #[serde(deserialize_with = "flag")]
     pub barred: bool,
+    #[serde(default)]
     pub spent_today: i64,
+    #[serde(default)]
     pub spent_this_month: i64,
 }
 
+fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<bool, D::Error> {
+    Ok(i64::deserialize(deserializer)? != 0)
+}
+
 const ACCOUNT_COLUMNS: &str = "msisdn, kind, currency, balance, credit_limit, daily_cap, monthly_cap, barred";
-
-/// An account row as the charging path's locking read returns it (JSON; see `lock_for_charging`).
-#[derive(Deserialize)]
-struct LockedAccount {
-    msisdn: String,
-    kind: String,
-    currency: String,
-    balance: i64,
-    credit_limit: i64,
-    daily_cap: i64,
-    monthly_cap: i64,
-    barred: i64,
-}
-
-impl LockedAccount {
-    fn into_row(self) -> AccountRow {
-        AccountRow {
-            msisdn: self.msisdn,
-            kind: self.kind,
-            currency: self.currency,
-            balance: self.balance,
-            credit_limit: self.credit_limit,
-            daily_cap: self.daily_cap,
-            monthly_cap: self.monthly_cap,
-            barred: self.barred != 0,
-            spent_today: 0,
-            spent_this_month: 0,
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryRow {
@@ -1091,7 +1072,7 @@ impl Ledger {
             #[derive(Deserialize)]
             struct Locked {
                 purchases: Option<Vec<PurchaseRow>>,
-                accounts: Option<Vec<LockedAccount>>,
+                accounts: Option<Vec<AccountRow>>,
             }
             let seen: Vec<Seen<'_>> = items
                 .iter()
@@ -1117,8 +1098,7 @@ impl Ledger {
             .await?;
             let locked: Locked = serde_json::from_str(&row.try_get::<String, _>("locked")?)
                 .map_err(|e| LedgerError::Precondition(format!("the locking read gave unreadable rows: {e}")))?;
-            let mut accounts: Vec<AccountRow> =
-                locked.accounts.unwrap_or_default().into_iter().map(LockedAccount::into_row).collect();
+            let mut accounts = locked.accounts.unwrap_or_default();
             self.add_spending(tx, &mut accounts, now, Spending::WhenCapped).await?;
             (locked.purchases.unwrap_or_default(), accounts)
         } else {
