@@ -417,14 +417,13 @@ impl Correlator {
                 self.pending_insert(key, PendingKind::CreateV1 { fields, version: 1, tid: None });
             }
             UPDATE_PDP_REQUEST | DELETE_PDP_REQUEST => {
-                let nsapis: Vec<u8> = match (header.message_type, fields.teardown, fields.nsapi) {
-                    (DELETE_PDP_REQUEST, true, _) | (_, _, None) => (0..16).collect(),
-                    (_, _, Some(nsapi)) => vec![nsapi],
+                let peer = datagram.source.ip();
+                let sessions: Vec<u64> = match (header.message_type, fields.teardown, fields.nsapi) {
+                    (DELETE_PDP_REQUEST, true, _) | (_, _, None) => {
+                        self.sessions.by_control_every_nsapi(receiver, peer)
+                    }
+                    (_, _, Some(nsapi)) => self.sessions.by_control(receiver, nsapi, peer).into_iter().collect(),
                 };
-                let sessions: Vec<u64> = nsapis
-                    .iter()
-                    .filter_map(|nsapi| self.sessions.by_control(receiver, *nsapi, datagram.source.ip()))
-                    .collect();
                 if sessions.is_empty() {
                     return self.stats.note("gtpc-unknown-context");
                 }
