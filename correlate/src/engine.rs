@@ -194,7 +194,8 @@ pub struct Correlator {
     stats: Stats,
     now_us: u64,
     next_sweep_us: u64,
-    next_table_sweep_us: u64,
+    /// When the flows, the sighting dedupe and the tombstones are next swept.
+    next_table_sweep_us: [u64; 3],
     next_session_sweep_us: u64,
 }
 
@@ -210,7 +211,7 @@ impl Correlator {
             stats: Stats::default(),
             now_us: 0,
             next_sweep_us: 0,
-            next_table_sweep_us: 0,
+            next_table_sweep_us: [0; 3],
             next_session_sweep_us: 0,
             config,
         }
@@ -269,24 +270,30 @@ impl Correlator {
                 self.stats.note("gtpc-request-unanswered");
             }
         }
-        // The big tables are swept every eighth of their timeout: a full pass over a million flows each
+        // The big tables are swept every eighth of their own timeout: a full pass over a million flows each
         // second of packet time would cost more than the packets. Between sweeps, lookups check the age
         // themselves (`flow_idle_cutoff`, `dedupe_cutoff`, `tombstone_cutoff`), so an entry past its
         // timeout is never used, only not yet freed.
-        if self.now_us >= self.next_table_sweep_us {
-            let interval =
-                [self.config.flow_idle_timeout_s, self.config.sighting_dedupe_window_s, self.config.tombstone_s]
-                    .into_iter()
-                    .min()
-                    .unwrap_or(0)
-                    .saturating_mul(1_000_000 / 8)
-                    .max(SWEEP_INTERVAL_US);
-            self.next_table_sweep_us = self.now_us + interval;
+        let due = |next: &mut u64, timeout_s: u64, now: u64| {
+            let due = now >= *next;
+            if due {
+                *next = now + timeout_s.saturating_mul(1_000_000 / 8).max(SWEEP_INTERVAL_US);
+            }
+            due
+        };
+        let mut next = self.next_table_sweep_us;
+        let [flows, dedupe, tombstones] = &mut next;
+        if due(flows, self.config.flow_idle_timeout_s, self.now_us) {
             self.flows.expire(self.flow_idle_cutoff());
-            self.sessions.expire_tombstones(self.tombstone_cutoff());
+        }
+        if due(dedupe, self.config.sighting_dedupe_window_s, self.now_us) {
             let dedupe_cutoff = self.dedupe_cutoff();
             self.dedupe.retain(|_, seen| *seen >= dedupe_cutoff);
         }
+        if due(tombstones, self.config.tombstone_s, self.now_us) {
+            self.sessions.expire_tombstones(self.tombstone_cutoff());
+        }
+        self.next_table_sweep_us = next;
         if self.now_us >= self.next_session_sweep_us {
             self.next_session_sweep_us = self.now_us + SESSION_SWEEP_INTERVAL_US;
             let cutoff = self.now_us.saturating_sub(self.config.session_idle_timeout_s * 1_000_000);
