@@ -5,6 +5,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use etherparse::PacketBuilder;
 use gtpcharge_capture::{Decoder, DecoderConfig};
+use gtpcharge_correlate::flow::{FlowKey, FlowState, FlowTable};
 use gtpcharge_correlate::scan::TokenFinder;
 use gtpcharge_correlate::session::{Endpoint, Session, SessionTable, TunnelKey};
 use gtpcharge_correlate::wire::{gtpv1, gtpv2, Tbcd};
@@ -285,6 +286,24 @@ fn bench_sessions(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    group.finish();
+    // A sweep for idle sessions with none idle: what one pass over the whole table costs (the probe
+    // stops reading packets for that long).
+    let mut group = c.benchmark_group("sweep");
+    group.sample_size(10);
+    group.bench_function("idle-sessions/1M-live", |b| b.iter(|| black_box(table.expire(black_box(0)).len())));
+    let mut flows = FlowTable::new(N as usize);
+    for i in 0..N {
+        let key = FlowKey {
+            session: u64::from(i),
+            source: IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i)),
+            destination: IpAddr::from([203, 0, 113, 7]),
+            source_port: 40_000 + (i % 20_000) as u16,
+            destination_port: 80,
+        };
+        flows.insert(key, FlowState::new(i, 1));
+    }
+    group.bench_function("idle-flows/1M-live", |b| b.iter(|| black_box(flows.expire(black_box(1)))));
     group.finish();
 }
 
