@@ -1,5 +1,6 @@
 //! Memory per live session: resident set size before and after inserting N sessions (default 1,000,000)
-//! shaped like real GTPv1 contexts (IMSI, MSISDN, IMEI, APN, IPv4, four tunnel keys), divided by N.
+//! shaped like real GTPv1 contexts (IMSI, MSISDN, IMEI, APN, IPv4, four tunnel keys), divided by N; and
+//! the slowest single inserts (those that grew a table: the probe reads no packet meanwhile).
 //!
 //! cargo run --release -p gtpcharge-correlate --example session_memory [N]
 use gtpcharge_correlate::session::{Endpoint, Session, SessionTable, TunnelKey};
@@ -20,6 +21,7 @@ fn main() {
     let mut table = SessionTable::new(n as usize + 1);
     let apn = Apn::from_text("internet.mnc001.mcc001.gprs");
     let before = rss_bytes();
+    let mut slowest: Vec<(std::time::Duration, u32)> = Vec::new();
     for i in 0..n {
         let ggsn = IpAddr::from([198, 51, 100, (i % 4) as u8]);
         let sgsn = IpAddr::from([192, 0, 2, (i % 8) as u8]);
@@ -44,11 +46,19 @@ fn main() {
             },
             last_seen_us: 0,
         };
-        if let Err(reason) = table.insert(session) {
+        let started = std::time::Instant::now();
+        let inserted = table.insert(session);
+        slowest.push((started.elapsed(), i));
+        if slowest.len() > 64 {
+            slowest.sort_unstable_by(|a, b| b.cmp(a));
+            slowest.truncate(5);
+        }
+        if let Err(reason) = inserted {
             eprintln!("refused at {i}: {reason}");
             break;
         }
     }
+    slowest.sort_unstable_by(|a, b| b.cmp(a));
     let after = rss_bytes();
     println!(
         "sessions {}  rss before {:.1} MiB  after {:.1} MiB  {:.0} bytes per live session (all indices included)",
@@ -57,4 +67,7 @@ fn main() {
         after as f64 / 1048576.0,
         (after - before) as f64 / f64::from(n)
     );
+    for (took, i) in slowest.iter().take(5) {
+        println!("slow insert: {:.1} ms at session {i}", took.as_secs_f64() * 1e3);
+    }
 }

@@ -8,6 +8,7 @@ use crate::event::{Attribution, Event, SessionEvent, Sighting, Unattributed};
 use crate::flow::{self, FlowKey, FlowKind, FlowState, FlowTable, SegmentOrder, CARRY_LEN};
 use crate::scan::{dns, http::HttpState, tls, Carrier, TokenFinder};
 use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey};
+use crate::sharded::ShardedMap;
 use crate::wire::gtpu::{self, Transport};
 use crate::wire::{gtpv0, gtpv1, gtpv2, Tbcd, WireError};
 use crate::Map;
@@ -189,7 +190,7 @@ pub struct Correlator {
     sessions: SessionTable,
     pending: Map<PendingKey, Pending>,
     flows: FlowTable,
-    dedupe: Map<DedupeKey, u64>,
+    dedupe: ShardedMap<DedupeKey, u64>,
     scanner: Scanner,
     stats: Stats,
     now_us: u64,
@@ -206,7 +207,7 @@ impl Correlator {
             sessions: SessionTable::new(config.sessions_max),
             flows: FlowTable::new(config.flows_max),
             pending: Map::default(),
-            dedupe: Map::default(),
+            dedupe: ShardedMap::default(),
             scanner: Scanner { finder: TokenFinder::default(), bytes_max: config.scan_bytes_max },
             stats: Stats::default(),
             now_us: 0,
@@ -927,8 +928,9 @@ impl Correlator {
             self.stats.note("sighting-duplicate");
             return;
         }
-        if self.dedupe.len() < self.config.sighting_dedupe_max || self.dedupe.contains_key(&key) {
-            self.dedupe.insert(key, self.now_us);
+        let room = self.dedupe.len() < self.config.sighting_dedupe_max;
+        if let Some(seen) = self.dedupe.get_or_insert_with(key, room, || 0) {
+            *seen = self.now_us;
         }
         match session {
             Some((session, attribution)) => {

@@ -3,7 +3,7 @@
 //! where the flow is in its HTTP request. Bounded by `flows_max`; idle flows are swept.
 use crate::scan::http::HttpState;
 use crate::scan::Carrier;
-use crate::Map;
+use crate::sharded::ShardedMap;
 use gtpcharge_proto::token::TEXT_LEN;
 use std::net::IpAddr;
 
@@ -104,15 +104,15 @@ pub fn order(next_sequence: u32, sequence: u32, len: usize) -> SegmentOrder {
     }
 }
 
-/// A bounded map of flows.
+/// A bounded map of flows (sharded, so that its growth never stops packet reading for long).
 pub struct FlowTable {
-    flows: Map<FlowKey, FlowState>,
+    flows: ShardedMap<FlowKey, FlowState>,
     flows_max: usize,
 }
 
 impl FlowTable {
     pub fn new(flows_max: usize) -> FlowTable {
-        FlowTable { flows: Map::default(), flows_max }
+        FlowTable { flows: ShardedMap::default(), flows_max }
     }
 
     pub fn len(&self) -> usize {
@@ -129,20 +129,19 @@ impl FlowTable {
 
     /// Inserts (or replaces) a flow; `false` when the table is full and the flow is new.
     pub fn insert(&mut self, key: FlowKey, state: FlowState) -> bool {
-        if self.flows.len() >= self.flows_max && !self.flows.contains_key(&key) {
-            return false;
+        match self.get_or_insert(key, || state.clone()) {
+            Some(slot) => {
+                *slot = state;
+                true
+            }
+            None => false,
         }
-        self.flows.insert(key, state);
-        true
     }
 
     /// The flow's state, created with `make` when new; `None` when new and the table is full.
     pub fn get_or_insert(&mut self, key: FlowKey, make: impl FnOnce() -> FlowState) -> Option<&mut FlowState> {
-        let full = self.flows.len() >= self.flows_max;
-        match self.flows.entry(key) {
-            std::collections::hash_map::Entry::Occupied(entry) => Some(entry.into_mut()),
-            std::collections::hash_map::Entry::Vacant(entry) => (!full).then(|| entry.insert(make())),
-        }
+        let room = self.flows.len() < self.flows_max;
+        self.flows.get_or_insert_with(key, room, make)
     }
 
     pub fn remove(&mut self, key: &FlowKey) {
@@ -151,9 +150,7 @@ impl FlowTable {
 
     /// Drops flows idle since `cutoff_us`; returns how many.
     pub fn expire(&mut self, cutoff_us: u64) -> usize {
-        let before = self.flows.len();
-        self.flows.retain(|_, f| f.last_seen_us >= cutoff_us);
-        before - self.flows.len()
+        self.flows.retain(|_, f| f.last_seen_us >= cutoff_us)
     }
 }
 
@@ -187,5 +184,33 @@ mod tests {
         assert!(table.insert(key(1), FlowState::new(5, 10)), "replacing an existing flow is allowed");
         assert_eq!(table.expire(11), 1);
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn flows_are_found_removed_and_expired_across_shards() {
+        let mut table = FlowTable::new(10_000);
+        let key = |i: u32| FlowKey {
+            session: u64::from(i % 7),
+            source: IpAddr::from((0x0A00_0000 + i).to_be_bytes()),
+            destination: IpAddr::from([2, 2, 2, 2]),
+            source_port: (i % 50_000) as u16,
+            destination_port: 443,
+        };
+        for i in 0..10_000 {
+            assert!(table.insert(key(i), FlowState::new(i, u64::from(i))));
+        }
+        assert!(!table.insert(key(10_000), FlowState::new(0, 0)), "full");
+        assert_eq!(table.len(), 10_000);
+        for i in (0..10_000).step_by(2) {
+            table.remove(&key(i));
+        }
+        assert_eq!(table.len(), 5_000);
+        for i in 0..10_000 {
+            assert_eq!(table.get_mut(&key(i)).map(|s| s.next_sequence), (i % 2 == 1).then_some(i));
+        }
+        // Odd i from 1 to 9,999 were last seen at i: those before 5,000 go.
+        assert_eq!(table.expire(5_000), 2_500);
+        assert_eq!(table.len(), 2_500);
+        assert!(table.get_mut(&key(4_999)).is_none() && table.get_mut(&key(5_001)).is_some());
     }
 }

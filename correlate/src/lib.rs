@@ -4,6 +4,7 @@
 //! - [`session`]: live contexts, tunnel and UE-address indices, the bounded table of open requests.
 //! - [`scan`]: token carriers (HTTP request line and headers, DNS query names, TLS SNI).
 //! - [`flow`]: per-flow TCP state for split tokens and retransmissions.
+//! - [`sharded`]: the sharded map under the tables that grow to a million entries.
 //! - [`engine`]: [`Correlator`], which ties them together and produces [`Event`]s.
 //!
 //! Deliberately absent: libpcap, link-layer and outer IP decoding (the `capture` crate does those and
@@ -17,6 +18,7 @@ pub mod event;
 pub mod flow;
 pub mod scan;
 pub mod session;
+pub mod sharded;
 pub mod wire;
 
 pub use engine::{Config, Correlator, Datagram, Stats};
