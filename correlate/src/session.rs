@@ -19,6 +19,7 @@
 //! `u16` ids; IPv6 UE addresses and GTPv0 TIDs, which few sessions have, live in side maps. [`Session`]
 //! is the wide form the engine builds and reads; it is not what is stored.
 use crate::event::Identity;
+use crate::sharded::{shard_of, SHARDS};
 use crate::wire::{Apn, Tbcd};
 use crate::Map;
 use hashbrown::HashTable;
@@ -163,7 +164,8 @@ const SLOTS_MAX: usize = 1 << (32 - KIND_BITS);
 
 /// At most this many live sessions are indexed under one control key or one UE address (a SGW's S11 and
 /// S5 sharing a TEID, private addresses reused across APNs: a handful). Sessions beyond it are counted,
-/// not indexed, so a hostile stream cannot turn every lookup into a walk over thousands of entries.
+/// not indexed, so a hostile stream cannot turn every lookup into a walk over thousands of entries (a
+/// control key's chain holds at most this many per NSAPI, 128 in all).
 pub const SHARED_KEY_MAX: usize = 8;
 
 /// NSAPIs are 4 bits (3GPP TS 29.060 7.7.17).
@@ -416,15 +418,11 @@ impl Store {
     }
 }
 
-/// Shards of the index. One table's growth rehashes every entry, each read back from its record: 370 ms
-/// at 734,003 sessions, during which no packet is read (the kernel buffer overflows on a busy link).
-/// A shard grows alone, so a growth stops reading for a 64th of that.
-const INDEX_SHARDS: usize = 64;
-
-/// The index, sharded by bits of the hash that a shard's table does not use for itself (its bucket
-/// comes from the low bits, its control byte from the top seven).
+/// The index, in shards as [`crate::sharded`] shards its maps. One table's growth rehashes every entry,
+/// each read back from its record: 370 ms at 734,003 sessions, during which no packet is read; a shard
+/// grows alone, in a 64th of that.
 struct Index {
-    shards: [HashTable<u32>; INDEX_SHARDS],
+    shards: [HashTable<u32>; SHARDS],
 }
 
 impl Index {
@@ -432,12 +430,8 @@ impl Index {
         Index { shards: std::array::from_fn(|_| HashTable::new()) }
     }
 
-    fn shard_of(hash: u64) -> usize {
-        (hash >> 40) as usize % INDEX_SHARDS
-    }
-
     fn shard(&self, hash: u64) -> Option<&HashTable<u32>> {
-        self.shards.get(Self::shard_of(hash))
+        self.shards.get(shard_of(hash))
     }
 
     fn find(&self, hash: u64, eq: impl FnMut(&u32) -> bool) -> Option<&u32> {
@@ -450,12 +444,12 @@ impl Index {
 
     /// Removes the entry `eq` picks; what it was.
     fn remove(&mut self, hash: u64, eq: impl FnMut(&u32) -> bool) -> Option<u32> {
-        let shard = self.shards.get_mut(Self::shard_of(hash))?;
+        let shard = self.shards.get_mut(shard_of(hash))?;
         shard.find_entry(hash, eq).ok().map(|found| found.remove().0)
     }
 
     fn insert(&mut self, hash: u64, entry: u32, rehash: impl Fn(&u32) -> u64) {
-        if let Some(shard) = self.shards.get_mut(Self::shard_of(hash)) {
+        if let Some(shard) = self.shards.get_mut(shard_of(hash)) {
             shard.insert_unique(hash, entry, rehash);
         }
     }

@@ -9,7 +9,13 @@ use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hash};
 
-const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 64;
+
+/// The shard of a key with this hash: bits that neither a shard's bucket (low bits) nor its control byte
+/// (top seven) come from.
+pub(crate) fn shard_of(hash: u64) -> usize {
+    (hash >> 40) as usize % SHARDS
+}
 
 pub struct ShardedMap<K, V> {
     /// Inline, not behind a pointer: a lookup's first load is its shard's table header.
@@ -40,7 +46,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     /// The key's hash and its shard's index.
     fn locate(&self, key: &K) -> (u64, usize) {
         let hash = self.hasher.hash_one(key);
-        (hash, (hash >> 40) as usize % SHARDS)
+        (hash, shard_of(hash))
     }
 
     pub fn get(&self, key: &K) -> Option<&V> {
