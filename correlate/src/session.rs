@@ -50,8 +50,7 @@ impl Choice {
 }
 
 impl Candidate {
-    fn consider(self, choice: &mut Option<Choice>) {
-        let choice = choice.get_or_insert_with(Choice::default);
+    fn consider(self, choice: &mut Choice) {
         let seen = (self.seq, self.id);
         if self.with_peer && choice.first_with_peer.is_none_or(|(seq, _)| self.seq < seq) {
             choice.first_with_peer = Some(seen);
@@ -556,25 +555,25 @@ impl SessionTable {
     /// The session a control message sent to `key` by `peer` is about: among the sessions using that
     /// key with this NSAPI, the first whose other side is `peer`, else the most recent.
     pub fn by_control(&self, key: TunnelKey, nsapi: u8, peer: IpAddr) -> Option<u64> {
-        let mut chosen = None;
+        let mut chosen = Choice::default();
         self.control_holders(key, peer, |holder_nsapi, pick| {
             if holder_nsapi == nsapi {
                 pick.consider(&mut chosen);
             }
         });
-        chosen.and_then(Choice::id)
+        chosen.id()
     }
 
     /// [`SessionTable::by_control`] for every NSAPI at once (in NSAPI order, each NSAPI's session once),
     /// in one walk over the key's index entries: what a GTPv1 Delete with Teardown Ind ends.
     pub fn by_control_every_nsapi(&self, key: TunnelKey, peer: IpAddr) -> Vec<u64> {
-        let mut chosen: [Option<Choice>; NSAPIS] = [None; NSAPIS];
+        let mut chosen = [Choice::default(); NSAPIS];
         self.control_holders(key, peer, |nsapi, pick| {
             if let Some(slot) = chosen.get_mut(usize::from(nsapi)) {
                 pick.consider(slot);
             }
         });
-        chosen.iter().filter_map(|c| c.and_then(Choice::id)).collect()
+        chosen.iter().filter_map(|c| c.id()).collect()
     }
 
     /// Calls `each` with the NSAPI and the candidate of every live session indexed under control key `key`.
