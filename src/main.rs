@@ -82,6 +82,11 @@ enum Command {
     /// The libpcap floor: read capture files and only count their packets and bytes (for the replay
     /// benchmark's ratio).
     Floor {
+        /// Read through the replay pipeline's reader thread instead (libpcap, plus the copy of each frame
+        /// into a batch and the hand-over to a second thread, which only counts): the most the two-thread
+        /// replay can reach on this machine, whatever the correlating thread does.
+        #[arg(long)]
+        pipeline: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -556,7 +561,7 @@ fn main() -> std::process::ExitCode {
             None => Err(anyhow::anyhow!("--api-key (or GTPCHARGE_API_KEY) is required")),
         },
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
-        Command::Floor { files } => floor(&files).map(|()| true),
+        Command::Floor { pipeline, files } => floor(&files, pipeline).map(|()| true),
         Command::FuzzCorpus { out, files } => fuzz_corpus(&out, &files).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
         Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
@@ -650,18 +655,35 @@ fn fuzz_corpus(out: &std::path::Path, files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn floor(files: &[PathBuf]) -> Result<()> {
+fn floor(files: &[PathBuf], through_pipeline: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let (mut packets, mut bytes) = (0u64, 0u64);
-    for path in files {
-        FileSource::open(path, None)?.for_each(|frame| {
-            packets += 1;
-            bytes += u64::from(frame.wire_len);
-        })?;
+    if through_pipeline {
+        let sources = files.iter().map(|path| FileSource::open(path, None)).collect::<Result<Vec<_>, _>>()?;
+        let reader = pipeline::read_files(sources).context("starting the reader thread")?;
+        while let Some(batch) = reader.next() {
+            for frame in batch.frames() {
+                packets += 1;
+                bytes += u64::from(frame.wire_len);
+            }
+            reader.recycle(batch);
+        }
+        if let Some(error) = reader.join().map_err(|_| anyhow::anyhow!("the reader thread failed"))?.into_iter().next()
+        {
+            return Err(error.into());
+        }
+    } else {
+        for path in files {
+            FileSource::open(path, None)?.for_each(|frame| {
+                packets += 1;
+                bytes += u64::from(frame.wire_len);
+            })?;
+        }
     }
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     eprintln!(
-        "floor packets {packets}  bytes {bytes}  elapsed {elapsed:.3}s  {:.0} packets/s  {:.3} Gbit/s",
+        "{} packets {packets}  bytes {bytes}  elapsed {elapsed:.3}s  {:.0} packets/s  {:.3} Gbit/s",
+        if through_pipeline { "floor-pipeline" } else { "floor" },
         packets as f64 / elapsed,
         bytes as f64 * 8.0 / elapsed / 1e9
     );

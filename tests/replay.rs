@@ -210,3 +210,27 @@ fn the_pipeline_and_the_single_thread_give_the_same_events() {
         assert_eq!(summary(&piped), summary(&single), "the counters differ between the two modes");
     }
 }
+
+#[test]
+fn both_floors_count_every_frame_the_replay_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = write_capture(dir.path(), &Scenario { seed: 13, ..Scenario::sample() });
+    let a = a.to_str().unwrap();
+    // "packets N  bytes M" from a floor's or the replay's summary line.
+    let counts = |stderr: &[u8], first: &str| -> (u64, u64) {
+        let text = String::from_utf8_lossy(stderr).into_owned();
+        let line = text.lines().find(|l| l.starts_with(first)).unwrap_or_else(|| panic!("no {first:?} line in {text}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |label: &str| words[words.iter().position(|w| *w == label).unwrap() + 1].parse().unwrap();
+        (after("packets"), after("bytes"))
+    };
+    let replayed = gtpcharge(&["replay", a, a]);
+    assert!(replayed.status.success());
+    let (packets, bytes) = counts(&replayed.stderr, "packets ");
+    assert!(packets > 100 && bytes > packets * 40, "{packets} packets, {bytes} bytes");
+    let direct = gtpcharge(&["floor", a, a]);
+    let piped = gtpcharge(&["floor", "--pipeline", a, a]);
+    assert!(direct.status.success() && piped.status.success());
+    assert_eq!(counts(&direct.stderr, "floor "), (packets, bytes));
+    assert_eq!(counts(&piped.stderr, "floor-pipeline "), (packets, bytes));
+}
