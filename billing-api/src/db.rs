@@ -2,7 +2,8 @@
 //! through sqlx's `Any` driver with runtime queries (so a fresh clone builds without a live database);
 //! the few dialect differences (row locks, identity columns) are confined to this module and the two
 //! migration folders.
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::ConnectOptions;
 use sqlx::{AnyPool, Row};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +56,15 @@ impl Db {
                     .connect(url)
                     .await?
             }
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16).connect(url).await?,
+            // sqlx's own statement logs are off: the charging path writes its values into the SQL text
+            // (`Ledger::charge_postgres`), so a logged statement would carry MSISDNs into the logs.
+            Backend::Postgres => {
+                let options = url
+                    .parse::<AnyConnectOptions>()?
+                    .log_statements(log::LevelFilter::Off)
+                    .log_slow_statements(log::LevelFilter::Off, std::time::Duration::from_secs(1));
+                AnyPoolOptions::new().max_connections(16).connect_with(options).await?
+            }
         };
         let migrator = match backend {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
@@ -134,7 +143,71 @@ impl Db {
     }
 }
 
+/// `text` as a PostgreSQL string constant, dollar-quoted with a tag that does not occur in it, so no
+/// character of it needs escaping and no setting (such as `standard_conforming_strings`) changes what
+/// it means. For values the ledger wrote itself (JSON of its own rows) that go into a simple query.
+pub fn pg_literal(text: &str) -> String {
+    let mut tag = String::from("$g");
+    // The constant ends where `tag$` first occurs after the opening one, which must be the closing one we
+    // append: not inside the text, nor made of the text's last bytes and the closing tag ("...$g" +
+    // "$g$" reads as "$g$" then "g$"). Bounded: each turn makes the tag longer, and a tag longer than
+    // the text cannot start inside it.
+    loop {
+        let quoted = format!("{tag}${text}{tag}$");
+        let content = tag.len() + 1..quoted.len();
+        if quoted.get(content).and_then(|rest| rest.find(&format!("{tag}$"))) == Some(text.len()) {
+            return quoted;
+        }
+        tag.push('g');
+    }
+}
+
+/// `sql` with each placeholder `$n` replaced by the n-th of `params` as a constant ([`pg_literal`]), in one
+/// pass: a value's own text is never searched for placeholders, so a `$1` inside a value stays text.
+/// For statements whose only `$` signs are placeholders (the ones [`Db::json_rows`] and its kin write);
+/// a placeholder with no value is left as it is, for PostgreSQL to refuse.
+pub fn pg_inline(sql: &str, params: &[&str]) -> String {
+    let mut out = String::with_capacity(sql.len() + params.iter().map(|p| p.len() + 8).sum::<usize>());
+    let mut rest = sql;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(rest.get(..dollar).unwrap_or_default());
+        let after = rest.get(dollar + 1..).unwrap_or_default();
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let value =
+            after.get(..digits).and_then(|n| n.parse::<usize>().ok()).and_then(|n| params.get(n.checked_sub(1)?));
+        match value {
+            Some(value) => out.push_str(&pg_literal(value)),
+            None => out.push_str(rest.get(dollar..dollar + 1 + digits).unwrap_or_default()),
+        }
+        rest = after.get(digits..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Reads an optional text column.
 pub fn opt_text(row: &AnyRow, column: &str) -> Result<Option<String>, sqlx::Error> {
     row.try_get::<Option<String>, _>(column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inlining_replaces_each_placeholder_once_and_never_inside_a_value() {
+        let sql = "SELECT $1::json, $2, $10, cost$ FROM t WHERE a = $2";
+        let got = pg_inline(sql, &["[\"$2\"]", "it's $1"]);
+        assert_eq!(got, "SELECT $g$[\"$2\"]$g$::json, $g$it's $1$g$, $10, cost$ FROM t WHERE a = $g$it's $1$g$");
+        assert_eq!(pg_inline("no placeholders", &["x"]), "no placeholders");
+        assert_eq!(pg_inline("$0 $", &["x"]), "$0 $");
+    }
+
+    #[test]
+    fn a_literal_tag_never_closes_early() {
+        assert_eq!(pg_literal("plain"), "$g$plain$g$");
+        assert_eq!(pg_literal("a$g$b"), "$gg$a$g$b$gg$");
+        // The text's last bytes and the closing tag would read as "$g$" too soon.
+        assert_eq!(pg_literal("ends $g"), "$gg$ends $g$gg$");
+    }
 }

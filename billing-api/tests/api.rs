@@ -948,3 +948,39 @@ async fn deeply_nested_and_garbage_messages_are_refused_and_change_nothing() {
         h.finish().await;
     }
 }
+
+/// The charging path writes its JSON into simple queries as dollar-quoted constants: whatever the text
+/// holds (quotes, backslashes, dollar signs, the quoting tag itself), PostgreSQL reads back exactly it.
+#[tokio::test]
+async fn postgres_reads_back_every_literal_as_written() {
+    let Ok(url) = std::env::var("GTPCHARGE_TEST_DATABASE_URL") else {
+        eprintln!("\n*** POSTGRESQL NOT TESTED: GTPCHARGE_TEST_DATABASE_URL is not set (.ci/run sets it) ***\n");
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.expect("connect to the test PostgreSQL");
+    let texts = [
+        "",
+        "plain",
+        "it's \"quoted\" \\ and \\\\ escaped",
+        "$",
+        "$$",
+        "$g$",
+        "a$g$b$gg$c",
+        "ends with $g",
+        "ends with $gg",
+        "$g$g",
+        "ends with $",
+        "$g$$gg$$ggg$",
+        "{\"msisdn\":\"4690\",\"note\":\"$g$'); DROP TABLE x; --\"}",
+        "tab\tnewline\nunicode é ✓",
+    ];
+    for text in texts {
+        let literal = gtpcharge_billing_api::db::pg_literal(text);
+        let rows = pool.fetch_all(sqlx::raw_sql(&format!("SELECT {literal}::text AS t; SELECT 1 AS one"))).await;
+        let rows = rows.unwrap_or_else(|e| panic!("{text:?} as {literal}: {e}"));
+        use sqlx::Row;
+        assert_eq!(rows.len(), 2, "{text:?} as {literal}: one row per statement");
+        assert_eq!(rows[0].try_get::<String, _>("t").unwrap(), text, "as {literal}");
+    }
+}
