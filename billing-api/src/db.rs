@@ -1,7 +1,8 @@
 //! The database behind the ledger: PostgreSQL, or an embedded SQLite file by default. One code path
 //! through sqlx's `Any` driver with runtime queries (so a fresh clone builds without a live database);
-//! the few dialect differences (row locks, identity columns) are confined to this module and the two
-//! migration folders.
+//! the few dialect differences (row locks, identity columns, constants for PostgreSQL's simple queries)
+//! are confined to this module and the two migration folders, apart from the charging path's PostgreSQL
+//! form (`Ledger::charge_postgres`).
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::ConnectOptions;
 use sqlx::{AnyPool, Row};

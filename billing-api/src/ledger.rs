@@ -1089,10 +1089,7 @@ impl Ledger {
         } else {
             self.read_accounts(tx, &payers, now, Spending::WhenCapped).await?
         };
-        Ok((
-            purchases.into_iter().map(|p| (p.token.clone(), p)).collect(),
-            accounts.into_iter().map(|a| (a.msisdn.clone(), a)).collect(),
-        ))
+        Ok(keyed(purchases, accounts))
     }
 
     /// A batch of sightings on PostgreSQL: lock, decide ([`settle`]), write and commit in two round trips
@@ -1158,8 +1155,7 @@ impl Ledger {
             .map_err(|e| LedgerError::Precondition(format!("the locking read gave unreadable rows: {e}")))?;
         let mut accounts = locked.accounts.unwrap_or_default();
         self.add_spending(conn, &mut accounts, now, Spending::WhenCapped).await?;
-        let mut purchases = locked.purchases.unwrap_or_default().into_iter().map(|p| (p.token.clone(), p)).collect();
-        let mut accounts = accounts.into_iter().map(|a| (a.msisdn.clone(), a)).collect();
+        let (mut purchases, mut accounts) = keyed(locked.purchases.unwrap_or_default(), accounts);
         let (results, writes) = settle(items, tokens, &mut purchases, &mut accounts, now);
         let (parts, updates) = self.write_parts(&writes)?;
         let mut sql = String::new();
@@ -1309,6 +1305,17 @@ impl Drop for InTransaction {
             drop(connection.detach());
         }
     }
+}
+
+/// What the charging reads locked, as [`settle`] takes it: purchases by token, accounts by MSISDN.
+fn keyed(
+    purchases: Vec<PurchaseRow>,
+    accounts: Vec<AccountRow>,
+) -> (HashMap<String, PurchaseRow>, HashMap<String, AccountRow>) {
+    (
+        purchases.into_iter().map(|p| (p.token.clone(), p)).collect(),
+        accounts.into_iter().map(|a| (a.msisdn.clone(), a)).collect(),
+    )
 }
 
 fn json<T: Serialize + ?Sized>(rows: &T) -> Result<String> {
