@@ -4,8 +4,8 @@
 //! are confined to this module and the two migration folders, apart from the charging path's PostgreSQL
 //! form (`Ledger::charge_postgres`).
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::ConnectOptions;
 use sqlx::{AnyPool, Row};
+use sqlx::{ConnectOptions, Connection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -64,14 +64,29 @@ impl Db {
                     .parse::<AnyConnectOptions>()?
                     .log_statements(log::LevelFilter::Off)
                     .log_slow_statements(log::LevelFilter::Off, std::time::Duration::from_secs(1));
-                AnyPoolOptions::new().max_connections(16).connect_with(options).await?
+                // The schema first, on a connection of its own: every pooled connection then prepares
+                // the charging statements, which name its tables.
+                let mut connection = options.connect().await?;
+                POSTGRES_MIGRATIONS.run(&mut connection).await?;
+                connection.close().await?;
+                let prepare = std::sync::Arc::new(crate::ledger::postgres_prepared());
+                return Ok(Db {
+                    pool: AnyPoolOptions::new()
+                        .max_connections(16)
+                        .after_connect(move |conn, _| {
+                            let prepare = prepare.clone();
+                            Box::pin(async move {
+                                sqlx::Executor::execute(conn, sqlx::raw_sql(&prepare)).await?;
+                                Ok(())
+                            })
+                        })
+                        .connect_with(options)
+                        .await?,
+                    backend,
+                });
             }
         };
-        let migrator = match backend {
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-        };
-        migrator.run(&pool).await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
         Ok(Db { pool, backend })
     }
 
@@ -84,20 +99,20 @@ impl Db {
     }
 }
 
-/// The SQL type of a column read from a JSON parameter (see [`Db::json_rows`]).
+/// The SQL type of a column read from a JSON parameter (see [`Backend::json_rows`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JsonColumn {
     BigInt,
     Text,
 }
 
-impl Db {
+impl Backend {
     /// A FROM item named `v` holding the rows of the JSON array of objects bound as `$n`, one column per
     /// object key. Set-based statements take any number of rows through one parameter, so each keeps one
     /// prepared statement whatever the batch size (an IN list or a VALUES list would prepare one statement
     /// per size). PostgreSQL: `json_to_recordset`; SQLite: `json_each`.
-    pub fn json_rows(&self, n: usize, columns: &[(&str, JsonColumn)]) -> String {
-        match self.backend {
+    pub fn json_rows(self, n: usize, columns: &[(&str, JsonColumn)]) -> String {
+        match self {
             Backend::Postgres => {
                 let types: Vec<String> = columns
                     .iter()
@@ -117,7 +132,7 @@ impl Db {
     }
 
     /// An INSERT of the rows of the JSON array of objects bound as `$n` into `table`, one column per key.
-    pub fn json_insert(&self, table: &str, n: usize, columns: &[(&str, JsonColumn)]) -> String {
+    pub fn json_insert(self, table: &str, n: usize, columns: &[(&str, JsonColumn)]) -> String {
         let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
         let names = names.join(", ");
         format!("INSERT INTO {table} ({names}) SELECT {names} FROM {}", self.json_rows(n, columns))
@@ -127,8 +142,8 @@ impl Db {
     /// `None`) or of objects (the value at `key`). On PostgreSQL it is written as `= ANY(ARRAY(...))`
     /// so the planner probes the column's index: a join or `IN` against a JSON function is estimated at
     /// 100 rows and planned as a scan of the whole table until the table is large.
-    pub fn json_in(&self, column: &str, n: usize, key: Option<(&str, JsonColumn)>) -> String {
-        match (self.backend, key) {
+    pub fn json_in(self, column: &str, n: usize, key: Option<(&str, JsonColumn)>) -> String {
+        match (self, key) {
             (Backend::Postgres, None) => format!("{column} = ANY(ARRAY(SELECT json_array_elements_text(${n}::json)))"),
             (Backend::Postgres, Some((key, JsonColumn::Text))) => {
                 format!("{column} = ANY(ARRAY(SELECT json_array_elements(${n}::json) ->> '{key}'))")
@@ -163,29 +178,6 @@ pub fn pg_literal(text: &str) -> String {
     }
 }
 
-/// `sql` with each placeholder `$n` replaced by the n-th of `params` as a constant ([`pg_literal`]), in one
-/// pass: a value's own text is never searched for placeholders, so a `$1` inside a value stays text.
-/// For statements whose only `$` signs are placeholders (the ones [`Db::json_rows`] and its kin write);
-/// a placeholder with no value is left as it is, for PostgreSQL to refuse.
-pub fn pg_inline(sql: &str, params: &[&str]) -> String {
-    let mut out = String::with_capacity(sql.len() + params.iter().map(|p| p.len() + 8).sum::<usize>());
-    let mut rest = sql;
-    while let Some(dollar) = rest.find('$') {
-        out.push_str(rest.get(..dollar).unwrap_or_default());
-        let after = rest.get(dollar + 1..).unwrap_or_default();
-        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        let value =
-            after.get(..digits).and_then(|n| n.parse::<usize>().ok()).and_then(|n| params.get(n.checked_sub(1)?));
-        match value {
-            Some(value) => out.push_str(&pg_literal(value)),
-            None => out.push_str(rest.get(dollar..dollar + 1 + digits).unwrap_or_default()),
-        }
-        rest = after.get(digits..).unwrap_or_default();
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Reads an optional text column.
 pub fn opt_text(row: &AnyRow, column: &str) -> Result<Option<String>, sqlx::Error> {
     row.try_get::<Option<String>, _>(column)
@@ -194,15 +186,6 @@ pub fn opt_text(row: &AnyRow, column: &str) -> Result<Option<String>, sqlx::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inlining_replaces_each_placeholder_once_and_never_inside_a_value() {
-        let sql = "SELECT $1::json, $2, $10, cost$ FROM t WHERE a = $2";
-        let got = pg_inline(sql, &["[\"$2\"]", "it's $1"]);
-        assert_eq!(got, "SELECT $g$[\"$2\"]$g$::json, $g$it's $1$g$, $10, cost$ FROM t WHERE a = $g$it's $1$g$");
-        assert_eq!(pg_inline("no placeholders", &["x"]), "no placeholders");
-        assert_eq!(pg_inline("$0 $", &["x"]), "$0 $");
-    }
 
     #[test]
     fn a_literal_tag_never_closes_early() {

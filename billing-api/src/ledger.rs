@@ -7,7 +7,7 @@
 //! only ever inserted; a refund is a new pair of entries. Each state change also appends a row to
 //! `purchase_changes`, the SP's resumable change stream.
 use crate::auth::{self, Caller, Kind, NewSecret};
-use crate::db::{opt_text, pg_inline, pg_literal, Backend, Db, JsonColumn};
+use crate::db::{opt_text, pg_literal, Backend, Db, JsonColumn};
 use gtpcharge_proto::Token;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -549,15 +549,11 @@ impl Ledger {
 
     /// Inserts ledger entries, any number in one statement.
     async fn insert_entries(&self, tx: &mut Tx<'_>, entries: &[EntryWrite]) -> Result<()> {
-        sqlx::query(&self.entries_sql(1)).bind(json(entries)?).execute(&mut **tx).await?;
+        sqlx::query(&entries_sql(self.db.backend, 1)).bind(json(entries)?).execute(&mut **tx).await?;
         Ok(())
     }
 
     /// The statement inserting the ledger entries bound as `$n` ([`EntryWrite`] rows).
-    fn entries_sql(&self, n: usize) -> String {
-        self.db.json_insert("ledger_entries", n, ENTRY_COLUMNS)
-    }
-
     /// One account; see [`Ledger::read_accounts`].
     async fn read_account(
         &self,
@@ -581,7 +577,7 @@ impl Ledger {
     ) -> Result<Vec<AccountRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {} ORDER BY msisdn",
-            self.db.json_in("msisdn", 1, None)
+            self.db.backend.json_in("msisdn", 1, None)
         ))
         .bind(json(msisdns)?)
         .fetch_all(&mut **tx)
@@ -633,7 +629,7 @@ impl Ledger {
              CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS month FROM ledger_entries \
              WHERE account_type = 'subscriber' AND {} AND kind IN ('charge', 'refund') AND at_us >= $3 \
              GROUP BY account_ref",
-            self.db.json_in("account_ref", 1, None)
+            self.db.backend.json_in("account_ref", 1, None)
         ))
         .bind(json(&summed)?)
         .bind(day_start)
@@ -777,7 +773,7 @@ impl Ledger {
     /// Appends rows to the SPs' change streams, any number in one statement.
     async fn insert_changes(&self, tx: &mut Tx<'_>, changes: &[ChangeWrite]) -> Result<()> {
         self.lock_change_stream(tx).await?;
-        sqlx::query(&self.changes_sql(1)).bind(json(changes)?).execute(&mut **tx).await?;
+        sqlx::query(&changes_sql(self.db.backend, 1)).bind(json(changes)?).execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -793,11 +789,6 @@ impl Ledger {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHANGE_STREAM_LOCK).execute(&mut **tx).await?;
         }
         Ok(())
-    }
-
-    /// The statement appending the change rows bound as `$n` ([`ChangeWrite`] rows).
-    fn changes_sql(&self, n: usize) -> String {
-        self.db.json_insert("purchase_changes", n, CHANGE_COLUMNS)
     }
 
     /// A purchase of this SP, by id or token; another SP's purchase is NOT_FOUND like a missing one.
@@ -1064,7 +1055,7 @@ impl Ledger {
     ) -> Result<(HashMap<String, PurchaseRow>, HashMap<String, AccountRow>)> {
         let rows = sqlx::query(&format!(
             "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE {} ORDER BY id",
-            self.db.json_in("token", 1, None)
+            self.db.backend.json_in("token", 1, None)
         ))
         .bind(json(wanted)?)
         .fetch_all(&mut **tx)
@@ -1095,11 +1086,11 @@ impl Ledger {
     /// A batch of sightings on PostgreSQL: lock, decide ([`settle`]), write and commit in two round trips
     /// where the same work through separate statements takes four or five (BEGIN, the locking read, the
     /// writes, COMMIT). Each round trip is one simple query of several statements: `BEGIN` with the
-    /// locking read, then the writes with `COMMIT`. Their values are written into the text as constants
-    /// ([`pg_literal`], [`pg_inline`]) because a simple query takes no parameters; the price is that
-    /// PostgreSQL plans both statements on every batch instead of reusing a prepared plan. With the
-    /// database on the same host the two costs cancel out; one network hop away, the round trips saved
-    /// are most of a batch's time (README, performance).
+    /// locking read, then the writes with `COMMIT`. The locking read and the writes are statements every
+    /// connection prepared when it opened ([`postgres_prepared`]), run by `EXECUTE` with their values
+    /// written into the text as constants ([`pg_literal`]), because a simple query takes no parameters:
+    /// PostgreSQL parses and plans them once per connection, not once per batch (which was a third of its
+    /// CPU under load), and the batch still costs two round trips (README, performance).
     ///
     /// The locking read locks the purchases of the sighted tokens (in id order), then the accounts of
     /// the MSISDNs that saw a pending, unexpired one (in MSISDN order), in one statement: the accounts'
@@ -1135,18 +1126,7 @@ impl Ledger {
                 token.as_deref().map(|token| Seen { token, msisdn: sighting.msisdn.as_str() })
             })
             .collect();
-        let lock = format!(
-            "BEGIN; WITH seen AS MATERIALIZED (SELECT s ->> 'token' AS token, s ->> 'msisdn' AS msisdn \
-             FROM json_array_elements({seen}::json) AS s), \
-             p AS MATERIALIZED (SELECT {PURCHASE_COLUMNS} FROM purchases \
-             WHERE token = ANY(ARRAY(SELECT token FROM seen)) ORDER BY id FOR UPDATE), \
-             a AS MATERIALIZED (SELECT {ACCOUNT_COLUMNS} FROM accounts \
-             WHERE msisdn = ANY(ARRAY(SELECT DISTINCT seen.msisdn FROM seen JOIN p ON p.token = seen.token \
-             WHERE p.state = 'pending' AND p.expires_at_us > {now})) ORDER BY msisdn FOR UPDATE) \
-             SELECT json_build_object('purchases', (SELECT json_agg(p) FROM p), \
-             'accounts', (SELECT json_agg(a) FROM a))::text AS locked",
-            seen = pg_literal(&json(&seen)?),
-        );
+        let lock = format!("BEGIN; EXECUTE {CHARGE_LOCK}({}, {now})", pg_literal(&json(&seen)?));
         let mut guard = InTransaction(Some(self.db.pool.acquire().await?));
         let conn = guard.connection()?;
         let rows = sqlx::Executor::fetch_all(&mut **conn, sqlx::raw_sql(&lock)).await?;
@@ -1157,26 +1137,10 @@ impl Ledger {
         self.add_spending(conn, &mut accounts, now, Spending::WhenCapped).await?;
         let (mut purchases, mut accounts) = keyed(locked.purchases.unwrap_or_default(), accounts);
         let (results, writes) = settle(items, tokens, &mut purchases, &mut accounts, now);
-        let (parts, updates) = self.write_parts(&writes)?;
         let mut sql = String::new();
-        if !parts.is_empty() {
-            let clauses: Vec<String> =
-                parts.iter().enumerate().map(|(i, (sql, _))| format!("w{i} AS ({sql} RETURNING 1)")).collect();
-            // A purchase row that is not there stops the statement (a cast that fails, naming the
-            // problem) before COMMIT, which is then skipped with the rest of the query.
-            let check = if updates > 0 {
-                // (The text depends on the count, so the planner cannot fold the cast in advance.)
-                format!(
-                    "CASE WHEN (SELECT COUNT(*) FROM w0) = {updates} THEN 0 \
-                     ELSE CAST('a purchase to update was not found: updated ' || (SELECT COUNT(*) FROM w0) \
-                     || ' of {updates}' AS INT) END"
-                )
-            } else {
-                "0".into()
-            };
-            let statement = format!("WITH {} SELECT {check} AS checked; ", clauses.join(", "));
-            let rows: Vec<&str> = parts.iter().map(|(_, rows)| rows.as_str()).collect();
-            sql.push_str(&pg_inline(&statement, &rows));
+        if !writes.is_empty() {
+            let rows: Vec<String> = writes.rows()?.iter().map(|rows| pg_literal(rows)).collect();
+            sql.push_str(&format!("EXECUTE {CHARGE_WRITE}({}, {}); ", rows.join(", "), writes.purchases.len()));
         }
         sql.push_str("COMMIT");
         sqlx::Executor::execute(&mut **conn, sqlx::raw_sql(&sql)).await?;
@@ -1184,84 +1148,16 @@ impl Ledger {
         Ok((results, writes))
     }
 
-    /// What [`settle`] decided, as statements: one per table that changes, each taking all its rows as
-    /// one JSON parameter, `$n` for the n-th statement on PostgreSQL (which runs them as one, in
-    /// data-modifying WITH clauses) and `$1` for each on SQLite (which runs them in turn). Also returns
-    /// how many purchases the first statement must update.
-    fn write_parts(&self, writes: &Writes) -> Result<(Vec<(String, String)>, u64)> {
-        use JsonColumn::{BigInt, Text};
-        let postgres = self.db.backend == Backend::Postgres;
-        // Each statement takes its rows as `$n`: its own parameter when they are joined into one.
-        let mut parts: Vec<(String, String)> = Vec::new();
-        let n = |parts: &Vec<(String, String)>| if postgres { parts.len() + 1 } else { 1 };
-        // First, so its row count can be checked in either form.
-        let updates = writes.purchases.len() as u64;
-        if updates > 0 {
-            let at = n(&parts);
-            let rows = self.db.json_rows(
-                at,
-                &[
-                    ("id", BigInt),
-                    ("state", Text),
-                    ("charged_msisdn", Text),
-                    ("charged_at_us", BigInt),
-                    ("decline_reason", Text),
-                ],
-            );
-            // No `state = 'pending'` guard here: the rows are locked since they were read pending (or
-            // SQLite's only writer holds the database), and the guard makes the planner scan the index
-            // of pending purchases. The row count still catches a purchase that is not there.
-            let sql = format!(
-                "UPDATE purchases SET state = v.state, charged_msisdn = v.charged_msisdn, charged_at_us = v.charged_at_us, \
-                 decline_reason = v.decline_reason FROM {rows} WHERE purchases.id = v.id AND {}",
-                self.db.json_in("purchases.id", at, Some(("id", BigInt)))
-            );
-            parts.push((sql, json(&writes.purchases)?));
-        }
-        if !writes.debits.is_empty() {
-            let at = n(&parts);
-            let rows = self.db.json_rows(at, &[("msisdn", Text), ("amount", BigInt), ("at_us", BigInt)]);
-            let sql = format!(
-                "UPDATE accounts SET balance = accounts.balance - v.amount, updated_at_us = v.at_us FROM {rows} \
-                 WHERE accounts.msisdn = v.msisdn AND {}",
-                self.db.json_in("accounts.msisdn", at, Some(("msisdn", Text)))
-            );
-            parts.push((sql, json(&writes.debits)?));
-        }
-        if !writes.entries.is_empty() {
-            parts.push((self.entries_sql(n(&parts)), json(&writes.entries)?));
-        }
-        if !writes.changes.is_empty() {
-            let mut sql = self.changes_sql(n(&parts));
-            if postgres {
-                // The change-stream lock (`lock_change_stream`) inside the one statement, saving a round
-                // trip: each row to insert is a join with the lock's one row, so no row (and no cursor,
-                // drawn as a row is inserted) exists before the lock is held.
-                sql.push_str(&format!(
-                    " CROSS JOIN (SELECT pg_advisory_xact_lock({CHANGE_STREAM_LOCK})) AS stream_lock"
-                ));
-            }
-            parts.push((sql, json(&writes.changes)?));
-        }
-        if !writes.sightings.is_empty() {
-            let sql = self.db.json_insert("sightings", n(&parts), SIGHTING_COLUMNS);
-            parts.push((sql, json(&writes.sightings)?));
-        }
-        Ok((parts, updates))
-    }
-
     /// Writes what [`settle`] decided on SQLite, a statement per table that changes.
     async fn write(&self, tx: &mut Tx<'_>, writes: &Writes) -> Result<()> {
-        let (parts, updates) = self.write_parts(writes)?;
-        let mut updated = 0;
-        for (i, (sql, rows)) in parts.iter().enumerate() {
-            let done = sqlx::query(sql).bind(rows).execute(&mut **tx).await?;
-            if i == 0 && updates > 0 {
-                updated = done.rows_affected();
+        let statements = write_statements(Backend::Sqlite);
+        for (i, (sql, rows)) in statements.iter().zip(writes.rows()?).enumerate() {
+            if writes.changes_table(i) {
+                let done = sqlx::query(sql).bind(rows).execute(&mut **tx).await?;
+                if i == 0 && done.rows_affected() != writes.purchases.len() as u64 {
+                    return Err(LedgerError::Precondition("a purchase to update was not found".into()));
+                }
             }
-        }
-        if updated != updates {
-            return Err(LedgerError::Precondition("a purchase to update was not found".into()));
         }
         Ok(())
     }
@@ -1280,7 +1176,7 @@ impl Ledger {
     }
 }
 
-/// A batch of rows for a set-based statement: one JSON parameter (see [`Db::json_rows`]).
+/// A batch of rows for a set-based statement: one JSON parameter (see [`Backend::json_rows`]).
 /// A pooled PostgreSQL connection inside a transaction begun by a simple query (which sqlx does not
 /// track). Dropped before [`InTransaction::finish`], on an error or when the future holding it is
 /// abandoned, it closes the connection instead of returning it to the pool: PostgreSQL rolls back the
@@ -1305,6 +1201,107 @@ impl Drop for InTransaction {
             drop(connection.detach());
         }
     }
+}
+
+/// The prepared statements of PostgreSQL's charging path ([`Ledger::charge_postgres`]).
+const CHARGE_LOCK: &str = "gtpcharge_charge_lock";
+const CHARGE_WRITE: &str = "gtpcharge_charge_write";
+
+/// What every PostgreSQL connection of the pool runs once when it opens (after the migrations, so the
+/// tables exist): `PREPARE` of the charging path's two statements.
+///
+/// - `gtpcharge_charge_lock(seen json, now bigint)`: the locking read, one JSON text of the locked rows.
+/// - `gtpcharge_charge_write(purchases, debits, entries, changes, sightings json, updates bigint)`: every
+///   write of a batch as data-modifying WITH clauses of one statement (an empty array where a table does
+///   not change). Its one row is a check that fails the statement, a cast of a text naming the problem,
+///   unless the purchase update changed `updates` rows.
+pub(crate) fn postgres_prepared() -> String {
+    let lock = format!(
+        "PREPARE {CHARGE_LOCK}(json, bigint) AS \
+         WITH seen AS MATERIALIZED (SELECT s ->> 'token' AS token, s ->> 'msisdn' AS msisdn \
+         FROM json_array_elements($1) AS s), \
+         p AS MATERIALIZED (SELECT {PURCHASE_COLUMNS} FROM purchases \
+         WHERE token = ANY(ARRAY(SELECT token FROM seen)) ORDER BY id FOR UPDATE), \
+         a AS MATERIALIZED (SELECT {ACCOUNT_COLUMNS} FROM accounts \
+         WHERE msisdn = ANY(ARRAY(SELECT DISTINCT seen.msisdn FROM seen JOIN p ON p.token = seen.token \
+         WHERE p.state = 'pending' AND p.expires_at_us > $2)) ORDER BY msisdn FOR UPDATE) \
+         SELECT json_build_object('purchases', (SELECT json_agg(p) FROM p), \
+         'accounts', (SELECT json_agg(a) FROM a))::text AS locked"
+    );
+    let clauses: Vec<String> = write_statements(Backend::Postgres)
+        .iter()
+        .enumerate()
+        .map(|(i, sql)| format!("w{i} AS ({sql} RETURNING 1)"))
+        .collect();
+    let write = format!(
+        "PREPARE {CHARGE_WRITE}(json, json, json, json, json, bigint) AS WITH {} \
+         SELECT CASE WHEN (SELECT COUNT(*) FROM w0) = $6 THEN 0 \
+         ELSE CAST('a purchase to update was not found: updated ' || (SELECT COUNT(*) FROM w0) \
+         || ' of ' || $6 AS INT) END AS checked",
+        clauses.join(", ")
+    );
+    format!("{lock}; {write}")
+}
+
+/// The statement appending the ledger entries bound as `$n` ([`EntryWrite`] rows).
+fn entries_sql(backend: Backend, n: usize) -> String {
+    backend.json_insert("ledger_entries", n, ENTRY_COLUMNS)
+}
+
+/// The statement appending the change rows bound as `$n` ([`ChangeWrite`] rows).
+fn changes_sql(backend: Backend, n: usize) -> String {
+    backend.json_insert("purchase_changes", n, CHANGE_COLUMNS)
+}
+
+/// The statements that write what [`settle`] decided, one per table a batch can change, in the order
+/// of [`Writes::rows`]: purchases, accounts, ledger entries, changes, sightings. Each takes its rows as
+/// one JSON parameter: `$1` on SQLite, which runs them in turn; `$1` to `$5` on PostgreSQL, which runs
+/// them as one ([`postgres_prepared`]).
+fn write_statements(backend: Backend) -> [String; 5] {
+    use JsonColumn::{BigInt, Text};
+    let n = |i: usize| if backend == Backend::Postgres { i } else { 1 };
+    let purchases = backend.json_rows(
+        n(1),
+        &[
+            ("id", BigInt),
+            ("state", Text),
+            ("charged_msisdn", Text),
+            ("charged_at_us", BigInt),
+            ("decline_reason", Text),
+        ],
+    );
+    let debits = backend.json_rows(n(2), &[("msisdn", Text), ("amount", BigInt), ("at_us", BigInt)]);
+    let mut changes = changes_sql(backend, n(4));
+    if backend == Backend::Postgres {
+        // The change-stream lock (`lock_change_stream`) inside the one statement, saving a round trip:
+        // each row to insert is a join with the lock's one row, so no row (and no cursor, drawn as a row
+        // is inserted) exists before the lock is held. A batch with no change rows does not take it (the
+        // condition on the parameter alone is checked before the lock's row is made).
+        changes.push_str(&format!(
+            " CROSS JOIN (SELECT pg_advisory_xact_lock({CHANGE_STREAM_LOCK}) WHERE json_array_length(${}) > 0) \
+             AS stream_lock",
+            n(4)
+        ));
+    }
+    [
+        // No `state = 'pending'` guard here: the rows are locked since they were read pending (or
+        // SQLite's only writer holds the database), and the guard makes the planner scan the index of
+        // pending purchases. The row count still catches a purchase that is not there.
+        format!(
+            "UPDATE purchases SET state = v.state, charged_msisdn = v.charged_msisdn, \
+             charged_at_us = v.charged_at_us, decline_reason = v.decline_reason FROM {purchases} \
+             WHERE purchases.id = v.id AND {}",
+            backend.json_in("purchases.id", n(1), Some(("id", BigInt)))
+        ),
+        format!(
+            "UPDATE accounts SET balance = accounts.balance - v.amount, updated_at_us = v.at_us FROM {debits} \
+             WHERE accounts.msisdn = v.msisdn AND {}",
+            backend.json_in("accounts.msisdn", n(2), Some(("msisdn", Text)))
+        ),
+        entries_sql(backend, n(3)),
+        changes,
+        backend.json_insert("sightings", n(5), SIGHTING_COLUMNS),
+    ]
 }
 
 /// What the charging reads locked, as [`settle`] takes it: purchases by token, accounts by MSISDN.
@@ -1444,6 +1441,37 @@ struct Writes {
     entries: Vec<EntryWrite>,
     changes: Vec<ChangeWrite>,
     sightings: Vec<SightingWrite>,
+}
+
+impl Writes {
+    /// Each table's rows as JSON, in the order of [`write_statements`] (an empty array where the table
+    /// does not change).
+    fn rows(&self) -> Result<[String; 5]> {
+        Ok([
+            json(&self.purchases)?,
+            json(&self.debits)?,
+            json(&self.entries)?,
+            json(&self.changes)?,
+            json(&self.sightings)?,
+        ])
+    }
+
+    /// Whether the `i`-th statement of [`write_statements`] has rows to write.
+    fn changes_table(&self, i: usize) -> bool {
+        [
+            self.purchases.is_empty(),
+            self.debits.is_empty(),
+            self.entries.is_empty(),
+            self.changes.is_empty(),
+            self.sightings.is_empty(),
+        ]
+        .get(i)
+        .is_some_and(|empty| !empty)
+    }
+
+    fn is_empty(&self) -> bool {
+        (0..5).all(|i| !self.changes_table(i))
+    }
 }
 
 #[derive(Debug, Serialize)]

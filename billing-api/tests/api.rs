@@ -984,3 +984,61 @@ async fn postgres_reads_back_every_literal_as_written() {
         assert_eq!(rows[0].try_get::<String, _>("t").unwrap(), text, "as {literal}");
     }
 }
+
+/// Every pooled PostgreSQL connection prepares the charging path's two statements when it opens (after
+/// the migrations made the tables they name), and charging runs them: a new database, two connections
+/// at once, both hold them; a charge through one of them runs the write from its prepared plan.
+#[tokio::test]
+async fn postgres_connections_prepare_the_charging_statements() {
+    let Some((url, (base, name))) = postgres_database().await else { return };
+    let db = Db::connect(&url).await.expect("a new database is migrated and pooled");
+    let names = "SELECT string_agg(name, ',' ORDER BY name) AS names, \
+                 COALESCE(SUM(generic_plans + custom_plans), 0)::BIGINT AS runs FROM pg_prepared_statements";
+    let mut first = db.pool.acquire().await.unwrap();
+    let mut second = db.pool.acquire().await.unwrap();
+    for connection in [&mut first, &mut second] {
+        let row = connection.fetch_one(sqlx::raw_sql(names)).await.unwrap();
+        use sqlx::Row;
+        let prepared: String = row.try_get("names").unwrap();
+        assert!(
+            prepared.contains("gtpcharge_charge_lock") && prepared.contains("gtpcharge_charge_write"),
+            "prepared on connect: {prepared}"
+        );
+    }
+    drop(second);
+    // With one connection in the pool free, the ledger's charge takes that one.
+    let ledger = Ledger::new(db.clone());
+    let (sp, _) = ledger.create_service_provider("prepared").await.unwrap();
+    let update = AccountUpdate {
+        msisdn: "46700000001".into(),
+        currency: "EUR".into(),
+        balance: Some(1000),
+        ..Default::default()
+    };
+    ledger.set_account(&update).await.unwrap();
+    let new = gtpcharge_billing_api::ledger::NewPurchase {
+        product_id: "p".into(),
+        description: String::new(),
+        amount: 5,
+        currency: "EUR".into(),
+        expires_in_s: 600,
+        idempotency_key: "prepared-1".into(),
+    };
+    let token = ledger.create_purchase(sp, &new).await.unwrap().token;
+    let sighting = gtpcharge_billing_api::ledger::SightingReport { token, msisdn: "46700000001".into(), seen_at_us: 0 };
+    let results = ledger.report_batch(&[("probe", &sighting)]).await.unwrap();
+    assert_eq!(results.len(), 1);
+    let after = ledger.get_account("46700000001").await.unwrap();
+    assert_eq!(after.balance, 995, "charged once through the prepared statements");
+    drop(first);
+    let mut runs = 0i64;
+    for _ in 0..2 {
+        let mut connection = db.pool.acquire().await.unwrap();
+        use sqlx::Row;
+        runs += connection.fetch_one(sqlx::raw_sql(names)).await.unwrap().try_get::<i64, _>("runs").unwrap();
+    }
+    assert!(runs >= 2, "the lock and the write ran as prepared statements: {runs} runs");
+    db.pool.close().await;
+    let admin = sqlx::AnyPool::connect(&base).await.unwrap();
+    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
+}
