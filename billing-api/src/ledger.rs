@@ -553,7 +553,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// The statement inserting the ledger entries bound as `$n` ([`EntryWrite`] rows).
     /// One account; see [`Ledger::read_accounts`].
     async fn read_account(
         &self,
@@ -1176,7 +1175,6 @@ impl Ledger {
     }
 }
 
-/// A batch of rows for a set-based statement: one JSON parameter (see [`Backend::json_rows`]).
 /// A pooled PostgreSQL connection inside a transaction begun by a simple query (which sqlx does not
 /// track). Dropped before [`InTransaction::finish`], on an error or when the future holding it is
 /// abandoned, it closes the connection instead of returning it to the pool: PostgreSQL rolls back the
