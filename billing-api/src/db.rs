@@ -2,7 +2,8 @@
 //! through sqlx's `Any` driver with runtime queries (so a fresh clone builds without a live database);
 //! the few dialect differences (row locks, identity columns, constants for PostgreSQL's simple queries)
 //! are confined to this module and the two migration folders, apart from the charging path's PostgreSQL
-//! form (`Ledger::charge_postgres`).
+//! form (`Ledger::charge_postgres`, and the statements each connection prepares for it,
+//! `ledger::postgres_prepared`).
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use sqlx::{ConnectOptions, Connection};
@@ -42,7 +43,7 @@ impl Db {
             // SQLite serialises writers anyway; one connection makes every transaction run alone, so
             // no transaction can fail with "database is locked". WAL keeps readers cheap.
             Backend::Sqlite => {
-                AnyPoolOptions::new()
+                let pool = AnyPoolOptions::new()
                     .max_connections(1)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
@@ -55,7 +56,9 @@ impl Db {
                         })
                     })
                     .connect(url)
-                    .await?
+                    .await?;
+                SQLITE_MIGRATIONS.run(&pool).await?;
+                pool
             }
             // sqlx's own statement logs are off: the charging path writes its values into the SQL text
             // (`Ledger::charge_postgres`), so a logged statement would carry MSISDNs into the logs.
@@ -70,23 +73,19 @@ impl Db {
                 POSTGRES_MIGRATIONS.run(&mut connection).await?;
                 connection.close().await?;
                 let prepare = std::sync::Arc::new(crate::ledger::postgres_prepared());
-                return Ok(Db {
-                    pool: AnyPoolOptions::new()
-                        .max_connections(16)
-                        .after_connect(move |conn, _| {
-                            let prepare = prepare.clone();
-                            Box::pin(async move {
-                                sqlx::Executor::execute(conn, sqlx::raw_sql(&prepare)).await?;
-                                Ok(())
-                            })
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .after_connect(move |conn, _| {
+                        let prepare = prepare.clone();
+                        Box::pin(async move {
+                            sqlx::Executor::execute(conn, sqlx::raw_sql(&prepare)).await?;
+                            Ok(())
                         })
-                        .connect_with(options)
-                        .await?,
-                    backend,
-                });
+                    })
+                    .connect_with(options)
+                    .await?
             }
         };
-        SQLITE_MIGRATIONS.run(&pool).await?;
         Ok(Db { pool, backend })
     }
 
