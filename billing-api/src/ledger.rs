@@ -1151,7 +1151,7 @@ impl Ledger {
     async fn write(&self, tx: &mut Tx<'_>, writes: &Writes) -> Result<()> {
         let statements = write_statements(Backend::Sqlite);
         for (i, (sql, rows)) in statements.iter().zip(writes.rows()?).enumerate() {
-            if writes.changes_table(i) {
+            if writes.has_rows(i) {
                 let done = sqlx::query(sql).bind(rows).execute(&mut **tx).await?;
                 if i == 0 && done.rows_affected() != writes.purchases.len() as u64 {
                     return Err(LedgerError::Precondition("a purchase to update was not found".into()));
@@ -1455,7 +1455,7 @@ impl Writes {
     }
 
     /// Whether the `i`-th statement of [`write_statements`] has rows to write.
-    fn changes_table(&self, i: usize) -> bool {
+    fn has_rows(&self, i: usize) -> bool {
         [
             self.purchases.is_empty(),
             self.debits.is_empty(),
@@ -1468,7 +1468,7 @@ impl Writes {
     }
 
     fn is_empty(&self) -> bool {
-        (0..5).all(|i| !self.changes_table(i))
+        (0..5).all(|i| !self.has_rows(i))
     }
 }
 
