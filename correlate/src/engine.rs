@@ -6,7 +6,7 @@
 //! only from the packet timestamps passed in, so a replay is deterministic.
 use crate::event::{Attribution, Event, SessionEvent, Sighting, Unattributed};
 use crate::flow::{self, FlowKey, FlowKind, FlowState, FlowTable, SegmentOrder, CARRY_LEN};
-use crate::scan::{dns, http::HttpState, tls, Carrier, TokenFinder};
+use crate::scan::{dns, http, tls, Carrier, TokenFinder};
 use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey};
 use crate::sharded::ShardedMap;
 use crate::wire::gtpu::{self, Transport};
@@ -973,15 +973,11 @@ fn scan_segment(
 ) {
     let fresh = payload.get(skip..).unwrap_or_default();
     if state.kind == FlowKind::Undecided {
-        let looks_like_http = {
-            let mut probe = HttpState::default();
-            let mut any = false;
-            probe.regions(fresh, |_, _| any = true);
-            any
-        };
+        // A fresh `HttpState` yields a region exactly when the segment starts with a request method, so
+        // the method test decides without walking the request's lines twice.
         state.kind = if fresh.starts_with(&[0x16, 0x03]) {
             FlowKind::Tls
-        } else if looks_like_http {
+        } else if http::starts_request(fresh) {
             FlowKind::Http
         } else {
             FlowKind::Other

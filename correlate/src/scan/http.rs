@@ -10,7 +10,9 @@ use std::ops::Range;
 const METHODS: [&[u8]; 9] =
     [b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
 
-fn starts_request(data: &[u8]) -> bool {
+/// Whether `data` begins with an HTTP/1.x request method (and its space): how a flow's first segment is
+/// recognised as HTTP, and a new request on a kept-alive connection.
+pub fn starts_request(data: &[u8]) -> bool {
     METHODS.iter().any(|method| data.starts_with(method))
 }
 
@@ -138,6 +140,30 @@ mod tests {
         // The empty line arrives split: "\n" ends "Host: a", then "\r\n" is the empty line.
         assert_eq!(regions(&mut state, b"\n\r\nbody").len(), 1);
         assert!(regions(&mut state, b"more body").is_empty());
+    }
+
+    #[test]
+    fn a_fresh_flow_has_regions_exactly_when_it_starts_with_a_method() {
+        // The engine classifies a flow's first segment with `starts_request` alone; this is what makes
+        // that the same decision as walking the segment with a fresh state.
+        let segments: [&[u8]; 10] = [
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET ",
+            b"GET",
+            b"get / HTTP/1.1\r\n",
+            b"OPTIONS * HTTP/1.1\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n",
+            b"POST",
+            b"\r\nGET / HTTP/1.1\r\n",
+            b"\x16\x03\x01\x00",
+            b"",
+        ];
+        for segment in segments {
+            let walked = !regions(&mut HttpState::default(), segment).is_empty();
+            assert_eq!(walked, starts_request(segment), "{:?}", String::from_utf8_lossy(segment));
+        }
+        assert!(starts_request(b"GET /"));
+        assert!(!starts_request(b"GETX /"));
     }
 
     #[test]
