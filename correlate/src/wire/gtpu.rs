@@ -52,7 +52,8 @@ impl InnerError {
     }
 }
 
-/// Decodes the subscriber's packet of a G-PDU.
+/// Decodes the subscriber's packet of a G-PDU. Always inlined, as `gtpv1::Header::parse` (why there).
+#[inline(always)]
 pub fn inner_packet(data: &[u8]) -> Result<InnerPacket<'_>, InnerError> {
     let (source, destination, protocol, payload) = match plain_ipv4(data) {
         Some(plain) => plain,

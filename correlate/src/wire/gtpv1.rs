@@ -42,6 +42,9 @@ impl<'a> Header<'a> {
 
     /// Parses a GTPv1 header (version 1, PT=1) and walks the extension header chain, bounded by
     /// [`GTPU_EXT_HDRS_MAX`].
+    // Always inlined: every G-PDU comes through here, and as a call the `Result<Header>` went through memory
+    // (callgrind, bench capture: 38 fewer instructions per frame with this and `gtpu::inner_packet` inlined).
+    #[inline(always)]
     pub fn parse(data: &'a [u8]) -> Result<Header<'a>, WireError> {
         let Some(&[flags, message_type, length_high, length_low, t0, t1, t2, t3]) = data.first_chunk::<8>() else {
             return Err(WireError::Truncated { layer: "GTPv1 header", needed: Self::FIXED_LEN, have: data.len() });
