@@ -23,8 +23,14 @@ pub mod linktype {
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86DD;
-const ETHERTYPE_VLAN: [u16; 4] = [0x8100, 0x88A8, 0x9100, 0x9200];
-const ETHERTYPE_MPLS: [u16; 2] = [0x8847, 0x8848];
+/// 802.1Q, 802.1ad and the two pre-standard QinQ ethertypes.
+fn is_vlan(ethertype: u16) -> bool {
+    matches!(ethertype, 0x8100 | 0x88A8 | 0x9100 | 0x9200)
+}
+/// MPLS unicast and multicast.
+fn is_mpls(ethertype: u16) -> bool {
+    matches!(ethertype, 0x8847 | 0x8848)
+}
 /// VLAN tags and MPLS labels walked before a frame is refused.
 pub const LINK_TAGS_MAX: usize = 8;
 
@@ -73,24 +79,28 @@ fn network_layer(linktype: i32, data: &[u8]) -> Result<&[u8], &'static str> {
         }
         _ => return Err("link-type-unsupported"),
     };
+    // The common case first: an untagged IP frame leaves at the first test.
     for _ in 0..LINK_TAGS_MAX {
-        if ETHERTYPE_VLAN.contains(&ethertype) {
-            ethertype = be16(rest, 2).ok_or("link-truncated")?;
-            rest = rest.get(4..).ok_or("link-truncated")?;
-        } else if ETHERTYPE_MPLS.contains(&ethertype) {
-            let label = rest.get(..4).ok_or("link-truncated")?;
-            let bottom_of_stack = label.get(2).is_some_and(|b| b & 1 == 1);
-            rest = rest.get(4..).ok_or("link-truncated")?;
-            if bottom_of_stack {
-                return Ok(rest); // IP by its version nibble
+        match ethertype {
+            ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => return Ok(rest),
+            t if is_vlan(t) => {
+                ethertype = be16(rest, 2).ok_or("link-truncated")?;
+                rest = rest.get(4..).ok_or("link-truncated")?;
             }
-        } else {
-            break;
+            t if is_mpls(t) => {
+                let label = rest.get(..4).ok_or("link-truncated")?;
+                let bottom_of_stack = label.get(2).is_some_and(|b| b & 1 == 1);
+                rest = rest.get(4..).ok_or("link-truncated")?;
+                if bottom_of_stack {
+                    return Ok(rest); // IP by its version nibble
+                }
+            }
+            _ => return Err("not-ip"),
         }
     }
     match ethertype {
         ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => Ok(rest),
-        t if ETHERTYPE_VLAN.contains(&t) || ETHERTYPE_MPLS.contains(&t) => Err("link-too-many-tags"),
+        t if is_vlan(t) || is_mpls(t) => Err("link-too-many-tags"),
         _ => Err("not-ip"),
     }
 }
