@@ -198,6 +198,8 @@ pub struct Correlator {
     /// When the flows, the sighting dedupe and the tombstones are next swept.
     next_table_sweep_us: [u64; 3],
     next_session_sweep_us: u64,
+    /// The earliest of the three above: until then a packet's time moves no sweep (one test per packet).
+    next_due_us: u64,
 }
 
 impl Correlator {
@@ -214,6 +216,7 @@ impl Correlator {
             next_sweep_us: 0,
             next_table_sweep_us: [0; 3],
             next_session_sweep_us: 0,
+            next_due_us: 0,
             config,
         }
     }
@@ -262,6 +265,9 @@ impl Correlator {
             return;
         }
         self.now_us = ts_us;
+        if self.now_us < self.next_due_us {
+            return;
+        }
         if self.now_us >= self.next_sweep_us {
             self.next_sweep_us = self.now_us + SWEEP_INTERVAL_US;
             let pending_cutoff = self.now_us.saturating_sub(self.config.pending_timeout_ms * 1000);
@@ -302,6 +308,8 @@ impl Correlator {
                 self.session_down(&session, "idle-timeout", out);
             }
         }
+        let tables = self.next_table_sweep_us.iter().copied().min().unwrap_or(0);
+        self.next_due_us = self.next_sweep_us.min(self.next_session_sweep_us).min(tables);
     }
 
     /// Flows last seen before this are idle: forgotten.
@@ -739,7 +747,17 @@ impl Correlator {
         self.stats.g_pdus += 1;
         let tunnel = TunnelKey { address: datagram.destination.ip(), teid: header.teid };
         let found = self.sessions.by_user(tunnel);
+        if let Some((id, Direction::Downlink)) = found {
+            return self.on_downlink(id); // here rather than in `on_user_packet`: half the G-PDUs, no call
+        }
         self.on_user_packet(found, Some(tunnel), header.body, out);
+    }
+
+    /// A G-PDU towards the subscriber: it keeps the session alive and is not decoded further (tokens count
+    /// only in the subscriber's own, uplink, traffic).
+    fn on_downlink(&mut self, id: u64) {
+        self.sessions.touch(id, self.now_us);
+        self.stats.g_pdu_downlink += 1;
     }
 
     /// One subscriber packet from a G-PDU; `found` is the tunnel's session, if the tunnel is known.
@@ -751,11 +769,8 @@ impl Correlator {
         out: &mut Vec<Event>,
     ) {
         let now = self.now_us;
-        // Downlink needs no inner decoding: tokens count only in the subscriber's own (uplink) traffic.
         if let Some((id, Direction::Downlink)) = found {
-            self.sessions.touch(id, now);
-            self.stats.g_pdu_downlink += 1;
-            return;
+            return self.on_downlink(id);
         }
         let packet = match gtpu::inner_packet(inner) {
             Ok(packet) => packet,

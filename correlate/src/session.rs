@@ -596,6 +596,7 @@ impl SessionTable {
     }
 
     /// The session whose user-plane tunnel end this is, and which way traffic into it flows.
+    #[inline(always)] // once per G-PDU; outlined by LLVM once `Header::parse` was inlined beside it
     pub fn by_user(&self, key: TunnelKey) -> Option<(u64, Direction)> {
         let store = &self.store;
         let &entry = self.index.find(store.hash_user(key), |&e| store.is_user(e, key))?;
