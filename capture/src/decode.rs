@@ -64,7 +64,8 @@ fn be16(data: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*data.get(at)?, *data.get(at + 1)?]))
 }
 
-/// The network-layer bytes of a frame and whether they are IPv4 or IPv6 (by ethertype or version nibble).
+/// The network-layer bytes of a frame (IPv4 or IPv6 by ethertype or version nibble).
+#[inline(always)]
 fn network_layer(linktype: i32, data: &[u8]) -> Result<&[u8], &'static str> {
     let (mut ethertype, mut rest) = match linktype {
         linktype::ETHERNET => (be16(data, 12).ok_or("link-truncated")?, data.get(14..).ok_or("link-truncated")?),
@@ -122,6 +123,8 @@ impl Decoder {
     }
 
     /// Decodes one frame. `Ok(None)`: a fragment was held for reassembly. `Err(reason)`: dropped.
+    /// Always inlined (the common case is short): as a call, its result went through memory.
+    #[inline(always)]
     pub fn decode<'a>(
         &'a mut self,
         linktype: i32,
@@ -132,6 +135,13 @@ impl Decoder {
         if let Some((source, destination, transport)) = plain_ipv4(network, IpNumber::UDP) {
             return udp(source, destination, transport).map(Some);
         }
+        self.decode_ip(ts_us, network)
+    }
+
+    /// Everything but the common case (see `plain_ipv4`): IPv6, fragments, errors. Out of line, so that
+    /// `decode`, inlined into the caller's per-frame loop, holds only the common case.
+    #[inline(never)]
+    fn decode_ip<'a>(&'a mut self, ts_us: u64, network: &'a [u8]) -> Result<Option<Udp<'a>>, &'static str> {
         let ip = IpSlice::from_slice(network).map_err(|_| "ip-malformed")?;
         let (source, destination) = (ip.source_addr(), ip.destination_addr());
         let protocol = ip.payload_ip_number();
@@ -187,6 +197,7 @@ fn plain_ipv4(network: &[u8], protocol: IpNumber) -> Option<(IpAddr, IpAddr, &[u
     Some((header.source_addr().into(), header.destination_addr().into(), payload))
 }
 
+#[inline(always)]
 fn udp(source: IpAddr, destination: IpAddr, transport: &[u8]) -> Result<Udp<'_>, &'static str> {
     let udp = UdpSlice::from_slice(transport).map_err(|_| "udp-malformed")?;
     Ok(Udp {
