@@ -646,7 +646,7 @@ impl Correlator {
                         == Some(datagram.destination.ip());
                     (id, if uplink { Direction::Uplink } else { Direction::Downlink })
                 });
-                self.on_user_packet(found, None, header.body, out);
+                self.on_g_pdu(found, None, header.body, out);
             }
             CREATE_PDP_REQUEST => {
                 let mut fields = match gtpv0::control_fields(header.body) {
@@ -747,38 +747,39 @@ impl Correlator {
         self.stats.g_pdus += 1;
         let tunnel = TunnelKey { address: datagram.destination.ip(), teid: header.teid };
         let found = self.sessions.by_user(tunnel);
-        if let Some((id, Direction::Downlink)) = found {
-            return self.on_downlink(id); // here rather than in `on_user_packet`: half the G-PDUs, no call
-        }
-        self.on_user_packet(found, Some(tunnel), header.body, out);
+        self.on_g_pdu(found, Some(tunnel), header.body, out);
     }
 
-    /// A G-PDU towards the subscriber: it keeps the session alive and is not decoded further (tokens count
-    /// only in the subscriber's own, uplink, traffic).
-    fn on_downlink(&mut self, id: u64) {
-        self.sessions.touch(id, self.now_us);
-        self.stats.g_pdu_downlink += 1;
-    }
-
-    /// One subscriber packet from a G-PDU; `found` is the tunnel's session, if the tunnel is known.
-    fn on_user_packet(
+    /// A G-PDU of a known session, by direction, or of an unknown tunnel. Downlink (half the G-PDUs) only
+    /// keeps the session alive and is not decoded further: tokens count only in the subscriber's own,
+    /// uplink, traffic. Inlined into both GTP versions' paths, so a downlink packet makes no call.
+    #[inline(always)]
+    fn on_g_pdu(
         &mut self,
         found: Option<(u64, Direction)>,
         tunnel: Option<TunnelKey>,
         inner: &[u8],
         out: &mut Vec<Event>,
     ) {
-        let now = self.now_us;
-        if let Some((id, Direction::Downlink)) = found {
-            return self.on_downlink(id);
+        match found {
+            Some((id, Direction::Downlink)) => {
+                self.sessions.touch(id, self.now_us);
+                self.stats.g_pdu_downlink += 1;
+            }
+            _ => self.on_user_packet(found.map(|(id, _)| id), tunnel, inner, out),
         }
+    }
+
+    /// One uplink subscriber packet; `found` is the tunnel's session, if the tunnel is known.
+    fn on_user_packet(&mut self, found: Option<u64>, tunnel: Option<TunnelKey>, inner: &[u8], out: &mut Vec<Event>) {
+        let now = self.now_us;
         let packet = match gtpu::inner_packet(inner) {
             Ok(packet) => packet,
             Err(error) => return self.stats.drop(error.reason()),
         };
         let mut unattributed_reason = "unknown-tunnel";
         let attributed = match found {
-            Some((id, _)) => {
+            Some(id) => {
                 let owns_source = self.sessions.touch(id, now) && self.sessions.may_send_from(id, packet.source);
                 if !owns_source {
                     self.stats.note("inner-source-not-ue-ip");
