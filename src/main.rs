@@ -13,7 +13,7 @@ mod run;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gtpcharge_capture::{DecoderConfig, FileSource, LiveConfig, LiveSource};
+use gtpcharge_capture::{DecoderConfig, FileReading, FileSource, LiveConfig, LiveSource};
 use gtpcharge_correlate::Config;
 use probe::Probe;
 use run::ProbeRun;
@@ -87,6 +87,11 @@ enum Command {
         /// replay can reach on this machine, whatever the correlating thread does.
         #[arg(long)]
         pipeline: bool,
+        /// Open the files exactly as `pcap_open_offline` does (stdio's default buffer, the file system's
+        /// block size) instead of through the 64 KiB read buffer the probe uses: the loop any libpcap
+        /// program gets without tuning.
+        #[arg(long, conflicts_with = "pipeline")]
+        plain: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -561,7 +566,7 @@ fn main() -> std::process::ExitCode {
             None => Err(anyhow::anyhow!("--api-key (or GTPCHARGE_API_KEY) is required")),
         },
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
-        Command::Floor { pipeline, files } => floor(&files, pipeline).map(|()| true),
+        Command::Floor { pipeline, plain, files } => floor(&files, pipeline, plain).map(|()| true),
         Command::FuzzCorpus { out, files } => fuzz_corpus(&out, &files).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
         Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
@@ -655,7 +660,7 @@ fn fuzz_corpus(out: &std::path::Path, files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn floor(files: &[PathBuf], through_pipeline: bool) -> Result<()> {
+fn floor(files: &[PathBuf], through_pipeline: bool, plain: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let (mut packets, mut bytes) = (0u64, 0u64);
     if through_pipeline {
@@ -673,8 +678,9 @@ fn floor(files: &[PathBuf], through_pipeline: bool) -> Result<()> {
             return Err(error.into());
         }
     } else {
+        let reading = if plain { FileReading::Plain } else { FileReading::Buffered };
         for path in files {
-            FileSource::open(path, None)?.for_each(|frame| {
+            FileSource::open_with(path, None, reading)?.for_each(|frame| {
                 packets += 1;
                 bytes += u64::from(frame.wire_len);
             })?;
@@ -683,7 +689,11 @@ fn floor(files: &[PathBuf], through_pipeline: bool) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     eprintln!(
         "{} packets {packets}  bytes {bytes}  elapsed {elapsed:.3}s  {:.0} packets/s  {:.3} Gbit/s",
-        if through_pipeline { "floor-pipeline" } else { "floor" },
+        match (through_pipeline, plain) {
+            (true, _) => "floor-pipeline",
+            (false, true) => "floor-plain",
+            (false, false) => "floor",
+        },
         packets as f64 / elapsed,
         bytes as f64 * 8.0 / elapsed / 1e9
     );

@@ -5,7 +5,7 @@
 mod common;
 
 use common::gtpcharge;
-use gtpcharge_capture::FileSource;
+use gtpcharge_capture::{FileReading, FileSource};
 use std::path::Path;
 
 fn sample() -> Vec<u8> {
@@ -136,4 +136,80 @@ fn pcapng_unknown_blocks_are_skipped_and_huge_ones_refused() {
     assert!(error.contains("huge.pcapng"), "{error}");
     let output = gtpcharge(&["replay", path.to_str().unwrap()]);
     assert_ne!(output.status.code(), Some(101));
+}
+
+/// Every frame of a file as (timestamp, wire length, link type, bytes).
+fn frames(path: &Path, filter: Option<&str>, reading: FileReading) -> Vec<(u64, u32, i32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut source = FileSource::open_with(path, filter, reading).unwrap();
+    source.for_each(|f| out.push((f.ts_us, f.wire_len, f.linktype, f.data.to_vec()))).unwrap();
+    out
+}
+
+/// The probe reads regular files through its own 64 KiB stdio buffer (`capture/src/stdio.rs`); libpcap
+/// must deliver exactly what `pcap_open_offline` delivers: across many buffer refills (a generated
+/// capture of several MB), with a BPF filter, and for pcapng.
+#[test]
+fn buffered_reading_delivers_what_plain_libpcap_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = dir.path().join("generated.pcap");
+    let output = gtpcharge(&[
+        "generate",
+        "--out",
+        generated.to_str().unwrap(),
+        "--seed",
+        "7",
+        "--subscribers",
+        "300",
+        "--rounds",
+        "2",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(std::fs::metadata(&generated).unwrap().len() > 20 * 64 * 1024, "several buffer refills");
+    let frame = {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(2152, 2152)
+            .write(&mut f, b"x")
+            .unwrap();
+        f
+    };
+    let ng = dir.path().join("one.pcapng");
+    std::fs::write(&ng, pcapng(&frame, &[])).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
+    for (path, filter) in
+        [(&generated, None), (&generated, Some("udp port 2123")), (&sample, None), (&ng, None), (&ng, Some("udp"))]
+    {
+        let plain = frames(path, filter, FileReading::Plain);
+        let buffered = frames(path, filter, FileReading::Buffered);
+        assert!(!plain.is_empty(), "{} {filter:?}: no frames", path.display());
+        assert_eq!(plain.len(), buffered.len(), "{} {filter:?}", path.display());
+        assert!(plain == buffered, "{} {filter:?}: the frames differ", path.display());
+    }
+    assert!(
+        frames(&generated, Some("udp port 2123"), FileReading::Buffered).len()
+            < frames(&generated, None, FileReading::Plain).len()
+    );
+}
+
+/// A named pipe (a capture streamed from another program) reads whole through the buffer too: the buffer
+/// is set before the stream's first read, so nothing depends on seeking back.
+#[test]
+fn a_named_pipe_is_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("capture.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let sample_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
+    let expected = frames(&sample_path, None, FileReading::Plain);
+    let writer = {
+        let fifo = fifo.clone();
+        let bytes = sample();
+        std::thread::spawn(move || std::fs::write(fifo, bytes).unwrap())
+    };
+    let through_pipe = frames(&fifo, None, FileReading::Buffered);
+    writer.join().unwrap();
+    assert_eq!(through_pipe.len(), expected.len());
+    assert!(through_pipe == expected, "the frames read through the pipe differ");
 }

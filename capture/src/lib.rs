@@ -5,13 +5,15 @@
 //!
 //! Deliberately absent: anything GTP. This crate hands [`Udp`] datagrams to whoever wires it (the root
 //! binary), so the correlator is tested, fuzzed and benched without libpcap.
-#![forbid(unsafe_code)]
+// Unsafe code only in `stdio` (the one call into C the pcap crate does not offer), allowed there.
+#![deny(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod decode;
 pub mod reassembly;
 pub mod source;
+mod stdio;
 
 pub use decode::{Decoder, DecoderConfig, Udp};
-pub use source::{CaptureError, FileSource, Frame, Injector, LiveConfig, LiveSource, LiveStats};
+pub use source::{CaptureError, FileReading, FileSource, Frame, Injector, LiveConfig, LiveSource, LiveStats};
