@@ -18,7 +18,7 @@ use gtpcharge_correlate::Config;
 use probe::Probe;
 use run::ProbeRun;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -43,7 +43,8 @@ struct Cli {
 enum Command {
     /// Replay capture files (pcap or pcapng), in order, as fast as possible.
     Replay {
-        /// Capture files, read one after another as one stream.
+        /// Capture files, read one after another as one stream; `-` is standard input (a capture piped
+        /// in, e.g. `zcat day.pcap.gz | gtpcharge replay -`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
@@ -416,10 +417,16 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
         sources.push(FileSource::open(path, args.filter.as_deref())?);
         total_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     }
+    // Standard input has no length: its progress is bytes and rate, without a bar.
+    let piped = files.iter().any(|path| path == Path::new(gtpcharge_capture::source::STDIN_NAME));
     let progress = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(total_bytes);
+        let (bar, template) = if piped {
+            (indicatif::ProgressBar::new_spinner(), "{spinner} {bytes} {bytes_per_sec} {msg}")
+        } else {
+            (indicatif::ProgressBar::new(total_bytes), "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
+        };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
+            indicatif::ProgressStyle::with_template(template)
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(bar)

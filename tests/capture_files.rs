@@ -213,3 +213,45 @@ fn a_named_pipe_is_read_whole() {
     assert_eq!(through_pipe.len(), expected.len());
     assert!(through_pipe == expected, "the frames read through the pipe differ");
 }
+
+/// `replay -` reads a capture piped into standard input and reports exactly what the file gives.
+#[test]
+fn replay_reads_standard_input() {
+    let sample_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
+    let from_file = gtpcharge(&["replay", "--emit", "jsonl", sample_path.to_str().unwrap()]);
+    assert!(from_file.status.success(), "{}", String::from_utf8_lossy(&from_file.stderr));
+    for mode in [&[][..], &["--single-thread"][..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+            .args(["replay", "--emit", "jsonl", "-"])
+            .args(mode)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &sample()).unwrap());
+        let piped = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(piped.status.success(), "{mode:?}: {}", String::from_utf8_lossy(&piped.stderr));
+        assert!(!from_file.stdout.is_empty());
+        assert_eq!(
+            String::from_utf8_lossy(&piped.stdout),
+            String::from_utf8_lossy(&from_file.stdout),
+            "{mode:?}: the events from standard input differ from the file's"
+        );
+    }
+    // Something that is not a capture, piped in: a clear error naming standard input, not a panic.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["replay", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"not a capture file at all, just some text\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_ne!(output.status.code(), Some(101), "panic: {stderr}");
+    assert!(stderr.contains("-: not a readable pcap or pcapng file"), "{stderr}");
+}

@@ -154,6 +154,10 @@ pub enum FileReading {
     Plain,
 }
 
+/// The file name that means standard input, as in most Unix tools and in libpcap itself.
+pub const STDIN_NAME: &str = "-";
+const STDIN_DEVICE: &str = "/dev/stdin";
+
 const PCAPNG_MAGIC: [u8; 4] = [0x0A, 0x0D, 0x0D, 0x0A];
 
 impl FileSource {
@@ -162,9 +166,20 @@ impl FileSource {
         FileSource::open_with(path, filter, FileReading::Buffered)
     }
 
+    /// `-` is standard input (a capture piped in: `zcat day.pcap.gz | gtpcharge replay -`).
     pub fn open_with(path: &Path, filter: Option<&str>, reading: FileReading) -> Result<FileSource, CaptureError> {
+        let stdin = path == Path::new(STDIN_NAME);
+        // What is opened: standard input through its /dev name (libpcap's own `-` only in plain mode).
+        let opened = if stdin && reading == FileReading::Buffered { Path::new(STDIN_DEVICE) } else { path };
+        if stdin && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(CaptureError::Open {
+                path: path.into(),
+                message: "standard input is a terminal; pipe a capture in (`zcat day.pcap.gz | gtpcharge replay -`)"
+                    .into(),
+            });
+        }
         // libpcap reports a directory or an empty file obscurely; say it plainly first.
-        match std::fs::metadata(path) {
+        match std::fs::metadata(if stdin { Path::new(STDIN_DEVICE) } else { path }) {
             Ok(meta) if meta.is_dir() => {
                 return Err(CaptureError::Open { path: path.into(), message: "is a directory".into() })
             }
@@ -176,7 +191,7 @@ impl FileSource {
             message: format!("not a readable pcap or pcapng file ({error})"),
         };
         let mut capture = if reading == FileReading::Buffered {
-            LibpcapFile::Buffered(crate::stdio::BufferedOffline::open(path, FILE_READ_BUFFER).map_err(not_readable)?)
+            LibpcapFile::Buffered(crate::stdio::BufferedOffline::open(opened, FILE_READ_BUFFER).map_err(not_readable)?)
         } else {
             LibpcapFile::Plain(pcap::Capture::from_file(path).map_err(|error| not_readable(error.to_string()))?)
         };
@@ -246,6 +261,10 @@ impl FileSource {
     }
 
     fn is_pcapng(&self) -> bool {
+        // A pipe cannot be read again from its start, which the fallback needs.
+        if self.path == Path::new(STDIN_NAME) {
+            return false;
+        }
         let mut magic = [0u8; 4];
         std::fs::File::open(&self.path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
