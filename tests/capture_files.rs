@@ -248,7 +248,8 @@ fn replay_reads_standard_input() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"not a capture file at all, just some text\n").unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"not a capture file at all, just some text\n")
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());

@@ -161,7 +161,8 @@ const STDIN_DEVICE: &str = "/dev/stdin";
 const PCAPNG_MAGIC: [u8; 4] = [0x0A, 0x0D, 0x0D, 0x0A];
 
 impl FileSource {
-    /// Opens a capture file (or a named pipe), read through the larger stdio buffer.
+    /// Opens a capture file (or a named pipe, or `-` for standard input), read through the larger stdio
+    /// buffer.
     pub fn open(path: &Path, filter: Option<&str>) -> Result<FileSource, CaptureError> {
         FileSource::open_with(path, filter, FileReading::Buffered)
     }
@@ -169,8 +170,8 @@ impl FileSource {
     /// `-` is standard input (a capture piped in: `zcat day.pcap.gz | gtpcharge replay -`).
     pub fn open_with(path: &Path, filter: Option<&str>, reading: FileReading) -> Result<FileSource, CaptureError> {
         let stdin = path == Path::new(STDIN_NAME);
-        // What is opened: standard input through its /dev name (libpcap's own `-` only in plain mode).
-        let opened = if stdin && reading == FileReading::Buffered { Path::new(STDIN_DEVICE) } else { path };
+        // The file we open ourselves: standard input by its /dev name (plain mode leaves `-` to libpcap).
+        let file = if stdin { Path::new(STDIN_DEVICE) } else { path };
         if stdin && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
             return Err(CaptureError::Open {
                 path: path.into(),
@@ -179,7 +180,7 @@ impl FileSource {
             });
         }
         // libpcap reports a directory or an empty file obscurely; say it plainly first.
-        match std::fs::metadata(if stdin { Path::new(STDIN_DEVICE) } else { path }) {
+        match std::fs::metadata(file) {
             Ok(meta) if meta.is_dir() => {
                 return Err(CaptureError::Open { path: path.into(), message: "is a directory".into() })
             }
@@ -191,7 +192,7 @@ impl FileSource {
             message: format!("not a readable pcap or pcapng file ({error})"),
         };
         let mut capture = if reading == FileReading::Buffered {
-            LibpcapFile::Buffered(crate::stdio::BufferedOffline::open(opened, FILE_READ_BUFFER).map_err(not_readable)?)
+            LibpcapFile::Buffered(crate::stdio::BufferedOffline::open(file, FILE_READ_BUFFER).map_err(not_readable)?)
         } else {
             LibpcapFile::Plain(pcap::Capture::from_file(path).map_err(|error| not_readable(error.to_string()))?)
         };
