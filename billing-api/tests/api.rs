@@ -476,6 +476,77 @@ async fn a_watcher_misses_no_change_when_many_commit_at_once() {
     }
 }
 
+/// The expiry sweep: a pending purchase past its expiry becomes expired and the SP is told exactly once,
+/// although two sweeps run (the server's own, every second, and the ones called here); a purchase charged
+/// before its expiry and one not yet due are left as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_expiry_sweep_tells_the_sp_once() {
+    for (backend, h) in Harness::each_backend().await {
+        h.account("46700000009", 1_000).await;
+        let create = |key: &'static str, expires_in_s: i64| pb::CreatePurchaseRequest {
+            product_id: "p".into(),
+            description: String::new(),
+            amount: 10,
+            currency: "EUR".into(),
+            expires_in_s,
+            idempotency_key: key.into(),
+        };
+        let mut purchases = h.purchases();
+        let make = |key, expires_in_s| {
+            let request = authed(&h.sp_key, create(key, expires_in_s));
+            let mut client = purchases.clone();
+            async move { client.create_purchase(request).await.unwrap().into_inner() }
+        };
+        let due = make("due", 1).await;
+        let charged = make("charged-in-time", 1).await;
+        let later = make("later", 600).await;
+        assert_eq!(outcome(&h.report(&charged.token, "46700000009").await), pb::SightingOutcome::Charged, "{backend}");
+        let mut watch = purchases
+            .watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        h.ledger.expire_due().await.unwrap();
+        h.ledger.expire_due().await.unwrap();
+        // Everything the SP hears until the stream has been quiet for 2.5 s (two more server sweeps), or
+        // more than it should ever hear (a sweep repeating itself would never go quiet).
+        let mut heard = Vec::new();
+        while heard.len() <= 20 {
+            let Ok(Some(change)) = tokio::time::timeout(std::time::Duration::from_millis(2_500), watch.message())
+                .await
+                .map(|m| m.unwrap())
+            else {
+                break;
+            };
+            let p = change.purchase.unwrap();
+            heard.push((p.token, p.state));
+        }
+        let told = |token: &str, state: pb::PurchaseState| {
+            heard.iter().filter(|(t, s)| t == token && *s == state as i32).count()
+        };
+        assert_eq!(told(&due.token, pb::PurchaseState::Expired), 1, "{backend}: {heard:?}");
+        assert_eq!(told(&charged.token, pb::PurchaseState::Charged), 1, "{backend}: {heard:?}");
+        assert_eq!(told(&charged.token, pb::PurchaseState::Expired), 0, "{backend}: {heard:?}");
+        assert_eq!(told(&later.token, pb::PurchaseState::Expired), 0, "{backend}: {heard:?}");
+        assert_eq!(heard.len(), 5, "{backend}: three creations, a charge, an expiry: {heard:?}");
+        let state = |token: String| {
+            let mut client = purchases.clone();
+            let request =
+                authed(&h.sp_key, pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token)) });
+            async move { client.get_purchase(request).await.unwrap().into_inner().state }
+        };
+        assert_eq!(state(due.token.clone()).await, pb::PurchaseState::Expired as i32, "{backend}");
+        assert_eq!(state(charged.token.clone()).await, pb::PurchaseState::Charged as i32, "{backend}");
+        assert_eq!(state(later.token.clone()).await, pb::PurchaseState::Pending as i32, "{backend}");
+        assert_eq!(h.ledger.expire_due().await.unwrap(), 0, "{backend}: nothing left to expire");
+        // A sighting of the expired token is answered as expired and charges nothing.
+        assert_eq!(outcome(&h.report(&due.token, "46700000009").await), pb::SightingOutcome::Expired, "{backend}");
+        assert_eq!(h.ledger.get_account("46700000009").await.unwrap().balance, 990, "{backend}");
+        h.finish().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn declines_expiry_cancel_and_second_subscriber() {
     for (backend, h) in Harness::each_backend().await {
