@@ -112,18 +112,21 @@ fn pcapng(frame: &[u8], extra: &[u8]) -> Vec<u8> {
     [block(0x0A0D_0D0A, &shb), block(1, &idb), extra.to_vec(), block(6, &epb)].concat()
 }
 
+/// One Ethernet/IPv4/UDP frame to the GTP-U port.
+fn gtpu_port_frame() -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(2152, 2152)
+        .write(&mut f, b"x")
+        .unwrap();
+    f
+}
+
 #[test]
 fn pcapng_unknown_blocks_are_skipped_and_huge_ones_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let frame = {
-        let mut f = Vec::new();
-        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
-            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-            .udp(2152, 2152)
-            .write(&mut f, b"x")
-            .unwrap();
-        f
-    };
+    let frame = gtpu_port_frame();
     let unknown = pcapng(&frame, &block(0x0BAD_BEEF, b"vendor data"));
     let path = dir.path().join("unknown.pcapng");
     std::fs::write(&path, unknown).unwrap();
@@ -166,15 +169,7 @@ fn buffered_reading_delivers_what_plain_libpcap_delivers() {
     ]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(std::fs::metadata(&generated).unwrap().len() > 20 * 64 * 1024, "several buffer refills");
-    let frame = {
-        let mut f = Vec::new();
-        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
-            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-            .udp(2152, 2152)
-            .write(&mut f, b"x")
-            .unwrap();
-        f
-    };
+    let frame = gtpu_port_frame();
     let ng = dir.path().join("one.pcapng");
     std::fs::write(&ng, pcapng(&frame, &[])).unwrap();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
