@@ -61,6 +61,9 @@ enum Spending {
     WhenCapped,
 }
 
+/// How far back of its mark the expiry sweep looks again (see [`Ledger::expire_due`]).
+pub const EXPIRY_LOOK_BACK_US: i64 = 10_000_000;
+
 pub fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
@@ -946,19 +949,36 @@ impl Ledger {
     }
 
     /// Marks pending purchases past their expiry as expired; returns how many.
+    ///
+    /// The sweep remembers how far it has gone (`expiry_sweep`) and reads only purchases that expire
+    /// after that, less [`EXPIRY_LOOK_BACK_US`]: each purchase is read by a bounded number of sweeps, however
+    /// many purchases the ledger holds, without an index on `state` (which would keep every charge's
+    /// update of its purchase from being heap-only on PostgreSQL). The look-back covers a purchase whose
+    /// creating transaction committed after a sweep had passed its expiry, and clocks of several servers
+    /// that differ by less than it. Sweepers on several servers take turns on the mark's row lock.
     pub async fn expire_due(&self) -> Result<u64> {
         let now = now_us();
         let mut tx = self.db.pool.begin().await?;
-        // Rows are locked in id order, as every transaction that locks several purchases does.
         let lock = self.db.for_update();
+        let swept_until: i64 =
+            sqlx::query_scalar(&format!("SELECT swept_until_us FROM expiry_sweep WHERE id = 1{lock}"))
+                .fetch_one(&mut *tx)
+                .await?;
+        // Rows are locked in id order, as every transaction that locks several purchases does.
         let rows = sqlx::query(&format!(
             "UPDATE purchases SET state = 'expired' WHERE id IN (SELECT id FROM purchases \
-             WHERE state = 'pending' AND expires_at_us <= $1 ORDER BY id{lock}) RETURNING {PURCHASE_COLUMNS}"
+             WHERE state = 'pending' AND expires_at_us > $1 AND expires_at_us <= $2 ORDER BY id{lock}) \
+             RETURNING {PURCHASE_COLUMNS}"
         ))
+        .bind(swept_until.saturating_sub(EXPIRY_LOOK_BACK_US))
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
+        if now > swept_until {
+            sqlx::query("UPDATE expiry_sweep SET swept_until_us = $1 WHERE id = 1").bind(now).execute(&mut *tx).await?;
+        }
         if rows.is_empty() {
+            tx.commit().await?;
             return Ok(0);
         }
         let changes = rows

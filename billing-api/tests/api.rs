@@ -547,6 +547,58 @@ async fn the_expiry_sweep_tells_the_sp_once() {
     }
 }
 
+/// The sweep reads only purchases expiring after its mark less the look-back: a purchase whose expiry lies
+/// behind the mark (set by a server whose clock runs 5 s ahead, or passed before the purchase's creation
+/// committed) is still expired; one further behind than the look-back is beyond what the sweep reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_expiry_sweep_looks_back_behind_its_mark() {
+    use gtpcharge_billing_api::ledger::{now_us, EXPIRY_LOOK_BACK_US};
+    for (backend, h) in Harness::each_backend().await {
+        let set_mark = |at_us: i64| {
+            let pool = h.ledger.db.pool.clone();
+            async move {
+                sqlx::query("UPDATE expiry_sweep SET swept_until_us = $1").bind(at_us).execute(&pool).await.unwrap();
+            }
+        };
+        let state = |token: String| {
+            let mut client = h.purchases();
+            let request =
+                authed(&h.sp_key, pb::GetPurchaseRequest { key: Some(pb::get_purchase_request::Key::Token(token)) });
+            async move { client.get_purchase(request).await.unwrap().into_inner().state }
+        };
+        let create = |key: &'static str| {
+            let mut client = h.purchases();
+            let request = authed(
+                &h.sp_key,
+                pb::CreatePurchaseRequest {
+                    product_id: "p".into(),
+                    description: String::new(),
+                    amount: 10,
+                    currency: "EUR".into(),
+                    expires_in_s: 2,
+                    idempotency_key: key.into(),
+                },
+            );
+            async move { client.create_purchase(request).await.unwrap().into_inner() }
+        };
+        let behind = create("behind-the-mark").await;
+        set_mark(now_us() + 5_000_000).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+        h.ledger.expire_due().await.unwrap();
+        assert_eq!(state(behind.token).await, pb::PurchaseState::Expired as i32, "{backend}");
+
+        let beyond = create("beyond-the-look-back").await;
+        set_mark(now_us() + EXPIRY_LOOK_BACK_US + 5_000_000).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+        h.ledger.expire_due().await.unwrap();
+        assert_eq!(state(beyond.token.clone()).await, pb::PurchaseState::Pending as i32, "{backend}");
+        // A sighting of it is still answered as expired: charging checks the expiry itself.
+        h.account("46700000010", 100).await;
+        assert_eq!(outcome(&h.report(&beyond.token, "46700000010").await), pb::SightingOutcome::Expired, "{backend}");
+        h.finish().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn declines_expiry_cancel_and_second_subscriber() {
     for (backend, h) in Harness::each_backend().await {
