@@ -4,8 +4,10 @@
 -- index, instead remembers how far it has swept and reads only purchases expiring after that (less a
 -- short look-back), through a plain index on the expiry time. Free space is left in each page for the
 -- in-place updates.
-DROP INDEX purchases_pending_expiry;
+-- On a large table the index build holds off writes to purchases until it is done (one transaction,
+-- like every migration): upgrade in a quiet hour (README, "The billing API").
 CREATE INDEX purchases_expiry ON purchases (expires_at_us);
+DROP INDEX purchases_pending_expiry;
 ALTER TABLE purchases SET (fillfactor = 70);
 
 CREATE TABLE expiry_sweep (
