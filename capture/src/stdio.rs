@@ -52,12 +52,11 @@ impl BufferedOffline {
             return Err(std::io::Error::last_os_error().to_string());
         }
         // SAFETY: `stream` is open and nothing has read it yet (setvbuf must come first); the buffer
-        // outlives the stream (freed only after the capture, which closes the stream, is dropped).
-        let refused = unsafe { libc::setvbuf(stream, buffer.as_ptr().cast(), libc::_IOFBF, buffer.len()) };
+        // outlives the stream (freed only after the capture, which closes the stream, is dropped). Should
+        // setvbuf refuse (non-zero), the stream keeps its default buffer, which reads the same bytes in
+        // more calls; ours then goes unused until the drop, so its answer is not needed.
+        let _ = unsafe { libc::setvbuf(stream, buffer.as_ptr().cast(), libc::_IOFBF, buffer.len()) };
         let mut errbuf = [0 as libc::c_char; ERRBUF_SIZE];
-        // Should setvbuf refuse (non-zero), the stream keeps its default buffer, which reads the same
-        // bytes in more calls; ours then goes unused until the drop.
-        let _ = refused;
         // SAFETY: `stream` is an open stream; `errbuf` has libpcap's size.
         let handle = unsafe { pcap_fopen_offline(stream, errbuf.as_mut_ptr()) };
         let Some(handle) = NonNull::new(handle) else {
