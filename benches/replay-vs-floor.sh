@@ -7,7 +7,10 @@
 # then peers on the same file (tshark extracting the GTP identity fields; nDPI's ndpiReader) when
 # installed. Prints each run and the ratios. Also the pipeline's own ceiling (`gtpcharge floor
 # --pipeline`: the replay's reader thread, libpcap plus the copy into batches, handing them to a
-# thread that only counts): the two-thread replay cannot be faster than that.
+# thread that only counts): the two-thread replay cannot be faster than that. Each run also prints the
+# cross-core round trip (a cache line between the two threads' cores and back, measured by `floor
+# --pipeline` before it reads): on a VM it changes with where the host puts the vCPUs, and the
+# pipeline's speed with it.
 #   bash benches/replay-vs-floor.sh [CAPTURE] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,10 +29,12 @@ best_floor=0; best_plain=0; best_replay=0; best_single=0; best_reader=0
 for run in $(seq "$RUNS"); do
   f=$($G floor "$CAPTURE" 2>&1 | grep '^floor' | rate)
   p=$($G floor --plain "$CAPTURE" 2>&1 | grep '^floor-plain' | rate)
-  c=$($G floor --pipeline "$CAPTURE" 2>&1 | grep '^floor-pipeline' | rate)
+  pipe=$($G floor --pipeline "$CAPTURE" 2>&1)
+  c=$(echo "$pipe" | grep '^floor-pipeline' | rate)
+  trip=$(echo "$pipe" | sed -n 's/^cross-core round trip \([0-9]*\) ns.*/\1 ns/p')
   s=$(RUST_LOG=warn $G replay --single-thread "$CAPTURE" 2>&1 | grep '^packets' | rate)
   r=$(RUST_LOG=warn $G replay "$CAPTURE" 2>&1 | grep '^packets' | rate)
-  echo "run $run: floor $f packets/s, plain floor $p packets/s, pipeline's reader alone $c packets/s, replay single thread $s packets/s, replay pipeline $r packets/s"
+  echo "run $run: floor $f packets/s, plain floor $p packets/s, pipeline's reader alone $c packets/s, replay single thread $s packets/s, replay pipeline $r packets/s; cross-core round trip ${trip:-not measured}"
   [ "$f" -gt "$best_floor" ] && best_floor=$f
   [ "$p" -gt "$best_plain" ] && best_plain=$p
   [ "$c" -gt "$best_reader" ] && best_reader=$c

@@ -16,7 +16,7 @@
 //! context switches and 1.15–1.19 s of CPU with sleeping waits and 512 KiB batches; 56–90 switches with
 //! spinning; 6,000–12,800 switches with 64 KiB batches and sleeping waits).
 use gtpcharge_capture::{CaptureError, FileSource, Frame, LiveSource, LiveStats};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -234,4 +234,60 @@ pub fn read_live(
         }
         failure
     })
+}
+
+/// How long a cache line takes to go from this thread's core to another thread's and back: a flag
+/// passed between the two, `TURNS` times, after a warm-up. The pipeline hands every frame across that
+/// way, so this is what its handoff costs on the machine. `None` when the two threads did not run at
+/// the same time (one core, or a busy machine) within a fifth of a second.
+///
+/// Measured on the 2-vCPU test VM, which moves between two states: about 100 ns, when the pipeline is
+/// about 1.5x faster than one thread, and about 400 ns, when it is about 1.5x slower (README,
+/// Performance).
+pub fn cross_core_round_trip() -> Option<Duration> {
+    const WARM_UP: u32 = 1_000;
+    const TURNS: u32 = 20_000;
+    let flag = Arc::new(AtomicU32::new(0));
+    let deadline = Instant::now() + Duration::from_millis(200);
+    // Spins until `flag` holds `value`; false once past the deadline.
+    let wait_for = move |flag: &AtomicU32, value: u32| {
+        let mut turn = 0u32;
+        while flag.load(Ordering::Acquire) != value {
+            turn = turn.wrapping_add(1);
+            if turn % 1024 == 0 && Instant::now() >= deadline {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+        true
+    };
+    let other = {
+        let flag = flag.clone();
+        std::thread::Builder::new()
+            .name("round-trip".into())
+            .spawn(move || {
+                for turn in 0..WARM_UP + TURNS {
+                    if !wait_for(&flag, 2 * turn + 1) {
+                        return;
+                    }
+                    flag.store(2 * turn + 2, Ordering::Release);
+                }
+            })
+            .ok()?
+    };
+    let mut started = Instant::now();
+    let mut answered = true;
+    for turn in 0..WARM_UP + TURNS {
+        if turn == WARM_UP {
+            started = Instant::now();
+        }
+        flag.store(2 * turn + 1, Ordering::Release);
+        if !wait_for(&flag, 2 * turn + 2) {
+            answered = false;
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    other.join().ok()?;
+    answered.then(|| elapsed / TURNS)
 }
