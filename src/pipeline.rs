@@ -241,9 +241,9 @@ pub fn read_live(
 /// way, so this is what its handoff costs on the machine. `None` when the two threads did not run at
 /// the same time (one core, or a busy machine) within a fifth of a second.
 ///
-/// Measured on the 2-vCPU test VM, which moves between two states: about 100 ns, when the pipeline is
-/// about 1.5x faster than one thread, and about 400 ns, when it is about 1.5x slower (README,
-/// Performance).
+/// Measured on the 2-vCPU test VM, which moves between two states as the host places its vCPUs: 45-63
+/// ns, when the pipeline is about 1.5x faster than one thread, and about 380 ns, when it is about 1.5x
+/// slower (README, Performance).
 pub fn cross_core_round_trip() -> Option<Duration> {
     const WARM_UP: u32 = 1_000;
     const TURNS: u32 = 20_000;
