@@ -14,7 +14,10 @@ for run in $(seq "$RUNS"); do
   [ "$f" -gt "$best_floor" ] && best_floor=$f
   for build in "$OLD" "$NEW"; do
     s=$(RUST_LOG=warn "$build" replay --single-thread "$CAPTURE" 2>&1 | grep '^packets' | rate)
-    p=$(RUST_LOG=warn "$build" replay "$CAPTURE" 2>&1 | grep '^packets' | rate)
+    # The two-thread run by name where the build has the flag (builds before session 12 always ran it).
+    force=()
+    if "$build" replay --help 2> /dev/null | grep -- '--pipeline' > /dev/null; then force=(--pipeline); fi
+    p=$(RUST_LOG=warn "$build" replay "${force[@]}" "$CAPTURE" 2>&1 | grep '^packets' | rate)
     [ "$s" -gt "${single[$build]:-0}" ] && single[$build]=$s
     [ "$p" -gt "${pipeline[$build]:-0}" ] && pipeline[$build]=$p
   done

@@ -10,6 +10,9 @@
 //! channel (no allocation per batch in steady state). Policy **block**: a reader ahead of the correlator
 //! waits; live, the kernel ring then fills and libpcap's own drop counter shows it.
 //!
+//! Whether to run it at all: [`choose`] (one thread on one core, or where a hand-over between the two
+//! cores costs more than [`ROUND_TRIP_MAX`], measured by [`cross_core_round_trip`]).
+//!
 //! Waiting: either thread that finds nothing to take spins for up to [`SPIN_MAX`] before it sleeps. A
 //! sleeping thread costs the other a futex wake and itself a context switch, which on the test VM cost
 //! more than the 64 KiB batch it waited for (replay of the 2.15M-frame bench capture: 2,400–3,300
@@ -290,4 +293,81 @@ pub fn cross_core_round_trip() -> Option<Duration> {
     let elapsed = started.elapsed();
     other.join().ok()?;
     answered.then(|| elapsed / TURNS)
+}
+
+/// A hand-over between the two threads dearer than this, and the pipeline is slower than one thread.
+/// On the test VM the round trip measured 45-63 ns when the pipeline was about 1.5x faster than one
+/// thread and 369-384 ns when it was about 1.5x slower (README, Performance); this sits between.
+pub const ROUND_TRIP_MAX: Duration = Duration::from_nanos(200);
+
+/// How many threads read and correlate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// libpcap, decode and correlation on the calling thread.
+    One,
+    /// A reader thread (libpcap and the copy into batches) and the calling thread (the rest).
+    Two,
+}
+
+/// The choice of [`Threads`]: what a flag forces, or else what this machine favours, and why (for the
+/// log). `cores` is how many the process may run on; `round_trip` measures a hand-over
+/// ([`cross_core_round_trip`]) and is called only when the answer depends on it. One thread wins on a
+/// single core (two threads take turns and spin) and where a hand-over costs more than
+/// [`ROUND_TRIP_MAX`]; a hand-over that could not be measured means the two threads did not run at once,
+/// which is the first case.
+pub fn choose(
+    single_thread: bool,
+    pipeline: bool,
+    cores: usize,
+    round_trip: impl FnOnce() -> Option<Duration>,
+) -> (Threads, String) {
+    if single_thread {
+        return (Threads::One, "--single-thread".into());
+    }
+    if pipeline {
+        return (Threads::Two, "--pipeline".into());
+    }
+    if cores < 2 {
+        return (Threads::One, format!("{cores} core available"));
+    }
+    match round_trip() {
+        None => (Threads::One, "the two threads did not run at once (cross-core round trip not measured)".into()),
+        Some(trip) if trip > ROUND_TRIP_MAX => (
+            Threads::One,
+            format!(
+                "cross-core round trip {} ns, over {} ns: here handing frames to a second thread costs more \
+                 than it gains",
+                trip.as_nanos(),
+                ROUND_TRIP_MAX.as_nanos()
+            ),
+        ),
+        Some(trip) => (Threads::Two, format!("cross-core round trip {} ns", trip.as_nanos())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_decide_without_a_measurement() {
+        let unmeasured = || -> Option<Duration> { panic!("measured although a flag decides") };
+        assert_eq!(choose(true, false, 8, unmeasured).0, Threads::One);
+        assert_eq!(choose(false, true, 8, unmeasured).0, Threads::Two);
+        assert_eq!(choose(false, true, 1, unmeasured).0, Threads::Two, "--pipeline is obeyed on one core too");
+        assert_eq!(choose(false, false, 1, unmeasured).0, Threads::One);
+    }
+
+    #[test]
+    fn the_round_trip_decides_otherwise() {
+        let ns = |n| move || Some(Duration::from_nanos(n));
+        let (threads, why) = choose(false, false, 2, ns(52));
+        assert_eq!(threads, Threads::Two);
+        assert!(why.contains("52 ns"), "{why}");
+        assert_eq!(choose(false, false, 2, ns(200)).0, Threads::Two);
+        let (threads, why) = choose(false, false, 2, ns(371));
+        assert_eq!(threads, Threads::One);
+        assert!(why.contains("371 ns"), "{why}");
+        assert_eq!(choose(false, false, 2, || None).0, Threads::One);
+    }
 }

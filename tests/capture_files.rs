@@ -215,7 +215,7 @@ fn replay_reads_standard_input() {
     let sample_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
     let from_file = gtpcharge(&["replay", "--emit", "jsonl", sample_path.to_str().unwrap()]);
     assert!(from_file.status.success(), "{}", String::from_utf8_lossy(&from_file.stderr));
-    for mode in [&[][..], &["--single-thread"][..]] {
+    for mode in [&["--pipeline"][..], &["--single-thread"][..]] {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
             .args(["replay", "--emit", "jsonl", "-"])
             .args(mode)

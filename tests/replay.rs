@@ -195,7 +195,7 @@ fn the_pipeline_and_the_single_thread_give_the_same_events() {
     );
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
     for file in [capture.as_path(), sample.as_path()] {
-        let piped = gtpcharge(&["replay", "--emit", "jsonl", file.to_str().unwrap()]);
+        let piped = gtpcharge(&["replay", "--emit", "jsonl", "--pipeline", file.to_str().unwrap()]);
         let single = gtpcharge(&["replay", "--emit", "jsonl", "--single-thread", file.to_str().unwrap()]);
         assert!(piped.status.success() && single.status.success());
         assert!(!piped.stdout.is_empty());
