@@ -15,7 +15,10 @@ pub enum Format {
 pub fn init(format: Format, show_subscriber_ids: bool) {
     SHOW_SUBSCRIBER_IDS.store(show_subscriber_ids, Ordering::Relaxed);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a pipe, a file or journald gets plain text (and NO_COLOR
+    // turns them off, https://no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         Format::Text => builder.try_init(),
         Format::Json => builder.json().try_init(),
