@@ -693,7 +693,7 @@ fn fuzz_corpus(out: &std::path::Path, files: &[PathBuf]) -> Result<()> {
 
 fn floor(files: &[PathBuf], through_pipeline: bool, plain: bool) -> Result<()> {
     if through_pipeline {
-        // Before the clock starts: what each handoff between the two threads costs on this machine.
+        // Before the clock starts: what each hand-over between the two threads costs on this machine.
         match pipeline::cross_core_round_trip() {
             Some(round_trip) => eprintln!("cross-core round trip {} ns", round_trip.as_nanos()),
             None => eprintln!("cross-core round trip not measured: the two threads did not run at once"),

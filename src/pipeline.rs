@@ -241,7 +241,7 @@ pub fn read_live(
 
 /// How long a cache line takes to go from this thread's core to another thread's and back: a flag
 /// passed between the two, `TURNS` times, after a warm-up. The pipeline hands every frame across that
-/// way, so this is what its handoff costs on the machine. `None` when the two threads did not run at
+/// way, so this is what its hand-over costs on the machine. `None` when the two threads did not run at
 /// the same time (one core, or a busy machine) within a fifth of a second.
 ///
 /// Measured on the 2-vCPU test VM, which moves between two states as the host places its vCPUs: 45-63
