@@ -60,7 +60,8 @@ pub struct DeliveryStats {
     pub spool_batches: u64,
     pub spool_bytes: u64,
     pub spool_write_failures: u64,
-    /// Sightings that could neither be written to the spool (disk full) nor delivered before the end.
+    /// Sightings that could neither be written to the spool (disk full) nor delivered before the end, or
+    /// that the delivery thread could not take at all (it had stopped on an error).
     pub lost: u64,
     pub last_error: Option<String>,
 }
@@ -91,6 +92,8 @@ pub struct Delivery {
     sender: Option<crossbeam_channel::Sender<SightingRecord>>,
     thread: Option<std::thread::JoinHandle<DeliveryStats>>,
     stop_after: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Sightings `submit` could not hand over because the delivery thread had ended (counted as lost).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl Delivery {
@@ -102,6 +105,9 @@ impl Delivery {
         std::fs::write(&probe, b"")
             .with_context(|| format!("the spool directory {} is not writable", config.spool_dir.display()))?;
         let _ = std::fs::remove_file(probe);
+        // The address and the TLS files are checked here, before any packet is read: a wrong path fails
+        // the start with its name, instead of stopping delivery once sightings are being taken.
+        let endpoint = endpoint(&config)?;
         let (sender, receiver) = crossbeam_channel::bounded(config.queue_max);
         let stop_after = std::sync::Arc::new(std::sync::Mutex::new(None));
         let deadline = stop_after.clone();
@@ -109,15 +115,23 @@ impl Delivery {
         let published = shared.clone();
         let thread = std::thread::Builder::new()
             .name("delivery".into())
-            .spawn(move || run(config, receiver, deadline, published))
+            .spawn(move || run(config, endpoint, receiver, deadline, published))
             .context("starting the delivery thread")?;
-        Ok(Delivery { shared, sender: Some(sender), thread: Some(thread), stop_after })
+        Ok(Delivery {
+            shared,
+            sender: Some(sender),
+            thread: Some(thread),
+            stop_after,
+            refused: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
-    /// Queues a sighting; waits while the queue is full.
+    /// Queues a sighting; waits while the queue is full. A sighting the delivery thread can no longer
+    /// take (it stopped on an error) is counted, and the run ends with it as lost.
     pub fn submit(&self, record: SightingRecord) {
-        if let Some(sender) = &self.sender {
-            let _ = sender.send(record);
+        let taken = self.sender.as_ref().is_some_and(|sender| sender.send(record).is_ok());
+        if !taken {
+            self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -128,7 +142,9 @@ impl Delivery {
             *deadline = Some(Instant::now() + drain);
         }
         self.sender.take();
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+        let mut stats = self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default();
+        stats.lost += self.refused.load(std::sync::atomic::Ordering::Relaxed);
+        stats
     }
 }
 
@@ -224,26 +240,35 @@ fn outcome_name(outcome: i32) -> &'static str {
     }
 }
 
-async fn connect(config: &DeliveryConfig) -> Result<tonic::transport::Channel> {
+/// The billing API's endpoint: its URL and, for https://, the CA and client identity read from their
+/// files (each error names the file). Connecting is lazy, in the delivery thread.
+fn endpoint(config: &DeliveryConfig) -> Result<tonic::transport::Endpoint> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(config.url.clone())
         .context("--billing-url is not a valid URL")?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30));
     if config.url.starts_with("https://") {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+        };
         let mut tls = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &config.tls_ca {
-            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca, "billing CA (--billing-ca)")?));
         }
         if let Some((certificate, key)) = &config.tls_client {
-            tls = tls.identity(tonic::transport::Identity::from_pem(std::fs::read(certificate)?, std::fs::read(key)?));
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(certificate, "client certificate (--billing-client-cert)")?,
+                read(key, "client key (--billing-client-key)")?,
+            ));
         }
-        endpoint = endpoint.tls_config(tls)?;
+        endpoint = endpoint.tls_config(tls).context("the billing API's TLS settings")?;
     }
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint)
 }
 
 fn run(
     config: DeliveryConfig,
+    endpoint: tonic::transport::Endpoint,
     receiver: crossbeam_channel::Receiver<SightingRecord>,
     stop_after: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
     published: std::sync::Arc<std::sync::Mutex<DeliveryStats>>,
@@ -252,7 +277,10 @@ fn run(
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
+            eprintln!("gtpcharge: ERROR: delivery runtime: {error}");
             stats.last_error = Some(format!("runtime: {error}"));
+            // Nothing can be spooled or sent: every sighting the run hands over is lost, and counted.
+            stats.lost = receiver.iter().count() as u64;
             return stats;
         }
     };
@@ -261,20 +289,17 @@ fn run(
         Err(error) => {
             eprintln!("gtpcharge: ERROR: spool {}: {error:#}", config.spool_dir.display());
             stats.last_error = Some(format!("{error:#}"));
-            // Without a spool nothing may be accepted: drain the channel into nowhere would lose data,
-            // so keep the records in memory and report them as left over.
-            stats.left_in_spool = receiver.iter().count() as u64;
+            // Without a spool nothing can be kept: every sighting the run hands over is lost, and
+            // counted as such (the run then ends in an error).
+            stats.lost = receiver.iter().count() as u64;
             return stats;
         }
     };
     stats.recovered_from_spool = spool.pending.iter().map(|(_, _, r)| r.len() as u64).sum();
-    let channel = match runtime.block_on(connect(&config)) {
-        Ok(channel) => channel,
-        Err(error) => {
-            eprintln!("gtpcharge: ERROR: billing API: {error:#}");
-            stats.last_error = Some(format!("{error:#}"));
-            return stats;
-        }
+    let channel = {
+        // connect_lazy starts the channel's worker task on the current runtime.
+        let _inside = runtime.enter();
+        endpoint.connect_lazy()
     };
     let mut client = pb::sighting_service_client::SightingServiceClient::new(channel);
     let mut batch: Vec<SightingRecord> = Vec::new();
@@ -446,5 +471,44 @@ fn send(
             stats.last_error = Some(message);
             Err(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> SightingRecord {
+        SightingRecord {
+            token: "token".into(),
+            msisdn: "46701234567".into(),
+            imsi: String::new(),
+            ue_ip: String::new(),
+            carrier: "http-url".into(),
+            seen_at_us: 1,
+        }
+    }
+
+    /// A delivery thread that has stopped (here: none at all) takes nothing; what the run still hands
+    /// over is counted as lost, so the run ends in an error instead of dropping it unseen.
+    #[test]
+    fn sightings_no_thread_takes_are_counted_lost() {
+        let stopped = |sender| Delivery {
+            shared: Default::default(),
+            sender,
+            thread: None,
+            stop_after: Default::default(),
+            refused: std::sync::atomic::AtomicU64::new(0),
+        };
+        let delivery = stopped(None);
+        delivery.submit(record());
+        delivery.submit(record());
+        assert_eq!(delivery.finish(Duration::ZERO).lost, 2);
+        // A thread that ended and dropped its receiver: the same.
+        let (sender, receiver) = crossbeam_channel::bounded(4);
+        drop(receiver);
+        let delivery = stopped(Some(sender));
+        delivery.submit(record());
+        assert_eq!(delivery.finish(Duration::ZERO).lost, 1);
     }
 }

@@ -119,8 +119,9 @@ impl ProbeRun {
         eprintln!("{}  skipped-no-msisdn {skipped_no_msisdn}", stats.summary());
         if stats.lost > 0 {
             eprintln!(
-                "gtpcharge: ERROR: {} sightings were lost (spool disk full and billing API unreachable)",
-                stats.lost
+                "gtpcharge: ERROR: {} sightings were lost ({}): they were neither delivered nor kept in the spool",
+                stats.lost,
+                stats.last_error.as_deref().unwrap_or("spool disk full and billing API unreachable")
             );
             return Ok(false);
         }

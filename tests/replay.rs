@@ -238,3 +238,31 @@ fn both_floors_count_every_frame_the_replay_reads() {
     assert_eq!(counts(&direct.stderr, "floor "), (packets, bytes));
     assert_eq!(counts(&piped.stderr, "floor-pipeline "), (packets, bytes));
 }
+
+/// A billing CA that cannot be read stops the probe before it reads a packet, naming the file: no
+/// sighting is taken that could then be neither delivered nor spooled.
+#[test]
+fn an_unreadable_billing_ca_fails_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
+    let missing = dir.path().join("no-such-ca.pem");
+    let spool = dir.path().join("spool");
+    let output = gtpcharge(&[
+        "replay",
+        "--emit",
+        "jsonl",
+        "--billing-url",
+        "https://127.0.0.1:1",
+        "--probe-key",
+        "key",
+        "--billing-ca",
+        missing.to_str().unwrap(),
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        sample.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no-such-ca.pem"), "the error names the file: {stderr}");
+    assert!(output.stdout.is_empty(), "packets were read before the start failed");
+}
