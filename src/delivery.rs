@@ -243,6 +243,9 @@ fn outcome_name(outcome: i32) -> &'static str {
 /// The billing API's endpoint: its URL and, for https://, the CA and client identity read from their
 /// files (each error names the file). Connecting is lazy, in the delivery thread.
 fn endpoint(config: &DeliveryConfig) -> Result<tonic::transport::Endpoint> {
+    if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
+        anyhow::bail!("--billing-url {} must start with http:// or https://", config.url);
+    }
     let mut endpoint = tonic::transport::Endpoint::from_shared(config.url.clone())
         .context("--billing-url is not a valid URL")?
         .connect_timeout(Duration::from_secs(3))

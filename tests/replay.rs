@@ -239,8 +239,8 @@ fn both_floors_count_every_frame_the_replay_reads() {
     assert_eq!(counts(&piped.stderr, "floor-pipeline "), (packets, bytes));
 }
 
-/// A billing CA that cannot be read stops the probe before it reads a packet, naming the file: no
-/// sighting is taken that could then be neither delivered nor spooled.
+/// A billing CA that cannot be read (or a URL that is not http/https) stops the probe before it reads
+/// a packet, naming the problem: no sighting is taken that could then be neither delivered nor spooled.
 #[test]
 fn an_unreadable_billing_ca_fails_the_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -264,5 +264,21 @@ fn an_unreadable_billing_ca_fails_the_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("no-such-ca.pem"), "the error names the file: {stderr}");
+    assert!(output.stdout.is_empty(), "packets were read before the start failed");
+    // A URL the gRPC client cannot speak to is refused the same way.
+    let output = gtpcharge(&[
+        "replay",
+        "--emit",
+        "jsonl",
+        "--billing-url",
+        "ftp://127.0.0.1:1",
+        "--probe-key",
+        "key",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        sample.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("http:// or https://"), "{stderr}");
     assert!(output.stdout.is_empty(), "packets were read before the start failed");
 }
