@@ -282,3 +282,32 @@ fn an_unreadable_billing_ca_fails_the_start() {
     assert!(!output.status.success() && stderr.contains("http:// or https://"), "{stderr}");
     assert!(output.stdout.is_empty(), "packets were read before the start failed");
 }
+
+/// The billing API started with a TLS file it cannot read exits with an error naming the file.
+#[test]
+fn the_billing_api_names_a_tls_file_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}?mode=rwc", dir.path().join("ledger.sqlite").display());
+    let missing = dir.path().join("no-such-cert.pem");
+    let key = dir.path().join("no-such-key.pem");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &database])
+        .args(["--tls-cert", missing.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must stop by itself; a server that kept running would be killed here and fail the test.
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("the billing API kept running without its TLS files");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no-such-cert.pem"), "the error names the file: {stderr}");
+}

@@ -55,11 +55,13 @@ pub async fn serve(
     let mut builder =
         Server::builder().timeout(Duration::from_secs(30)).http2_keepalive_interval(Some(Duration::from_secs(30)));
     if let Some(tls) = tls {
-        let certificate = std::fs::read(&tls.certificate)?;
-        let key = std::fs::read(&tls.key)?;
+        let certificate = read_pem(&tls.certificate, "TLS certificate (--tls-cert)")?;
+        let key = read_pem(&tls.key, "TLS key (--tls-key)")?;
         let mut config = ServerTlsConfig::new().identity(Identity::from_pem(certificate, key));
         if let Some(ca) = &tls.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?)).client_auth_optional(true);
+            config = config
+                .client_ca_root(Certificate::from_pem(read_pem(ca, "client CA (--tls-client-ca)")?))
+                .client_auth_optional(true);
         }
         builder = builder.tls_config(config)?;
     }
@@ -111,4 +113,9 @@ pub async fn shutdown_signal() {
 /// Binds the listening address, with a clear error.
 pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address).await
+}
+
+/// A PEM file's bytes; the error names the file and what it is for.
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    std::fs::read(path).map_err(|error| format!("reading the {what} {}: {error}", path.display()).into())
 }
