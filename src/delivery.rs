@@ -251,9 +251,7 @@ fn endpoint(config: &DeliveryConfig) -> Result<tonic::transport::Endpoint> {
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30));
     if config.url.starts_with("https://") {
-        let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
-        };
+        use gtpcharge_billing_api::server::read_pem as read;
         let mut tls = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &config.tls_ca {
             tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca, "billing CA (--billing-ca)")?));

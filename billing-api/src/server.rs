@@ -115,7 +115,9 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     tokio::net::TcpListener::bind(address).await
 }
 
-/// A PEM file's bytes; the error names the file and what it is for.
-fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
-    std::fs::read(path).map_err(|error| format!("reading the {what} {}: {error}", path.display()).into())
+/// A PEM file's bytes; the error names the file and what it is for. Also the probe's, for its client
+/// certificates.
+pub fn read_pem(path: &std::path::Path, what: &str) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|error| std::io::Error::new(error.kind(), format!("reading the {what} {}: {error}", path.display())))
 }

@@ -81,12 +81,12 @@ impl HttpState {
                     }
                     None => {
                         // The line the segment ends in continues in the next one: whether it has content.
-                        let tail = match memchr::memrchr(b'\n', rest) {
-                            Some(newline) => rest.get(newline + 1..).unwrap_or_default(),
-                            None => rest,
+                        self.line_has_content = match memchr::memrchr(b'\n', rest) {
+                            // It began in this segment, after its last newline.
+                            Some(newline) => rest.get(newline + 1..).unwrap_or_default().iter().any(|b| *b != b'\r'),
+                            // The whole segment continues the line the previous one ended in.
+                            None => self.line_has_content || rest.iter().any(|b| *b != b'\r'),
                         };
-                        let tail_has_content = tail.iter().any(|b| *b != b'\r');
-                        self.line_has_content = tail_has_content || (self.line_has_content && tail.len() == rest.len());
                         region(Carrier::HttpHeader, at..segment.len());
                         return;
                     }
