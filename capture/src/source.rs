@@ -221,9 +221,23 @@ impl FileSource {
     /// names the file (frames before it were delivered).
     pub fn for_each(&mut self, mut each: impl FnMut(&Frame<'_>)) -> Result<u64, CaptureError> {
         loop {
-            match self.next_frame() {
-                Ok(Some(frame)) => each(&frame),
-                Ok(None) => return Ok(self.delivered),
+            let read = match &mut self.backend {
+                Backend::Libpcap { capture, linktype } => {
+                    dispatch(capture.get(), *linktype, &self.path, &mut self.delivered, &mut each)
+                }
+                Backend::PcapNg(fallback) => match fallback.next(&self.path) {
+                    Ok(Some(frame)) => {
+                        self.delivered += 1;
+                        each(&frame);
+                        Ok(1)
+                    }
+                    Ok(None) => Ok(0),
+                    Err(error) => Err(error),
+                },
+            };
+            match read {
+                Ok(0) => return Ok(self.delivered),
+                Ok(_) => {}
                 Err(error) => {
                     let Backend::Libpcap { .. } = self.backend else { return Err(error) };
                     // Only libpcap's multi-interface limitation switches parsers; any other error (a
@@ -238,27 +252,6 @@ impl FileSource {
                 }
             }
         }
-    }
-
-    fn next_frame(&mut self) -> Result<Option<Frame<'_>>, CaptureError> {
-        let path = &self.path;
-        let frame = match &mut self.backend {
-            Backend::Libpcap { capture, linktype } => match capture.get().next_packet() {
-                Ok(packet) => Some(Frame {
-                    ts_us: timestamp_us(packet.header),
-                    wire_len: packet.header.len,
-                    linktype: *linktype,
-                    data: packet.data,
-                }),
-                Err(pcap::Error::NoMorePackets) => None,
-                Err(error) => return Err(CaptureError::Read { path: path.clone(), message: error.to_string() }),
-            },
-            Backend::PcapNg(fallback) => fallback.next(path)?,
-        };
-        if frame.is_some() {
-            self.delivered += 1;
-        }
-        Ok(frame)
     }
 
     fn is_pcapng(&self) -> bool {
@@ -287,6 +280,28 @@ impl FileSource {
         }
         Ok(fallback)
     }
+}
+
+/// Frames libpcap hands over per `pcap_dispatch` call on a file. `pcap_next_ex`, one call a frame, cost
+/// the bare counting loop (`gtpcharge floor`) 538 instructions a frame against 402 this way, and the
+/// replay 1,315 against 1,224 (callgrind, 430,007 frames, session 13); 256 frames a call still gives the
+/// caller control back every few microseconds.
+const DISPATCH_FRAMES: usize = 256;
+
+/// Hands up to [`DISPATCH_FRAMES`] frames of a file to `each`; returns how many (0 at the end of the file).
+fn dispatch(
+    capture: &mut pcap::Capture<pcap::Offline>,
+    linktype: i32,
+    path: &Path,
+    delivered: &mut u64,
+    each: &mut impl FnMut(&Frame<'_>),
+) -> Result<usize, CaptureError> {
+    capture
+        .dispatch(Some(DISPATCH_FRAMES), |packet| {
+            *delivered += 1;
+            each(&Frame { ts_us: timestamp_us(packet.header), wire_len: packet.header.len, linktype, data: packet.data })
+        })
+        .map_err(|error| CaptureError::Read { path: path.into(), message: error.to_string() })
 }
 
 /// Settings of a live capture (a span or mirror port).
