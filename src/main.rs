@@ -517,9 +517,7 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
     tracing::info!(interface = %live.interface, "capturing (stop with SIGINT or SIGTERM)");
     let libpcap = if args.threads() == pipeline::Threads::One {
         while !stop.load(Ordering::SeqCst) {
-            if let Some(frame) = source.next_frame()? {
-                run.frame(&frame);
-            }
+            source.dispatch(|frame| run.frame(frame))?;
             if run.wants_publish() {
                 let libpcap = source.stats().ok();
                 run.publish(libpcap, false);

@@ -217,18 +217,26 @@ pub fn read_live(
             }
         };
         while !stop.load(Ordering::SeqCst) {
-            match source.next_frame() {
-                Ok(Some(frame)) => batch.push(&frame),
-                Ok(None) => {}
-                Err(error) => {
-                    failure = Some(error);
-                    break;
+            let mut handed_over = false;
+            let read = source.dispatch(|frame| {
+                batch.push(frame);
+                if batch.is_full() {
+                    lanes.hand_over(&mut batch);
+                    started = Instant::now();
+                    handed_over = true;
                 }
+            });
+            if let Err(error) = read {
+                failure = Some(error);
+                break;
             }
-            if batch.is_full() || (!batch.is_empty() && started.elapsed() >= BATCH_AGE_MAX) {
-                refresh(&mut source);
+            if !batch.is_empty() && started.elapsed() >= BATCH_AGE_MAX {
                 lanes.hand_over(&mut batch);
                 started = Instant::now();
+                handed_over = true;
+            }
+            if handed_over {
+                refresh(&mut source);
             }
         }
         refresh(&mut source);
