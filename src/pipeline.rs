@@ -3,7 +3,9 @@
 //! thread decodes (link/IP/UDP, outer reassembly) and correlates them exactly as the single-threaded run
 //! does (`Probe::frame` for both), so the events are the same byte for byte (a test compares them).
 //! The reader does as little as it can beyond libpcap itself, because it is the slower of the two: the
-//! correlating thread had half the reader's CPU samples when the reader also decoded (perf).
+//! correlating thread had half the reader's CPU samples when the reader also decoded (perf). Tried again
+//! in session 13 (the reader decoding the common case, IPv4 UDP, into the batch entry): pipeline 0.698×
+//! → 0.641× of the floor, single thread unchanged (`benches/replay-ab.sh`, 6 alternating rounds).
 //!
 //! Bounds and policy: 16 batches in flight of at most 512 frames or 64 KiB each (about 1 MiB in all, so
 //! the frames are still in cache when the correlating thread reads them), recycled through a return
