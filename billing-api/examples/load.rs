@@ -8,7 +8,8 @@
 //! A warm-up (a tenth as many charges, at least 200, closed loop) runs first and is not counted: the
 //! pool's connections, their prepared statements and the credential cache are then as a running server
 //! has them. LOAD_TRACE=FILE writes each measured call's start and latency (ms), to see when slow calls
-//! happened; LOAD_WARMUP=N sets the warm-up's charges (0: measure a cold start).
+//! happened; LOAD_WARMUP=N sets the warm-up's charges (0: measure a cold start); LOAD_ACCOUNTS=N the
+//! number of accounts (default: one per 100 charges).
 //!
 //! cargo run --release -p gtpcharge-billing-api --example load -- DATABASE_URL [CHARGES] [CONCURRENCY] [BATCH] [RATE]
 use gtpcharge_billing_api::auth::Kind;
@@ -30,7 +31,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (sp, _) = ledger.create_service_provider(&format!("load-{suffix}")).await?;
     let probe = ledger.create_credential(Kind::Probe, None, "load").await?;
     // One account per 100 charges, so charges contend on accounts as real traffic would, a little.
-    let accounts = charges.div_ceil(100).max(1);
+    // LOAD_ACCOUNTS=N sets the number of accounts instead.
+    let accounts = match std::env::var("LOAD_ACCOUNTS") {
+        Ok(n) => n.parse::<usize>()?.max(1),
+        Err(_) => charges.div_ceil(100).max(1),
+    };
     for i in 0..accounts {
         let update = AccountUpdate {
             msisdn: format!("4690{:08}", i),
