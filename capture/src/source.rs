@@ -282,10 +282,10 @@ impl FileSource {
     }
 }
 
-/// Frames libpcap hands over per `pcap_dispatch` call, from a file or an interface. `pcap_next_ex`, one call a frame, cost
-/// the bare counting loop (`gtpcharge floor`) 538 instructions a frame against 402 this way, and the
-/// replay 1,315 against 1,224 (callgrind, 430,007 frames, session 13); 256 frames a call still gives the
-/// caller control back every few microseconds.
+/// Frames libpcap hands over per `pcap_dispatch` call, from a file or an interface. `pcap_next_ex`, one
+/// call a frame, cost the bare counting loop (`gtpcharge floor`) 538 instructions a frame against 402
+/// this way, and the replay 1,315 against 1,224 (callgrind, 430,007 frames, session 13); 256 frames a
+/// call still gives the caller control back every few microseconds.
 const DISPATCH_FRAMES: usize = 256;
 
 /// Hands up to [`DISPATCH_FRAMES`] frames of a file to `each`; returns how many (0 at the end of the file).
@@ -299,9 +299,15 @@ fn dispatch(
     capture
         .dispatch(Some(DISPATCH_FRAMES), |packet| {
             *delivered += 1;
-            each(&Frame { ts_us: timestamp_us(packet.header), wire_len: packet.header.len, linktype, data: packet.data })
+            each(&frame(&packet, linktype))
         })
         .map_err(|error| CaptureError::Read { path: path.into(), message: error.to_string() })
+}
+
+/// A packet libpcap handed over, as a [`Frame`].
+#[inline(always)]
+fn frame<'a>(packet: &pcap::Packet<'a>, linktype: i32) -> Frame<'a> {
+    Frame { ts_us: timestamp_us(packet.header), wire_len: packet.header.len, linktype, data: packet.data }
 }
 
 /// Settings of a live capture (a span or mirror port).
@@ -370,9 +376,7 @@ impl LiveSource {
     pub fn dispatch(&mut self, mut each: impl FnMut(&Frame<'_>)) -> Result<usize, CaptureError> {
         let linktype = self.linktype;
         self.capture
-            .dispatch(Some(DISPATCH_FRAMES), |packet| {
-                each(&Frame { ts_us: timestamp_us(packet.header), wire_len: packet.header.len, linktype, data: packet.data })
-            })
+            .dispatch(Some(DISPATCH_FRAMES), |packet| each(&frame(&packet, linktype)))
             .map_err(|error| CaptureError::Live { interface: self.interface.clone(), message: error.to_string() })
     }
 
