@@ -6,6 +6,9 @@
 # 2. Closed loop: CONCURRENCY callers of BATCH sightings each, as fast as they are answered (capacity).
 # 3. Open loop at pgbench's rate, calls of 1 and of BATCH sightings on a fixed schedule: the latency at
 #    that rate, counted from each call's scheduled start.
+# 4. The same machine's own jitter: pgbench open loop (--rate) at half its closed-loop rate, latency
+#    counted from each transaction's scheduled start as ours is, beside ours at that half rate. pgbench
+#    cannot hold its full rate open loop (its queue grows without end), so half is where both can be held.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHARGES=${1:-10000}; CONCURRENCY=${2:-16}; BATCH=${3:-8}
@@ -41,8 +44,13 @@ PGBENCH=$(cd "$LOGS" && pgbench -h "$PGHOST" -U "$PGUSER" -n -c "$CONCURRENCY" -
 echo "$PGBENCH" | grep -E "^(tps|latency)"
 # Per-transaction latencies (3rd column, microseconds) from pgbench's log: the same percentiles as ours.
 cat "$LOGS"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{l[NR]=$1} END {printf "pgbench transaction p50 %.2f ms  p99 %.2f ms\n", l[int((NR-1)*0.5)+1]/1000, l[int((NR-1)*0.99)+1]/1000}'
-rm -rf "$SCRIPT" "$LOGS"
 RATE=$(echo "$PGBENCH" | sed -nE 's/^tps = ([0-9]+).*/\1/p')
+HALF=$((RATE / 2))
+rm -rf "$LOGS"; mkdir -p "$LOGS"
+(cd "$LOGS" && pgbench -h "$PGHOST" -U "$PGUSER" -n -c "$CONCURRENCY" -j 2 -T 10 -R "$HALF" -l -f "$SCRIPT" "$DB" > /dev/null 2>&1)
+# With --rate, pgbench's 3rd column counts from the transaction's scheduled start.
+cat "$LOGS"/pgbench_log.* | awk '{print $3}' | sort -n | awk -v r="$HALF" '{l[NR]=$1} END {printf "pgbench open loop at %s/s: p50 %.2f ms  p99 %.2f ms  max %.1f ms\n", r, l[int((NR-1)*0.5)+1]/1000, l[int((NR-1)*0.99)+1]/1000, l[NR]/1000}'
+rm -rf "$SCRIPT" "$LOGS"
 
 echo "== gtpcharge ReportSightings (a charge: purchase update, account update, 2 ledger entries, change row, audit row)"
 echo "-- closed loop, $CONCURRENCY callers"
@@ -53,3 +61,5 @@ echo "-- open loop at pgbench's rate ($RATE/s)"
 for b in 1 "$BATCH"; do
   ./target/release/examples/load "postgres://$PGUSER@$PGHOST:5432/$(fresh)" "$CHARGES" "$CONCURRENCY" "$b" "$RATE" | tail -1
 done
+echo "-- open loop at half pgbench's rate ($HALF/s), beside pgbench's own open loop above"
+./target/release/examples/load "postgres://$PGUSER@$PGHOST:5432/$(fresh)" "$CHARGES" "$CONCURRENCY" "$BATCH" "$HALF" | tail -1
