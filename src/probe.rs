@@ -33,16 +33,15 @@ impl Probe {
     pub fn frame(&mut self, frame: &Frame<'_>, mut emit: impl FnMut(&Event)) {
         self.packets += 1;
         self.bytes += u64::from(frame.wire_len);
-        match self.decoder.decode(frame.linktype, frame.ts_us, frame.data) {
-            Ok(Some(udp)) => {
-                let datagram = Datagram {
-                    ts_us: frame.ts_us,
-                    source: udp.source,
-                    destination: udp.destination,
-                    payload: udp.payload,
-                };
-                self.correlator.on_datagram(&datagram, &mut self.events);
-            }
+        let ts_us = frame.ts_us;
+        let decoded = self.decoder.decode_as(frame.linktype, ts_us, frame.data, |udp| Datagram {
+            ts_us,
+            source: udp.source,
+            destination: udp.destination,
+            payload: udp.payload,
+        });
+        match &decoded {
+            Ok(Some(datagram)) => self.correlator.on_datagram(datagram, &mut self.events),
             Ok(None) => self.fragments_held += 1,
             Err(reason) => self.correlator.count_drop(reason),
         }

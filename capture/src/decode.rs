@@ -131,11 +131,25 @@ impl Decoder {
         ts_us: u64,
         data: &'a [u8],
     ) -> Result<Option<Udp<'a>>, &'static str> {
+        self.decode_as(linktype, ts_us, data, |udp| udp)
+    }
+
+    /// [`Decoder::decode`], handing the datagram to `make` and returning what it makes: the caller's
+    /// own form of a datagram is then built where the result lies, not copied there from a [`Udp`]
+    /// (two socket addresses, moved field by field: 26 instructions a frame in the replay).
+    #[inline(always)]
+    pub fn decode_as<'a, T>(
+        &'a mut self,
+        linktype: i32,
+        ts_us: u64,
+        data: &'a [u8],
+        make: impl FnOnce(Udp<'a>) -> T,
+    ) -> Result<Option<T>, &'static str> {
         let network = network_layer(linktype, data)?;
         if let Some((source, destination, transport)) = plain_ipv4(network, IpNumber::UDP) {
-            return udp(source, destination, transport).map(Some);
+            return udp(source, destination, transport).map(|udp| Some(make(udp)));
         }
-        self.decode_ip(ts_us, network)
+        Ok(self.decode_ip(ts_us, network)?.map(make))
     }
 
     /// Everything but the common case (see `plain_ipv4`): IPv6, fragments, errors. Out of line, so that
