@@ -323,13 +323,13 @@ fn bench_sessions(c: &mut Criterion) {
     group.bench_function("idle-sessions/1M-live", |b| b.iter(|| black_box(table.expire(black_box(0)).len())));
     let mut flows = FlowTable::new(N as usize);
     for i in 0..N {
-        let key = FlowKey {
-            session: u64::from(i),
-            source: IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i)),
-            destination: IpAddr::from([203, 0, 113, 7]),
-            source_port: 40_000 + (i % 20_000) as u16,
-            destination_port: 80,
-        };
+        let key = FlowKey::new(
+            u64::from(i),
+            IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i)),
+            IpAddr::from([203, 0, 113, 7]),
+            40_000 + (i % 20_000) as u16,
+            80,
+        );
         flows.insert(key, FlowState::new(i, 1));
     }
     group.bench_function("idle-flows/1M-live", |b| b.iter(|| black_box(flows.expire(black_box(1)))));

@@ -88,8 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         made.extend(done??);
     }
     made.sort_unstable_by_key(|(i, _)| *i);
-    let mut tokens: Vec<(String, String)> =
-        made.into_iter().map(|(i, token)| (token, msisdn(i % accounts))).collect();
+    let mut tokens: Vec<(String, String)> = made.into_iter().map(|(i, token)| (token, msisdn(i % accounts))).collect();
     let measured = tokens.split_off(warmup);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;

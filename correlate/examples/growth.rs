@@ -25,13 +25,13 @@ fn main() {
     let n: u32 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let mut flows = FlowTable::new(n as usize);
     let (took, at) = slowest(n, |i| {
-        let key = FlowKey {
-            session: u64::from(i),
-            source: IpAddr::from((0x0A00_0000 + i).to_be_bytes()),
-            destination: IpAddr::from([203, 0, 113, 7]),
-            source_port: 40_000 + (i % 20_000) as u16,
-            destination_port: 80,
-        };
+        let key = FlowKey::new(
+            u64::from(i),
+            IpAddr::from((0x0A00_0000 + i).to_be_bytes()),
+            IpAddr::from([203, 0, 113, 7]),
+            40_000 + (i % 20_000) as u16,
+            80,
+        );
         flows.insert(key, FlowState::new(i, 1));
     });
     println!("flow table (sharded): slowest insert {:.1} ms at flow {at}", took.as_secs_f64() * 1e3);

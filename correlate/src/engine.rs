@@ -818,13 +818,7 @@ impl Correlator {
                 (source_port, destination_port)
             }
             Transport::Tcp { source_port, destination_port, sequence, syn, fin, rst, payload } => {
-                let key = FlowKey {
-                    session: session_id,
-                    source: packet.source,
-                    destination: packet.destination,
-                    source_port,
-                    destination_port,
-                };
+                let key = FlowKey::new(session_id, packet.source, packet.destination, source_port, destination_port);
                 self.on_tcp(key, sequence, syn, fin || rst, payload, &mut found_tokens);
                 (source_port, destination_port)
             }
