@@ -366,10 +366,17 @@ impl Store {
         hash.unwrap_or(0)
     }
 
+    /// Per G-PDU: the TEID is compared first (it tells entries apart), and the GSN address in place,
+    /// without building the record's `TunnelKey`.
     fn is_user(&self, entry: u32, key: TunnelKey) -> bool {
         let kind = entry & KIND_MASK;
-        (kind == ACCESS_USER || kind == CORE_USER)
-            && self.record(entry >> KIND_BITS).and_then(|r| self.key_at(r, kind)) == Some(key)
+        if kind != ACCESS_USER && kind != CORE_USER {
+            return false;
+        }
+        let Some(record) = self.record(entry >> KIND_BITS) else { return false };
+        record.teids.get(kind as usize) == Some(&key.teid)
+            && record.gsns.get(kind as usize).and_then(|&gsn| self.gsns.addresses.get(usize::from(gsn)))
+                == Some(&key.address)
     }
 
     fn is_control(&self, entry: u32, key: TunnelKey, nsapi: u8) -> bool {
