@@ -143,10 +143,14 @@ fn bench_hot_path(c: &mut Criterion) {
                 sequence = sequence.wrapping_add(payload.len() as u32);
                 frame[seq_at..seq_at + 4].copy_from_slice(&sequence.to_be_bytes());
                 ts += 10;
-                if let Ok(Some(udp)) = decoder.decode(1, ts, black_box(&frame)) {
-                    let d =
-                        Datagram { ts_us: ts, source: udp.source, destination: udp.destination, payload: udp.payload };
-                    correlator.on_datagram(&d, &mut events);
+                let decoded = decoder.decode_as(1, ts, black_box(&frame), |udp| Datagram {
+                    ts_us: ts,
+                    source: udp.source,
+                    destination: udp.destination,
+                    payload: udp.payload,
+                });
+                if let Ok(Some(d)) = &decoded {
+                    correlator.on_datagram(d, &mut events);
                 }
                 events.clear();
             })
@@ -220,14 +224,15 @@ fn bench_mix(c: &mut Criterion) {
                 for (ts, range) in &frames {
                     let frame = &mut buffer[..range.len()];
                     frame.copy_from_slice(&file[range.clone()]);
-                    if let Ok(Some(udp)) = decoder.decode(1, *ts, black_box(&*frame)) {
-                        let d = Datagram {
-                            ts_us: *ts,
-                            source: udp.source,
-                            destination: udp.destination,
-                            payload: udp.payload,
-                        };
-                        correlator.on_datagram(&d, events);
+                    // As the probe does (`Probe::frame`): the datagram is built where the result lies.
+                    let decoded = decoder.decode_as(1, *ts, black_box(&*frame), |udp| Datagram {
+                        ts_us: *ts,
+                        source: udp.source,
+                        destination: udp.destination,
+                        payload: udp.payload,
+                    });
+                    if let Ok(Some(d)) = &decoded {
+                        correlator.on_datagram(d, events);
                     }
                     events.clear();
                 }
