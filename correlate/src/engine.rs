@@ -780,7 +780,7 @@ impl Correlator {
         let mut unattributed_reason = "unknown-tunnel";
         let attributed = match found {
             Some(id) => {
-                let owns_source = self.sessions.touch(id, now) && self.sessions.may_send_from(id, packet.source);
+                let owns_source = self.sessions.touch_from(id, now, packet.source);
                 if !owns_source {
                     self.stats.note("inner-source-not-ue-ip");
                 }

@@ -290,6 +290,18 @@ impl Gsns {
     }
 }
 
+/// Whether `ip` is one of the UE addresses of the record in `slot` (its IPv6 one in `ue_ipv6`), or the
+/// record has none to compare with.
+fn sends_from(record: &Record, slot: u32, ip: IpAddr, ue_ipv6: &Map<u32, Ipv6Addr>) -> bool {
+    if record.flags & (HAS_V4 | HAS_V6) == 0 {
+        return true;
+    }
+    match ip {
+        IpAddr::V4(v4) => record.flags & HAS_V4 != 0 && record.ue_ipv4 == u32::from(v4),
+        IpAddr::V6(v6) => record.flags & HAS_V6 != 0 && ue_ipv6.get(&slot) == Some(&v6),
+    }
+}
+
 /// What index entries are resolved against: the slab and the side tables.
 struct Store {
     records: Vec<Record>,
@@ -644,14 +656,17 @@ impl SessionTable {
     /// Whether `ip` is one of the session's UE addresses, or the session has none to compare with.
     pub fn may_send_from(&self, id: u64, ip: IpAddr) -> bool {
         let Some(slot) = self.slot_of(id) else { return false };
-        let Some(record) = self.store.record(slot) else { return false };
-        if record.flags & (HAS_V4 | HAS_V6) == 0 {
-            return true;
-        }
-        match ip {
-            IpAddr::V4(v4) => record.flags & HAS_V4 != 0 && record.ue_ipv4 == u32::from(v4),
-            IpAddr::V6(v6) => self.store.ue_ipv6(slot, record) == Some(v6),
-        }
+        self.store.record(slot).is_some_and(|record| sends_from(record, slot, ip, &self.store.ue_ipv6))
+    }
+
+    /// [`SessionTable::touch`] and then [`SessionTable::may_send_from`] in one visit to the record (an
+    /// uplink packet on the session's tunnel): `false` if the session is not live or `ip` is not its.
+    pub fn touch_from(&mut self, id: u64, ts_us: u64, ip: IpAddr) -> bool {
+        let slot = slot_in(id);
+        let Store { records, ue_ipv6, .. } = &mut self.store;
+        let Some(record) = records.get_mut(slot as usize).filter(|r| r.is(id)) else { return false };
+        record.last_seen_us = record.last_seen_us.max(ts_us);
+        sends_from(record, slot, ip, ue_ipv6)
     }
 
     /// Inserts a new live session (its id is assigned here) and indexes it. Returns the id and the
@@ -998,6 +1013,38 @@ mod tests {
         assert_eq!(table.get(a), None);
         assert!(!table.touch(a, 5));
         assert!(table.touch(b, 5));
+    }
+
+    #[test]
+    fn touch_from_marks_the_session_seen_and_says_what_may_send_from_says() {
+        let mut table = SessionTable::new(10);
+        let (v4, _) = table.insert(session([10, 9, 0, 1], 1, 2)).unwrap();
+        let mut dual = session([10, 9, 0, 2], 3, 4);
+        dual.ue_ipv6 = Some("2001:db8::2".parse().unwrap());
+        let (dual, _) = table.insert(dual).unwrap();
+        let mut none = session([0, 0, 0, 0], 5, 6);
+        none.ue_ipv4 = None;
+        let (none, _) = table.insert(none).unwrap();
+        let ips: [IpAddr; 4] = [
+            [10, 9, 0, 1].into(),
+            [10, 9, 0, 2].into(),
+            "2001:db8::2".parse().unwrap(),
+            "2001:db8::9".parse().unwrap(),
+        ];
+        for (id, ts) in [(v4, 10), (dual, 20), (none, 30)] {
+            for ip in ips {
+                let expected = table.may_send_from(id, ip);
+                assert_eq!(table.touch_from(id, ts, ip), expected, "session {id:x} from {ip}");
+            }
+            assert_eq!(table.get(id).map(|s| s.last_seen_us), Some(ts), "touched even from a stranger's address");
+        }
+        assert!(table.touch_from(v4, 11, ips[0]) && !table.touch_from(v4, 12, ips[1]));
+        assert!(table.touch_from(dual, 21, ips[2]) && table.touch_from(dual, 21, ips[1]));
+        assert!(!table.touch_from(dual, 21, ips[3]), "another IPv6 address");
+        assert!(table.touch_from(none, 31, ips[3]), "no UE address to compare with");
+        assert_eq!(table.get(v4).map(|s| s.last_seen_us), Some(12));
+        table.remove(v4).unwrap();
+        assert!(!table.touch_from(v4, 13, ips[0]), "a session that ended");
     }
 
     #[test]
