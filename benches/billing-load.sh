@@ -40,16 +40,19 @@ INSERT INTO bench_entries (account, amount) VALUES (:id, -1);
 COMMIT;
 SQL
 LOGS=$(mktemp -d)
+# Percentiles of pgbench's per-transaction latencies (3rd column, microseconds; with --rate counted from
+# each transaction's scheduled start), the same ones ours prints.
+percentiles() {
+  cat "$LOGS"/pgbench_log.* | awk '{print $3}' | sort -n | awk -v label="$1" '{l[NR]=$1} END {printf "%s p50 %.2f ms  p99 %.2f ms  max %.1f ms\n", label, l[int((NR-1)*0.5)+1]/1000, l[int((NR-1)*0.99)+1]/1000, l[NR]/1000}'
+}
 PGBENCH=$(cd "$LOGS" && pgbench -h "$PGHOST" -U "$PGUSER" -n -c "$CONCURRENCY" -j 2 -T 10 -l -f "$SCRIPT" "$DB" 2>/dev/null)
 echo "$PGBENCH" | grep -E "^(tps|latency)"
-# Per-transaction latencies (3rd column, microseconds) from pgbench's log: the same percentiles as ours.
-cat "$LOGS"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{l[NR]=$1} END {printf "pgbench transaction p50 %.2f ms  p99 %.2f ms\n", l[int((NR-1)*0.5)+1]/1000, l[int((NR-1)*0.99)+1]/1000}'
+percentiles "pgbench transaction"
 RATE=$(echo "$PGBENCH" | sed -nE 's/^tps = ([0-9]+).*/\1/p')
 HALF=$((RATE / 2))
 rm -rf "$LOGS"; mkdir -p "$LOGS"
 (cd "$LOGS" && pgbench -h "$PGHOST" -U "$PGUSER" -n -c "$CONCURRENCY" -j 2 -T 10 -R "$HALF" -l -f "$SCRIPT" "$DB" > /dev/null 2>&1)
-# With --rate, pgbench's 3rd column counts from the transaction's scheduled start.
-cat "$LOGS"/pgbench_log.* | awk '{print $3}' | sort -n | awk -v r="$HALF" '{l[NR]=$1} END {printf "pgbench open loop at %s/s: p50 %.2f ms  p99 %.2f ms  max %.1f ms\n", r, l[int((NR-1)*0.5)+1]/1000, l[int((NR-1)*0.99)+1]/1000, l[NR]/1000}'
+percentiles "pgbench open loop at $HALF/s:"
 rm -rf "$SCRIPT" "$LOGS"
 
 echo "== gtpcharge ReportSightings (a charge: purchase update, account update, 2 ledger entries, change row, audit row)"

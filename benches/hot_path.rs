@@ -11,6 +11,12 @@ use gtpcharge_correlate::session::{Endpoint, Session, SessionTable, TunnelKey};
 use gtpcharge_correlate::wire::{gtpv1, gtpv2, Tbcd};
 use gtpcharge_correlate::{Config, Correlator, Datagram};
 use std::hint::black_box;
+
+/// The correlator's datagram from the decoder's, built where the decoder's result lies, as the probe
+/// builds it (`Probe::frame`).
+fn datagram(ts_us: u64) -> impl FnOnce(gtpcharge_capture::Udp<'_>) -> Datagram<'_> {
+    move |udp| Datagram { ts_us, source: udp.source, destination: udp.destination, payload: udp.payload }
+}
 use std::net::IpAddr;
 
 const SGSN: [u8; 4] = [192, 0, 2, 10];
@@ -143,12 +149,7 @@ fn bench_hot_path(c: &mut Criterion) {
                 sequence = sequence.wrapping_add(payload.len() as u32);
                 frame[seq_at..seq_at + 4].copy_from_slice(&sequence.to_be_bytes());
                 ts += 10;
-                let decoded = decoder.decode_as(1, ts, black_box(&frame), |udp| Datagram {
-                    ts_us: ts,
-                    source: udp.source,
-                    destination: udp.destination,
-                    payload: udp.payload,
-                });
+                let decoded = decoder.decode_as(1, ts, black_box(&frame), datagram(ts));
                 if let Ok(Some(d)) = &decoded {
                     correlator.on_datagram(d, &mut events);
                 }
@@ -224,13 +225,7 @@ fn bench_mix(c: &mut Criterion) {
                 for (ts, range) in &frames {
                     let frame = &mut buffer[..range.len()];
                     frame.copy_from_slice(&file[range.clone()]);
-                    // As the probe does (`Probe::frame`): the datagram is built where the result lies.
-                    let decoded = decoder.decode_as(1, *ts, black_box(&*frame), |udp| Datagram {
-                        ts_us: *ts,
-                        source: udp.source,
-                        destination: udp.destination,
-                        payload: udp.payload,
-                    });
+                    let decoded = decoder.decode_as(1, *ts, black_box(&*frame), datagram(*ts));
                     if let Ok(Some(d)) = &decoded {
                         correlator.on_datagram(d, events);
                     }

@@ -36,26 +36,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(n) => n.parse::<usize>()?.max(1),
         Err(_) => charges.div_ceil(100).max(1),
     };
-    // Setup runs 16 at a time (a 15,000-account run would otherwise spend a minute creating them).
-    let mut tasks = tokio::task::JoinSet::new();
-    for part in 0..SETUP_TASKS {
-        let ledger = ledger.clone();
-        tasks.spawn(async move {
-            for i in (part..accounts).step_by(SETUP_TASKS) {
-                let update = AccountUpdate {
-                    msisdn: msisdn(i),
-                    currency: "EUR".into(),
-                    balance: Some(1_000_000_000),
-                    ..Default::default()
-                };
-                ledger.set_account(&update).await?;
-            }
-            Ok::<(), gtpcharge_billing_api::ledger::LedgerError>(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
+    let owner = ledger.clone();
+    setup(accounts, move |i| {
+        let ledger = owner.clone();
+        async move {
+            let update = AccountUpdate {
+                msisdn: msisdn(i),
+                currency: "EUR".into(),
+                balance: Some(1_000_000_000),
+                ..Default::default()
+            };
+            ledger.set_account(&update).await.map(|_| ())
+        }
+    })
+    .await?;
     // The warm-up's purchases come first: the same path, run before the clock starts and not counted,
     // so the figures are the steady state's (pgbench, too, reports without its connection time).
     let warmup = match std::env::var("LOAD_WARMUP") {
@@ -63,32 +57,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => (charges / 10).max(200),
     };
     eprintln!("creating {} purchases ({warmup} for the warm-up) ...", charges + warmup);
-    let total = charges + warmup;
-    let mut tasks = tokio::task::JoinSet::new();
-    for part in 0..SETUP_TASKS {
-        let ledger = ledger.clone();
-        tasks.spawn(async move {
-            let mut made = Vec::new();
-            for i in (part..total).step_by(SETUP_TASKS) {
-                let new = NewPurchase {
-                    product_id: "load".into(),
-                    description: String::new(),
-                    amount: 1,
-                    currency: "EUR".into(),
-                    expires_in_s: 3600,
-                    idempotency_key: format!("load-{suffix}-{i}"),
-                };
-                made.push((i, ledger.create_purchase(sp, &new).await?.token));
-            }
-            Ok::<_, gtpcharge_billing_api::ledger::LedgerError>(made)
-        });
-    }
-    let mut made = Vec::with_capacity(total);
-    while let Some(done) = tasks.join_next().await {
-        made.extend(done??);
-    }
-    made.sort_unstable_by_key(|(i, _)| *i);
-    let mut tokens: Vec<(String, String)> = made.into_iter().map(|(i, token)| (token, msisdn(i % accounts))).collect();
+    let owner = ledger.clone();
+    let made = setup(charges + warmup, move |i| {
+        let ledger = owner.clone();
+        async move {
+            let new = NewPurchase {
+                product_id: "load".into(),
+                description: String::new(),
+                amount: 1,
+                currency: "EUR".into(),
+                expires_in_s: 3600,
+                idempotency_key: format!("load-{suffix}-{i}"),
+            };
+            ledger.create_purchase(sp, &new).await.map(|p| p.token)
+        }
+    })
+    .await?;
+    let mut tokens: Vec<(String, String)> =
+        made.into_iter().enumerate().map(|(i, token)| (token, msisdn(i % accounts))).collect();
     let measured = tokens.split_off(warmup);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
@@ -151,6 +137,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Setup tasks (accounts, purchases) run at once.
 const SETUP_TASKS: usize = 16;
+
+/// `make(0) .. make(count - 1)`, [`SETUP_TASKS`] at a time (a 15,000-account run would otherwise spend a
+/// minute creating them one by one); the results in that order.
+async fn setup<T, F, Fut>(count: usize, make: F) -> Result<Vec<T>, Box<dyn std::error::Error>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, gtpcharge_billing_api::ledger::LedgerError>> + Send,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in 0..SETUP_TASKS {
+        let make = make.clone();
+        tasks.spawn(async move {
+            let mut made = Vec::new();
+            for i in (part..count).step_by(SETUP_TASKS) {
+                made.push((i, make(i).await?));
+            }
+            Ok::<_, gtpcharge_billing_api::ledger::LedgerError>(made)
+        });
+    }
+    let mut made = Vec::with_capacity(count);
+    while let Some(done) = tasks.join_next().await {
+        made.extend(done??);
+    }
+    made.sort_unstable_by_key(|(i, _)| *i);
+    Ok(made.into_iter().map(|(_, t)| t).collect())
+}
 
 /// The MSISDN of account `i`.
 fn msisdn(i: usize) -> String {

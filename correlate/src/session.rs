@@ -298,8 +298,16 @@ fn sends_from(record: &Record, slot: u32, ip: IpAddr, ue_ipv6: &Map<u32, Ipv6Add
     }
     match ip {
         IpAddr::V4(v4) => record.flags & HAS_V4 != 0 && record.ue_ipv4 == u32::from(v4),
-        IpAddr::V6(v6) => record.flags & HAS_V6 != 0 && ue_ipv6.get(&slot) == Some(&v6),
+        IpAddr::V6(v6) => ue_ipv6_of(record, slot, ue_ipv6) == Some(v6),
     }
+}
+
+/// The IPv6 UE address of the record in `slot`, kept in `ue_ipv6` (few sessions have one).
+fn ue_ipv6_of(record: &Record, slot: u32, ue_ipv6: &Map<u32, Ipv6Addr>) -> Option<Ipv6Addr> {
+    if record.flags & HAS_V6 == 0 {
+        return None;
+    }
+    ue_ipv6.get(&slot).copied()
 }
 
 /// What index entries are resolved against: the slab and the side tables.
@@ -322,6 +330,15 @@ impl Store {
         let gsn = *record.gsns.get(kind as usize)?;
         let teid = *record.teids.get(kind as usize)?;
         Some(TunnelKey { address: self.gsns.address(gsn)?, teid })
+    }
+
+    /// Whether the record's tunnel end of `kind` is `key`, as `key_at(record, kind) == Some(key)` but
+    /// without building the record's key (per G-PDU): the TEID first, which tells entries apart, then
+    /// the GSN address in place.
+    fn has_key(&self, record: &Record, kind: u32, key: TunnelKey) -> bool {
+        record.teids.get(kind as usize) == Some(&key.teid)
+            && record.gsns.get(kind as usize).and_then(|&gsn| self.gsns.addresses.get(usize::from(gsn)))
+                == Some(&key.address)
     }
 
     // Entries of different kinds may share a hash: every lookup also checks the entry's kind.
@@ -351,10 +368,7 @@ impl Store {
     }
 
     fn ue_ipv6(&self, slot: u32, record: &Record) -> Option<Ipv6Addr> {
-        if record.flags & HAS_V6 == 0 {
-            return None;
-        }
-        self.ue_ipv6.get(&slot).copied()
+        ue_ipv6_of(record, slot, &self.ue_ipv6)
     }
 
     fn tid(&self, slot: u32, record: &Record) -> Option<u64> {
@@ -378,23 +392,16 @@ impl Store {
         hash.unwrap_or(0)
     }
 
-    /// Per G-PDU: the TEID is compared first (it tells entries apart), and the GSN address in place,
-    /// without building the record's `TunnelKey`.
     fn is_user(&self, entry: u32, key: TunnelKey) -> bool {
         let kind = entry & KIND_MASK;
-        if kind != ACCESS_USER && kind != CORE_USER {
-            return false;
-        }
-        let Some(record) = self.record(entry >> KIND_BITS) else { return false };
-        record.teids.get(kind as usize) == Some(&key.teid)
-            && record.gsns.get(kind as usize).and_then(|&gsn| self.gsns.addresses.get(usize::from(gsn)))
-                == Some(&key.address)
+        (kind == ACCESS_USER || kind == CORE_USER)
+            && self.record(entry >> KIND_BITS).is_some_and(|r| self.has_key(r, kind, key))
     }
 
     fn is_control(&self, entry: u32, key: TunnelKey, nsapi: u8) -> bool {
         let kind = entry & KIND_MASK;
         (kind == ACCESS_CONTROL || kind == CORE_CONTROL)
-            && self.record(entry >> KIND_BITS).is_some_and(|r| r.nsapi == nsapi && self.key_at(r, kind) == Some(key))
+            && self.record(entry >> KIND_BITS).is_some_and(|r| r.nsapi == nsapi && self.has_key(r, kind, key))
     }
 
     fn is_ip(&self, entry: u32, ip: IpAddr) -> bool {
@@ -605,7 +612,7 @@ impl SessionTable {
             }
             let slot = entry >> KIND_BITS;
             let Some(record) = store.record(slot) else { continue };
-            if store.key_at(record, kind) != Some(key) {
+            if !store.has_key(record, kind, key) {
                 continue;
             }
             let other = if kind == ACCESS_CONTROL { CORE_CONTROL } else { ACCESS_CONTROL };
