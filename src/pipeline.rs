@@ -256,7 +256,7 @@ pub fn read_live(
 ///
 /// Measured on the 2-vCPU test VM, which moves between two states as the host places its vCPUs: 45-63
 /// ns, when the pipeline is about 1.5x faster than one thread, and about 380 ns, when it is about 1.5x
-/// slower (README, Performance).
+/// slower (benches/RESULTS.md).
 pub fn cross_core_round_trip() -> Option<Duration> {
     const WARM_UP: u32 = 1_000;
     const TURNS: u32 = 20_000;
@@ -307,7 +307,7 @@ pub fn cross_core_round_trip() -> Option<Duration> {
 
 /// A hand-over between the two threads dearer than this, and the pipeline is slower than one thread.
 /// On the test VM the round trip measured 45-63 ns when the pipeline was about 1.5x faster than one
-/// thread and 369-384 ns when it was about 1.5x slower (README, Performance); this sits between.
+/// thread and 369-384 ns when it was about 1.5x slower (benches/RESULTS.md); this sits between.
 pub const ROUND_TRIP_MAX: Duration = Duration::from_nanos(200);
 
 /// How many threads read and correlate.

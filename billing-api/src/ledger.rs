@@ -1109,7 +1109,7 @@ impl Ledger {
     /// connection prepared when it opened ([`postgres_prepared`]), run by `EXECUTE` with their values
     /// written into the text as constants ([`pg_literal`]), because a simple query takes no parameters:
     /// PostgreSQL parses and plans them once per connection, not once per batch (which was a third of its
-    /// CPU under load), and the batch still costs two round trips (README, performance).
+    /// CPU under load), and the batch still costs two round trips (benches/RESULTS.md).
     ///
     /// The locking read locks the purchases of the sighted tokens (in id order), then the accounts of
     /// the MSISDNs that saw a pending, unexpired one (in MSISDN order), in one statement: the accounts'

@@ -142,7 +142,7 @@ impl LibpcapFile {
 /// The stdio buffer libpcap reads a capture file through (see [`crate::stdio`]). On the 2.15M-frame
 /// bench capture (0.95 GB, page cache) the floor took 0.42-1.5 s with stdio's 4 KiB and 0.28-0.42 s with
 /// anything from 32 KiB to 4 MiB (no size clearly ahead); 64 KiB stays in L2 beside the pipeline's
-/// batches, and the replays were no slower with it than with 1 MiB (README, performance).
+/// batches, and the replays were no slower with it than with 1 MiB (benches/RESULTS.md).
 pub const FILE_READ_BUFFER: usize = 64 << 10;
 
 /// How [`FileSource::open_with`] has libpcap read the file.
