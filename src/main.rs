@@ -1,5 +1,6 @@
 //! `gtpcharge`: the probe (replay, capture), the token tool and the capture generator.
 //! See README.md for the commands and ARCHITECTURE.md for the code map.
+#![deny(unsafe_code)]
 mod billing;
 mod config;
 mod delivery;
@@ -8,6 +9,7 @@ mod jsonl;
 mod logging;
 mod metrics;
 mod pipeline;
+mod prefetch;
 mod probe;
 mod run;
 

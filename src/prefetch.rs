@@ -1,0 +1,58 @@
+//! Cache hints for the pipeline's hand-over of frames between its two threads (`pipeline.rs`).
+//!
+//! The reader thread writes each frame into a recycled batch whose lines the correlating thread read
+//! last, on the other core; the correlating thread then reads them back from the reader's core. Both
+//! stalled on those cross-core transfers (perf, session 16: the correlating thread's loop over a batch
+//! held 18% of the pipeline's samples, the reader's copy into the batch 12%). A hint issued a few frames
+//! ahead overlaps the transfer with the work on the frames before it.
+//!
+//! This is the binary's only unsafe code (with the CPUID read that tells whether the CPU has
+//! `prefetchw`), and it cannot be unsound whatever the address: a prefetch is
+//! a hint that reads and writes nothing architecturally and never faults, so a pointer past the end of
+//! a buffer, or into unmapped memory, is harmless (Intel SDM, PREFETCHh and PREFETCHW). Elsewhere than
+//! x86-64 the hints do nothing.
+#![allow(unsafe_code)]
+
+/// Hints that the line holding `at` will be read soon (into every cache level: `prefetcht0`).
+#[inline(always)]
+pub fn read(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` accesses no memory and cannot fault (module docs).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+/// Whether this CPU has `prefetchw` (CPUID's PRFCHW bit; every x86-64 CPU from about 2014 on). Where it
+/// lacks it, [`write`] must not be called: older Intel CPUs may not treat the opcode as a no-op.
+pub fn write_hint_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0x8000_0001, ECX bit 8 (PRFCHW, "3DNowPrefetch"): std's feature detection does not
+        // know this one on stable Rust.
+        use std::arch::x86_64::__cpuid;
+        #[allow(unused_unsafe)] // `__cpuid` is safe on newer toolchains
+        // SAFETY: CPUID exists on every x86-64 CPU and only reads identification registers.
+        let (highest, features) = unsafe { (__cpuid(0x8000_0000).eax, __cpuid(0x8000_0001).ecx) };
+        highest >= 0x8000_0001 && features & (1 << 8) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Hints that the line holding `at` will be written soon: `prefetchw` fetches it exclusive, so a line
+/// the other core holds is taken from it before the store needs it. Only where
+/// [`write_hint_available`] said so.
+#[inline(always)]
+pub fn write(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetchw` accesses no memory and cannot fault (module docs); the caller checked that
+    // the CPU has the instruction.
+    unsafe {
+        std::arch::asm!("prefetchw [{}]", in(reg) at, options(nostack, preserves_flags, readonly));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
