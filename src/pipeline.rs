@@ -50,27 +50,21 @@ struct Item {
 }
 
 /// What the correlating thread receives: copies of captured frames, in capture order.
+#[derive(Default)]
 pub struct Batch {
     /// Bytes of capture file consumed so far (for the progress bar).
     pub position: u64,
     items: Vec<Item>,
     bytes: Vec<u8>,
-    /// Whether `push` may hint its writes ahead (the CPU has `prefetchw`).
-    write_hint: bool,
-}
-
-impl Default for Batch {
-    fn default() -> Batch {
-        Batch { position: 0, items: Vec::new(), bytes: Vec::new(), write_hint: prefetch::write_hint_available() }
-    }
 }
 
 /// How far ahead of its copy `push` hints the batch's lines for writing: about four frames of the bench
 /// mix, and less than a 64 KiB batch.
 const WRITE_AHEAD: usize = 2048;
-/// How many frames ahead `frames` hints the first two lines of a frame (the headers every frame's
-/// decode reads) for reading.
+/// How many frames ahead `frames` hints the start of a frame for reading.
 const READ_AHEAD: usize = 8;
+/// How much of a frame that is: two lines, the headers every frame's decode reads.
+const READ_HINT_BYTES: usize = 128;
 
 impl Batch {
     fn clear(&mut self) {
@@ -88,15 +82,10 @@ impl Batch {
 
     fn push(&mut self, frame: &Frame<'_>) {
         let start = self.bytes.len();
-        if self.write_hint {
-            // The lines this frame's length will need WRITE_AHEAD bytes on, within the batch's memory.
-            let spare = self.bytes.spare_capacity_mut();
-            let base = spare.as_ptr().cast::<u8>();
-            let end = (WRITE_AHEAD + frame.data.len()).min(spare.len());
-            for at in (WRITE_AHEAD..end).step_by(64) {
-                prefetch::write(base.wrapping_add(at));
-            }
-        }
+        // The lines this frame's length will need WRITE_AHEAD bytes on, within the batch's memory.
+        let spare = self.bytes.spare_capacity_mut();
+        let ahead = spare.get(WRITE_AHEAD..).unwrap_or_default();
+        prefetch::write_lines(ahead.as_ptr().cast(), frame.data.len().min(ahead.len()));
         self.bytes.extend_from_slice(frame.data);
         self.items.push(Item {
             ts_us: frame.ts_us,
@@ -111,9 +100,7 @@ impl Batch {
     pub fn frames(&self) -> impl Iterator<Item = Frame<'_>> {
         self.items.iter().enumerate().map(|(i, item)| {
             if let Some(ahead) = self.items.get(i + READ_AHEAD) {
-                let at = self.bytes.as_ptr().wrapping_add(ahead.start);
-                prefetch::read(at);
-                prefetch::read(at.wrapping_add(64));
+                prefetch::read_lines(self.bytes.as_ptr().wrapping_add(ahead.start), READ_HINT_BYTES);
             }
             Frame {
                 ts_us: item.ts_us,

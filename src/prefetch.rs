@@ -13,21 +13,52 @@
 //! x86-64 the hints do nothing.
 #![allow(unsafe_code)]
 
-/// Hints that the line holding `at` will be read soon (into every cache level: `prefetcht0`).
+use std::sync::LazyLock;
+
+/// Hints that the lines of `[start, start + len)` will be read soon (into every cache level:
+/// `prefetcht0`).
 #[inline(always)]
-pub fn read(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` accesses no memory and cannot fault (module docs).
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+pub fn read_lines(start: *const u8, len: usize) {
+    for at in (0..len).step_by(LINE) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `prefetcht0` accesses no memory and cannot fault (module docs).
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.wrapping_add(at).cast());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (start, at);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
 }
 
+/// Hints that the lines of `[start, start + len)` will be written soon: `prefetchw` fetches each
+/// exclusive, so a line the other core holds is taken from it before the store needs it. Nothing where
+/// the CPU lacks the instruction.
+#[inline(always)]
+pub fn write_lines(start: *const u8, len: usize) {
+    if !*WRITE_HINT {
+        return;
+    }
+    for at in (0..len).step_by(LINE) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `prefetchw` accesses no memory and cannot fault (module docs), and `WRITE_HINT` said
+        // the CPU has it.
+        unsafe {
+            std::arch::asm!(
+                "prefetchw [{}]",
+                in(reg) start.wrapping_add(at),
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (start, at);
+    }
+}
+
+const LINE: usize = 64;
+
 /// Whether this CPU has `prefetchw` (CPUID's PRFCHW bit; every x86-64 CPU from about 2014 on). Where it
-/// lacks it, [`write`] must not be called: older Intel CPUs may not treat the opcode as a no-op.
-pub fn write_hint_available() -> bool {
+/// lacks it, `write_lines` issues nothing: older Intel CPUs may not treat the opcode as a no-op.
+static WRITE_HINT: LazyLock<bool> = LazyLock::new(|| {
     #[cfg(target_arch = "x86_64")]
     {
         // CPUID leaf 0x8000_0001, ECX bit 8 (PRFCHW, "3DNowPrefetch"): std's feature detection does not
@@ -40,19 +71,4 @@ pub fn write_hint_available() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// Hints that the line holding `at` will be written soon: `prefetchw` fetches it exclusive, so a line
-/// the other core holds is taken from it before the store needs it. Only where
-/// [`write_hint_available`] said so.
-#[inline(always)]
-pub fn write(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetchw` accesses no memory and cannot fault (module docs); the caller checked that
-    // the CPU has the instruction.
-    unsafe {
-        std::arch::asm!("prefetchw [{}]", in(reg) at, options(nostack, preserves_flags, readonly));
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
-}
+});
