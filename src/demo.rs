@@ -27,7 +27,12 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
         std::fs::remove_file(&reference)?;
         bytes
     };
-    let actual = std::fs::read(sample).with_context(|| format!("{}: cannot read", sample.display()))?;
+    let actual = std::fs::read(sample).with_context(|| {
+        format!(
+            "{}: cannot read (the sample is in the repository: run from its root, or name it: gtpcharge demo PATH)",
+            sample.display()
+        )
+    })?;
     if actual != expected_bytes {
         bail!("{} is not the committed sample (the demo knows the sample's tokens only)", sample.display());
     }

@@ -87,6 +87,23 @@ fn the_readme_demo_charges_every_sample_purchase() {
     );
 }
 
+/// Run elsewhere than the repository's root, the demo's default sample is not found: it says where the
+/// sample is and how to name it, and writes nothing on stdout.
+#[test]
+fn the_demo_outside_the_repository_says_where_the_sample_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .current_dir(dir.path())
+        .args(["demo", "--workdir", dir.path().join("work").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("pcaps/sample.pcap: cannot read"), "{stderr}");
+    assert!(stderr.contains("gtpcharge demo PATH"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
 /// Deletes the test's network namespace (and with it the veth pair) however the test ends.
 struct Namespace(String);
 
