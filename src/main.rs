@@ -95,6 +95,9 @@ enum Command {
         /// program gets without tuning.
         #[arg(long, conflicts_with = "pipeline")]
         plain: bool,
+        /// With --pipeline: how the frames cross to the counting thread (see `replay --handover`).
+        #[arg(long, value_enum, default_value_t = HandoverArg::Auto, requires = "pipeline")]
+        handover: HandoverArg,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -291,6 +294,24 @@ enum AccountCommand {
     Show { msisdn: String },
 }
 
+/// `--handover`: forced, or chosen by the round trip at start.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum HandoverArg {
+    Auto,
+    Cached,
+    Streaming,
+}
+
+impl HandoverArg {
+    fn forced(self) -> Option<pipeline::Handover> {
+        match self {
+            HandoverArg::Auto => None,
+            HandoverArg::Cached => Some(pipeline::Handover::Cached),
+            HandoverArg::Streaming => Some(pipeline::Handover::Streaming),
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Emit {
     /// One JSON object per event on stdout.
@@ -359,6 +380,11 @@ struct ProbeArgs {
     /// Always use the two threads, whatever the check at start finds.
     #[arg(long, conflicts_with = "single_thread", env = "GTPCHARGE_PIPELINE")]
     pipeline: bool,
+    /// How the reader thread hands frames to the correlating thread: `cached` (ordinary stores: best
+    /// where the two cores share a cache cheaply), `streaming` (non-temporal stores: best where a cache
+    /// line between them is slow), or `auto` (by the cross-core round trip measured at start).
+    #[arg(long, value_enum, default_value_t = HandoverArg::Auto, env = "GTPCHARGE_HANDOVER")]
+    handover: HandoverArg,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long, env = "GTPCHARGE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -368,11 +394,16 @@ impl ProbeArgs {
     /// One thread or two: what the flags force, or what this machine favours (logged when it decided).
     fn threads(&self) -> pipeline::Threads {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (threads, why) =
-            pipeline::choose(self.single_thread, self.pipeline, cores, pipeline::cross_core_round_trip);
+        let (threads, why) = pipeline::choose(
+            self.single_thread,
+            self.pipeline,
+            self.handover.forced(),
+            cores,
+            pipeline::cross_core_round_trip,
+        );
         let threads_text = match threads {
             pipeline::Threads::One => "one thread",
-            pipeline::Threads::Two => "two threads (reader + correlator)",
+            pipeline::Threads::Two(_) => "two threads (reader + correlator)",
         };
         if self.single_thread || self.pipeline {
             tracing::debug!(threads = threads_text, why, "reading and correlating");
@@ -466,7 +497,22 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
         None => eprintln!("gtpcharge: {error}"),
     };
     let mut all_read = true;
-    if threads == pipeline::Threads::One {
+    if let pipeline::Threads::Two(handover) = threads {
+        let reader = pipeline::read_files(sources, handover).context("starting the reader thread")?;
+        while let Some(batch) = reader.next() {
+            run.batch(&batch);
+            if let Some(bar) = &progress {
+                bar.set_position(batch.position);
+            }
+            run.publish(None, false);
+            reader.recycle(batch);
+        }
+        let errors = reader.join().map_err(|_| anyhow::anyhow!("the reader thread failed"))?;
+        for error in &errors {
+            report(error);
+        }
+        all_read = errors.is_empty();
+    } else {
         let mut position = 0u64;
         for source in &mut sources {
             if let Some(bar) = &progress {
@@ -487,21 +533,6 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
                 all_read = false;
             }
         }
-    } else {
-        let reader = pipeline::read_files(sources).context("starting the reader thread")?;
-        while let Some(batch) = reader.next() {
-            run.batch(&batch);
-            if let Some(bar) = &progress {
-                bar.set_position(batch.position);
-            }
-            run.publish(None, false);
-            reader.recycle(batch);
-        }
-        let errors = reader.join().map_err(|_| anyhow::anyhow!("the reader thread failed"))?;
-        for error in &errors {
-            report(error);
-        }
-        all_read = errors.is_empty();
     }
     if let Some(bar) = progress {
         bar.finish_and_clear();
@@ -517,7 +548,9 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
     let mut source = LiveSource::open(&live)?;
     let mut run = ProbeRun::start(args)?;
     tracing::info!(interface = %live.interface, "capturing (stop with SIGINT or SIGTERM)");
-    let libpcap = if args.threads() == pipeline::Threads::One {
+    let libpcap = if let pipeline::Threads::Two(handover) = args.threads() {
+        live_pipeline(source, &mut run, &stop, handover)?
+    } else {
         while !stop.load(Ordering::SeqCst) {
             source.dispatch(|frame| run.frame(frame))?;
             if run.wants_publish() {
@@ -526,33 +559,42 @@ fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
             }
         }
         source.stats()?
-    } else {
-        let shared = Arc::new(std::sync::Mutex::new(None));
-        let reader = pipeline::read_live(source, stop.clone(), shared.clone()).context("starting the reader thread")?;
-        // Wake at least every 200 ms so the metrics stay fresh while the link is quiet.
-        loop {
-            match reader.next_timeout(std::time::Duration::from_millis(200)) {
-                Ok(batch) => {
-                    run.batch(&batch);
-                    reader.recycle(batch);
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            }
-            if run.wants_publish() {
-                let libpcap = shared.lock().ok().and_then(|s| *s);
-                run.publish(libpcap, false);
-            }
-        }
-        if let Ok(Some(error)) = reader.join() {
-            return Err(error.into());
-        }
-        let last = shared.lock().ok().and_then(|s| *s);
-        last.unwrap_or_default()
     };
     // Whatever could not be delivered within the drain time stays in the spool for the next start.
     run.finish(Some(libpcap), std::time::Duration::from_secs(args.drain_timeout_s.min(10)))?;
     Ok(())
+}
+
+/// The live capture on two threads until `stop`; libpcap's last counters.
+fn live_pipeline(
+    source: LiveSource,
+    run: &mut ProbeRun,
+    stop: &Arc<AtomicBool>,
+    handover: pipeline::Handover,
+) -> Result<gtpcharge_capture::LiveStats> {
+    let shared = Arc::new(std::sync::Mutex::new(None));
+    let reader =
+        pipeline::read_live(source, stop.clone(), shared.clone(), handover).context("starting the reader thread")?;
+    // Wake at least every 200 ms so the metrics stay fresh while the link is quiet.
+    loop {
+        match reader.next_timeout(std::time::Duration::from_millis(200)) {
+            Ok(batch) => {
+                run.batch(&batch);
+                reader.recycle(batch);
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        if run.wants_publish() {
+            let libpcap = shared.lock().ok().and_then(|s| *s);
+            run.publish(libpcap, false);
+        }
+    }
+    if let Ok(Some(error)) = reader.join() {
+        return Err(error.into());
+    }
+    let last = shared.lock().ok().and_then(|s| *s);
+    Ok(last.unwrap_or_default())
 }
 
 fn main() -> std::process::ExitCode {
@@ -597,7 +639,9 @@ fn main() -> std::process::ExitCode {
             None => Err(anyhow::anyhow!("--api-key (or GTPCHARGE_API_KEY) is required")),
         },
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
-        Command::Floor { pipeline, plain, files } => floor(&files, pipeline, plain).map(|()| true),
+        Command::Floor { pipeline, plain, handover, files } => {
+            floor(&files, pipeline.then_some(handover.forced()), plain).map(|()| true)
+        }
         Command::FuzzCorpus { out, files } => fuzz_corpus(&out, &files).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
         Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
@@ -691,19 +735,27 @@ fn fuzz_corpus(out: &std::path::Path, files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn floor(files: &[PathBuf], through_pipeline: bool, plain: bool) -> Result<()> {
-    if through_pipeline {
-        // Before the clock starts: what each hand-over between the two threads costs on this machine.
-        match pipeline::cross_core_round_trip() {
-            Some(round_trip) => eprintln!("cross-core round trip {} ns", round_trip.as_nanos()),
-            None => eprintln!("cross-core round trip not measured: the two threads did not run at once"),
+/// `through_pipeline`: `Some` with the hand-over forced, or `None` inside to choose it as the replay does.
+fn floor(files: &[PathBuf], through_pipeline: Option<Option<pipeline::Handover>>, plain: bool) -> Result<()> {
+    // Before the clock starts: what each hand-over between the two threads costs on this machine, and
+    // so which hand-over the replay would use.
+    let handover = through_pipeline.map(|forced| {
+        let trip = pipeline::cross_core_round_trip();
+        let handover = forced.unwrap_or(pipeline::Handover::for_round_trip(trip));
+        match trip {
+            Some(trip) => eprintln!("cross-core round trip {} ns, {} hand-over", trip.as_nanos(), handover.name()),
+            None => eprintln!(
+                "cross-core round trip not measured: the two threads did not run at once; {} hand-over",
+                handover.name()
+            ),
         }
-    }
+        handover
+    });
     let started = std::time::Instant::now();
     let (mut packets, mut bytes) = (0u64, 0u64);
-    if through_pipeline {
+    if let Some(handover) = handover {
         let sources = files.iter().map(|path| FileSource::open(path, None)).collect::<Result<Vec<_>, _>>()?;
-        let reader = pipeline::read_files(sources).context("starting the reader thread")?;
+        let reader = pipeline::read_files(sources, handover).context("starting the reader thread")?;
         while let Some(batch) = reader.next() {
             for frame in batch.frames() {
                 packets += 1;
@@ -727,7 +779,7 @@ fn floor(files: &[PathBuf], through_pipeline: bool, plain: bool) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     eprintln!(
         "{} packets {packets}  bytes {bytes}  elapsed {elapsed:.3}s  {:.0} packets/s  {:.3} Gbit/s",
-        match (through_pipeline, plain) {
+        match (handover.is_some(), plain) {
             (true, _) => "floor-pipeline",
             (false, true) => "floor-plain",
             (false, false) => "floor",

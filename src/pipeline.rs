@@ -7,6 +7,12 @@
 //! in session 13 (the reader decoding the common case, IPv4 UDP, into the batch entry): pipeline 0.698×
 //! → 0.641× of the floor, single thread unchanged (`benches/replay-ab.sh`, 6 alternating rounds).
 //!
+//! Two layouts of a batch, one per [`Handover`]: frames copied through the cache with a side list of where
+//! each is (`Item`), or streamed to memory each behind a 32-byte head (`Head`), so that nothing the
+//! correlating thread reads is written by ordinary stores (each such line crosses back to the reader's
+//! core before the store can complete: 0.5 lines a frame for the side list, at 450 ns a crossing on the
+//! test VM in its slow state).
+//!
 //! Bounds and policy: 16 batches in flight of at most 512 frames or 64 KiB each (about 1 MiB in all, so
 //! the frames are still in cache when the correlating thread reads them), recycled through a return
 //! channel (no allocation per batch in steady state). Policy **block**: a reader ahead of the correlator
@@ -18,8 +24,11 @@
 //! coming from the reader's core) and was the slower thread; after, 4–5%, and the reader is the slower
 //! one. `benches/replay-ab.sh` (10 and 6 rounds, both orders): 0.717× → 0.745× and 0.706× → 0.741×.
 //!
-//! Whether to run it at all: [`choose`] (one thread on one core, or where a hand-over between the two
-//! cores costs more than [`ROUND_TRIP_MAX`], measured by [`cross_core_round_trip`]).
+//! Whether to run it at all, and how the frames cross: [`choose`] (one thread on one core; otherwise two,
+//! the frames copied through the cache ([`Handover::Cached`]) where a cache line between the two cores
+//! and back takes at most [`ROUND_TRIP_MAX`], measured by [`cross_core_round_trip`], and by
+//! non-temporal stores ([`Handover::Streaming`]) where it takes longer. Before session 18 the slow case
+//! ran one thread: with cached copies there the pipeline was slower than one thread.
 //!
 //! Waiting: either thread that finds nothing to take spins for up to [`SPIN_MAX`] before it sleeps. A
 //! sleeping thread costs the other a futex wake and itself a context switch, which on the test VM cost
@@ -49,13 +58,51 @@ struct Item {
     end: usize,
 }
 
-/// What the correlating thread receives: copies of captured frames, in capture order.
+/// What the correlating thread receives: copies of captured frames, in capture order. With the cached
+/// hand-over `items` says where each frame is in `bytes`; with the streaming one, `bytes` holds each
+/// frame behind a head of its own (`Head`), written by the same streaming stores, and `items` stays
+/// empty (its lines would cross between the cores one store at a time).
 #[derive(Default)]
 pub struct Batch {
     /// Bytes of capture file consumed so far (for the progress bar).
     pub position: u64,
+    handover: Option<Handover>,
+    frames: usize,
     items: Vec<Item>,
     bytes: Vec<u8>,
+}
+
+/// A streamed frame's head: what an `Item` says, but the frame's length in place of where it is.
+struct Head {
+    ts_us: u64,
+    wire_len: u32,
+    linktype: i32,
+    len: u64,
+}
+
+impl Head {
+    fn to_bytes(&self) -> [u8; prefetch::STREAM_HEAD] {
+        let mut out = [0u8; prefetch::STREAM_HEAD];
+        let (ts, rest) = out.split_at_mut(8);
+        let (wire, rest) = rest.split_at_mut(4);
+        let (link, rest) = rest.split_at_mut(4);
+        ts.copy_from_slice(&self.ts_us.to_ne_bytes());
+        wire.copy_from_slice(&self.wire_len.to_ne_bytes());
+        link.copy_from_slice(&self.linktype.to_ne_bytes());
+        rest.get_mut(..8).unwrap_or_default().copy_from_slice(&self.len.to_ne_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Head> {
+        let field = |at: usize| bytes.get(at..at + 8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+        let half = |at: usize| bytes.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+        Some(Head {
+            ts_us: u64::from_ne_bytes(field(0)?),
+            wire_len: u32::from_ne_bytes(half(8)?),
+            linktype: i32::from_ne_bytes(half(12)?),
+            len: u64::from_ne_bytes(field(16)?),
+        })
+    }
 }
 
 /// How far ahead of its copy `push` hints the batch's lines for writing: about four frames of the bench
@@ -65,48 +112,86 @@ const WRITE_AHEAD: usize = 2048;
 const READ_AHEAD: usize = 8;
 /// How much of a frame that is: two lines, the headers every frame's decode reads.
 const READ_HINT_BYTES: usize = 128;
+/// With the streaming hand-over, where frames are found by walking the batch: how far ahead of the frame
+/// being read its lines are hinted (about eight frames of the bench mix).
+const STREAM_READ_AHEAD: usize = 4096;
 
 impl Batch {
     fn clear(&mut self) {
+        self.frames = 0;
         self.items.clear();
         self.bytes.clear();
     }
 
     fn is_full(&self) -> bool {
-        self.items.len() >= BATCH_FRAMES_MAX || self.bytes.len() >= BATCH_BYTES_MAX
+        self.frames >= BATCH_FRAMES_MAX || self.bytes.len() >= BATCH_BYTES_MAX
     }
 
     fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.frames == 0
     }
 
-    fn push(&mut self, frame: &Frame<'_>) {
-        let start = self.bytes.len();
-        // The lines this frame's length will need WRITE_AHEAD bytes on, within the batch's memory.
-        let spare = self.bytes.spare_capacity_mut();
-        let ahead = spare.get(WRITE_AHEAD..).unwrap_or_default();
-        prefetch::write_lines(ahead.as_ptr().cast(), frame.data.len().min(ahead.len()));
-        self.bytes.extend_from_slice(frame.data);
-        self.items.push(Item {
-            ts_us: frame.ts_us,
-            wire_len: frame.wire_len,
-            linktype: frame.linktype,
-            start,
-            end: self.bytes.len(),
-        });
+    /// Appends a frame. A batch holds frames of one hand-over: an emptied batch takes the next one's.
+    fn push(&mut self, frame: &Frame<'_>, handover: Handover) {
+        if self.is_empty() {
+            self.handover = Some(handover);
+        }
+        self.frames += 1;
+        match handover {
+            Handover::Cached => {
+                let start = self.bytes.len();
+                // The lines this frame's length will need WRITE_AHEAD bytes on, within the batch's memory.
+                let spare = self.bytes.spare_capacity_mut();
+                let ahead = spare.get(WRITE_AHEAD..).unwrap_or_default();
+                prefetch::write_lines(ahead.as_ptr().cast(), frame.data.len().min(ahead.len()));
+                self.bytes.extend_from_slice(frame.data);
+                self.items.push(Item {
+                    ts_us: frame.ts_us,
+                    wire_len: frame.wire_len,
+                    linktype: frame.linktype,
+                    start,
+                    end: self.bytes.len(),
+                });
+            }
+            Handover::Streaming => {
+                let head = Head {
+                    ts_us: frame.ts_us,
+                    wire_len: frame.wire_len,
+                    linktype: frame.linktype,
+                    len: frame.data.len() as u64,
+                };
+                prefetch::stream_append(&mut self.bytes, &head.to_bytes(), frame.data);
+            }
+        }
     }
 
     /// The frames, in capture order, borrowed from the batch.
     pub fn frames(&self) -> impl Iterator<Item = Frame<'_>> {
-        self.items.iter().enumerate().map(|(i, item)| {
-            if let Some(ahead) = self.items.get(i + READ_AHEAD) {
-                prefetch::read_lines(self.bytes.as_ptr().wrapping_add(ahead.start), READ_HINT_BYTES);
+        let (mut item, mut at) = (0usize, 0usize);
+        std::iter::from_fn(move || match self.handover? {
+            Handover::Cached => {
+                let this = self.items.get(item)?;
+                if let Some(ahead) = self.items.get(item + READ_AHEAD) {
+                    prefetch::read_lines(self.bytes.as_ptr().wrapping_add(ahead.start), READ_HINT_BYTES);
+                }
+                item += 1;
+                Some(Frame {
+                    ts_us: this.ts_us,
+                    wire_len: this.wire_len,
+                    linktype: this.linktype,
+                    data: self.bytes.get(this.start..this.end).unwrap_or_default(),
+                })
             }
-            Frame {
-                ts_us: item.ts_us,
-                wire_len: item.wire_len,
-                linktype: item.linktype,
-                data: self.bytes.get(item.start..item.end).unwrap_or_default(),
+            Handover::Streaming => {
+                // Each frame's head and padded bytes take a multiple of 16 (`stream_append`): the next head
+                // follows directly.
+                let head = Head::from_bytes(self.bytes.get(at..)?)?;
+                let data_start = at + prefetch::STREAM_HEAD;
+                let len = usize::try_from(head.len).ok()?;
+                let data = self.bytes.get(data_start..data_start.checked_add(len)?)?;
+                at = data_start + len.div_ceil(16) * 16;
+                prefetch::read_lines(self.bytes.as_ptr().wrapping_add(at + STREAM_READ_AHEAD), READ_HINT_BYTES);
+                Some(Frame { ts_us: head.ts_us, wire_len: head.wire_len, linktype: head.linktype, data })
             }
         })
     }
@@ -169,6 +254,7 @@ fn spin<T>(channel: &crossbeam_channel::Receiver<T>) -> Option<T> {
 struct Lanes {
     full: crossbeam_channel::Sender<Batch>,
     empty: crossbeam_channel::Receiver<Batch>,
+    handover: Handover,
 }
 
 impl Lanes {
@@ -182,33 +268,48 @@ impl Lanes {
     /// Sends the filled batch and puts an empty one in its place (waits for one: policy block).
     fn hand_over(&self, batch: &mut Batch) {
         let next = self.next_empty().unwrap_or_default();
-        let _ = self.full.send(std::mem::replace(batch, next));
+        self.send(std::mem::replace(batch, next));
+    }
+
+    fn push(&self, batch: &mut Batch, frame: &Frame<'_>) {
+        batch.push(frame, self.handover);
+    }
+
+    /// Hands a batch over, its streaming stores ordered before the send.
+    fn send(&self, batch: Batch) {
+        if self.handover == Handover::Streaming {
+            prefetch::publish();
+        }
+        let _ = self.full.send(batch);
     }
 }
 
 /// Starts the reader thread with its lanes: batches out, used batches back.
-fn spawn_reader<T: Send + 'static>(work: impl FnOnce(Lanes) -> T + Send + 'static) -> std::io::Result<Reader<T>> {
+fn spawn_reader<T: Send + 'static>(
+    handover: Handover,
+    work: impl FnOnce(Lanes) -> T + Send + 'static,
+) -> std::io::Result<Reader<T>> {
     let (full, batches) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT);
     let (recycle, empty) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT + 2);
     for _ in 0..BATCHES_IN_FLIGHT + 2 {
         let _ = recycle.try_send(Batch::default());
     }
-    let lanes = Lanes { full, empty };
+    let lanes = Lanes { full, empty, handover };
     let thread = std::thread::Builder::new().name("reader".into()).spawn(move || work(lanes))?;
     Ok(Reader { batches, recycle, thread })
 }
 
 /// Reads capture files in order on a reader thread. The thread returns, per file, the error that ended
 /// it early (if any).
-pub fn read_files(sources: Vec<FileSource>) -> std::io::Result<Reader<Vec<CaptureError>>> {
-    spawn_reader(move |lanes| {
+pub fn read_files(sources: Vec<FileSource>, handover: Handover) -> std::io::Result<Reader<Vec<CaptureError>>> {
+    spawn_reader(handover, move |lanes| {
         let mut errors = Vec::new();
         let Some(mut batch) = lanes.next_empty() else { return errors };
         let mut position = 0u64;
         for mut source in sources {
             let result = source.for_each(|frame| {
                 position += 16 + frame.data.len() as u64;
-                batch.push(frame);
+                lanes.push(&mut batch, frame);
                 if batch.is_full() {
                     batch.position = position;
                     lanes.hand_over(&mut batch);
@@ -220,7 +321,7 @@ pub fn read_files(sources: Vec<FileSource>) -> std::io::Result<Reader<Vec<Captur
         }
         if !batch.is_empty() {
             batch.position = position;
-            let _ = lanes.full.send(batch);
+            lanes.send(batch);
         }
         errors
     })
@@ -232,8 +333,9 @@ pub fn read_live(
     mut source: LiveSource,
     stop: Arc<AtomicBool>,
     libpcap: Arc<Mutex<Option<LiveStats>>>,
+    handover: Handover,
 ) -> std::io::Result<Reader<Option<CaptureError>>> {
-    spawn_reader(move |lanes| {
+    spawn_reader(handover, move |lanes| {
         let mut batch = lanes.next_empty()?;
         let mut started = Instant::now();
         let mut failure = None;
@@ -245,7 +347,7 @@ pub fn read_live(
         while !stop.load(Ordering::SeqCst) {
             let mut handed_over = false;
             let read = source.dispatch(|frame| {
-                batch.push(frame);
+                lanes.push(&mut batch, frame);
                 if batch.is_full() {
                     lanes.hand_over(&mut batch);
                     started = Instant::now();
@@ -267,7 +369,7 @@ pub fn read_live(
         }
         refresh(&mut source);
         if !batch.is_empty() {
-            let _ = lanes.full.send(batch);
+            lanes.send(batch);
         }
         failure
     })
@@ -329,10 +431,42 @@ pub fn cross_core_round_trip() -> Option<Duration> {
     answered.then(|| elapsed / TURNS)
 }
 
-/// A hand-over between the two threads dearer than this, and the pipeline is slower than one thread.
-/// On the test VM the round trip measured 45-63 ns when the pipeline was about 1.5x faster than one
-/// thread and 369-384 ns when it was about 1.5x slower (benches/RESULTS.md); this sits between.
+/// A hand-over between the two threads dearer than this, and the frames cross by streaming stores
+/// rather than through the cache. On the test VM the round trip measured 45-68 ns in one of its states
+/// and 369-548 ns in the other (benches/RESULTS.md); this sits between.
 pub const ROUND_TRIP_MAX: Duration = Duration::from_nanos(200);
+
+/// How the reader thread's copies of the frames reach the correlating thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// Ordinary stores, with the batch's lines fetched for writing ahead of the copy: the correlating
+    /// thread reads the frames from the reader's cache. Best where the two cores share a cache cheaply.
+    Cached,
+    /// Non-temporal stores (`prefetch::stream_append`), each frame behind a head of its own: the copies
+    /// go to memory without taking the lines back from the correlating thread's core, which read them
+    /// last. Best where a cache line between the two cores is slow (session 18, bench capture: replay
+    /// 0.45-0.51 s against 0.66-0.74 s with `Cached` at a 446-555 ns round trip; 0.44-0.51 s against
+    /// 0.42-0.44 s at 59-70 ns).
+    Streaming,
+}
+
+impl Handover {
+    /// The better one for a measured round trip (see [`cross_core_round_trip`]); `None` (the two threads
+    /// never ran at once, so they share a core) is `Cached`.
+    pub fn for_round_trip(round_trip: Option<Duration>) -> Handover {
+        match round_trip {
+            Some(trip) if trip > ROUND_TRIP_MAX => Handover::Streaming,
+            _ => Handover::Cached,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Handover::Cached => "cached",
+            Handover::Streaming => "streaming",
+        }
+    }
+}
 
 /// How many threads read and correlate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,42 +474,43 @@ pub enum Threads {
     /// libpcap, decode and correlation on the calling thread.
     One,
     /// A reader thread (libpcap and the copy into batches) and the calling thread (the rest).
-    Two,
+    Two(Handover),
 }
 
 /// The choice of [`Threads`]: what a flag forces, or else what this machine favours, and why (for the
-/// log). `cores` is how many the process may run on; `round_trip` measures a hand-over
+/// log). `handover` is a forced hand-over, if any; `cores` is how many the process may run on; `round_trip` measures a hand-over
 /// ([`cross_core_round_trip`]) and is called only when the answer depends on it. One thread wins on a
-/// single core (two threads take turns and spin) and where a hand-over costs more than
-/// [`ROUND_TRIP_MAX`]; a hand-over that could not be measured means the two threads did not run at once,
-/// which is the first case.
+/// single core (two threads take turns and spin); a hand-over that could not be measured means the two
+/// threads did not run at once, which is the same case. Otherwise two threads, whose hand-over the round
+/// trip picks ([`Handover::for_round_trip`]).
 pub fn choose(
     single_thread: bool,
     pipeline: bool,
+    handover: Option<Handover>,
     cores: usize,
     round_trip: impl FnOnce() -> Option<Duration>,
 ) -> (Threads, String) {
     if single_thread {
         return (Threads::One, "--single-thread".into());
     }
-    if pipeline {
-        return (Threads::Two, "--pipeline".into());
-    }
-    if cores < 2 {
+    if !pipeline && cores < 2 {
         return (Threads::One, format!("{cores} core available"));
     }
-    match round_trip() {
-        None => (Threads::One, "the two threads did not run at once (cross-core round trip not measured)".into()),
-        Some(trip) if trip > ROUND_TRIP_MAX => (
-            Threads::One,
-            format!(
-                "cross-core round trip {} ns, over {} ns: here handing frames to a second thread costs more \
-                 than it gains",
-                trip.as_nanos(),
-                ROUND_TRIP_MAX.as_nanos()
-            ),
-        ),
-        Some(trip) => (Threads::Two, format!("cross-core round trip {} ns", trip.as_nanos())),
+    if let (true, Some(handover)) = (pipeline, handover) {
+        return (Threads::Two(handover), format!("--pipeline --handover {}", handover.name()));
+    }
+    let trip = round_trip();
+    let handover = handover.unwrap_or(Handover::for_round_trip(trip));
+    let measured = match trip {
+        Some(trip) => format!("cross-core round trip {} ns", trip.as_nanos()),
+        None => "cross-core round trip not measured: the two threads did not run at once".into(),
+    };
+    if pipeline {
+        return (Threads::Two(handover), format!("--pipeline; {measured}; {} hand-over", handover.name()));
+    }
+    match trip {
+        None => (Threads::One, measured),
+        Some(_) => (Threads::Two(handover), format!("{measured}; {} hand-over", handover.name())),
     }
 }
 
@@ -384,24 +519,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_decide_without_a_measurement() {
+    fn flags_decide_the_threads() {
         let unmeasured = || -> Option<Duration> { panic!("measured although a flag decides") };
-        assert_eq!(choose(true, false, 8, unmeasured).0, Threads::One);
-        assert_eq!(choose(false, true, 8, unmeasured).0, Threads::Two);
-        assert_eq!(choose(false, true, 1, unmeasured).0, Threads::Two, "--pipeline is obeyed on one core too");
-        assert_eq!(choose(false, false, 1, unmeasured).0, Threads::One);
+        assert_eq!(choose(true, false, None, 8, unmeasured).0, Threads::One);
+        assert_eq!(choose(false, false, None, 1, unmeasured).0, Threads::One);
+        let ns = |n| move || Some(Duration::from_nanos(n));
+        assert_eq!(choose(false, true, None, 8, ns(52)).0, Threads::Two(Handover::Cached));
+        assert_eq!(choose(false, true, None, 8, ns(460)).0, Threads::Two(Handover::Streaming));
+        assert_eq!(
+            choose(false, true, None, 1, || None).0,
+            Threads::Two(Handover::Cached),
+            "--pipeline is obeyed on one core too"
+        );
     }
 
     #[test]
     fn the_round_trip_decides_otherwise() {
         let ns = |n| move || Some(Duration::from_nanos(n));
-        let (threads, why) = choose(false, false, 2, ns(52));
-        assert_eq!(threads, Threads::Two);
-        assert!(why.contains("52 ns"), "{why}");
-        assert_eq!(choose(false, false, 2, ns(200)).0, Threads::Two);
-        let (threads, why) = choose(false, false, 2, ns(371));
-        assert_eq!(threads, Threads::One);
+        let (threads, why) = choose(false, false, None, 2, ns(52));
+        assert_eq!(threads, Threads::Two(Handover::Cached));
+        assert!(why.contains("52 ns") && why.contains("cached"), "{why}");
+        assert_eq!(choose(false, false, None, 2, ns(200)).0, Threads::Two(Handover::Cached));
+        let (threads, why) = choose(false, false, None, 2, ns(371));
+        assert_eq!(threads, Threads::Two(Handover::Streaming));
+        assert!(why.contains("371 ns") && why.contains("streaming"), "{why}");
+        assert_eq!(choose(false, false, None, 2, || None).0, Threads::One);
+        let (threads, why) = choose(false, false, Some(Handover::Cached), 2, ns(371));
+        assert_eq!(threads, Threads::Two(Handover::Cached), "a forced hand-over wins over the measurement");
         assert!(why.contains("371 ns"), "{why}");
-        assert_eq!(choose(false, false, 2, || None).0, Threads::One);
+    }
+
+    /// Frames of every length from 0 to 200 bytes, through both hand-overs: each comes out as it went
+    /// in, and a streaming batch's frames start 16-byte aligned.
+    #[test]
+    fn both_hand_overs_keep_every_byte() {
+        let frames: Vec<Vec<u8>> = (0..=200u32).map(|len| (0..len).map(|i| (i * 7 + len) as u8).collect()).collect();
+        for handover in [Handover::Cached, Handover::Streaming] {
+            let mut batch = Batch::default();
+            for (i, data) in frames.iter().enumerate() {
+                let frame = Frame { ts_us: i as u64, wire_len: data.len() as u32 + 4, linktype: 1, data };
+                batch.push(&frame, handover);
+            }
+            let out: Vec<Frame<'_>> = batch.frames().collect();
+            assert_eq!(out.len(), frames.len(), "{handover:?}");
+            for (i, (frame, data)) in out.iter().zip(&frames).enumerate() {
+                assert_eq!(frame.data, data.as_slice(), "{handover:?} frame {i}");
+                assert_eq!((frame.ts_us, frame.wire_len, frame.linktype), (i as u64, data.len() as u32 + 4, 1));
+                if handover == Handover::Streaming {
+                    assert_eq!(frame.data.as_ptr() as usize % 16, 0, "frame {i} unaligned");
+                }
+            }
+        }
     }
 }

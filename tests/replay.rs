@@ -198,20 +198,29 @@ fn the_pipeline_and_the_single_thread_give_the_same_events() {
         },
     );
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap");
+    let summary = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .filter(|l| !l.starts_with("packets "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
     for file in [capture.as_path(), sample.as_path()] {
-        let piped = gtpcharge(&["replay", "--emit", "jsonl", "--pipeline", file.to_str().unwrap()]);
         let single = gtpcharge(&["replay", "--emit", "jsonl", "--single-thread", file.to_str().unwrap()]);
-        assert!(piped.status.success() && single.status.success());
-        assert!(!piped.stdout.is_empty());
-        assert_eq!(piped.stdout, single.stdout, "{}: the events differ between the two modes", file.display());
-        let summary = |o: &std::process::Output| {
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .filter(|l| !l.starts_with("packets "))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(summary(&piped), summary(&single), "the counters differ between the two modes");
+        assert!(single.status.success());
+        assert!(!single.stdout.is_empty());
+        for handover in ["cached", "streaming"] {
+            let piped =
+                gtpcharge(&["replay", "--emit", "jsonl", "--pipeline", "--handover", handover, file.to_str().unwrap()]);
+            assert!(piped.status.success(), "{handover}");
+            assert_eq!(
+                piped.stdout,
+                single.stdout,
+                "{}, {handover}: the events differ from one thread's",
+                file.display()
+            );
+            assert_eq!(summary(&piped), summary(&single), "{handover}: the counters differ from one thread's");
+        }
     }
 }
 
