@@ -373,8 +373,8 @@ struct ProbeArgs {
     #[arg(long, requires = "billing_client_cert", env = "GTPCHARGE_BILLING_CLIENT_KEY")]
     billing_client_key: Option<PathBuf>,
     /// Read, decode and correlate on one thread. Default: two threads (a reader thread runs libpcap while
-    /// this one decodes and correlates) where the machine has two cores and hands data between them
-    /// cheaply (a check at start, logged); one thread otherwise.
+    /// this one decodes and correlates) where the process has two cores and both threads run at once (a
+    /// check at start, logged, which also picks the hand-over); one thread otherwise.
     #[arg(long, env = "GTPCHARGE_SINGLE_THREAD")]
     single_thread: bool,
     /// Always use the two threads, whatever the check at start finds.
