@@ -131,11 +131,13 @@ impl Batch {
         self.frames == 0
     }
 
-    /// Appends a frame. A batch holds frames of one hand-over: an emptied batch takes the next one's.
+    /// Appends a frame. A batch holds frames of one hand-over's layout: an empty batch takes `handover`'s,
+    /// a batch with frames keeps its own.
     fn push(&mut self, frame: &Frame<'_>, handover: Handover) {
         if self.is_empty() {
             self.handover = Some(handover);
         }
+        let handover = self.handover.unwrap_or(handover);
         self.frames += 1;
         match handover {
             Handover::Cached => {
