@@ -31,7 +31,7 @@ for run in $(seq "$RUNS"); do
   p=$($G floor --plain "$CAPTURE" 2>&1 | grep '^floor-plain' | rate)
   pipe=$($G floor --pipeline "$CAPTURE" 2>&1)
   c=$(echo "$pipe" | grep '^floor-pipeline' | rate)
-  trip=$(echo "$pipe" | sed -n 's/^cross-core round trip \([0-9]*\) ns,* *\(.*\)$/\1 ns \2/p')
+  trip=$(echo "$pipe" | sed -n 's/^cross-core round trip \([0-9]*\) ns[,;]* *\(.*\)$/\1 ns \2/p')
   s=$(RUST_LOG=warn $G replay --single-thread "$CAPTURE" 2>&1 | grep '^packets' | rate)
   r=$(RUST_LOG=warn $G replay --pipeline "$CAPTURE" 2>&1 | grep '^packets' | rate)
   echo "run $run: floor $f packets/s, plain floor $p packets/s, pipeline's reader alone $c packets/s, replay single thread $s packets/s, replay pipeline $r packets/s; cross-core round trip ${trip:-not measured}"

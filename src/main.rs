@@ -640,7 +640,7 @@ fn main() -> std::process::ExitCode {
         },
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
         Command::Floor { pipeline, plain, handover, files } => {
-            floor(&files, pipeline.then_some(handover.forced()), plain).map(|()| true)
+            floor(&files, pipeline, handover.forced(), plain).map(|()| true)
         }
         Command::FuzzCorpus { out, files } => fuzz_corpus(&out, &files).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
@@ -735,20 +735,14 @@ fn fuzz_corpus(out: &std::path::Path, files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// `through_pipeline`: `Some` with the hand-over forced, or `None` inside to choose it as the replay does.
-fn floor(files: &[PathBuf], through_pipeline: Option<Option<pipeline::Handover>>, plain: bool) -> Result<()> {
+/// `forced`: the pipeline's hand-over, when not chosen as the replay chooses it.
+fn floor(files: &[PathBuf], through_pipeline: bool, forced: Option<pipeline::Handover>, plain: bool) -> Result<()> {
     // Before the clock starts: what each hand-over between the two threads costs on this machine, and
     // so which hand-over the replay would use.
-    let handover = through_pipeline.map(|forced| {
+    let handover = through_pipeline.then(|| {
         let trip = pipeline::cross_core_round_trip();
         let handover = forced.unwrap_or(pipeline::Handover::for_round_trip(trip));
-        match trip {
-            Some(trip) => eprintln!("cross-core round trip {} ns, {} hand-over", trip.as_nanos(), handover.name()),
-            None => eprintln!(
-                "cross-core round trip not measured: the two threads did not run at once; {} hand-over",
-                handover.name()
-            ),
-        }
+        eprintln!("{}", pipeline::describe(trip, Some(handover)));
         handover
     });
     let started = std::time::Instant::now();

@@ -480,8 +480,9 @@ pub enum Threads {
 }
 
 /// The choice of [`Threads`]: what a flag forces, or else what this machine favours, and why (for the
-/// log). `handover` is a forced hand-over, if any; `cores` is how many the process may run on; `round_trip` measures a hand-over
-/// ([`cross_core_round_trip`]) and is called only when the answer depends on it. One thread wins on a
+/// log). `handover` is a forced hand-over, if any; `cores` is how many the process may run on;
+/// `round_trip` measures a hand-over ([`cross_core_round_trip`]) and is called only when the answer
+/// depends on it. One thread wins on a
 /// single core (two threads take turns and spin); a hand-over that could not be measured means the two
 /// threads did not run at once, which is the same case. Otherwise two threads, whose hand-over the round
 /// trip picks ([`Handover::for_round_trip`]).
@@ -503,16 +504,22 @@ pub fn choose(
     }
     let trip = round_trip();
     let handover = handover.unwrap_or(Handover::for_round_trip(trip));
+    match (pipeline, trip) {
+        (false, None) => (Threads::One, describe(trip, None)),
+        (true, _) => (Threads::Two(handover), format!("--pipeline; {}", describe(trip, Some(handover)))),
+        (false, Some(_)) => (Threads::Two(handover), describe(trip, Some(handover))),
+    }
+}
+
+/// A measured round trip and the hand-over it led to, as the log and `floor --pipeline` say them.
+pub fn describe(trip: Option<Duration>, handover: Option<Handover>) -> String {
     let measured = match trip {
         Some(trip) => format!("cross-core round trip {} ns", trip.as_nanos()),
         None => "cross-core round trip not measured: the two threads did not run at once".into(),
     };
-    if pipeline {
-        return (Threads::Two(handover), format!("--pipeline; {measured}; {} hand-over", handover.name()));
-    }
-    match trip {
-        None => (Threads::One, measured),
-        Some(_) => (Threads::Two(handover), format!("{measured}; {} hand-over", handover.name())),
+    match handover {
+        Some(handover) => format!("{measured}; {} hand-over", handover.name()),
+        None => measured,
     }
 }
 
