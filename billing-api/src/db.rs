@@ -81,8 +81,9 @@ impl Db {
                     // A connection in steady use is not pinged before each use: the ping was a third
                     // round trip per charging batch (0.2 ms of its 3 ms at idle, benches/RESULTS.md).
                     // One that sat idle is, so that one the server closed meanwhile (a restart) is
-                    // replaced before it is used. A connection that fails in use is closed, and the
-                    // batch is retried call by call (`batch.rs`).
+                    // replaced before it is used (tests/api.rs). sqlx still pings each connection as it
+                    // comes back to the pool, off the caller's path, and closes one that fails; a batch
+                    // that fails is retried call by call (`batch.rs`).
                     .test_before_acquire(false)
                     .before_acquire(|conn, meta| {
                         Box::pin(async move {

@@ -274,6 +274,36 @@ async fn concurrent_reports_of_one_token_charge_once() {
     }
 }
 
+/// The pool pings a connection only after it sat idle (`db.rs`, `PING_IDLE_AFTER`), not before every
+/// use: connections the server closed while the pool held them idle must still be replaced before a
+/// charge uses them, not fail it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_the_server_closed_while_idle_are_replaced_before_a_charge() {
+    let Some((url, cleanup)) = postgres_database().await else { return };
+    let (base, name) = cleanup.clone();
+    let h = Harness::start(url, Some(cleanup)).await;
+    h.account("46700000009", 10_000).await;
+    let purchase = h.create(&h.sp_key, 300, "after-restart").await.unwrap();
+    // Every pooled connection, as a server restart or an idle-session timeout would leave them.
+    let admin = sqlx::AnyPool::connect(&base).await.unwrap();
+    let closed = sqlx::query(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1) AS t",
+    )
+    .bind(&name)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    use sqlx::Row;
+    assert!(closed.try_get::<i64, _>("n").unwrap() > 0, "the ledger's pool had connections to close");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let result = h.report(&purchase.token, "46700000009").await;
+    assert_eq!(outcome(&result), pb::SightingOutcome::Charged);
+    assert_eq!(h.ledger.get_account("46700000009").await.unwrap().balance, 9_700);
+    h.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_call_is_decided_in_order_as_if_reported_one_by_one() {
     for (backend, h) in Harness::each_backend().await {
