@@ -369,7 +369,7 @@ fn bench_scan(c: &mut Criterion) {
         ("dns-query-no-token", "clients4.google.com", 0),
         ("dns-query-token", "gc1pwrvh4qphgmowotxvezx6bbxa76nfsko.pay.example", 1),
     ] {
-        let query = dns_query(qname);
+        let query = gtpcharge_correlate::scan::dns::build_query(0x1234, qname);
         let mut tokens = 0;
         let mut out = [0u8; gtpcharge_correlate::scan::dns::NAME_MAX];
         let len = gtpcharge_correlate::scan::dns::query_name(&query, &mut out).unwrap_or(0);
@@ -387,17 +387,6 @@ fn bench_scan(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// A DNS query for `name`, type A, class IN, recursion desired (RFC 1035 4.1).
-fn dns_query(name: &str) -> Vec<u8> {
-    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        m.push(label.len() as u8);
-        m.extend_from_slice(label.as_bytes());
-    }
-    m.extend_from_slice(&[0, 0, 1, 0, 1]);
-    m
 }
 
 criterion_group!(benches, bench_hot_path, bench_mix, bench_gtpc, bench_sessions, bench_scan);

@@ -407,12 +407,8 @@ impl<'s, S: FrameSink> Generator<'s, S> {
     }
 
     fn dns_query(&mut self, sub: &Subscriber, name: &str) {
-        let mut message = vec![(self.rng.next_u64() & 0xFF) as u8, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.split('.') {
-            message.push(label.len() as u8);
-            message.extend_from_slice(label.as_bytes());
-        }
-        message.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let id = u16::from_be_bytes([(self.rng.next_u64() & 0xFF) as u8, 0x34]);
+        let message = gtpcharge_correlate::scan::dns::build_query(id, name);
         let mut inner = Vec::new();
         let _ = PacketBuilder::ipv4(sub.ue_ipv4.octets(), RESOLVER.octets(), 64)
             .udp(40000 + (sub.tcp_port % 1000), 53)
