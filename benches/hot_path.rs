@@ -15,7 +15,7 @@ use std::hint::black_box;
 /// The correlator's datagram from the decoder's, built where the decoder's result lies, as the probe
 /// builds it (`Probe::frame`).
 fn datagram(ts_us: u64) -> impl FnOnce(gtpcharge_capture::Udp<'_>) -> Datagram<'_> {
-    move |udp| Datagram { ts_us, source: udp.source, destination: udp.destination, payload: udp.payload }
+    move |udp| Datagram { ts_us, frame: 0, source: udp.source, destination: udp.destination, payload: udp.payload }
 }
 use std::net::IpAddr;
 
@@ -114,7 +114,7 @@ fn live_correlator() -> Correlator {
     let mut correlator = Correlator::new(Config::default());
     let mut events = Vec::new();
     for (ts, src, dst, payload) in [(1, SGSN, GGSN, create_request()), (2, GGSN, SGSN, create_response())] {
-        let d = Datagram { ts_us: ts, source: (src, 2123).into(), destination: (dst, 2123).into(), payload: &payload };
+        let d = Datagram { ts_us: ts, frame: 0, source: (src, 2123).into(), destination: (dst, 2123).into(), payload: &payload };
         correlator.on_datagram(&d, &mut events);
     }
     assert_eq!(correlator.sessions().len(), 1);
@@ -281,6 +281,8 @@ fn session(i: u32) -> Session {
             user: Some(TunnelKey { address: ggsn, teid: i }),
         },
         last_seen_us: 0,
+        interface: gtpcharge_correlate::Interface::Gn,
+        evidence_tag: 0,
     }
 }
 

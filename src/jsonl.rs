@@ -1,5 +1,6 @@
 //! The JSON lines contract (DESIGN.md section 3): one object per event, field names fixed, more fields
 //! may be added. Absent identity values are `null`, never made up.
+use gtpcharge_correlate::wire::location::Uli;
 use gtpcharge_correlate::{Event, Identity, SessionEvent};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, UNIX_EPOCH};
@@ -28,6 +29,32 @@ fn identity_fields(map: &mut Map<String, Value>, identity: &Identity) {
     }
 }
 
+/// User Location Information as JSON: MCC and MNC as digit strings, then each identity the message had.
+pub fn uli_json(uli: &Uli) -> Value {
+    let mut map = Map::new();
+    map.insert("mcc".into(), uli.plmn.mcc_text().into());
+    map.insert("mnc".into(), uli.plmn.mnc_text().into());
+    if let Some((lac, ci)) = uli.cgi {
+        map.insert("cgi".into(), json!({"lac": lac, "ci": ci}));
+    }
+    if let Some((lac, sac)) = uli.sai {
+        map.insert("sai".into(), json!({"lac": lac, "sac": sac}));
+    }
+    if let Some((lac, rac)) = uli.rai {
+        map.insert("rai".into(), json!({"lac": lac, "rac": rac}));
+    }
+    if let Some(tac) = uli.tai {
+        map.insert("tai".into(), json!({"tac": tac}));
+    }
+    if let Some(eci) = uli.ecgi {
+        map.insert("ecgi".into(), json!({"eci": eci}));
+    }
+    if let Some(lac) = uli.lai {
+        map.insert("lai".into(), json!({"lac": lac}));
+    }
+    Value::Object(map)
+}
+
 fn session(kind: &str, event: &SessionEvent) -> Value {
     let mut map = Map::new();
     map.insert("event".into(), kind.into());
@@ -37,6 +64,18 @@ fn session(kind: &str, event: &SessionEvent) -> Value {
     map.insert("teid_down".into(), event.teid_down.into());
     map.insert("gtp_version".into(), event.gtp_version.into());
     map.insert("reason".into(), event.reason.into());
+    map.insert("interface".into(), event.interface.as_str().into());
+    if kind != "session_down" {
+        // Where and how the subscriber is attached, from this event's own exchange (null: not in it).
+        let a = &event.attachment;
+        let imei = &event.identity.imei;
+        let imeisv = (imei.digits().count() == 16).then(|| imei.to_string());
+        map.insert("imeisv".into(), imeisv.map_or(Value::Null, Value::String));
+        map.insert("rat_type".into(), a.rat_type.map_or(Value::Null, Value::from));
+        map.insert("uli".into(), a.uli.as_ref().map_or(Value::Null, uli_json));
+        map.insert("charging_id".into(), a.charging_id.map_or(Value::Null, Value::from));
+        map.insert("serving_node".into(), a.serving_node.map_or(Value::Null, |ip| Value::String(ip.to_string())));
+    }
     Value::Object(map)
 }
 
@@ -60,6 +99,9 @@ pub fn to_json(event: &Event) -> Value {
                 gtpcharge_correlate::Attribution::UeIp => "ue-ip",
             };
             map.insert("via".into(), via.into());
+            if let Some(file) = &s.evidence {
+                map.insert("evidence".into(), file.as_str().into());
+            }
             Value::Object(map)
         }
         Event::Unattributed(u) => json!({

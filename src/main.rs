@@ -4,6 +4,7 @@
 mod billing;
 mod config;
 mod delivery;
+mod evidence;
 mod demo;
 mod jsonl;
 mod logging;
@@ -388,6 +389,22 @@ struct ProbeArgs {
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long, env = "GTPCHARGE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// T3-RESPONSE of the GTP-C peers, in milliseconds. A response pairs only with a request sent within
+    /// T3-RESPONSE x N3-REQUESTS (the retransmission window).
+    #[arg(long, default_value_t = 3_000, env = "GTPCHARGE_T3_RESPONSE_MS")]
+    t3_response_ms: u64,
+    /// N3-REQUESTS of the GTP-C peers: how many times a request is sent at most.
+    #[arg(long, default_value_t = 5, env = "GTPCHARGE_N3_REQUESTS")]
+    n3_requests: u64,
+    /// For each sighting, write a pcap of the signalling that created and last updated its session and of
+    /// the packet that carried the token (and a JSON file naming each packet) into this directory
+    /// (created owner-only); `gtpcharge explain FILE` reads one back.
+    #[arg(long, env = "GTPCHARGE_EVIDENCE_DIR")]
+    evidence_dir: Option<PathBuf>,
+    /// Size cap of the evidence directory: half for the evidence files (the oldest are removed beyond
+    /// it, with a warning), half for the rotating signalling store the evidence is drawn from.
+    #[arg(long, default_value_t = 1 << 30, env = "GTPCHARGE_EVIDENCE_MAX_BYTES")]
+    evidence_max_bytes: u64,
 }
 
 impl ProbeArgs {
@@ -423,7 +440,7 @@ impl ProbeArgs {
         Only::parse_from(["gtpcharge"]).probe
     }
 
-    fn probe(&self) -> Probe {
+    fn probe(&self) -> Result<Probe> {
         let mut config = Config::default();
         config.gtpc_ports.extend(&self.gtpc_ports);
         config.gtpu_ports.extend(&self.gtpu_ports);
@@ -431,7 +448,16 @@ impl ProbeArgs {
         config.session_idle_timeout_s = self.session_idle_timeout_s;
         config.flows_max = self.flows_max;
         config.scan_bytes_max = self.scan_bytes_max;
-        Probe::new(config, self.decoder())
+        config.t3_response_ms = self.t3_response_ms;
+        config.n3_requests = self.n3_requests;
+        let mut probe = Probe::new(config, self.decoder());
+        if let Some(dir) = &self.evidence_dir {
+            probe.evidence = Some(
+                evidence::Evidence::open(dir, self.evidence_max_bytes)
+                    .with_context(|| format!("opening the evidence directory {}", dir.display()))?,
+            );
+        }
+        Ok(probe)
     }
 
     fn decoder(&self) -> DecoderConfig {

@@ -9,6 +9,8 @@ use std::time::Instant;
 pub struct Probe {
     decoder: Decoder,
     pub correlator: Correlator,
+    /// The evidence store, with `--evidence-dir`.
+    pub evidence: Option<crate::evidence::Evidence>,
     events: Vec<Event>,
     pub packets: u64,
     pub bytes: u64,
@@ -21,6 +23,7 @@ impl Probe {
         Probe {
             decoder: Decoder::new(&decoder),
             correlator: Correlator::new(config),
+            evidence: None,
             events: Vec::with_capacity(64),
             packets: 0,
             bytes: 0,
@@ -34,21 +37,42 @@ impl Probe {
         self.packets += 1;
         self.bytes += u64::from(frame.wire_len);
         let ts_us = frame.ts_us;
+        let number = self.packets;
         let decoded = self.decoder.decode_as(frame.linktype, ts_us, frame.data, |udp| Datagram {
             ts_us,
+            frame: number,
             source: udp.source,
             destination: udp.destination,
             payload: udp.payload,
         });
         match &decoded {
-            Ok(Some(datagram)) => self.correlator.on_datagram(datagram, &mut self.events),
+            Ok(Some(datagram)) => {
+                if let Some(evidence) = &mut self.evidence {
+                    if self.correlator.carries_signalling(datagram) {
+                        evidence.keep_signalling(number, frame);
+                    }
+                }
+                self.correlator.on_datagram(datagram, &mut self.events)
+            }
             Ok(None) => self.fragments_held += 1,
             Err(reason) => self.correlator.count_drop(reason),
         }
         for _ in 0..self.decoder.take_fragment_timeouts() {
             self.correlator.count_drop("fragment-timeout");
         }
-        for event in self.events.drain(..) {
+        let Probe { events, evidence, correlator, .. } = self;
+        for mut event in events.drain(..) {
+            if let Some(evidence) = evidence {
+                match &mut event {
+                    Event::SessionUp(e) | Event::SessionUpdate(e) => {
+                        if let Some(tag) = evidence.chain(e, e.reason == "created") {
+                            correlator.set_evidence_tag(e.identity.session_id, tag);
+                        }
+                    }
+                    Event::Sighting(s) => s.evidence = evidence.write(s, number, frame),
+                    _ => {}
+                }
+            }
             emit(&event);
         }
     }

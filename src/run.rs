@@ -63,7 +63,7 @@ pub struct ProbeRun {
 impl ProbeRun {
     pub fn start(args: &ProbeArgs) -> Result<ProbeRun> {
         Ok(ProbeRun {
-            probe: args.probe(),
+            probe: args.probe()?,
             out: EventOut::new(args.emit),
             delivery: args.delivery()?,
             exposition: args.metrics()?,
@@ -108,6 +108,9 @@ impl ProbeRun {
         let ProbeRun { probe, out, delivery, skipped_no_msisdn, spool_dir, .. } = self;
         out.finish()?;
         eprint!("{}", probe.summary());
+        if let Some(evidence) = &probe.evidence {
+            eprintln!("{}", evidence.summary());
+        }
         if let Some(stats) = libpcap {
             eprintln!(
                 "libpcap received {}  dropped {}  interface dropped {}",

@@ -65,6 +65,7 @@ fn mutated_frames_never_panic_and_are_counted() {
                 decoded += 1;
                 let datagram = Datagram {
                     ts_us: ts + round,
+                    frame: 0,
                     source: udp.source,
                     destination: udp.destination,
                     payload: udp.payload,
@@ -101,6 +102,7 @@ fn random_datagrams_on_every_gtp_port_never_panic() {
         let port = [2123u16, 2152, 3386][rng.below(3)];
         let datagram = Datagram {
             ts_us: i,
+            frame: 0,
             source: ([10, 0, 0, 1], 2152).into(),
             destination: ([10, 0, 0, 2], port).into(),
             payload: &payload[..len],

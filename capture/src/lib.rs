@@ -13,7 +13,9 @@
 pub mod decode;
 pub mod reassembly;
 pub mod source;
+pub mod writer;
 mod stdio;
 
 pub use decode::{Decoder, DecoderConfig, Udp};
 pub use source::{CaptureError, FileReading, FileSource, Frame, Injector, LiveConfig, LiveSource, LiveStats};
+pub use writer::PcapWriter;

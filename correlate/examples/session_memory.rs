@@ -45,6 +45,8 @@ fn main() {
                 user: Some(TunnelKey { address: ggsn, teid: i ^ 0x8000_0000 }),
             },
             last_seen_us: 0,
+            interface: gtpcharge_correlate::Interface::Gn,
+            evidence_tag: 0,
         };
         let started = std::time::Instant::now();
         let inserted = table.insert(session);

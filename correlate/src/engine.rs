@@ -4,14 +4,14 @@
 //! GTP-U G-PDUs are attributed to a session by tunnel, their inner uplink packets are scanned for
 //! tokens, and each valid token becomes a sighting (attributed) or an unattributed event. Time comes
 //! only from the packet timestamps passed in, so a replay is deterministic.
-use crate::event::{Attribution, Event, SessionEvent, Sighting, Unattributed};
+use crate::event::{Attachment, Attribution, Event, Interface, SessionEvent, Sighting, Unattributed};
 use crate::flow::{self, FlowKey, FlowKind, FlowState, FlowTable, SegmentOrder, CARRY_LEN};
+use crate::pending::{Added, Matched, Pending, PendingTable};
 use crate::scan::{dns, http, tls, Carrier, TokenFinder};
-use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey};
+use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey, SHARED_KEY_MAX};
 use crate::sharded::ShardedMap;
 use crate::wire::gtpu::{self, Transport};
 use crate::wire::{gtpv0, gtpv1, gtpv2, Tbcd, WireError};
-use crate::Map;
 use gtpcharge_proto::Token;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +25,11 @@ pub struct Config {
     pub sessions_max: usize,
     pub session_idle_timeout_s: u64,
     pub pending_max: usize,
-    pub pending_timeout_ms: u64,
+    /// T3-RESPONSE: how long a GTP-C requester waits for a response before it sends the request again.
+    pub t3_response_ms: u64,
+    /// N3-REQUESTS: how many times it sends a request at most. A response pairs only with a request sent
+    /// within T3-RESPONSE x N3-REQUESTS (the retransmission window).
+    pub n3_requests: u64,
     pub flows_max: usize,
     pub flow_idle_timeout_s: u64,
     /// Bytes of one packet's payload that are scanned for tokens.
@@ -47,7 +51,8 @@ impl Default for Config {
             sessions_max: 2_000_000,
             session_idle_timeout_s: 24 * 3600,
             pending_max: 65_536,
-            pending_timeout_ms: 30_000,
+            t3_response_ms: 3_000,
+            n3_requests: 5,
             flows_max: 1_000_000,
             flow_idle_timeout_s: 300,
             scan_bytes_max: 4096,
@@ -62,6 +67,9 @@ impl Default for Config {
 #[derive(Debug, Clone, Copy)]
 pub struct Datagram<'a> {
     pub ts_us: u64,
+    /// The capture frame that carried it (from 1, in capture order; 0 when unknown): session events
+    /// name the frames of their exchange, so evidence can be gathered.
+    pub frame: u64,
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub payload: &'a [u8],
@@ -120,14 +128,6 @@ struct Scanner {
     bytes_max: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct PendingKey {
-    requester: IpAddr,
-    responder: IpAddr,
-    sequence: u32,
-    version: u8,
-}
-
 #[derive(Debug, Clone)]
 enum PendingKind {
     CreateV1 { fields: gtpv1::ControlFields, version: u8, tid: Option<u64> },
@@ -136,12 +136,6 @@ enum PendingKind {
     CreateV2 { fields: gtpv2::ControlFields },
     ModifyV2 { session: u64, fields: gtpv2::ControlFields, sender_is_access: bool },
     DeleteV2 { session: u64 },
-}
-
-#[derive(Debug, Clone)]
-struct Pending {
-    ts_us: u64,
-    kind: PendingKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,6 +148,14 @@ const SWEEP_INTERVAL_US: u64 = 1_000_000;
 const SESSION_SWEEP_INTERVAL_US: u64 = 60_000_000;
 /// At most this many piggybacked GTPv2 messages are read from one datagram.
 const PIGGYBACK_MAX: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    UserPlane,
+    Control,
+    Gtpv0,
+    Other,
+}
 
 /// What each UDP port is configured as (bits, a port may be several): one load per port instead of a
 /// search of three lists per packet.
@@ -188,12 +190,14 @@ pub struct Correlator {
     config: Config,
     ports: PortClasses,
     sessions: SessionTable,
-    pending: Map<PendingKey, Pending>,
+    pending: PendingTable<PendingKind>,
     flows: FlowTable,
     dedupe: ShardedMap<DedupeKey, u64>,
     scanner: Scanner,
     stats: Stats,
     now_us: u64,
+    /// The frame of the datagram being processed.
+    frame: u64,
     next_sweep_us: u64,
     /// When the flows, the sighting dedupe and the tombstones are next swept.
     next_table_sweep_us: [u64; 3],
@@ -208,11 +212,12 @@ impl Correlator {
             ports: PortClasses::new(&config),
             sessions: SessionTable::new(config.sessions_max),
             flows: FlowTable::new(config.flows_max),
-            pending: Map::default(),
+            pending: PendingTable::new(config.pending_max),
             dedupe: ShardedMap::default(),
             scanner: Scanner { finder: TokenFinder::default(), bytes_max: config.scan_bytes_max },
             stats: Stats::default(),
             now_us: 0,
+            frame: 0,
             next_sweep_us: 0,
             next_table_sweep_us: [0; 3],
             next_session_sweep_us: 0,
@@ -242,22 +247,52 @@ impl Correlator {
         self.stats.drop(reason);
     }
 
-    /// Processes one UDP datagram; appends what it caused to `out`.
-    pub fn on_datagram(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
-        self.stats.datagrams += 1;
-        self.advance_time(datagram.ts_us, out);
+    /// Gives a live session the evidence store's tag (it comes back in the session's later events and
+    /// sightings); `false` if the session is not live.
+    pub fn set_evidence_tag(&mut self, session: u64, tag: u32) -> bool {
+        self.sessions.set_evidence_tag(session, tag)
+    }
+
+    /// Which path a datagram takes, by its ports.
+    #[inline(always)]
+    fn route(&self, datagram: &Datagram<'_>) -> Route {
         let destination = self.ports.of(datagram.destination.port());
         let either = destination | self.ports.of(datagram.source.port());
         if destination & PortClasses::GTPU != 0 || (either & PortClasses::GTPC == 0 && either & PortClasses::GTPU != 0)
         {
-            self.on_gtpu(datagram, out);
+            Route::UserPlane
         } else if either & PortClasses::GTPC != 0 {
-            self.on_gtpc(datagram, out);
+            Route::Control
         } else if either & PortClasses::GTPV0 != 0 {
-            self.on_gtpv0(datagram, out);
+            Route::Gtpv0
         } else {
-            self.stats.drop("udp-not-gtp-port");
+            Route::Other
         }
+    }
+
+    /// Whether a datagram goes the signalling way (GTP-C, or GTPv0 on its own port): what an evidence
+    /// store keeps.
+    pub fn carries_signalling(&self, datagram: &Datagram<'_>) -> bool {
+        matches!(self.route(datagram), Route::Control | Route::Gtpv0)
+    }
+
+    /// Processes one UDP datagram; appends what it caused to `out`.
+    pub fn on_datagram(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
+        self.stats.datagrams += 1;
+        self.frame = datagram.frame;
+        self.advance_time(datagram.ts_us, out);
+        match self.route(datagram) {
+            Route::UserPlane => self.on_gtpu(datagram, out),
+            Route::Control => self.on_gtpc(datagram, out),
+            Route::Gtpv0 => self.on_gtpv0(datagram, out),
+            Route::Other => self.stats.drop("udp-not-gtp-port"),
+        }
+    }
+
+    /// The start of the retransmission window: requests sent before it can no longer be answered.
+    fn window_start(&self) -> u64 {
+        let window_ms = self.config.t3_response_ms.saturating_mul(self.config.n3_requests.max(1));
+        self.now_us.saturating_sub(window_ms.saturating_mul(1000))
     }
 
     fn advance_time(&mut self, ts_us: u64, out: &mut Vec<Event>) {
@@ -270,10 +305,8 @@ impl Correlator {
         }
         if self.now_us >= self.next_sweep_us {
             self.next_sweep_us = self.now_us + SWEEP_INTERVAL_US;
-            let pending_cutoff = self.now_us.saturating_sub(self.config.pending_timeout_ms * 1000);
-            let before = self.pending.len();
-            self.pending.retain(|_, p| p.ts_us >= pending_cutoff);
-            for _ in self.pending.len()..before {
+            let since = self.window_start();
+            for _ in 0..self.pending.expire(since) {
                 self.stats.note("gtpc-request-unanswered");
             }
         }
@@ -305,7 +338,7 @@ impl Correlator {
             self.next_session_sweep_us = self.now_us + SESSION_SWEEP_INTERVAL_US;
             let cutoff = self.now_us.saturating_sub(self.config.session_idle_timeout_s * 1_000_000);
             for session in self.sessions.expire(cutoff) {
-                self.session_down(&session, "idle-timeout", out);
+                self.session_down(&session, "idle-timeout", [0, 0], out);
             }
         }
         let tables = self.next_table_sweep_us.iter().copied().min().unwrap_or(0);
@@ -355,28 +388,55 @@ impl Correlator {
         }
     }
 
-    fn pending_insert(&mut self, key: PendingKey, kind: PendingKind) {
-        if self.pending.len() >= self.config.pending_max && !self.pending.contains_key(&key) {
-            self.stats.drop("pending-table-full");
-            return;
+    /// Keeps a request until its response, under the proof the response must carry (see `pending.rs`).
+    /// A request without a proof is not kept: its response could not be told from another's.
+    fn request(&mut self, datagram: &Datagram<'_>, version: u8, sequence: u32, proof: Option<u64>, kind: PendingKind) {
+        let Some(proof) = proof else {
+            return self.stats.note("gtpc-request-without-control-teid");
+        };
+        let pending = Pending {
+            ts_us: self.now_us,
+            frame: datagram.frame,
+            requester: datagram.source.ip(),
+            responder: datagram.destination.ip(),
+            proof,
+            kind,
+        };
+        match self.pending.add(version, sequence, pending) {
+            Added::New => {}
+            Added::Retransmission => self.stats.note("gtpc-request-retransmitted"),
+            Added::Crowded => self.stats.note("pending-sequence-crowded"),
+            Added::TableFull => self.stats.drop("pending-table-full"),
         }
-        self.pending.insert(key, Pending { ts_us: self.now_us, kind });
     }
 
-    fn pending_take(&mut self, datagram: &Datagram<'_>, sequence: u32, version: u8) -> Option<PendingKind> {
-        let key =
-            PendingKey { requester: datagram.destination.ip(), responder: datagram.source.ip(), sequence, version };
-        match self.pending.remove(&key) {
-            Some(pending) => Some(pending.kind),
-            None => {
-                self.stats.note("gtpc-response-without-request");
+    /// The request a response answers, by the proof in its header; counted by reason when there is none.
+    fn response(
+        &mut self,
+        datagram: &Datagram<'_>,
+        version: u8,
+        sequence: u32,
+        proof: Option<u64>,
+    ) -> Option<Pending<PendingKind>> {
+        let Some(proof) = proof else {
+            self.stats.note("gtpc-response-without-teid");
+            return None;
+        };
+        let (requester, responder) = (datagram.destination.ip(), datagram.source.ip());
+        match self.pending.take(version, sequence, proof, requester, responder, self.window_start()) {
+            Ok((pending, matched)) => {
+                match matched {
+                    Matched::SameAddresses => {}
+                    Matched::OtherResponder => self.stats.note("gtpc-response-from-other-address"),
+                    Matched::ProofOnly => self.stats.note("gtpc-response-by-proof-only"),
+                }
+                Some(pending)
+            }
+            Err(why) => {
+                self.stats.note(why.reason());
                 None
             }
         }
-    }
-
-    fn request_key(datagram: &Datagram<'_>, sequence: u32, version: u8) -> PendingKey {
-        PendingKey { requester: datagram.source.ip(), responder: datagram.destination.ip(), sequence, version }
     }
 
     fn on_gtpv1c(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
@@ -401,15 +461,16 @@ impl Correlator {
         let Some(sequence) = header.sequence else {
             return self.stats.drop("gtpc-no-sequence");
         };
+        let sequence = u32::from(sequence);
         let fields = match gtpv1::ControlFields::parse(header.body) {
             Ok(fields) => fields,
             Err(error) => return self.stats.drop(error.reason()),
         };
-        let key = Self::request_key(datagram, u32::from(sequence), 1);
         let receiver = TunnelKey { address: datagram.destination.ip(), teid: header.teid };
         match header.message_type {
             CREATE_PDP_REQUEST => {
                 let mut fields = fields;
+                let mut known_teid_c = None;
                 if let (Some(linked), true) = (fields.linked_nsapi, header.teid != 0) {
                     // Secondary context: it inherits the subscriber of the primary it is linked to.
                     match self
@@ -426,11 +487,13 @@ impl Correlator {
                             if fields.apn.is_none() {
                                 fields.apn = primary.apn.as_deref().and_then(crate::wire::Apn::from_text);
                             }
+                            known_teid_c = primary.access.control.map(|k| k.teid);
                         }
                         None => self.stats.note("gtpc-secondary-without-primary"),
                     }
                 }
-                self.pending_insert(key, PendingKind::CreateV1 { fields, version: 1, tid: None });
+                let proof = fields.teid_control.or(known_teid_c).map(u64::from);
+                self.request(datagram, 1, sequence, proof, PendingKind::CreateV1 { fields, version: 1, tid: None });
             }
             UPDATE_PDP_REQUEST | DELETE_PDP_REQUEST => {
                 let peer = datagram.source.ip();
@@ -440,20 +503,26 @@ impl Correlator {
                     }
                     (_, _, Some(nsapi)) => self.sessions.by_control(receiver, nsapi, peer).into_iter().collect(),
                 };
-                if sessions.is_empty() {
+                let Some(first) = sessions.first().and_then(|&id| self.sessions.get(id)) else {
                     return self.stats.note("gtpc-unknown-context");
-                }
-                let kind = if header.message_type == DELETE_PDP_REQUEST {
-                    PendingKind::DeleteV1 { sessions }
-                } else {
-                    let Some(&session) = sessions.first() else { return };
-                    let sender_is_access = self.sessions.get(session).is_some_and(|s| s.core.control == Some(receiver));
-                    PendingKind::UpdateV1 { session, fields, sender_is_access }
                 };
-                self.pending_insert(key, kind);
+                // The requester is the side whose control key the request was not sent to.
+                let sender_is_access = first.core.control == Some(receiver);
+                let sender_end = if sender_is_access { first.access } else { first.core };
+                let known_teid_c = sender_end.control.map(|k| k.teid);
+                if header.message_type == DELETE_PDP_REQUEST {
+                    let proof = known_teid_c.map(u64::from);
+                    self.request(datagram, 1, sequence, proof, PendingKind::DeleteV1 { sessions });
+                } else {
+                    let proof = fields.teid_control.or(known_teid_c).map(u64::from);
+                    let kind = PendingKind::UpdateV1 { session: first.id, fields, sender_is_access };
+                    self.request(datagram, 1, sequence, proof, kind);
+                }
             }
             CREATE_PDP_RESPONSE | UPDATE_PDP_RESPONSE | DELETE_PDP_RESPONSE => {
-                let Some(request) = self.pending_take(datagram, u32::from(sequence), 1) else { return };
+                let Some(request) = self.response(datagram, 1, sequence, Some(u64::from(header.teid))) else {
+                    return;
+                };
                 let accepted = fields.cause.is_some_and(gtpv1::cause_accepted);
                 self.on_v1_response(datagram, request, &fields, accepted, out);
             }
@@ -464,13 +533,14 @@ impl Correlator {
     fn on_v1_response(
         &mut self,
         datagram: &Datagram<'_>,
-        request: PendingKind,
+        request: Pending<PendingKind>,
         response: &gtpv1::ControlFields,
         accepted: bool,
         out: &mut Vec<Event>,
     ) {
         let (requester, responder) = (datagram.destination.ip(), datagram.source.ip());
-        match request {
+        let frames = [request.frame, datagram.frame];
+        match request.kind {
             PendingKind::CreateV1 { fields, version, tid } => {
                 if !accepted {
                     return self.stats.note("gtpc-create-rejected");
@@ -491,15 +561,18 @@ impl Correlator {
                     access,
                     core,
                     last_seen_us: self.now_us,
+                    interface: Interface::Gn,
+                    evidence_tag: 0,
                 };
-                self.session_up(session, out);
+                self.session_up(session, v1_attachment(&fields, response), frames, out);
             }
             PendingKind::UpdateV1 { session, fields, sender_is_access } => {
                 if !accepted {
                     return self.stats.note("gtpc-update-rejected");
                 }
                 let (sender, responder_side) = (v1_endpoint(&fields, requester), v1_endpoint(response, responder));
-                self.session_update(session, out, |s| {
+                let attachment = v1_attachment(&fields, response);
+                self.session_update(session, attachment, frames, out, |s| {
                     let (sender_end, responder_end) =
                         if sender_is_access { (&mut s.access, &mut s.core) } else { (&mut s.core, &mut s.access) };
                     merge_endpoint(sender_end, sender);
@@ -513,7 +586,7 @@ impl Correlator {
                 if accepted || response.cause == Some(192) {
                     for id in sessions {
                         if let Some(session) = self.sessions.remove(id) {
-                            self.session_down(&session, "deleted", out);
+                            self.session_down(&session, "deleted", frames, out);
                         }
                     }
                 } else {
@@ -534,24 +607,37 @@ impl Correlator {
             Ok(fields) => fields,
             Err(error) => return self.stats.drop(error.reason()),
         };
-        let key = Self::request_key(datagram, header.sequence, 2);
+        let sequence = header.sequence;
         let receiver = TunnelKey { address: datagram.destination.ip(), teid: header.teid.unwrap_or(0) };
         match header.message_type {
-            CREATE_SESSION_REQUEST => self.pending_insert(key, PendingKind::CreateV2 { fields }),
+            CREATE_SESSION_REQUEST => {
+                let proof = fields.sender_control.map(|f| u64::from(f.teid));
+                self.request(datagram, 2, sequence, proof, PendingKind::CreateV2 { fields });
+            }
             MODIFY_BEARER_REQUEST | DELETE_SESSION_REQUEST => {
-                let Some(session) = self.sessions.by_control(receiver, 0, datagram.source.ip()) else {
+                let Some(session) = self
+                    .sessions
+                    .by_control(receiver, 0, datagram.source.ip())
+                    .and_then(|id| self.sessions.get(id))
+                else {
                     return self.stats.note("gtpc-unknown-context");
                 };
+                let sender_is_access = session.core.control == Some(receiver);
+                let sender_end = if sender_is_access { session.access } else { session.core };
+                // A Sender F-TEID for Control Plane in the request (a relocated MME or SGW) is where the
+                // response goes; otherwise the requester's known one.
+                let proof = fields.sender_control.map(|f| f.teid).or(sender_end.control.map(|k| k.teid));
                 let kind = if header.message_type == DELETE_SESSION_REQUEST {
-                    PendingKind::DeleteV2 { session }
+                    PendingKind::DeleteV2 { session: session.id }
                 } else {
-                    let sender_is_access = self.sessions.get(session).is_some_and(|s| s.core.control == Some(receiver));
-                    PendingKind::ModifyV2 { session, fields, sender_is_access }
+                    PendingKind::ModifyV2 { session: session.id, fields, sender_is_access }
                 };
-                self.pending_insert(key, kind);
+                self.request(datagram, 2, sequence, proof.map(u64::from), kind);
             }
             CREATE_SESSION_RESPONSE | MODIFY_BEARER_RESPONSE | DELETE_SESSION_RESPONSE => {
-                let Some(request) = self.pending_take(datagram, header.sequence, 2) else { return };
+                let Some(request) = self.response(datagram, 2, sequence, header.teid.map(u64::from)) else {
+                    return;
+                };
                 let accepted = fields.cause.is_some_and(gtpv2::cause_accepted);
                 self.on_v2_response(datagram, request, &fields, accepted, out);
             }
@@ -562,13 +648,14 @@ impl Correlator {
     fn on_v2_response(
         &mut self,
         datagram: &Datagram<'_>,
-        request: PendingKind,
+        request: Pending<PendingKind>,
         response: &gtpv2::ControlFields,
         accepted: bool,
         out: &mut Vec<Event>,
     ) {
         let (requester, responder) = (datagram.destination.ip(), datagram.source.ip());
-        match request {
+        let frames = [request.frame, datagram.frame];
+        match request.kind {
             PendingKind::CreateV2 { fields } => {
                 if !accepted {
                     return self.stats.note("gtpc-create-rejected");
@@ -580,6 +667,12 @@ impl Correlator {
                 let core = Endpoint {
                     control: response.sender_control.map(|f| fteid_key(&f, responder)),
                     user: response.uplink_fteid().map(|f| fteid_key(&f, responder)),
+                };
+                let interface = match fields.sender_control.map(|f| Interface::from_fteid_type(f.interface_type)) {
+                    Some(Interface::Unknown) | None => response
+                        .sender_control
+                        .map_or(Interface::Unknown, |f| Interface::from_fteid_type(f.interface_type)),
+                    Some(known) => known,
                 };
                 let session = Session {
                     id: 0,
@@ -595,14 +688,17 @@ impl Correlator {
                     access,
                     core,
                     last_seen_us: self.now_us,
+                    interface,
+                    evidence_tag: 0,
                 };
-                self.session_up(session, out);
+                self.session_up(session, v2_attachment(&fields, response), frames, out);
             }
             PendingKind::ModifyV2 { session, fields, sender_is_access } => {
                 if !accepted {
                     return self.stats.note("gtpc-update-rejected");
                 }
-                self.session_update(session, out, |s| {
+                let attachment = v2_attachment(&fields, response);
+                self.session_update(session, attachment, frames, out, |s| {
                     for message in [&fields, response] {
                         if let Some(f) = message.downlink_fteid() {
                             s.access.user = Some(fteid_key(&f, requester));
@@ -621,7 +717,7 @@ impl Correlator {
                 // 64 "Context Not Found": the peer has no such session either.
                 if accepted || response.cause == Some(64) {
                     if let Some(session) = self.sessions.remove(session) {
-                        self.session_down(&session, "deleted", out);
+                        self.session_down(&session, "deleted", frames, out);
                     }
                 } else {
                     self.stats.note("gtpc-delete-rejected");
@@ -638,6 +734,9 @@ impl Correlator {
         };
         *self.stats.gtpc_messages.entry((0, header.message_type)).or_default() += 1;
         use gtpv1::message::*;
+        // GTPv0's proof is the TID: a response carries the TID of the context its request named.
+        let sequence = u32::from(header.sequence);
+        let proof = Some(header.tid_key());
         match header.message_type {
             G_PDU => {
                 self.stats.g_pdus += 1;
@@ -655,27 +754,26 @@ impl Correlator {
                 };
                 fields.imsi = Some(header.imsi());
                 fields.nsapi = Some(header.nsapi());
-                let key = Self::request_key(datagram, u32::from(header.sequence), 0);
-                self.pending_insert(key, PendingKind::CreateV1 { fields, version: 0, tid: Some(header.tid_key()) });
+                let kind = PendingKind::CreateV1 { fields, version: 0, tid: Some(header.tid_key()) };
+                self.request(datagram, 0, sequence, proof, kind);
             }
             CREATE_PDP_RESPONSE => {
                 let fields = match gtpv0::control_fields(header.body) {
                     Ok(fields) => fields,
                     Err(error) => return self.stats.drop(error.reason()),
                 };
-                let Some(request) = self.pending_take(datagram, u32::from(header.sequence), 0) else { return };
+                let Some(request) = self.response(datagram, 0, sequence, proof) else { return };
                 let accepted = fields.cause.is_some_and(gtpv1::cause_accepted);
                 self.on_v1_response(datagram, request, &fields, accepted, out);
             }
             DELETE_PDP_REQUEST => {
                 if let Some(id) = self.sessions.by_tid(header.tid_key()) {
-                    let key = Self::request_key(datagram, u32::from(header.sequence), 0);
-                    self.pending_insert(key, PendingKind::DeleteV1 { sessions: vec![id] });
+                    self.request(datagram, 0, sequence, proof, PendingKind::DeleteV1 { sessions: vec![id] });
                 }
             }
             DELETE_PDP_RESPONSE => {
                 let fields = gtpv0::control_fields(header.body).unwrap_or_default();
-                let Some(request) = self.pending_take(datagram, u32::from(header.sequence), 0) else { return };
+                let Some(request) = self.response(datagram, 0, sequence, proof) else { return };
                 let accepted = fields.cause.is_some_and(gtpv1::cause_accepted);
                 self.on_v1_response(datagram, request, &fields, accepted, out);
             }
@@ -683,15 +781,38 @@ impl Correlator {
         }
     }
 
-    fn session_up(&mut self, session: Session, out: &mut Vec<Event>) {
+    /// A new session from an accepted Create. Where another live session already holds its UE address
+    /// for the same IMSI (the same UE seen on another interface: S11 and S5/S8 in one capture), it is
+    /// one subscriber: identity values one view lacks are taken from the other, and two views that
+    /// disagree on the MSISDN are counted (`identity-conflict`).
+    fn session_up(&mut self, mut session: Session, attachment: Attachment, frames: [u64; 2], out: &mut Vec<Event>) {
+        if !session.imsi.is_empty() {
+            for ip in [session.ue_ipv4.map(IpAddr::V4), session.ue_ipv6.map(IpAddr::V6)].into_iter().flatten() {
+                let mut holders = [0u64; SHARED_KEY_MAX];
+                let count = self.sessions.ue_ip_holders(ip, &mut holders);
+                for other in holders.iter().take(count).filter_map(|&id| self.sessions.get(id)) {
+                    if other.imsi != session.imsi || other.interface == session.interface {
+                        continue;
+                    }
+                    if session.msisdn.is_empty() {
+                        session.msisdn = other.msisdn;
+                    } else if !other.msisdn.is_empty() && other.msisdn != session.msisdn {
+                        self.stats.note("identity-conflict");
+                    }
+                    if session.imei.is_empty() {
+                        session.imei = other.imei;
+                    }
+                }
+            }
+        }
         match self.sessions.insert(session) {
             Ok((id, displaced)) => {
                 for old in displaced {
-                    self.session_down(&old, "replaced", out);
+                    self.session_down(&old, "replaced", frames, out);
                 }
                 if let Some(session) = self.sessions.get(id) {
                     self.stats.sessions_up += 1;
-                    out.push(Event::SessionUp(session_event(&session, self.now_us, "created")));
+                    out.push(Event::SessionUp(session_event(&session, self.now_us, "created", attachment, frames)));
                 }
                 self.note_crowding();
             }
@@ -699,18 +820,25 @@ impl Correlator {
         }
     }
 
-    fn session_update(&mut self, id: u64, out: &mut Vec<Event>, change: impl FnOnce(&mut Session)) {
+    fn session_update(
+        &mut self,
+        id: u64,
+        attachment: Attachment,
+        frames: [u64; 2],
+        out: &mut Vec<Event>,
+        change: impl FnOnce(&mut Session),
+    ) {
         let displaced = match self.sessions.update(id, change) {
             Ok(displaced) => displaced,
             Err(reason) => return self.stats.drop(reason),
         };
         for old in displaced {
-            self.session_down(&old, "replaced", out);
+            self.session_down(&old, "replaced", frames, out);
         }
         self.sessions.touch(id, self.now_us);
         if let Some(session) = self.sessions.get(id) {
             self.stats.sessions_updated += 1;
-            out.push(Event::SessionUpdate(session_event(&session, self.now_us, "updated")));
+            out.push(Event::SessionUpdate(session_event(&session, self.now_us, "updated", attachment, frames)));
         }
         self.note_crowding();
     }
@@ -725,9 +853,9 @@ impl Correlator {
         }
     }
 
-    fn session_down(&mut self, session: &Session, reason: &'static str, out: &mut Vec<Event>) {
+    fn session_down(&mut self, session: &Session, reason: &'static str, frames: [u64; 2], out: &mut Vec<Event>) {
         self.stats.sessions_down += 1;
-        out.push(Event::SessionDown(session_event(session, self.now_us, reason)));
+        out.push(Event::SessionDown(session_event(session, self.now_us, reason, Attachment::default(), frames)));
     }
 
     // ---------------------------------------------------------------- GTP-U
@@ -837,25 +965,43 @@ impl Correlator {
     /// The UE-address fallback for a G-PDU on an unknown tunnel. It answers only when it cannot be
     /// wrong: the tunnel is not one of an ended session, exactly one live session holds the address, and
     /// that session's uplink tunnel ends at the same GSN address the packet was sent to.
+    ///
+    /// The same UE seen on two interfaces (S11 and S5/S8) is held by two sessions, one per interface;
+    /// their uplink tunnels end at different GSNs, so the GSN the packet was sent to picks one. Two
+    /// holders left at the same GSN answer only when they are the same subscriber (same IMSI and
+    /// MSISDN, so the sighting is the same); otherwise the token stays unattributed.
     fn fallback(&self, tunnel: Option<TunnelKey>, source: IpAddr) -> Result<u64, &'static str> {
         if tunnel.is_some_and(|t| self.sessions.is_tombstone(t, self.tombstone_cutoff())) {
             return Err("ended-tunnel");
         }
-        let id = self.sessions.by_ue_ip(source).ok_or(if self.sessions.is_empty() {
-            "no-live-session"
-        } else {
-            "unknown-tunnel"
-        })?;
-        let same_gsn = match (tunnel, self.sessions.get(id).and_then(|s| s.core.user)) {
-            (Some(tunnel), Some(core)) => tunnel.address == core.address,
-            (None, _) => true, // GTPv0: no tunnel key, the TID lookup already failed
-            (Some(_), None) => false,
-        };
-        if same_gsn {
-            Ok(id)
-        } else {
-            Err("unknown-tunnel")
+        let mut holders = [0u64; SHARED_KEY_MAX];
+        let count = self.sessions.ue_ip_holders(source, &mut holders);
+        if count == 0 {
+            return Err(if self.sessions.is_empty() { "no-live-session" } else { "unknown-tunnel" });
         }
+        let mut chosen: Option<Session> = None;
+        for session in holders.iter().take(count).filter_map(|&id| self.sessions.get(id)) {
+            let same_gsn = match (tunnel, session.core.user) {
+                (Some(tunnel), Some(core)) => tunnel.address == core.address,
+                (None, _) => true, // GTPv0: no tunnel key, the TID lookup already failed
+                (Some(_), None) => false,
+            };
+            if !same_gsn {
+                continue;
+            }
+            match &chosen {
+                None => chosen = Some(session),
+                Some(first) => {
+                    let same_subscriber = !first.imsi.is_empty()
+                        && first.imsi == session.imsi
+                        && first.msisdn == session.msisdn;
+                    if !same_subscriber {
+                        return Err("unknown-tunnel");
+                    }
+                }
+            }
+        }
+        chosen.map(|s| s.id).ok_or("unknown-tunnel")
     }
 
     fn on_tcp(
@@ -953,6 +1099,8 @@ impl Correlator {
                     source,
                     destination,
                     attribution,
+                    evidence_tag: session.evidence_tag,
+                    evidence: None,
                 }));
             }
             None => {
@@ -1080,7 +1228,17 @@ fn ip_bits(ip: IpAddr) -> u128 {
     }
 }
 
-fn session_event(session: &Session, ts_us: u64, reason: &'static str) -> SessionEvent {
+fn session_event(
+    session: &Session,
+    ts_us: u64,
+    reason: &'static str,
+    mut attachment: Attachment,
+    frames: [u64; 2],
+) -> SessionEvent {
+    if reason == "created" || reason == "updated" {
+        // The serving node is the access side's control end (SGSN, MME, SGW on S5/S8).
+        attachment.serving_node = session.access.control.map(|k| k.address);
+    }
     SessionEvent {
         ts_us,
         identity: session.identity(),
@@ -1088,6 +1246,31 @@ fn session_event(session: &Session, ts_us: u64, reason: &'static str) -> Session
         teid_down: session.teid_down(),
         gtp_version: session.gtp_version,
         reason,
+        interface: session.interface,
+        attachment,
+        frames,
+        evidence_tag: session.evidence_tag,
+    }
+}
+
+/// What a GTPv0/v1 exchange says of the attachment: RAT and location from the request, the GGSN's
+/// Charging ID from the response.
+fn v1_attachment(request: &gtpv1::ControlFields, response: &gtpv1::ControlFields) -> Attachment {
+    Attachment {
+        rat_type: request.rat_type.or(response.rat_type),
+        uli: request.uli.or(response.uli),
+        charging_id: response.charging_id.or(request.charging_id),
+        serving_node: None,
+    }
+}
+
+/// What a GTPv2 exchange says of the attachment (as [`v1_attachment`]).
+fn v2_attachment(request: &gtpv2::ControlFields, response: &gtpv2::ControlFields) -> Attachment {
+    Attachment {
+        rat_type: request.rat_type.or(response.rat_type),
+        uli: request.uli.or(response.uli),
+        charging_id: response.charging_id.or(request.charging_id),
+        serving_node: None,
     }
 }
 
@@ -1132,7 +1315,7 @@ mod tests {
     fn send(c: &mut Correlator, ts: u64, from: [u8; 4], to: [u8; 4], port: u16, payload: &[u8]) -> Vec<Event> {
         let mut out = Vec::new();
         c.on_datagram(
-            &Datagram { ts_us: ts, source: (from, port).into(), destination: (to, port).into(), payload },
+            &Datagram { ts_us: ts, frame: 0, source: (from, port).into(), destination: (to, port).into(), payload },
             &mut out,
         );
         out
@@ -1222,17 +1405,21 @@ mod tests {
         assert_eq!(c.stats().notes().get("sighting-duplicate"), Some(&1));
     }
 
-    /// A response that does not come back from the GSN the request went to is not paired; a rejected
-    /// response creates nothing; a request that is never answered times out of the pending table.
+    /// A response whose header TEID is not the requester's announced TEID-C is not paired, wherever it
+    /// comes from; a rejected response creates nothing; a request never answered leaves the pending table
+    /// at the end of the retransmission window.
     #[test]
-    fn pairing_needs_the_same_gsns_and_an_accepting_cause() {
-        let mut c = Correlator::new(Config { pending_timeout_ms: 1_000, ..Config::default() });
+    fn pairing_needs_the_proof_and_an_accepting_cause() {
+        let mut c = Correlator::new(Config { t3_response_ms: 500, n3_requests: 2, ..Config::default() });
         let request =
             [&[2u8, 0x00, 0x01, 0x10, 0x32, 0x54, 0x76, 0x98, 0xF0][..], &teids(0x11, 0x12), &[20, 5]].concat();
         send(&mut c, 1, SGSN, GGSN, 2123, &v1(16, 0, 7, &request));
         let response = [&[1u8, 128][..], &teids(0x21, 0x22), &[128, 0, 6, 0xF1, 0x21, 10, 1, 2, 3]].concat();
         let stranger = [203, 0, 113, 9];
-        assert!(send(&mut c, 2, stranger, SGSN, 2123, &v1(17, 0x12, 7, &response)).is_empty());
+        assert!(send(&mut c, 2, stranger, SGSN, 2123, &v1(17, 0x13, 7, &response)).is_empty());
+        assert!(send(&mut c, 2, GGSN, SGSN, 2123, &v1(17, 0x13, 7, &response)).is_empty());
+        assert_eq!(c.stats().notes().get("gtpc-response-teid-mismatch"), Some(&1));
+        assert_eq!(c.stats().notes().get("gtpc-response-without-request"), Some(&1));
         let rejected = [&[1u8, 199][..], &teids(0x21, 0x22)].concat();
         assert!(send(&mut c, 3, GGSN, SGSN, 2123, &v1(17, 0x12, 7, &rejected)).is_empty());
         assert!(c.sessions().is_empty());

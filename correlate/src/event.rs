@@ -1,6 +1,7 @@
 //! What the correlator reports. Events are produced on control messages and on sightings, never per
 //! ordinary user-plane packet; the binary turns them into JSON lines (or billing RPCs).
 use crate::scan::Carrier;
+use crate::wire::location::Uli;
 use crate::wire::Tbcd;
 use gtpcharge_proto::Token;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,6 +26,76 @@ impl Identity {
     }
 }
 
+/// The interface a session was learnt from: `gn` for GTPv0/v1 (Gn/Gp), and for GTPv2 what the sender's
+/// control F-TEID interface type says (TS 29.274 table 8.22-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Interface {
+    Gn,
+    S11,
+    S5S8,
+    S4,
+    S2a,
+    S2b,
+    #[default]
+    Unknown,
+}
+
+impl Interface {
+    /// From a GTPv2 control F-TEID's interface type (the request's sender, or the response's).
+    pub fn from_fteid_type(interface_type: u8) -> Interface {
+        match interface_type {
+            10 | 11 => Interface::S11, // S11 MME, S11/S4 SGW
+            6 | 7 => Interface::S5S8,  // S5/S8 SGW, S5/S8 PGW
+            17 => Interface::S4,       // S4 SGSN
+            35 | 36 => Interface::S2a, // S2a TWAN, S2a PGW
+            30 | 32 => Interface::S2b, // S2b ePDG, S2b PGW
+            _ => Interface::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interface::Gn => "gn",
+            Interface::S11 => "s11",
+            Interface::S5S8 => "s5s8",
+            Interface::S4 => "s4",
+            Interface::S2a => "s2a",
+            Interface::S2b => "s2b",
+            Interface::Unknown => "unknown",
+        }
+    }
+
+    /// The stored form (one byte in the session record).
+    pub fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_u8(value: u8) -> Interface {
+        [
+            Interface::Gn,
+            Interface::S11,
+            Interface::S5S8,
+            Interface::S4,
+            Interface::S2a,
+            Interface::S2b,
+        ]
+        .get(usize::from(value))
+        .copied()
+        .unwrap_or(Interface::Unknown)
+    }
+}
+
+/// Where and how the subscriber is attached, as the signalling messages of one exchange (request and
+/// response) said. Not stored in the session table: each event carries what its own messages had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attachment {
+    pub rat_type: Option<u8>,
+    pub uli: Option<Uli>,
+    pub charging_id: Option<u32>,
+    /// The serving node's control address: the SGSN (Gn), MME (S11), SGW (S5/S8) or SGSN (S4).
+    pub serving_node: Option<IpAddr>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionEvent {
     pub ts_us: u64,
@@ -37,6 +108,13 @@ pub struct SessionEvent {
     pub gtp_version: u8,
     /// Why a session ended or changed: "deleted", "idle-timeout", "replaced", "updated"; "created" on up.
     pub reason: &'static str,
+    pub interface: Interface,
+    /// From the exchange that raised this event (empty on session_down).
+    pub attachment: Attachment,
+    /// Capture frames of that exchange: request, response (0 when unknown or not from an exchange).
+    pub frames: [u64; 2],
+    /// The session's evidence tag (see `Correlator::set_evidence_tag`; 0: none).
+    pub evidence_tag: u32,
 }
 
 /// How a user-plane packet was tied to its session.
@@ -57,6 +135,10 @@ pub struct Sighting {
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub attribution: Attribution,
+    /// The session's evidence tag (0: none).
+    pub evidence_tag: u32,
+    /// The evidence file the binary wrote for this sighting, if it keeps evidence.
+    pub evidence: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,7 @@
 pub mod engine;
 pub mod event;
 pub mod flow;
+pub mod pending;
 pub mod scan;
 pub mod session;
 pub mod sharded;
@@ -37,4 +38,4 @@ pub(crate) fn ip_word(ip: std::net::IpAddr) -> u128 {
     }
 }
 
-pub use event::{Attribution, Event, Identity, SessionEvent, Sighting, Unattributed};
+pub use event::{Attachment, Attribution, Event, Identity, Interface, SessionEvent, Sighting, Unattributed};

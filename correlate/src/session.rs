@@ -18,7 +18,7 @@
 //! GSN addresses (a few hundred per carrier) are interned to `u16` ids with reference counts, APNs to
 //! `u16` ids; IPv6 UE addresses and GTPv0 TIDs, which few sessions have, live in side maps. [`Session`]
 //! is the wide form the engine builds and reads; it is not what is stored.
-use crate::event::Identity;
+use crate::event::{Identity, Interface};
 use crate::sharded::{shard_of, SHARDS};
 use crate::wire::{Apn, Tbcd};
 use crate::Map;
@@ -112,6 +112,10 @@ pub struct Session {
     /// GGSN / PGW / SGW-on-S11 side: receives uplink.
     pub core: Endpoint,
     pub last_seen_us: u64,
+    /// The interface the session was learnt from.
+    pub interface: Interface,
+    /// An opaque tag the binary's evidence store gives the session (0: none).
+    pub evidence_tag: u32,
 }
 
 impl Session {
@@ -204,6 +208,9 @@ struct Record {
     nsapi: u8,
     gtp_version: u8,
     flags: u8,
+    interface: u8,
+    /// In what was padding: the record stays 80 bytes.
+    evidence_tag: u32,
 }
 
 const FREE: Record = Record {
@@ -219,6 +226,8 @@ const FREE: Record = Record {
     nsapi: 0,
     gtp_version: 0,
     flags: 0,
+    interface: 0,
+    evidence_tag: 0,
 };
 
 impl Record {
@@ -439,6 +448,8 @@ impl Store {
             access: Endpoint { control: key(ACCESS_CONTROL), user: key(ACCESS_USER) },
             core: Endpoint { control: key(CORE_CONTROL), user: key(CORE_USER) },
             last_seen_us: record.last_seen_us,
+            interface: Interface::from_u8(record.interface),
+            evidence_tag: record.evidence_tag,
         })
     }
 }
@@ -650,6 +661,33 @@ impl SessionTable {
         store.id_of(only)
     }
 
+    /// Every live session indexed under a UE address (at most [`SHARED_KEY_MAX`]; none when the address
+    /// is crowded beyond that).
+    /// Written into `out`; returns how many.
+    pub fn ue_ip_holders(&self, ip: IpAddr, out: &mut [u64; SHARED_KEY_MAX]) -> usize {
+        if self.ue_ip_crowded.contains_key(&ip) {
+            return 0;
+        }
+        let store = &self.store;
+        let ids = self.index.iter_hash(store.hash_ip(ip)).filter(|&&e| store.is_ip(e, ip)).filter_map(|&e| store.id_of(e));
+        let mut count = 0;
+        for (slot, id) in out.iter_mut().zip(ids) {
+            *slot = id;
+            count += 1;
+        }
+        count
+    }
+
+    /// Gives a live session the evidence store's tag; `false` if it is not live.
+    pub fn set_evidence_tag(&mut self, id: u64, tag: u32) -> bool {
+        let Some(record) = self.store.records.get_mut(slot_in(id) as usize) else { return false };
+        if !record.is(id) {
+            return false;
+        }
+        record.evidence_tag = tag;
+        true
+    }
+
     /// Marks a session as seen at `ts_us` (packet time); `false` if it is not live.
     pub fn touch(&mut self, id: u64, ts_us: u64) -> bool {
         let Some(record) = self.store.records.get_mut(slot_in(id) as usize) else { return false };
@@ -745,6 +783,7 @@ impl SessionTable {
         record.flags |=
             if session.ue_ipv6.is_some() { HAS_V6 } else { 0 } | if session.tid.is_some() { HAS_TID } else { 0 };
         (record.nsapi, record.gtp_version) = (session.nsapi, session.gtp_version);
+        (record.interface, record.evidence_tag) = (session.interface.to_u8(), session.evidence_tag);
         Ok(record)
     }
 
@@ -971,6 +1010,8 @@ mod tests {
             access: Endpoint { control: Some(key([10, 0, 0, 1], down)), user: Some(key([10, 0, 0, 2], down)) },
             core: Endpoint { control: Some(key([10, 0, 1, 1], up)), user: Some(key([10, 0, 1, 2], up)) },
             last_seen_us: 0,
+            interface: Interface::Gn,
+            evidence_tag: 0,
         }
     }
 

@@ -68,7 +68,7 @@ fn steady_state_g_pdus_do_not_allocate() {
     let accept = v1_message(17, 0x12, 1, &response);
     let send = |c: &mut Correlator, events: &mut Vec<_>, ts, src: [u8; 4], dst: [u8; 4], port, payload: &[u8]| {
         c.on_datagram(
-            &Datagram { ts_us: ts, source: (src, port).into(), destination: (dst, port).into(), payload },
+            &Datagram { ts_us: ts, frame: 0, source: (src, port).into(), destination: (dst, port).into(), payload },
             events,
         );
         events.clear();

@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         let port = [2123u16, 2152, 3386, 53][usize::from(kind & 3)];
         let (a, b) = if kind & 4 == 0 { ([10, 0, 0, 1], [10, 0, 0, 2]) } else { ([10, 0, 0, 2], [10, 0, 0, 1]) };
         ts += u64::from(kind >> 3) * 1_000_000 + 1;
-        let datagram = Datagram { ts_us: ts, source: (a, port).into(), destination: (b, port).into(), payload };
+        let datagram = Datagram { ts_us: ts, frame: 0, source: (a, port).into(), destination: (b, port).into(), payload };
         correlator.on_datagram(&datagram, &mut events);
         events.clear();
         rest = next;

@@ -5,6 +5,7 @@
 //!  0        1        2        3        4 .. 7     8..9   10     11
 //! |V|P|-|E|S|N| type | length (after byte 8) | TEID | seq | N-PDU | next ext |  (last 4 only if E|S|N)
 //! ```
+use super::location::Uli;
 use super::{be_u16, be_u32, ip_from, Apn, Tbcd, WireError, GTPU_EXT_HDRS_MAX, IES_MAX};
 use std::net::IpAddr;
 
@@ -231,6 +232,13 @@ pub struct ControlFields {
     pub gsn_control: Option<IpAddr>,
     /// Second GSN Address IE: the sender's user-plane address.
     pub gsn_user: Option<IpAddr>,
+    /// RAT Type (7.7.50): 1 UTRAN, 2 GERAN, 3 WLAN, 4 GAN, 5 HSPA Evolution, 6 EUTRAN.
+    pub rat_type: Option<u8>,
+    /// User Location Information (7.7.51), with the Routeing Area Identity IE (7.7.3) as its RAI when
+    /// the ULI has none.
+    pub uli: Option<Uli>,
+    /// Charging ID (7.7.26): the GGSN's, in a Create response.
+    pub charging_id: Option<u32>,
 }
 
 impl ControlFields {
@@ -243,11 +251,13 @@ impl ControlFields {
     pub(crate) fn parse_with(ies: IeIter<'_>) -> Result<ControlFields, WireError> {
         let mut fields = ControlFields::default();
         let mut gsn_addresses = 0;
+        let mut rai = None;
         for ie in ies {
             let Ie { ie_type, value } = ie?;
             match ie_type {
                 1 => fields.cause = value.first().copied(),
                 2 => fields.imsi = Tbcd::from_wire(value),
+                3 => rai = Some(Uli::from_v1_rai(value)?),
                 // GTPv0 carries 2-byte flow labels under the same types; they play the TEIDs' part.
                 16 => fields.teid_data = be_u32(value, 0).or(be_u16(value, 0).map(u32::from)),
                 17 => fields.teid_control = be_u32(value, 0).or(be_u16(value, 0).map(u32::from)),
@@ -273,11 +283,18 @@ impl ControlFields {
                     gsn_addresses += 1;
                 }
                 // MSISDN: one octet of nature of address / numbering plan, then TBCD digits.
+                127 => fields.charging_id = be_u32(value, 0),
                 134 => fields.msisdn = value.get(1..).and_then(Tbcd::from_wire),
+                151 => fields.rat_type = value.first().copied(),
+                152 => fields.uli = Some(Uli::from_v1(value)?),
                 154 => fields.imei = Tbcd::from_wire(value),
                 _ => {}
             }
         }
+        fields.uli = match fields.uli {
+            Some(uli) => Some(uli.with_rai_from(rai)),
+            None => rai,
+        };
         Ok(fields)
     }
 

@@ -7,6 +7,7 @@
 //! ```
 //! A piggybacked message (P flag) follows its carrier in the same datagram; [`Header::parse`] reports
 //! the carrier and where the next message starts.
+use super::location::Uli;
 use super::{be_u16, be_u32, need, Apn, Tbcd, WireError, IES_MAX};
 use std::net::IpAddr;
 
@@ -29,8 +30,11 @@ mod ie {
     pub const MEI: u8 = 75;
     pub const MSISDN: u8 = 76;
     pub const PAA: u8 = 79;
+    pub const RAT_TYPE: u8 = 82;
+    pub const ULI: u8 = 86;
     pub const F_TEID: u8 = 87;
     pub const BEARER_CONTEXT: u8 = 93;
+    pub const CHARGING_ID: u8 = 94;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +195,12 @@ pub struct ControlFields {
     pub ebi: Option<u8>,
     /// User-plane F-TEIDs found in bearer contexts.
     pub bearer_fteids: [Option<FTeid>; BEARER_FTEIDS_MAX],
+    /// RAT Type (8.17): 1 UTRAN, 2 GERAN, 3 WLAN, 4 GAN, 5 HSPA Evolution, 6 EUTRAN, 10 NR ...
+    pub rat_type: Option<u8>,
+    /// User Location Information (8.21).
+    pub uli: Option<Uli>,
+    /// Charging ID (8.30): the PGW's, top level or in the first bearer context that has one.
+    pub charging_id: Option<u32>,
 }
 
 impl ControlFields {
@@ -205,6 +215,9 @@ impl ControlFields {
                 (ie::MEI, _) => fields.mei = Tbcd::from_wire(ie.value),
                 (ie::MSISDN, _) => fields.msisdn = Tbcd::from_wire(ie.value),
                 (ie::PAA, _) => fields.read_paa(ie.value)?,
+                (ie::RAT_TYPE, _) => fields.rat_type = ie.value.first().copied(),
+                (ie::ULI, _) => fields.uli = Some(Uli::from_v2(ie.value)?),
+                (ie::CHARGING_ID, _) => fields.charging_id = fields.charging_id.or(be_u32(ie.value, 0)),
                 (ie::F_TEID, instance) => {
                     let fteid = FTeid::parse(ie.value)?;
                     if instance == 0 || fields.sender_control.is_none() {
@@ -249,6 +262,7 @@ impl ControlFields {
             let ie = ie?;
             match ie.ie_type {
                 ie::EBI => first_ebi = first_ebi.or(ie.value.first().map(|b| b & 0x0F)),
+                ie::CHARGING_ID => self.charging_id = self.charging_id.or(be_u32(ie.value, 0)),
                 ie::F_TEID => {
                     let fteid = FTeid::parse(ie.value)?;
                     if let Some(slot) = self.bearer_fteids.iter_mut().find(|s| s.is_none()) {

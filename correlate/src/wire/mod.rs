@@ -11,6 +11,7 @@ pub mod gtpu;
 pub mod gtpv0;
 pub mod gtpv1;
 pub mod gtpv2;
+pub mod location;
 pub mod tbcd;
 
 pub use tbcd::Tbcd;
