@@ -131,6 +131,68 @@ impl Chain {
 
 const ROLES: [&str; 4] = ["create-request", "create-response", "update-request", "update-response"];
 
+/// Bytes of recent user-plane frames kept (a ring), so that a token split over TCP segments or carried
+/// in a fragmented outer packet has all its packets in its evidence.
+const RECENT_BYTES: u64 = 4 << 20;
+/// Earlier packets of the token's tunnel put in its evidence at most, and how far back.
+const EARLIER_MAX: usize = 3;
+const EARLIER_US: u64 = 10_000_000;
+
+/// Where a user-plane frame went: the tunnel (GSN address, TEID) of a G-PDU, or `None` for a fragment
+/// still being reassembled.
+pub type TunnelOf = Option<(std::net::IpAddr, u32)>;
+
+struct RecentFrame {
+    number: u64,
+    tunnel: TunnelOf,
+    ts_us: u64,
+    linktype: i32,
+    /// Position in the ring as a running count of bytes (the ring index is this modulo its size).
+    at: u64,
+    len: usize,
+}
+
+/// Recent user-plane frames in one preallocated byte ring: no allocation per frame.
+struct Recent {
+    ring: Vec<u8>,
+    frames: VecDeque<RecentFrame>,
+    next: u64,
+}
+
+impl Recent {
+    fn new() -> Recent {
+        Recent { ring: vec![0; RECENT_BYTES as usize], frames: VecDeque::new(), next: 0 }
+    }
+
+    fn keep(&mut self, number: u64, tunnel: TunnelOf, frame: &Frame<'_>) {
+        let size = self.ring.len() as u64;
+        let len = frame.data.len();
+        if len as u64 > size / 16 {
+            return;
+        }
+        // A frame never wraps: it starts again at the ring's start when it would not fit.
+        let mut at = self.next;
+        if at % size + len as u64 > size {
+            at += size - at % size;
+        }
+        let end = at + len as u64;
+        while self.frames.front().is_some_and(|f| f.at < end.saturating_sub(size)) {
+            self.frames.pop_front();
+        }
+        let start = (at % size) as usize;
+        if let Some(slot) = self.ring.get_mut(start..start + len) {
+            slot.copy_from_slice(frame.data);
+            self.frames.push_back(RecentFrame { number, tunnel, ts_us: frame.ts_us, linktype: frame.linktype, at, len });
+        }
+        self.next = end;
+    }
+
+    fn bytes(&self, frame: &RecentFrame) -> &[u8] {
+        let start = (frame.at % self.ring.len() as u64) as usize;
+        self.ring.get(start..start + frame.len).unwrap_or_default()
+    }
+}
+
 pub struct Evidence {
     dir: PathBuf,
     signalling: Segments,
@@ -143,6 +205,7 @@ pub struct Evidence {
     files: VecDeque<(PathBuf, u64)>,
     files_bytes: u64,
     files_max: u64,
+    recent: Recent,
     pub stats: EvidenceStats,
 }
 
@@ -179,6 +242,7 @@ impl Evidence {
             files: files.into_iter().map(|(p, len, _)| (p, len)).collect(),
             files_bytes,
             files_max: max_bytes / 2,
+            recent: Recent::new(),
             stats: EvidenceStats::default(),
         })
     }
@@ -205,6 +269,47 @@ impl Evidence {
             }
             Err(error) => self.error("keeping a signalling frame", &error),
         }
+    }
+
+    /// Keeps a user-plane frame for a while (see [`RECENT_BYTES`]).
+    pub fn keep_user_plane(&mut self, number: u64, tunnel: TunnelOf, frame: &Frame<'_>) {
+        self.recent.keep(number, tunnel, frame);
+    }
+
+    /// Earlier frames that carried part of the token: the last few frames of the same inner flow in the
+    /// same tunnel, and the other fragments of its outer packet.
+    fn earlier(
+        &self,
+        sighting: &Sighting,
+        number: u64,
+        tunnel: TunnelOf,
+        frame: &Frame<'_>,
+    ) -> Vec<(&'static str, u64, u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let fragment_of = gtpcharge_capture::decode::ipv4_fragment_of;
+        if let Some(key) = fragment_of(frame.linktype, frame.data) {
+            for f in self.recent.frames.iter().filter(|f| f.number < number && f.tunnel.is_none()) {
+                let bytes = self.recent.bytes(f);
+                if f.linktype == frame.linktype && fragment_of(f.linktype, bytes) == Some(key) {
+                    out.push(("fragment", f.number, f.ts_us, bytes.to_vec()));
+                }
+            }
+        }
+        if tunnel.is_some() {
+            let since = frame.ts_us.saturating_sub(EARLIER_US);
+            let mut decoder = gtpcharge_capture::Decoder::new(&gtpcharge_capture::DecoderConfig::default());
+            let same_flow = self.recent.frames.iter().rev().filter(|f| {
+                f.number < number
+                    && f.tunnel == tunnel
+                    && f.ts_us >= since
+                    && f.linktype == frame.linktype
+                    && inner_flow(&mut decoder, f, self.recent.bytes(f)) == Some((sighting.source, sighting.destination))
+            });
+            for f in same_flow.take(EARLIER_MAX) {
+                out.push(("earlier-segment", f.number, f.ts_us, self.recent.bytes(f).to_vec()));
+            }
+        }
+        out
     }
 
     /// Records the exchange of a session event; returns the session's new evidence tag.
@@ -283,7 +388,7 @@ impl Evidence {
     }
 
     /// Writes the evidence of one sighting; returns the pcap's file name.
-    pub fn write(&mut self, sighting: &Sighting, number: u64, frame: &Frame<'_>) -> Option<String> {
+    pub fn write(&mut self, sighting: &Sighting, number: u64, tunnel: TunnelOf, frame: &Frame<'_>) -> Option<String> {
         let chain = self.read_chain(sighting.evidence_tag, sighting.identity.session_id);
         let stem = format!(
             "{}-{}-f{number}",
@@ -309,7 +414,9 @@ impl Evidence {
         if chain.is_none() {
             self.stats.chain_expired += 1;
         }
+        packets.extend(self.earlier(sighting, number, tunnel, frame));
         packets.sort_by_key(|p| p.1);
+        packets.dedup_by_key(|p| p.1);
         packets.push(("token", number, frame.ts_us, frame.data.to_vec()));
         let written = (|| -> Result<u64> {
             let mut writer = PcapWriter::create(&pcap_path, frame.linktype)?;
@@ -382,6 +489,27 @@ impl Evidence {
             s.errors
         )
     }
+}
+
+/// The inner (source, destination) of a G-PDU frame.
+fn inner_flow(
+    decoder: &mut gtpcharge_capture::Decoder,
+    frame: &RecentFrame,
+    bytes: &[u8],
+) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    use gtpcharge_correlate::wire::{gtpu, gtpv1};
+    let payload = decoder.decode(frame.linktype, frame.ts_us, bytes).ok()??.payload;
+    let header = gtpv1::Header::parse(payload).ok()?;
+    let packet = gtpu::inner_packet(header.body).ok()?;
+    let (source_port, destination_port) = match packet.transport {
+        gtpu::Transport::Tcp { source_port, destination_port, .. }
+        | gtpu::Transport::Udp { source_port, destination_port, .. } => (source_port, destination_port),
+        gtpu::Transport::Other => return None,
+    };
+    Some((
+        std::net::SocketAddr::new(packet.source, source_port),
+        std::net::SocketAddr::new(packet.destination, destination_port),
+    ))
 }
 
 fn create_private(path: &Path) -> Result<File> {

@@ -5,6 +5,7 @@ mod billing;
 mod config;
 mod delivery;
 mod evidence;
+mod explain;
 mod demo;
 mod jsonl;
 mod logging;
@@ -101,6 +102,13 @@ enum Command {
         handover: HandoverArg,
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// An evidence file of `--evidence-dir` in words: each packet (frame, time, role, message, identity,
+    /// tunnels, token), then what the packets alone give when replayed (exit 1 if they do not attribute
+    /// the token to the subscriber recorded).
+    Explain {
+        /// The evidence pcap (its `.json` companion is read from beside it).
+        file: PathBuf,
     },
     /// Write fuzzing seeds from capture files (one file per frame or GTP message, per fuzz target).
     #[command(hide = true)]
@@ -644,6 +652,7 @@ fn main() -> std::process::ExitCode {
             };
             capture(live, &probe).map(|()| true)
         }
+        Command::Explain { file } => explain::explain(&file),
         Command::Demo { sample, workdir } => {
             let _ = std::fs::remove_dir_all(&workdir);
             std::fs::create_dir_all(&workdir)

@@ -45,14 +45,24 @@ impl Probe {
             destination: udp.destination,
             payload: udp.payload,
         });
+        let mut tunnel = None;
         match &decoded {
             Ok(Some(datagram)) => {
                 if let Some(evidence) = &mut self.evidence {
                     if self.correlator.carries_signalling(datagram) {
                         evidence.keep_signalling(number, frame);
+                    } else {
+                        tunnel = tunnel_of(datagram);
+                        evidence.keep_user_plane(number, tunnel, frame);
                     }
                 }
                 self.correlator.on_datagram(datagram, &mut self.events)
+            }
+            Ok(None) if self.evidence.is_some() => {
+                self.fragments_held += 1;
+                if let Some(evidence) = &mut self.evidence {
+                    evidence.keep_user_plane(number, None, frame);
+                }
             }
             Ok(None) => self.fragments_held += 1,
             Err(reason) => self.correlator.count_drop(reason),
@@ -69,7 +79,7 @@ impl Probe {
                             correlator.set_evidence_tag(e.identity.session_id, tag);
                         }
                     }
-                    Event::Sighting(s) => s.evidence = evidence.write(s, number, frame),
+                    Event::Sighting(s) => s.evidence = evidence.write(s, number, tunnel, frame),
                     _ => {}
                 }
             }
@@ -188,6 +198,12 @@ impl Probe {
         line(format!("notes {}", join(&stats.notes())));
         out
     }
+}
+
+/// The tunnel (destination address, TEID) of a GTPv1-U datagram, for gathering evidence.
+fn tunnel_of(datagram: &Datagram<'_>) -> crate::evidence::TunnelOf {
+    let teid = datagram.payload.get(4..8).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)?;
+    (datagram.payload.first()? >> 5 == 1).then_some((datagram.destination.ip(), teid))
 }
 
 fn join<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {

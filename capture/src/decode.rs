@@ -106,6 +106,19 @@ fn network_layer(linktype: i32, data: &[u8]) -> Result<&[u8], &'static str> {
     }
 }
 
+/// Which reassembly a frame belongs to when it is a fragment of an IPv4 packet: (source, destination,
+/// protocol, identification); `None` for anything else. For gathering a reassembled packet's frames
+/// (evidence), not on the per-packet path.
+pub fn ipv4_fragment_of(linktype: i32, data: &[u8]) -> Option<(IpAddr, IpAddr, u8, u16)> {
+    let network = network_layer(linktype, data).ok()?;
+    let header = etherparse::Ipv4HeaderSlice::from_slice(network).ok()?;
+    if !header.more_fragments() && header.fragments_offset().value() == 0 {
+        return None;
+    }
+    let (source, destination) = (IpAddr::V4(header.source_addr()), IpAddr::V4(header.destination_addr()));
+    Some((source, destination, header.protocol().0, header.identification()))
+}
+
 impl Decoder {
     pub fn new(config: &DecoderConfig) -> Decoder {
         Decoder {

@@ -572,7 +572,7 @@ impl Correlator {
                 }
                 let (sender, responder_side) = (v1_endpoint(&fields, requester), v1_endpoint(response, responder));
                 let attachment = v1_attachment(&fields, response);
-                self.session_update(session, attachment, frames, out, |s| {
+                self.session_update(session, "updated", attachment, frames, out, |s| {
                     let (sender_end, responder_end) =
                         if sender_is_access { (&mut s.access, &mut s.core) } else { (&mut s.core, &mut s.access) };
                     merge_endpoint(sender_end, sender);
@@ -698,7 +698,7 @@ impl Correlator {
                     return self.stats.note("gtpc-update-rejected");
                 }
                 let attachment = v2_attachment(&fields, response);
-                self.session_update(session, attachment, frames, out, |s| {
+                self.session_update(session, "updated", attachment, frames, out, |s| {
                     for message in [&fields, response] {
                         if let Some(f) = message.downlink_fteid() {
                             s.access.user = Some(fteid_key(&f, requester));
@@ -783,9 +783,11 @@ impl Correlator {
 
     /// A new session from an accepted Create. Where another live session already holds its UE address
     /// for the same IMSI (the same UE seen on another interface: S11 and S5/S8 in one capture), it is
-    /// one subscriber: identity values one view lacks are taken from the other, and two views that
-    /// disagree on the MSISDN are counted (`identity-conflict`).
+    /// one subscriber: identity values one view lacks are taken from the other (the older view gets a
+    /// `session_update` with reason `merged`), and two views that disagree on the MSISDN are counted
+    /// (`identity-conflict`) and left as they are.
     fn session_up(&mut self, mut session: Session, attachment: Attachment, frames: [u64; 2], out: &mut Vec<Event>) {
+        let mut lacking: [Option<u64>; SHARED_KEY_MAX] = [None; SHARED_KEY_MAX];
         if !session.imsi.is_empty() {
             for ip in [session.ue_ipv4.map(IpAddr::V4), session.ue_ipv6.map(IpAddr::V6)].into_iter().flatten() {
                 let mut holders = [0u64; SHARED_KEY_MAX];
@@ -798,13 +800,22 @@ impl Correlator {
                         session.msisdn = other.msisdn;
                     } else if !other.msisdn.is_empty() && other.msisdn != session.msisdn {
                         self.stats.note("identity-conflict");
+                        continue;
                     }
                     if session.imei.is_empty() {
                         session.imei = other.imei;
                     }
+                    let gives = (other.msisdn.is_empty() && !session.msisdn.is_empty())
+                        || (other.imei.is_empty() && !session.imei.is_empty());
+                    if gives && !lacking.contains(&Some(other.id)) {
+                        if let Some(slot) = lacking.iter_mut().find(|s| s.is_none()) {
+                            *slot = Some(other.id);
+                        }
+                    }
                 }
             }
         }
+        let (msisdn, imei) = (session.msisdn, session.imei);
         match self.sessions.insert(session) {
             Ok((id, displaced)) => {
                 for old in displaced {
@@ -815,6 +826,16 @@ impl Correlator {
                     out.push(Event::SessionUp(session_event(&session, self.now_us, "created", attachment, frames)));
                 }
                 self.note_crowding();
+                for other in lacking.into_iter().flatten() {
+                    self.session_update(other, "merged", Attachment::default(), frames, out, |s| {
+                        if s.msisdn.is_empty() {
+                            s.msisdn = msisdn;
+                        }
+                        if s.imei.is_empty() {
+                            s.imei = imei;
+                        }
+                    });
+                }
             }
             Err(reason) => self.stats.drop(reason),
         }
@@ -823,6 +844,7 @@ impl Correlator {
     fn session_update(
         &mut self,
         id: u64,
+        reason: &'static str,
         attachment: Attachment,
         frames: [u64; 2],
         out: &mut Vec<Event>,
@@ -838,7 +860,7 @@ impl Correlator {
         self.sessions.touch(id, self.now_us);
         if let Some(session) = self.sessions.get(id) {
             self.stats.sessions_updated += 1;
-            out.push(Event::SessionUpdate(session_event(&session, self.now_us, "updated", attachment, frames)));
+            out.push(Event::SessionUpdate(session_event(&session, self.now_us, reason, attachment, frames)));
         }
         self.note_crowding();
     }

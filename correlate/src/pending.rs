@@ -140,19 +140,30 @@ impl<K> PendingTable<K> {
         since_us: u64,
     ) -> Result<(Pending<K>, Matched), Unpaired> {
         let bucket = self.buckets.get_mut(&(version, sequence)).ok_or(Unpaired::NoRequest)?;
-        let proven = |p: &Pending<K>| p.proof == proof && p.ts_us >= since_us;
-        let count = |test: &dyn Fn(&Pending<K>) -> bool| bucket.iter().filter(|p| test(p)).count();
-        let exact = |p: &Pending<K>| proven(p) && p.requester == requester && p.responder == responder;
-        let to_requester = |p: &Pending<K>| proven(p) && p.requester == requester;
-        let (test, matched): (&dyn Fn(&Pending<K>) -> bool, Matched) = match (
-            count(&exact),
-            count(&to_requester),
-            count(&proven),
-        ) {
-            (1, _, _) => (&exact, Matched::SameAddresses),
-            (0, 1, _) => (&to_requester, Matched::OtherResponder),
-            (0, 0, 1) => (&proven, Matched::ProofOnly),
-            (0, 0, 0) => {
+        // 0: carries the proof in the window; 1: and was sent to the response's destination; 2: and was
+        // sent to it from the response's source.
+        let rank = |p: &Pending<K>| {
+            if p.proof != proof || p.ts_us < since_us {
+                None
+            } else if p.requester != requester {
+                Some(0)
+            } else if p.responder != responder {
+                Some(1)
+            } else {
+                Some(2)
+            }
+        };
+        let mut counts = [0usize; 3];
+        for rank in bucket.iter().filter_map(rank) {
+            if let Some(count) = counts.get_mut(rank) {
+                *count += 1;
+            }
+        }
+        let (wanted, matched) = match counts {
+            [_, _, 1] => (2, Matched::SameAddresses),
+            [_, 1, 0] => (1, Matched::OtherResponder),
+            [1, 0, 0] => (0, Matched::ProofOnly),
+            [0, 0, 0] => {
                 let late = bucket.iter().any(|p| p.proof == proof);
                 let same_path = bucket.iter().any(|p| p.requester == requester && p.responder == responder);
                 return Err(if late {
@@ -165,7 +176,7 @@ impl<K> PendingTable<K> {
             }
             _ => return Err(Unpaired::Ambiguous),
         };
-        let at = bucket.iter().position(test).ok_or(Unpaired::NoRequest)?;
+        let at = bucket.iter().position(|p| rank(p) == Some(wanted)).ok_or(Unpaired::NoRequest)?;
         let pending = bucket.swap_remove(at);
         if bucket.is_empty() {
             self.buckets.remove(&(version, sequence));

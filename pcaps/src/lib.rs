@@ -171,6 +171,34 @@ fn v2_ie(out: &mut Vec<u8>, ie_type: u8, instance: u8, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// The test PLMN (MCC 001, MNC 01) as it is encoded on the wire.
+const TEST_PLMN: [u8; 3] = [0x00, 0xF1, 0x10];
+
+/// A number from the subscriber's IMSI (its last four digits), for location codes: no random draw, so
+/// the rest of the capture does not move when location is added.
+fn area_code(sub: &Subscriber) -> u16 {
+    sub.imsi.get(sub.imsi.len().saturating_sub(4)..).and_then(|d| d.parse().ok()).unwrap_or(0)
+}
+
+/// GTPv1 User Location Information (TS 29.060 7.7.51): a Service Area Identity.
+fn v1_uli(sub: &Subscriber) -> Vec<u8> {
+    let mut uli = vec![1];
+    uli.extend_from_slice(&TEST_PLMN);
+    uli.extend_from_slice(&(0x100 + area_code(sub) / 8).to_be_bytes()); // LAC
+    uli.extend_from_slice(&(0x1000 + area_code(sub)).to_be_bytes()); // SAC
+    uli
+}
+
+/// GTPv2 User Location Information (TS 29.274 8.21): TAI and ECGI.
+fn v2_uli(sub: &Subscriber) -> Vec<u8> {
+    let mut uli = vec![0x18];
+    uli.extend_from_slice(&TEST_PLMN);
+    uli.extend_from_slice(&(0x200 + area_code(sub) / 8).to_be_bytes()); // TAC
+    uli.extend_from_slice(&TEST_PLMN);
+    uli.extend_from_slice(&(0x0010_0000 + u32::from(area_code(sub))).to_be_bytes()); // ECI
+    uli
+}
+
 fn v2_fteid(interface: u8, teid: u32, address: Ipv4Addr) -> Vec<u8> {
     let mut v = vec![0x80 | interface];
     v.extend_from_slice(&teid.to_be_bytes());
@@ -446,6 +474,8 @@ impl<'s, S: FrameSink> Generator<'s, S> {
             v2_ie(&mut ies, 1, 0, &tbcd(&sub.imsi));
             v2_ie(&mut ies, 76, 0, &tbcd(&sub.msisdn));
             v2_ie(&mut ies, 75, 0, &tbcd(&sub.imei));
+            v2_ie(&mut ies, 82, 0, &[6]); // RAT Type: EUTRAN
+            v2_ie(&mut ies, 86, 0, &v2_uli(sub));
             v2_ie(&mut ies, 87, 0, &v2_fteid(6, sub.access_control.1, sub.access_control.0));
             v2_ie(&mut ies, 71, 0, &apn_labels(sub.apn));
             v2_ie(&mut ies, 79, 0, &[1, 0, 0, 0, 0]);
@@ -489,6 +519,7 @@ impl<'s, S: FrameSink> Generator<'s, S> {
             msisdn.extend_from_slice(&tbcd(&sub.msisdn));
             v1_tlv(&mut ies, 134, &msisdn);
             v1_tlv(&mut ies, 151, &[1]);
+            v1_tlv(&mut ies, 152, &v1_uli(sub));
             v1_tlv(&mut ies, 154, &tbcd(&sub.imei));
             let request = v1_message(16, 0, seq, &ies);
             self.udp((sub.access_control.0, 2123), (sub.core_control.0, 2123), &request);
