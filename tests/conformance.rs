@@ -7,7 +7,7 @@
 //! capture, malformed ones included, must replay without a crash and with its drops counted.
 mod common;
 
-use common::{of_kind, replay};
+use common::{attachment_differences, of_kind, replay, tshark, tshark_number, ATTACHMENT_FIELDS};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -15,6 +15,7 @@ fn shared_pcaps() -> Option<PathBuf> {
     match std::env::var_os("GTPCHARGE_SHARED_PCAPS") {
         Some(dir) => Some(PathBuf::from(dir)),
         None => {
+            assert!(std::env::var_os("CI").is_none(), "GTPCHARGE_SHARED_PCAPS must be set under CI (.ci/run sets it)");
             eprintln!(
                 "\n*** CONFORMANCE NOT RUN: GTPCHARGE_SHARED_PCAPS is not set (.ci/run sets it to ../shared/pcaps) ***\n"
             );
@@ -189,4 +190,46 @@ fn fragmented_gn_user_plane_is_reassembled() {
     assert_eq!(code, 0);
     // Wireshark counts 68 G-PDUs in this capture, 36 of them in fragmented outer packets.
     assert!(summary.contains("g-pdus 68 "), "{summary}");
+}
+
+/// Where and how each subscriber is attached (RAT type, User Location Information, Charging ID), as
+/// Wireshark reads the Create exchange each session came from.
+#[test]
+fn attachment_fields_equal_wiresharks() {
+    let Some(dir) = shared_pcaps() else { return };
+    let mut compared = 0;
+    for name in [
+        "ntop+nDPI__gtp_c.pcap",
+        "open5gs+open5gs__srsenb.pcapng",
+        "zeek+zeek__gtp_create_pdp_ctx.pcap",
+        "zeek+zeek__gtp_control_prime.pcap",
+    ] {
+        let capture = dir.join(name);
+        let filter = "gtpv2.message_type == 32 || gtpv2.message_type == 33 || gtp.message == 0x10 || gtp.message == 0x11";
+        let Some(rows) = tshark(&capture, filter, &ATTACHMENT_FIELDS) else { return };
+        let (events, summary, code) = replay(&[&capture]);
+        assert_eq!(code, 0, "{summary}");
+        let charging_ids: Vec<u64> = rows
+            .iter()
+            .filter_map(|r| tshark_number(&r["gtpv2.charging_id"]).or(tshark_number(&r["gtp.chrg_id"])))
+            .collect();
+        for event in of_kind(&events, "session_up") {
+            let imsi = event["imsi"].as_str().unwrap_or_default();
+            let request = rows
+                .iter()
+                .find(|r| {
+                    (r["gtpv2.message_type"] == "32" || r["gtp.message"] == "0x10")
+                        && (r["e212.imsi"] == imsi || r["gtp.tid"].starts_with(imsi))
+                })
+                .unwrap_or_else(|| panic!("{name}: no Create request for IMSI {imsi} in Wireshark's view"));
+            let differences = attachment_differences(event, request);
+            assert!(differences.is_empty(), "{name}, IMSI {imsi}: {differences:?}");
+            match event["charging_id"].as_u64() {
+                Some(id) => assert!(charging_ids.contains(&id), "{name}: charging id {id} not in {charging_ids:?}"),
+                None => assert!(charging_ids.is_empty(), "{name}: Wireshark has charging ids {charging_ids:?}"),
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared >= 5, "only {compared} sessions compared");
 }

@@ -23,3 +23,94 @@ pub fn replay(files: &[&Path]) -> (Vec<Value>, String, i32) {
 pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == kind).collect()
 }
+
+/// Wireshark's reading of a capture: `tshark -r FILE -Y FILTER -T fields -e ...`, one map a packet.
+/// `None` when tshark is not installed: the caller says loudly that the check did not run (and under
+/// `CI=true`, where `.ci/run` installs it, a missing tshark fails the test).
+pub fn tshark(path: &Path, filter: &str, fields: &[&str]) -> Option<Vec<std::collections::BTreeMap<String, String>>> {
+    let mut command = Command::new("tshark");
+    command.args(["-r", &path.display().to_string(), "-Y", filter, "-T", "fields", "-E", "separator=/t"]);
+    for field in fields {
+        command.args(["-e", field]);
+    }
+    let output = match command.output() {
+        Ok(output) => output,
+        Err(error) => {
+            assert!(std::env::var_os("CI").is_none(), "tshark is needed under CI (.ci/run installs it): {error}");
+            eprintln!("\n*** WIRESHARK CHECK NOT RUN: tshark is not installed ({error}) ***\n");
+            return None;
+        }
+    };
+    assert!(output.status.success(), "tshark on {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).expect("utf-8 from tshark");
+    Some(
+        text.lines()
+            .map(|line| fields.iter().zip(line.split('\t')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            .collect(),
+    )
+}
+
+/// The fields of a Create request (GTPv1 or GTPv2) that say where and how the subscriber is attached.
+pub const ATTACHMENT_FIELDS: [&str; 24] = [
+    "frame.number",
+    "gtpv2.message_type",
+    "gtp.message",
+    "e212.imsi",
+    "gtp.tid",
+    "gtpv2.rat_type",
+    "gtp.ext_rat_type",
+    "e212.tai.mcc",
+    "e212.tai.mnc",
+    "gtpv2.tai_tac",
+    "e212.ecgi.mcc",
+    "e212.ecgi.mnc",
+    "gtpv2.ecgi_eci",
+    "e212.rai.mcc",
+    "e212.rai.mnc",
+    "gtp.rai_rac",
+    "gtp.lac",
+    "e212.sai.mcc",
+    "e212.sai.mnc",
+    "gtp.sai_sac",
+    "e212.cgi.mcc",
+    "gtp.cgi_ci",
+    "gtpv2.charging_id",
+    "gtp.chrg_id",
+];
+
+/// A number as tshark prints it (decimal or 0x hex; the first of several values).
+pub fn tshark_number(value: &str) -> Option<u64> {
+    let first = value.split(',').next()?.split(';').next()?.trim();
+    match first.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => first.parse().ok(),
+    }
+}
+
+/// Checks a session event's `rat_type` and `uli` against Wireshark's fields of the Create request the
+/// session came from; returns what differs.
+pub fn attachment_differences(event: &Value, request: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let get = |name: &str| request.get(name).map(String::as_str).unwrap_or("");
+    let number = |name: &str| tshark_number(get(name));
+    let mut differences = Vec::new();
+    let mut check = |what: &str, ours: Option<u64>, theirs: Option<u64>| {
+        if ours != theirs {
+            differences.push(format!("{what}: ours {ours:?}, Wireshark's {theirs:?}"));
+        }
+    };
+    check("rat_type", event["rat_type"].as_u64(), number("gtpv2.rat_type").or(number("gtp.ext_rat_type")));
+    let uli = &event["uli"];
+    let plmn = ["tai", "ecgi", "rai", "sai", "cgi"]
+        .iter()
+        .find_map(|kind| Some((number(&format!("e212.{kind}.mcc"))?, number(&format!("e212.{kind}.mnc"))?)));
+    let ours_plmn = uli["mcc"].as_str().zip(uli["mnc"].as_str()).map(|(c, n)| (c.parse().ok(), n.parse().ok()));
+    check("mcc", ours_plmn.and_then(|p| p.0), plmn.map(|p| p.0));
+    check("mnc", ours_plmn.and_then(|p| p.1), plmn.map(|p| p.1));
+    check("tai.tac", uli["tai"]["tac"].as_u64(), number("gtpv2.tai_tac"));
+    // Wireshark's ECI field is the whole 32-bit word; the ECI is its low 28 bits (TS 29.274 8.21.5).
+    check("ecgi.eci", uli["ecgi"]["eci"].as_u64(), number("gtpv2.ecgi_eci").map(|e| e & 0x0FFF_FFFF));
+    check("rai.rac", uli["rai"]["rac"].as_u64(), number("gtp.rai_rac"));
+    check("sai.sac", uli["sai"]["sac"].as_u64(), number("gtp.sai_sac"));
+    check("cgi.ci", uli["cgi"]["ci"].as_u64(), number("gtp.cgi_ci"));
+    differences
+}
