@@ -128,6 +128,26 @@ impl Probe {
         text.counter("gtpcharge_sessions_down_total", "Sessions ended.", stats.sessions_down);
         text.counter("gtpcharge_sightings_total", "Tokens attributed to a subscriber.", stats.sightings);
         text.counter("gtpcharge_unattributed_total", "Tokens no live session explains.", stats.unattributed);
+        if let Some(evidence) = &self.evidence {
+            let e = &evidence.stats;
+            text.labelled(
+                "gtpcharge_evidence_total",
+                "Evidence store counters (--evidence-dir), by what.",
+                "what",
+                [
+                    ("files-written", e.files_written),
+                    ("files-removed-for-cap", e.files_removed),
+                    ("signalling-frames", e.signalling_frames),
+                    ("segments-rotated", e.signalling_segments_rotated),
+                    ("signalling-expired", e.signalling_expired),
+                    ("chain-expired", e.chain_expired),
+                    ("linktype-mixed", e.linktype_mixed),
+                    ("errors", e.errors),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+            );
+        }
         if let Some(d) = delivery {
             text.counter("gtpcharge_deliveries_total", "Sightings answered by the billing API.", d.delivered);
             text.counter(
