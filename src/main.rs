@@ -190,6 +190,13 @@ enum Command {
         /// Place these tokens (in order) wherever the capture carries one; the rest are random.
         #[arg(long = "token")]
         tokens: Vec<String>,
+        /// Wrap every frame as a remote mirror delivers it: vxlan, geneve, gre (transparent Ethernet
+        /// bridging), erspan1, erspan2 or erspan3.
+        #[arg(long)]
+        encap: Option<gtpcharge_pcapgen::encap::Encapsulation>,
+        /// The mirror session id (ERSPAN), VNI (VXLAN, Geneve) or key (GRE) of --encap.
+        #[arg(long, default_value_t = 1, requires = "encap")]
+        encap_id: u32,
     },
 }
 
@@ -397,6 +404,17 @@ struct ProbeArgs {
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long, env = "GTPCHARGE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Extra UDP ports carrying VXLAN from a remote mirror (4789 always does).
+    #[arg(long = "vxlan-port", env = "GTPCHARGE_VXLAN_PORTS", value_delimiter = ',')]
+    vxlan_ports: Vec<u16>,
+    /// Extra UDP ports carrying Geneve (6081 always does).
+    #[arg(long = "geneve-port", env = "GTPCHARGE_GENEVE_PORTS", value_delimiter = ',')]
+    geneve_ports: Vec<u16>,
+    /// Decode only frames that arrive in these mirror sessions (ERSPAN session id, VXLAN/Geneve VNI, GRE
+    /// key of the outermost encapsulation); other encapsulated frames are dropped as
+    /// `mirror-id-filtered`. Default: every session. Frames without an encapsulation are always decoded.
+    #[arg(long = "mirror-id", env = "GTPCHARGE_MIRROR_IDS", value_delimiter = ',')]
+    mirror_ids: Vec<u32>,
     /// T3-RESPONSE of the GTP-C peers, in milliseconds. A response pairs only with a request sent within
     /// T3-RESPONSE x N3-REQUESTS (the retransmission window).
     #[arg(long, default_value_t = 3_000, env = "GTPCHARGE_T3_RESPONSE_MS")]
@@ -469,7 +487,11 @@ impl ProbeArgs {
     }
 
     fn decoder(&self) -> DecoderConfig {
-        DecoderConfig { fragments_max: self.fragments_max, ..DecoderConfig::default() }
+        let mut config = DecoderConfig { fragments_max: self.fragments_max, ..DecoderConfig::default() };
+        config.vxlan_ports.extend(&self.vxlan_ports);
+        config.geneve_ports.extend(&self.geneve_ports);
+        config.mirror_ids.clone_from(&self.mirror_ids);
+        config
     }
 
     fn metrics(&self) -> Result<Option<metrics::Exposition>> {
@@ -680,7 +702,7 @@ fn main() -> std::process::ExitCode {
         Command::FuzzCorpus { out, files } => fuzz_corpus(&out, &files).map(|()| true),
         Command::Token { command: TokenCommand::New { count } } => token_new(count).map(|()| true),
         Command::Token { command: TokenCommand::Check { tokens } } => Ok(token_check(&tokens)),
-        Command::Generate { out, seed, subscribers, rounds, background, no_edge_cases, truth, tokens } => {
+        Command::Generate { out, seed, subscribers, rounds, background, no_edge_cases, truth, tokens, encap, encap_id } => {
             match tokens.iter().map(|t| t.parse::<gtpcharge_proto::Token>()).collect::<Result<Vec<_>, _>>() {
                 Ok(tokens) => {
                     let scenario = gtpcharge_pcapgen::Scenario {
@@ -691,7 +713,7 @@ fn main() -> std::process::ExitCode {
                         edge_cases: !no_edge_cases,
                         tokens,
                     };
-                    generate(&scenario, &out, truth.as_deref()).map(|()| true)
+                    generate(&scenario, &out, truth.as_deref(), encap.map(|e| (e, encap_id))).map(|()| true)
                 }
                 Err(error) => Err(anyhow::anyhow!("--token: {error}")),
             }
@@ -874,10 +896,20 @@ fn generate(
     scenario: &gtpcharge_pcapgen::Scenario,
     out: &std::path::Path,
     truth_path: Option<&std::path::Path>,
+    encap: Option<(gtpcharge_pcapgen::encap::Encapsulation, u32)>,
 ) -> Result<()> {
-    let mut file =
+    let file =
         gtpcharge_pcapgen::PcapFile::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let truth = gtpcharge_pcapgen::generate(scenario, &mut file);
+    let (truth, file) = match encap {
+        None => {
+            let mut file = file;
+            (gtpcharge_pcapgen::generate(scenario, &mut file), file)
+        }
+        Some((kind, id)) => {
+            let mut wrapping = gtpcharge_pcapgen::encap::Encapsulating::new(file, kind, id);
+            (gtpcharge_pcapgen::generate(scenario, &mut wrapping), wrapping.inner)
+        }
+    };
     file.finish().with_context(|| format!("{}: write failed", out.display()))?;
     if let Some(path) = truth_path {
         let value = serde_json::json!({

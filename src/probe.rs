@@ -123,6 +123,16 @@ impl Probe {
             stats.gtpc_messages.iter().map(|((version, kind), v)| (format!("v{version}-{kind}"), *v)),
         );
         text.counter("gtpcharge_g_pdus_total", "G-PDUs seen.", stats.g_pdus);
+        let (sessions, other) = self.decoder.mirror_sessions();
+        text.labelled(
+            "gtpcharge_mirror_frames_total",
+            "Frames decoded out of a remote-mirror encapsulation, by its kind and session id.",
+            "session",
+            sessions
+                .iter()
+                .map(|((kind, id), count)| (format!("{}:{id}", kind.as_str()), *count))
+                .chain((other > 0).then(|| ("others".to_string(), other))),
+        );
         text.gauge("gtpcharge_sessions_live", "Live sessions in the table.", self.correlator.sessions().len() as u64);
         text.counter("gtpcharge_sessions_up_total", "Sessions set up.", stats.sessions_up);
         text.counter("gtpcharge_sessions_down_total", "Sessions ended.", stats.sessions_down);
@@ -213,6 +223,15 @@ impl Probe {
             self.correlator.sessions().len()
         ));
         line(format!("sightings {}  unattributed {}", stats.sightings, stats.unattributed));
+        let (sessions, other) = self.decoder.mirror_sessions();
+        if !sessions.is_empty() {
+            let mut by_session: BTreeMap<String, u64> =
+                sessions.iter().map(|((kind, id), count)| (format!("{}:{id}", kind.as_str()), *count)).collect();
+            if other > 0 {
+                by_session.insert("others".into(), other);
+            }
+            line(format!("mirror sessions {}", join(&by_session)));
+        }
         let drops: u64 = stats.drops.values().sum();
         line(format!("drops {drops} {}", join(&stats.drops)));
         line(format!("notes {}", join(&stats.notes())));

@@ -3,6 +3,7 @@
 //! The link walk is ours (a few fixed offsets, with any number of VLAN tags and MPLS labels, bounded);
 //! IPv4, IPv6 with its extension headers, and UDP are etherparse's borrowed slices. A frame that is not
 //! UDP over IP, or is malformed, yields a counter reason; nothing here panics on any input.
+use crate::encap::{self, Kind, Layer};
 use crate::reassembly::{FragmentKey, Outcome, Reassembler};
 use etherparse::{IpNumber, IpSlice, Ipv4HeaderSlice, UdpSlice};
 use std::net::{IpAddr, SocketAddr};
@@ -38,13 +39,33 @@ pub const LINK_TAGS_MAX: usize = 8;
 pub struct DecoderConfig {
     pub fragments_max: usize,
     pub fragment_timeout_ms: u64,
+    /// UDP destination ports that carry VXLAN (4789 by default).
+    pub vxlan_ports: Vec<u16>,
+    /// UDP destination ports that carry Geneve (6081 by default).
+    pub geneve_ports: Vec<u16>,
+    /// Only frames whose outermost encapsulation names one of these mirror sessions (ERSPAN session id,
+    /// VXLAN/Geneve VNI, GRE key) are decoded; the rest are dropped as `mirror-id-filtered`. Empty: all.
+    /// Frames that arrive without an encapsulation are always decoded.
+    pub mirror_ids: Vec<u32>,
 }
 
 impl Default for DecoderConfig {
     fn default() -> Self {
-        DecoderConfig { fragments_max: 4096, fragment_timeout_ms: 2_000 }
+        DecoderConfig {
+            fragments_max: 4096,
+            fragment_timeout_ms: 2_000,
+            vxlan_ports: vec![4789],
+            geneve_ports: vec![6081],
+            mirror_ids: Vec::new(),
+        }
     }
 }
+
+/// Mirror sessions counted apart in [`Decoder::mirror_sessions`]; frames of more are counted together.
+pub const MIRROR_SESSIONS_MAX: usize = 64;
+
+const PORT_VXLAN: u8 = 1;
+const PORT_GENEVE: u8 = 2;
 
 /// A UDP datagram, borrowed from the frame or from the decoder's reassembly buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +79,12 @@ pub struct Decoder {
     reassembler: Reassembler,
     reassembled: Vec<u8>,
     reported_timeouts: u64,
+    /// Per UDP port: `PORT_VXLAN`, `PORT_GENEVE` or 0 (one load per datagram).
+    tunnel_ports: Box<[u8]>,
+    mirror_ids: Vec<u32>,
+    /// Frames by their outermost encapsulation and mirror session, and those beyond the bound.
+    mirror_sessions: Vec<((Kind, u32), u64)>,
+    mirror_sessions_other: u64,
 }
 
 fn be16(data: &[u8], at: usize) -> Option<u16> {
@@ -121,11 +148,92 @@ pub fn ipv4_fragment_of(linktype: i32, data: &[u8]) -> Option<(IpAddr, IpAddr, u
 
 impl Decoder {
     pub fn new(config: &DecoderConfig) -> Decoder {
+        let mut tunnel_ports = vec![0u8; 1 << 16].into_boxed_slice();
+        for (ports, kind) in [(&config.vxlan_ports, PORT_VXLAN), (&config.geneve_ports, PORT_GENEVE)] {
+            for &port in ports {
+                if let Some(slot) = tunnel_ports.get_mut(usize::from(port)) {
+                    *slot = kind;
+                }
+            }
+        }
         Decoder {
             reassembler: Reassembler::new(config.fragments_max, config.fragment_timeout_ms * 1000),
             reassembled: Vec::new(),
             reported_timeouts: 0,
+            tunnel_ports,
+            mirror_ids: config.mirror_ids.clone(),
+            mirror_sessions: Vec::new(),
+            mirror_sessions_other: 0,
         }
+    }
+
+    /// Frames decoded out of a remote-mirror encapsulation, by the outermost one's kind and session id;
+    /// and the frames of sessions beyond [`MIRROR_SESSIONS_MAX`].
+    pub fn mirror_sessions(&self) -> (&[((Kind, u32), u64)], u64) {
+        (&self.mirror_sessions, self.mirror_sessions_other)
+    }
+
+    fn tunnel_port(&self, port: u16) -> u8 {
+        self.tunnel_ports.get(usize::from(port)).copied().unwrap_or(0)
+    }
+
+    /// One encapsulation layer around the frame's network layer, if there is one.
+    fn unwrap<'d>(&self, network: &'d [u8]) -> Result<Option<Layer<'d>>, &'static str> {
+        let Ok(ip) = IpSlice::from_slice(network) else { return Ok(None) }; // decode_ip says why
+        if ip.is_fragmenting_payload() {
+            return Ok(None); // reassembled first; see `decode_ip`
+        }
+        let payload = ip.payload().payload;
+        match ip.payload_ip_number() {
+            IpNumber::GRE => encap::gre(payload).map(Some),
+            IpNumber::UDP => {
+                let Ok(udp) = UdpSlice::from_slice(payload) else { return Ok(None) };
+                match self.tunnel_port(udp.destination_port()) {
+                    PORT_VXLAN => encap::vxlan(udp.payload()).map(Some),
+                    PORT_GENEVE => encap::geneve(udp.payload()).map(Some),
+                    _ => Ok(None),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Counts a frame under its mirror session; `Err` when the session is filtered out.
+    fn mirror_session(&mut self, session: (Kind, u32)) -> Result<(), &'static str> {
+        if !self.mirror_ids.is_empty() && !self.mirror_ids.contains(&session.1) {
+            return Err("mirror-id-filtered");
+        }
+        let room = self.mirror_sessions.len() < MIRROR_SESSIONS_MAX;
+        match self.mirror_sessions.iter_mut().find(|(s, _)| *s == session) {
+            Some((_, count)) => *count += 1,
+            None if room => self.mirror_sessions.push((session, 1)),
+            None => self.mirror_sessions_other += 1,
+        }
+        Ok(())
+    }
+
+    /// Frames in a remote-mirror encapsulation: unwrapped (at most [`encap::DEPTH_MAX`] layers), then
+    /// decoded as any other; and everything `decode_as`'s common case leaves.
+    #[inline(never)]
+    fn decode_slow<'a>(&'a mut self, linktype: i32, ts_us: u64, data: &'a [u8]) -> Result<Option<Udp<'a>>, &'static str> {
+        let (mut linktype, mut frame) = (linktype, data);
+        let mut outermost = None;
+        for _ in 0..=encap::DEPTH_MAX {
+            let network = network_layer(linktype, frame)?;
+            match self.unwrap(network)? {
+                Some(layer) => {
+                    outermost.get_or_insert((layer.kind, layer.id));
+                    (linktype, frame) = (layer.linktype, layer.inner);
+                }
+                None => {
+                    if let Some(session) = outermost {
+                        self.mirror_session(session)?;
+                    }
+                    return self.decode_ip(ts_us, network);
+                }
+            }
+        }
+        Err("encap-too-deep")
     }
 
     /// Fragmented packets dropped for timing out since the last call.
@@ -160,9 +268,12 @@ impl Decoder {
     ) -> Result<Option<T>, &'static str> {
         let network = network_layer(linktype, data)?;
         if let Some((source, destination, transport)) = plain_ipv4(network, IpNumber::UDP) {
-            return udp(source, destination, transport).map(|udp| Some(make(udp)));
+            let udp = udp(source, destination, transport)?;
+            if self.tunnel_port(udp.destination.port()) == 0 {
+                return Ok(Some(make(udp)));
+            }
         }
-        Ok(self.decode_ip(ts_us, network)?.map(make))
+        Ok(self.decode_slow(linktype, ts_us, data)?.map(make))
     }
 
     /// Everything but the common case (see `plain_ipv4`): IPv6, fragments, errors. Out of line, so that
@@ -173,7 +284,11 @@ impl Decoder {
         let (source, destination) = (ip.source_addr(), ip.destination_addr());
         let protocol = ip.payload_ip_number();
         if protocol != IpNumber::UDP {
-            return Err(if protocol == IpNumber::TCP { "not-udp-tcp" } else { "not-udp" });
+            return Err(match protocol {
+                IpNumber::TCP => "not-udp-tcp",
+                IpNumber::GRE if ip.is_fragmenting_payload() => "encap-in-fragment",
+                _ => "not-udp",
+            });
         }
         if ip.is_fragmenting_payload() {
             let (identification, offset, more) = match &ip {
@@ -201,7 +316,13 @@ impl Decoder {
                 Outcome::Complete(whole) => {
                     let previous = std::mem::replace(&mut self.reassembled, whole);
                     self.reassembler.recycle(previous);
-                    udp(source, destination, &self.reassembled).map(Some)
+                    let udp = udp(source, destination, &self.reassembled)?;
+                    if self.tunnel_ports.get(usize::from(udp.destination.port())).copied().unwrap_or(0) != 0 {
+                        // A mirror's encapsulation split into outer fragments: reassembled, but not
+                        // unwrapped (counted; mirror sessions are set up to fit the path's MTU).
+                        return Err("encap-in-fragment");
+                    }
+                    Ok(Some(udp))
                 }
             };
         }

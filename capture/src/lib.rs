@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod decode;
+pub mod encap;
 pub mod reassembly;
 pub mod source;
 pub mod writer;

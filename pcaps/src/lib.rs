@@ -12,6 +12,8 @@
 //! session explains, so tests check the probe against what was meant, not against its own output.
 //! The GTP bytes are written here from the 3GPP layouts (TS 29.060, 29.274, 29.281), independently of the
 //! probe's parser.
+pub mod encap;
+
 use etherparse::PacketBuilder;
 use gtpcharge_proto::Token;
 use rand_chacha::ChaCha8Rng;
