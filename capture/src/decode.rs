@@ -64,6 +64,9 @@ impl Default for DecoderConfig {
 /// Mirror sessions counted apart in [`Decoder::mirror_sessions`]; frames of more are counted together.
 pub const MIRROR_SESSIONS_MAX: usize = 64;
 
+/// A mirror session (its encapsulation and id) and the frames decoded out of it.
+pub type MirrorSessionCount = ((Kind, u32), u64);
+
 const PORT_VXLAN: u8 = 1;
 const PORT_GENEVE: u8 = 2;
 
@@ -83,7 +86,7 @@ pub struct Decoder {
     tunnel_ports: Box<[u8]>,
     mirror_ids: Vec<u32>,
     /// Frames by their outermost encapsulation and mirror session, and those beyond the bound.
-    mirror_sessions: Vec<((Kind, u32), u64)>,
+    mirror_sessions: Vec<MirrorSessionCount>,
     mirror_sessions_other: u64,
 }
 
@@ -169,7 +172,7 @@ impl Decoder {
 
     /// Frames decoded out of a remote-mirror encapsulation, by the outermost one's kind and session id;
     /// and the frames of sessions beyond [`MIRROR_SESSIONS_MAX`].
-    pub fn mirror_sessions(&self) -> (&[((Kind, u32), u64)], u64) {
+    pub fn mirror_sessions(&self) -> (&[MirrorSessionCount], u64) {
         (&self.mirror_sessions, self.mirror_sessions_other)
     }
 
