@@ -62,14 +62,24 @@ enum Command {
         /// Bytes kept of each frame.
         #[arg(long, default_value_t = 65535, env = "GTPCHARGE_SNAPLEN")]
         snaplen: i32,
-        /// Kernel capture buffer in bytes.
-        #[arg(long, default_value_t = 64 << 20, env = "GTPCHARGE_BUFFER_SIZE")]
+        /// Kernel capture buffer (libpcap's ring) in bytes: what absorbs a burst while the probe catches
+        /// up. The first thing to raise when `libpcap dropped` grows.
+        #[arg(long, default_value_t = 256 << 20, env = "GTPCHARGE_BUFFER_SIZE")]
         buffer_size: i32,
+        /// How long libpcap holds packets before handing over a partly filled block, in milliseconds: the
+        /// most a token's packet waits before it is read. Lower it for a quicker sighting, raise it for
+        /// fewer wake-ups on a quiet link.
+        #[arg(long, default_value_t = 10, env = "GTPCHARGE_READ_TIMEOUT_MS")]
+        read_timeout_ms: i32,
         /// Do not put the interface in promiscuous mode.
         #[arg(long, env = "GTPCHARGE_NO_PROMISCUOUS")]
         no_promiscuous: bool,
-        /// Do not use immediate mode (deliver in batches instead).
-        #[arg(long, env = "GTPCHARGE_NO_IMMEDIATE")]
+        /// Immediate mode: wake for every packet (the least delay to a sighting; drops packets under a
+        /// load the default block-wise reading takes without loss).
+        #[arg(long, env = "GTPCHARGE_IMMEDIATE")]
+        immediate: bool,
+        /// The default since immediate mode stopped being it; kept so older command lines still work.
+        #[arg(long, hide = true, conflicts_with = "immediate")]
         no_immediate: bool,
         #[command(flatten)]
         probe: ProbeArgs,
@@ -599,18 +609,33 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
 
 fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
+    let mut source = LiveSource::open(&live)?;
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the SIGINT/SIGTERM handler")?;
-    let mut source = LiveSource::open(&live)?;
     let mut run = ProbeRun::start(args)?;
-    tracing::info!(interface = %live.interface, "capturing (stop with SIGINT or SIGTERM)");
+    run.measure_sighting_delay();
+    tracing::info!(
+        interface = %live.interface,
+        buffer_bytes = live.buffer_size_bytes,
+        read_timeout_ms = live.read_timeout_ms,
+        immediate = live.immediate,
+        "capturing (stop with SIGINT or SIGTERM)"
+    );
     let libpcap = if let pipeline::Threads::Two(handover) = args.threads() {
         live_pipeline(source, &mut run, &stop, handover)?
     } else {
-        while !stop.load(Ordering::SeqCst) {
-            source.dispatch(|frame| run.frame(frame))?;
-            if run.wants_publish() {
+        let mut checked = std::time::Instant::now();
+        let mut stopping = pipeline::Stopping::default();
+        loop {
+            let stop_now = stop.load(Ordering::SeqCst);
+            let read = source.dispatch(|frame| run.frame(frame))?;
+            if stopping.done(stop_now, read) {
+                break;
+            }
+            if checked.elapsed() >= std::time::Duration::from_secs(1) {
+                checked = std::time::Instant::now();
                 let libpcap = source.stats().ok();
+                run.watch_drops(libpcap);
                 run.publish(libpcap, false);
             }
         }
@@ -631,7 +656,8 @@ fn live_pipeline(
     let shared = Arc::new(std::sync::Mutex::new(None));
     let reader =
         pipeline::read_live(source, stop.clone(), shared.clone(), handover).context("starting the reader thread")?;
-    // Wake at least every 200 ms so the metrics stay fresh while the link is quiet.
+    // Wake at least every 200 ms so the metrics and the drop watch stay fresh while the link is quiet.
+    let mut checked = std::time::Instant::now();
     loop {
         match reader.next_timeout(std::time::Duration::from_millis(200)) {
             Ok(batch) => {
@@ -641,8 +667,10 @@ fn live_pipeline(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
-        if run.wants_publish() {
+        if checked.elapsed() >= std::time::Duration::from_secs(1) {
+            checked = std::time::Instant::now();
             let libpcap = shared.lock().ok().and_then(|s| *s);
+            run.watch_drops(libpcap);
             run.publish(libpcap, false);
         }
     }
@@ -662,15 +690,17 @@ fn main() -> std::process::ExitCode {
     logging::init(cli.log_format, cli.log_subscriber_ids);
     let result = match cli.command {
         Command::Replay { files, probe } => replay(&files, &probe),
-        Command::Capture { interface, snaplen, buffer_size, no_promiscuous, no_immediate, probe } => {
+        Command::Capture {
+            interface, snaplen, buffer_size, read_timeout_ms, no_promiscuous, immediate, no_immediate, probe
+        } => {
             let live = LiveConfig {
                 interface,
                 snaplen,
                 buffer_size_bytes: buffer_size,
                 promiscuous: !no_promiscuous,
-                immediate: !no_immediate,
+                immediate: immediate && !no_immediate,
                 filter: probe.filter.clone(),
-                ..LiveConfig::default()
+                read_timeout_ms: read_timeout_ms.max(1),
             };
             capture(live, &probe).map(|()| true)
         }

@@ -329,7 +329,40 @@ pub fn read_files(sources: Vec<FileSource>, handover: Handover) -> std::io::Resu
     })
 }
 
-/// Reads a live interface on a reader thread until `stop`; libpcap's counters are refreshed into
+/// How long a live capture keeps reading after it was told to stop, to empty the kernel ring of what
+/// was captured before the stop.
+pub const STOP_DRAIN_MAX: Duration = Duration::from_secs(2);
+/// Once stopped, reads must find nothing for this long before the ring counts as empty: a partly
+/// filled block is handed over only when libpcap's block timeout (`--read-timeout-ms`) retires it.
+const STOP_SETTLE: Duration = Duration::from_millis(100);
+
+/// The end of a live capture: once stopped, reading goes on until the ring has stayed empty for
+/// [`STOP_SETTLE`] or [`STOP_DRAIN_MAX`] has passed, so the packets captured before the stop are not
+/// silently left behind. (A read returns within the read timeout whatever the traffic: `LiveSource`.)
+#[derive(Default)]
+pub struct Stopping {
+    since: Option<Instant>,
+    empty_since: Option<Instant>,
+}
+
+impl Stopping {
+    /// Whether to stop reading, given the stop flag (as it was before the last read) and what that read
+    /// returned.
+    pub fn done(&mut self, stop: bool, read: usize) -> bool {
+        if !stop {
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if read > 0 {
+            self.empty_since = None;
+        } else if self.empty_since.get_or_insert_with(Instant::now).elapsed() >= STOP_SETTLE {
+            return true;
+        }
+        since.elapsed() >= STOP_DRAIN_MAX
+    }
+}
+
+/// Reads a live interface on a reader thread until `stop` (and the ring is drained, see [`Stopping`]); libpcap's counters are refreshed into
 /// `libpcap` with every batch. The thread returns the read error that stopped it, if any.
 pub fn read_live(
     mut source: LiveSource,
@@ -346,7 +379,9 @@ pub fn read_live(
                 *shared = source.stats().ok();
             }
         };
-        while !stop.load(Ordering::SeqCst) {
+        let mut stopping = Stopping::default();
+        loop {
+            let stop_now = stop.load(Ordering::SeqCst);
             let mut handed_over = false;
             let read = source.dispatch(|frame| {
                 lanes.push(&mut batch, frame);
@@ -356,11 +391,21 @@ pub fn read_live(
                     handed_over = true;
                 }
             });
-            if let Err(error) = read {
-                failure = Some(error);
+            let read = match read {
+                Ok(read) => read,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            };
+            if stopping.done(stop_now, read) {
                 break;
             }
-            if !batch.is_empty() && started.elapsed() >= BATCH_AGE_MAX {
+            // A read that returned less than it could means the ring is empty for now: what was read
+            // goes over at once, so a quiet link adds no batching delay to a sighting; under load the
+            // batches fill and go over full.
+            let caught_up = read < gtpcharge_capture::source::DISPATCH_FRAMES;
+            if !batch.is_empty() && (caught_up || started.elapsed() >= BATCH_AGE_MAX) {
                 lanes.hand_over(&mut batch);
                 started = Instant::now();
                 handed_over = true;

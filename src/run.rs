@@ -58,6 +58,77 @@ pub struct ProbeRun {
     /// Sightings of sessions without an MSISDN: they cannot be charged.
     skipped_no_msisdn: u64,
     spool_dir: PathBuf,
+    drops: DropWatch,
+    /// Live capture: how long each token waited between its packet's capture and its sighting.
+    delays: Option<Delays>,
+}
+
+/// Warns, at most every 10 s, when libpcap's or the interface's drop counter grew during the run.
+#[derive(Default)]
+struct DropWatch {
+    last: (u32, u32),
+    warned: Option<Instant>,
+    unreported: (u32, u32),
+}
+
+impl DropWatch {
+    fn observe(&mut self, stats: LiveStats) {
+        let grown = (
+            stats.dropped.wrapping_sub(self.last.0),
+            stats.interface_dropped.wrapping_sub(self.last.1),
+        );
+        self.last = (stats.dropped, stats.interface_dropped);
+        self.unreported = (self.unreported.0.saturating_add(grown.0), self.unreported.1.saturating_add(grown.1));
+        if self.unreported == (0, 0) || self.warned.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        tracing::warn!(
+            libpcap_dropped = self.unreported.0,
+            interface_dropped = self.unreported.1,
+            libpcap_dropped_total = stats.dropped,
+            interface_dropped_total = stats.interface_dropped,
+            "packets are being dropped before the probe reads them: raise --buffer-size first (the kernel \
+             ring), then look at the probe's CPU (--single-thread off, fewer --evidence-dir writes)"
+        );
+        self.warned = Some(Instant::now());
+        self.unreported = (0, 0);
+    }
+}
+
+/// Delays from a token packet's capture time to its sighting, bounded.
+struct Delays {
+    us: Vec<u64>,
+    beyond: u64,
+}
+
+const DELAYS_MAX: usize = 1 << 20;
+
+impl Delays {
+    fn record(&mut self, ts_us: u64) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        let delay = u64::try_from(now).unwrap_or(u64::MAX).saturating_sub(ts_us);
+        if self.us.len() < DELAYS_MAX {
+            self.us.push(delay);
+        } else {
+            self.beyond += 1;
+        }
+    }
+
+    fn summary(&mut self) -> Option<String> {
+        if self.us.is_empty() {
+            return None;
+        }
+        self.us.sort_unstable();
+        let at = |q: f64| self.us.get(((self.us.len() - 1) as f64 * q).round() as usize).copied().unwrap_or(0);
+        Some(format!(
+            "sighting delay (capture to sighting) p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} sightings{})",
+            at(0.5) as f64 / 1000.0,
+            at(0.99) as f64 / 1000.0,
+            at(1.0) as f64 / 1000.0,
+            self.us.len(),
+            if self.beyond > 0 { format!(", {} more not measured", self.beyond) } else { String::new() }
+        ))
+    }
 }
 
 impl ProbeRun {
@@ -70,25 +141,35 @@ impl ProbeRun {
             published: Instant::now(),
             skipped_no_msisdn: 0,
             spool_dir: args.spool_dir.clone(),
+            drops: DropWatch::default(),
+            delays: None,
         })
+    }
+
+    /// Live capture: measure the delay from each token packet's capture to its sighting (summary).
+    pub fn measure_sighting_delay(&mut self) {
+        self.delays = Some(Delays { us: Vec::new(), beyond: 0 });
+    }
+
+    /// Live capture: libpcap's counters, checked about every second; a warning when drops grow.
+    pub fn watch_drops(&mut self, libpcap: Option<LiveStats>) {
+        if let Some(stats) = libpcap {
+            self.drops.observe(stats);
+        }
     }
 
     /// One frame through the probe; its events to every sink.
     pub fn frame(&mut self, frame: &Frame<'_>) {
-        let ProbeRun { probe, out, delivery, skipped_no_msisdn, .. } = self;
-        probe.frame(frame, |event| sink(out, delivery, skipped_no_msisdn, event));
+        let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, .. } = self;
+        probe.frame(frame, |event| sink(out, delivery, skipped_no_msisdn, delays, event));
     }
 
     /// A batch from the pipeline's reader thread, its events to every sink.
     pub fn batch(&mut self, batch: &crate::pipeline::Batch) {
-        let ProbeRun { probe, out, delivery, skipped_no_msisdn, .. } = self;
-        probe.batch(batch, |event| sink(out, delivery, skipped_no_msisdn, event));
+        let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, .. } = self;
+        probe.batch(batch, |event| sink(out, delivery, skipped_no_msisdn, delays, event));
     }
 
-    /// Whether metrics are served and a second has passed since the last snapshot.
-    pub fn wants_publish(&self) -> bool {
-        self.exposition.is_some() && self.published.elapsed() >= Duration::from_secs(1)
-    }
 
     /// Renders the metrics at most once a second (or now, when `force`).
     pub fn publish(&mut self, libpcap: Option<LiveStats>, force: bool) {
@@ -105,9 +186,12 @@ impl ProbeRun {
     /// sightings were left in the spool or lost.
     pub fn finish(mut self, libpcap: Option<LiveStats>, drain: Duration) -> Result<bool> {
         self.publish(libpcap, true);
-        let ProbeRun { probe, out, delivery, skipped_no_msisdn, spool_dir, .. } = self;
+        let ProbeRun { probe, out, delivery, skipped_no_msisdn, spool_dir, mut delays, .. } = self;
         out.finish()?;
         eprint!("{}", probe.summary());
+        if let Some(line) = delays.as_mut().and_then(Delays::summary) {
+            eprintln!("{line}");
+        }
         if let Some(evidence) = &probe.evidence {
             eprintln!("{}", evidence.summary());
         }
@@ -116,6 +200,14 @@ impl ProbeRun {
                 "libpcap received {}  dropped {}  interface dropped {}",
                 stats.received, stats.dropped, stats.interface_dropped
             );
+            // What libpcap passed on but the probe never read (still in the ring when the stop's drain
+            // ended): a loss too, so it is said.
+            let unread = u64::from(stats.received)
+                .saturating_sub(u64::from(stats.dropped))
+                .saturating_sub(probe.packets);
+            if unread > 0 {
+                eprintln!("gtpcharge: WARNING: {unread} packets captured before the stop were not read");
+            }
         }
         let Some(delivery) = delivery else { return Ok(true) };
         let stats = delivery.finish(drain);
@@ -141,7 +233,10 @@ impl ProbeRun {
 }
 
 /// Every event to every sink: stdout, delivery (sightings), the debug log.
-fn sink(out: &mut EventOut, delivery: &Option<Delivery>, skipped: &mut u64, event: &Event) {
+fn sink(out: &mut EventOut, delivery: &Option<Delivery>, skipped: &mut u64, delays: &mut Option<Delays>, event: &Event) {
+    if let (Some(delays), Event::Sighting(s)) = (delays.as_mut(), event) {
+        delays.record(s.ts_us);
+    }
     out.write(event);
     if let Some(delivery) = delivery {
         deliver(delivery, skipped, event);

@@ -104,28 +104,6 @@ fn the_demo_outside_the_repository_says_where_the_sample_is() {
     assert!(output.stdout.is_empty());
 }
 
-/// Deletes the test's network namespace (and with it the veth pair) however the test ends.
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("LIVE TEST CANNOT RUN: `ip` is not available: {e}"));
-    assert!(
-        output.status.success(),
-        "LIVE TEST CANNOT RUN: `ip {}` failed (network namespaces or veth cannot be created here): {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// (b) Live: the capture is played onto one end of a veth pair whose other end is in a network
 /// namespace this test creates; `gtpcharge capture` listens on the root-namespace end, reports to the
 /// billing server, and stops on SIGTERM after draining. Same result as the replay. Where namespaces
@@ -133,18 +111,12 @@ fn ip(args: &[&str]) {
 #[test]
 fn live_capture_on_a_veth_pair_charges_like_replay() {
     let world = World::new(9, 12);
-    let id = std::process::id() % 100_000;
-    let namespace = Namespace(format!("gtpcharge{id}"));
-    let (probe_end, wire_end) = (format!("gcp{id}"), format!("gcw{id}"));
-    ip(&["netns", "add", &namespace.0]);
-    ip(&["link", "add", &probe_end, "mtu", "9000", "type", "veth", "peer", "name", &wire_end, "mtu", "9000"]);
-    ip(&["link", "set", &wire_end, "netns", &namespace.0]);
-    ip(&["link", "set", &probe_end, "up"]);
-    ip(&["-n", &namespace.0, "link", "set", &wire_end, "up"]);
+    let veth = common::VethPair::new("e2e");
+    let (probe_end, wire_end, namespace) = (&veth.probe_end, &veth.wire_end, &veth.namespace);
     let spool = world.dir.path().join("live-spool");
     let metrics_port = free_port();
     let capture = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
-        .args(["capture", "--interface", &probe_end, "--billing-url", &world.url, "--probe-key", &world.probe_key])
+        .args(["capture", "--interface", probe_end, "--billing-url", &world.url, "--probe-key", &world.probe_key])
         .args(["--spool-dir", spool.to_str().unwrap(), "--emit", "jsonl"])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::piped())
@@ -161,11 +133,11 @@ fn live_capture_on_a_veth_pair_charges_like_replay() {
         .args([
             "netns",
             "exec",
-            &namespace.0,
+            namespace,
             env!("CARGO_BIN_EXE_gtpcharge"),
             "inject",
             "--interface",
-            &wire_end,
+            wire_end,
             "--pps",
             "5000",
         ])

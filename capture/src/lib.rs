@@ -5,7 +5,7 @@
 //!
 //! Deliberately absent: anything GTP. This crate hands [`Udp`] datagrams to whoever wires it (the root
 //! binary), so the correlator is tested, fuzzed and benched without libpcap.
-// Unsafe code only in `stdio` (the one call into C the pcap crate does not offer), allowed there.
+// Unsafe code only in `stdio` and `wait` (the two calls into C the pcap crate does not offer), allowed there.
 #![deny(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
@@ -16,6 +16,7 @@ pub mod reassembly;
 pub mod source;
 pub mod writer;
 mod stdio;
+mod wait;
 
 pub use decode::{Decoder, DecoderConfig, Udp};
 pub use source::{CaptureError, FileReading, FileSource, Frame, Injector, LiveConfig, LiveSource, LiveStats};

@@ -286,7 +286,7 @@ impl FileSource {
 /// call a frame, cost the bare counting loop (`gtpcharge floor`) 538 instructions a frame against 402
 /// this way, and the replay 1,315 against 1,224 (callgrind, 430,007 frames, session 13); 256 frames a
 /// call still gives the caller control back every few microseconds.
-const DISPATCH_FRAMES: usize = 256;
+pub const DISPATCH_FRAMES: usize = 256;
 
 /// Hands up to [`DISPATCH_FRAMES`] frames of a file to `each`; returns how many (0 at the end of the file).
 fn dispatch(
@@ -325,14 +325,18 @@ pub struct LiveConfig {
 
 impl Default for LiveConfig {
     fn default() -> Self {
+        // Chosen for a mirror port (see the README's "Live capture"): libpcap's memory-mapped ring
+        // (TPACKET_V3 on Linux) hands over whole blocks, retired when full or after the read timeout,
+        // instead of waking the reader for every packet (immediate mode); 256 MiB holds a burst of a
+        // busy link (0.2 s at 10 Gbit/s) while the reader catches up.
         LiveConfig {
             interface: String::new(),
             snaplen: 65_535,
-            buffer_size_bytes: 64 << 20,
+            buffer_size_bytes: 256 << 20,
             promiscuous: true,
-            immediate: true,
+            immediate: false,
             filter: None,
-            read_timeout_ms: 100,
+            read_timeout_ms: 10,
         }
     }
 }
@@ -349,6 +353,8 @@ pub struct LiveSource {
     interface: String,
     capture: pcap::Capture<pcap::Active>,
     linktype: i32,
+    /// How long one read waits for packets (`LiveConfig::read_timeout_ms`).
+    wait_ms: i32,
 }
 
 impl LiveSource {
@@ -367,24 +373,38 @@ impl LiveSource {
         if let Some(filter) = &config.filter {
             capture.filter(filter, true).map_err(live)?;
         }
+        // Reads never block inside libpcap; `dispatch` waits in `wait::readable` (see there why).
+        let capture = capture.setnonblock().map_err(live)?;
         let linktype = capture.get_datalink().0;
-        Ok(LiveSource { interface: config.interface.clone(), capture, linktype })
+        Ok(LiveSource { interface: config.interface.clone(), capture, linktype, wait_ms: config.read_timeout_ms })
+    }
+
+    fn error(&self, error: pcap::Error) -> CaptureError {
+        CaptureError::Live { interface: self.interface.clone(), message: error.to_string() }
     }
 
     /// Hands `each` the frames libpcap has ready, at most [`DISPATCH_FRAMES`] (`pcap_dispatch`, as files
-    /// are read); returns how many, 0 when the read timed out with nothing to deliver.
+    /// are read); when none are, waits up to the read timeout for some. Returns how many, 0 when the
+    /// wait ended with nothing to deliver, so the caller sees a stop within the read timeout.
     pub fn dispatch(&mut self, mut each: impl FnMut(&Frame<'_>)) -> Result<usize, CaptureError> {
+        use std::os::fd::AsRawFd;
         let linktype = self.linktype;
-        self.capture
-            .dispatch(Some(DISPATCH_FRAMES), |packet| each(&frame(&packet, linktype)))
-            .map_err(|error| CaptureError::Live { interface: self.interface.clone(), message: error.to_string() })
+        let mut read = |capture: &mut pcap::Capture<pcap::Active>| {
+            capture.dispatch(Some(DISPATCH_FRAMES), |packet| each(&frame(&packet, linktype)))
+        };
+        match read(&mut self.capture) {
+            Ok(0) => {}
+            Ok(count) => return Ok(count),
+            Err(error) => return Err(self.error(error)),
+        }
+        if !crate::wait::readable(self.capture.as_raw_fd(), self.wait_ms) {
+            return Ok(0);
+        }
+        read(&mut self.capture).map_err(|error| self.error(error))
     }
 
     pub fn stats(&mut self) -> Result<LiveStats, CaptureError> {
-        let stat = self
-            .capture
-            .stats()
-            .map_err(|error| CaptureError::Live { interface: self.interface.clone(), message: error.to_string() })?;
+        let stat = self.capture.stats().map_err(|error| self.error(error))?;
         Ok(LiveStats { received: stat.received, dropped: stat.dropped, interface_dropped: stat.if_dropped })
     }
 }

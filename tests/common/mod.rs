@@ -114,3 +114,49 @@ pub fn attachment_differences(event: &Value, request: &std::collections::BTreeMa
     check("cgi.ci", uli["cgi"]["ci"].as_u64(), number("gtp.cgi_ci"));
     differences
 }
+
+/// A veth pair for live tests: one end (`probe_end`) in this namespace, the other (`wire_end`) in a
+/// network namespace of its own, up, MTU 9000; deleted however the test ends. Where namespaces or veth
+/// cannot be created the test fails and says so: it is never skipped silently.
+pub struct VethPair {
+    pub namespace: String,
+    pub probe_end: String,
+    pub wire_end: String,
+}
+
+impl VethPair {
+    pub fn new(tag: &str) -> VethPair {
+        let id = std::process::id() % 100_000;
+        let pair = VethPair {
+            namespace: format!("gtpcharge-{tag}{id}"),
+            probe_end: format!("{}p{id}", &tag[..tag.len().min(3)]),
+            wire_end: format!("{}w{id}", &tag[..tag.len().min(3)]),
+        };
+        ip(&["netns", "add", &pair.namespace]);
+        ip(&["link", "add", &pair.probe_end, "mtu", "9000", "type", "veth", "peer", "name", &pair.wire_end, "mtu", "9000"]);
+        ip(&["link", "set", &pair.wire_end, "netns", &pair.namespace]);
+        ip(&["link", "set", &pair.probe_end, "up"]);
+        ip(&["-n", &pair.namespace, "link", "set", &pair.wire_end, "up"]);
+        pair
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.namespace]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.probe_end]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("LIVE TEST CANNOT RUN: `ip` is not available: {e}"));
+    assert!(
+        output.status.success(),
+        "LIVE TEST CANNOT RUN: `ip {}` failed (network namespaces or veth cannot be created here): {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,79 @@
+//! The live defaults hold a burst: 140,000 frames (62 MB) played at full speed onto a veth pair, far
+//! above the rate at which the old defaults (immediate mode, 64 MiB) lost half of them on this machine,
+//! are all read with `gtpcharge capture`'s defaults: libpcap and the interface drop nothing, and every
+//! token is charged to its subscriber. The sighting delay is reported.
+mod common;
+
+use common::VethPair;
+use gtpcharge_pcapgen::{generate, PcapFile, Scenario};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The number after `label` in the summary line that has it.
+fn counter(summary: &str, label: &str) -> u64 {
+    summary
+        .split(label)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in:\n{summary}"))
+}
+
+#[test]
+fn a_full_speed_burst_is_captured_without_loss_by_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("burst.pcap");
+    let scenario = Scenario {
+        seed: 11,
+        subscribers: 2000,
+        traffic_rounds: 3,
+        background_per_round: 10,
+        edge_cases: false,
+        tokens: Vec::new(),
+    };
+    let mut file = PcapFile::create(&path).unwrap();
+    let truth = generate(&scenario, &mut file);
+    file.finish().unwrap();
+    assert!(truth.frames > 100_000);
+
+    let veth = VethPair::new("live");
+    let metrics_port = common::world::free_port();
+    // Events to a file: a pipe nobody reads until the end would stop the probe once it is full.
+    let events = dir.path().join("events.jsonl");
+    let capture = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["capture", "--interface", &veth.probe_end, "--emit", "jsonl"])
+        .args(["--spool-dir", dir.path().join("spool").to_str().unwrap()])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(std::fs::File::create(&events).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "gtpcharge capture did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let inject = Command::new("ip")
+        .args(["netns", "exec", &veth.namespace, env!("CARGO_BIN_EXE_gtpcharge"), "inject", "--interface"])
+        .arg(&veth.wire_end)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let injected = String::from_utf8_lossy(&inject.stderr).into_owned();
+    assert!(inject.status.success(), "inject: {injected}");
+    // Give the reader time to empty the ring (a debug build reads more slowly than the burst came).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(Command::new("kill").args(["-TERM", &capture.id().to_string()]).status().unwrap().success());
+    let output = capture.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{summary}");
+    let received = counter(&summary, "libpcap received ");
+    assert!(received >= truth.frames, "{injected}\n{summary}");
+    assert_eq!(counter(&summary, "  dropped "), 0, "libpcap dropped packets of the burst:\n{injected}\n{summary}");
+    assert_eq!(counter(&summary, "interface dropped "), 0, "{summary}");
+    assert!(!summary.contains("were not read"), "{summary}");
+    let events = std::fs::read_to_string(&events).unwrap();
+    let sightings = events.lines().filter(|l| l.contains("\"sighting\"")).count();
+    assert_eq!(sightings, truth.sightings.len(), "{summary}");
+    assert!(summary.contains("sighting delay (capture to sighting) p50 "), "{summary}");
+}
