@@ -82,8 +82,8 @@ pub struct Decoder {
     reassembler: Reassembler,
     reassembled: Vec<u8>,
     reported_timeouts: u64,
-    /// Per UDP port: `PORT_VXLAN`, `PORT_GENEVE` or 0 (one load per datagram).
-    tunnel_ports: Box<[u8]>,
+    /// Per UDP port: `PORT_VXLAN`, `PORT_GENEVE` or 0 (one load per datagram, no bounds check).
+    tunnel_ports: Box<[u8; 1 << 16]>,
     mirror_ids: Vec<u32>,
     /// Frames by their outermost encapsulation and mirror session, and those beyond the bound.
     mirror_sessions: Vec<MirrorSessionCount>,
@@ -151,7 +151,7 @@ pub fn ipv4_fragment_of(linktype: i32, data: &[u8]) -> Option<(IpAddr, IpAddr, u
 
 impl Decoder {
     pub fn new(config: &DecoderConfig) -> Decoder {
-        let mut tunnel_ports = vec![0u8; 1 << 16].into_boxed_slice();
+        let mut tunnel_ports = Box::new([0u8; 1 << 16]);
         for (ports, kind) in [(&config.vxlan_ports, PORT_VXLAN), (&config.geneve_ports, PORT_GENEVE)] {
             for &port in ports {
                 if let Some(slot) = tunnel_ports.get_mut(usize::from(port)) {
@@ -176,8 +176,11 @@ impl Decoder {
         (&self.mirror_sessions, self.mirror_sessions_other)
     }
 
+    #[inline(always)]
     fn tunnel_port(&self, port: u16) -> u8 {
-        self.tunnel_ports.get(usize::from(port)).copied().unwrap_or(0)
+        // A u16 indexes a table of 2^16 entries: never out of bounds.
+        #[allow(clippy::indexing_slicing)]
+        self.tunnel_ports[usize::from(port)]
     }
 
     /// One encapsulation layer around the frame's network layer, if there is one.
@@ -320,7 +323,7 @@ impl Decoder {
                     let previous = std::mem::replace(&mut self.reassembled, whole);
                     self.reassembler.recycle(previous);
                     let udp = udp(source, destination, &self.reassembled)?;
-                    if self.tunnel_ports.get(usize::from(udp.destination.port())).copied().unwrap_or(0) != 0 {
+                    if self.tunnel_port(udp.destination.port()) != 0 {
                         // A mirror's encapsulation split into outer fragments: reassembled, but not
                         // unwrapped (counted; mirror sessions are set up to fit the path's MTU).
                         return Err("encap-in-fragment");

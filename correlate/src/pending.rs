@@ -20,6 +20,9 @@ use std::net::IpAddr;
 /// from the same space, but a hostile stream must not make one bucket long.
 pub const PER_SEQUENCE_MAX: usize = 8;
 
+/// Emptied buckets kept for reuse at most (the rest are freed).
+const SPARE_MAX: usize = 1024;
+
 /// One waiting request.
 #[derive(Debug, Clone)]
 pub struct Pending<K> {
@@ -82,13 +85,15 @@ pub enum Matched {
 
 pub struct PendingTable<K> {
     buckets: Map<(u8, u32), Vec<Pending<K>>>,
+    /// Emptied buckets' vectors, reused: a request and its response allocate nothing in steady state.
+    spare: Vec<Vec<Pending<K>>>,
     len: usize,
     max: usize,
 }
 
 impl<K> PendingTable<K> {
     pub fn new(max: usize) -> PendingTable<K> {
-        PendingTable { buckets: Map::default(), len: 0, max }
+        PendingTable { buckets: Map::default(), spare: Vec::new(), len: 0, max }
     }
 
     pub fn len(&self) -> usize {
@@ -113,7 +118,8 @@ impl<K> PendingTable<K> {
         if self.len >= self.max && bucket_len < PER_SEQUENCE_MAX {
             return Added::TableFull;
         }
-        let bucket = self.buckets.entry((version, sequence)).or_default();
+        let spare = &mut self.spare;
+        let bucket = self.buckets.entry((version, sequence)).or_insert_with(|| spare.pop().unwrap_or_default());
         let mut added = Added::New;
         if bucket.len() >= PER_SEQUENCE_MAX {
             let oldest = bucket.iter().enumerate().min_by_key(|(_, p)| p.ts_us).map(|(at, _)| at);
@@ -179,7 +185,11 @@ impl<K> PendingTable<K> {
         let at = bucket.iter().position(|p| rank(p) == Some(wanted)).ok_or(Unpaired::NoRequest)?;
         let pending = bucket.swap_remove(at);
         if bucket.is_empty() {
-            self.buckets.remove(&(version, sequence));
+            if let Some(empty) = self.buckets.remove(&(version, sequence)) {
+                if self.spare.len() < SPARE_MAX {
+                    self.spare.push(empty);
+                }
+            }
         }
         self.len -= 1;
         Ok((pending, matched))
@@ -188,8 +198,12 @@ impl<K> PendingTable<K> {
     /// Forgets requests sent before `since_us`; returns how many were forgotten (never answered).
     pub fn expire(&mut self, since_us: u64) -> usize {
         let before = self.len;
+        let spare = &mut self.spare;
         self.buckets.retain(|_, bucket| {
             bucket.retain(|p| p.ts_us >= since_us);
+            if bucket.is_empty() && spare.len() < SPARE_MAX {
+                spare.push(std::mem::take(bucket));
+            }
             !bucket.is_empty()
         });
         self.len = self.buckets.values().map(Vec::len).sum();
