@@ -99,8 +99,15 @@ pub struct Delivery {
 impl Delivery {
     /// Opens the spool and starts the delivery thread.
     pub fn start(config: DeliveryConfig) -> Result<Delivery> {
-        std::fs::create_dir_all(&config.spool_dir)
-            .with_context(|| format!("creating the spool directory {}", config.spool_dir.display()))?;
+        // The spool holds MSISDNs, IMSIs and tokens: a directory the probe creates is owner-only, and so
+        // is every file in it, whatever the umask.
+        if !config.spool_dir.exists() {
+            std::fs::create_dir_all(&config.spool_dir)
+                .with_context(|| format!("creating the spool directory {}", config.spool_dir.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.spool_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making the spool directory {} private", config.spool_dir.display()))?;
+        }
         let probe = config.spool_dir.join(".write-test");
         std::fs::write(&probe, b"")
             .with_context(|| format!("the spool directory {} is not writable", config.spool_dir.display()))?;
@@ -203,7 +210,7 @@ impl Spool {
         let temporary = self.dir.join(format!("{name}.tmp"));
         let path = self.dir.join(format!("{name}.batch"));
         let written = (|| -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&temporary)?;
+            let mut file = private_file(&temporary)?;
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
             std::fs::rename(&temporary, &path)?;
@@ -512,4 +519,10 @@ mod tests {
         delivery.submit(record());
         assert_eq!(delivery.finish(Duration::ZERO).lost, 1);
     }
+}
+
+/// Creates (or truncates) a file readable and writable by the owner only, whatever the umask.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }

@@ -14,6 +14,7 @@ mod pipeline;
 mod prefetch;
 mod probe;
 mod run;
+mod secrets;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -157,15 +158,25 @@ enum Command {
         /// PEM CA whose client certificates are accepted (probes with mutual TLS).
         #[arg(long, env = "GTPCHARGE_TLS_CLIENT_CA", requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
+        /// Serve without TLS on an address off the loopback (a network you trust). Without it, `serve`
+        /// refuses: API keys, probe keys, MSISDNs and tokens would cross the network in the clear.
+        #[arg(long, env = "GTPCHARGE_ALLOW_PLAINTEXT")]
+        allow_plaintext: bool,
     },
     /// An SP's view of the billing API over gRPC (a real client, for trying the flow by hand).
     Purchase {
         /// The billing API.
         #[arg(long, env = "GTPCHARGE_BILLING_URL", default_value = "http://127.0.0.1:50051", global = true)]
         billing_url: String,
-        /// The SP's API key (`gtpcharge admin sp create`).
+        /// The SP's API key (`gtpcharge admin sp create`); better from a file or the environment.
         #[arg(long, env = "GTPCHARGE_API_KEY", hide_env_values = true, global = true)]
         api_key: Option<String>,
+        /// A file holding the SP's API key (kept out of the process list).
+        #[arg(long, env = "GTPCHARGE_API_KEY_FILE", global = true)]
+        api_key_file: Option<PathBuf>,
+        /// Allow an http:// billing URL off the loopback (a network you trust): keys cross it in clear.
+        #[arg(long, global = true)]
+        allow_plaintext: bool,
         #[command(subcommand)]
         command: PurchaseCommand,
     },
@@ -223,9 +234,26 @@ enum TokenCommand {
 
 #[derive(Args)]
 struct DatabaseArgs {
-    /// postgres://USER@HOST/DB or sqlite://FILE?mode=rwc.
-    #[arg(long, env = "GTPCHARGE_DATABASE_URL", default_value = gtpcharge_billing_api::db::DEFAULT_SQLITE_URL, global = true)]
+    /// postgres://USER@HOST/DB or sqlite://FILE?mode=rwc. A URL with a password is better given with
+    /// --database-url-file or the environment.
+    #[arg(long, env = "GTPCHARGE_DATABASE_URL", default_value = gtpcharge_billing_api::db::DEFAULT_SQLITE_URL, global = true, hide_env_values = true)]
     database_url: String,
+    /// A file holding the database URL (with its password; kept out of the process list).
+    #[arg(long, env = "GTPCHARGE_DATABASE_URL_FILE", global = true)]
+    database_url_file: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// The URL, from the file when one is named; a password typed on the command line is warned about.
+    fn url(&self) -> Result<String> {
+        let has_password =
+            self.database_url.split("://").nth(1).and_then(|rest| rest.split('@').next()).is_some_and(|user| {
+                self.database_url.contains('@') && user.contains(':')
+            });
+        let from_line = has_password && given_on_command_line("database_url");
+        Ok(secrets::secret("database-url", Some(self.database_url.clone()), from_line, self.database_url_file.as_deref())?
+            .unwrap_or_default())
+    }
 }
 
 #[derive(Subcommand)]
@@ -378,9 +406,17 @@ struct ProbeArgs {
     /// Report sightings to this billing API (http://HOST:PORT or https://...), which charges them.
     #[arg(long, env = "GTPCHARGE_BILLING_URL")]
     billing_url: Option<String>,
-    /// The probe credential (`gtpcharge admin probe create`).
+    /// The probe credential (`gtpcharge admin probe create`); better from --probe-key-file or the
+    /// environment (on the command line every local user can read it).
     #[arg(long, env = "GTPCHARGE_PROBE_KEY", hide_env_values = true)]
     probe_key: Option<String>,
+    /// A file holding the probe credential.
+    #[arg(long, env = "GTPCHARGE_PROBE_KEY_FILE")]
+    probe_key_file: Option<PathBuf>,
+    /// Allow an http:// billing URL off the loopback (a network you trust). Without it the probe refuses
+    /// to start: the probe key and subscribers' MSISDNs would cross the network in the clear.
+    #[arg(long, env = "GTPCHARGE_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
     /// Where undelivered sightings are kept (survives a crash; sent first on the next start).
     #[arg(long, env = "GTPCHARGE_SPOOL_DIR", default_value = "gtpcharge-spool")]
     spool_dir: PathBuf,
@@ -514,7 +550,13 @@ impl ProbeArgs {
 
     fn delivery(&self) -> Result<Option<delivery::Delivery>> {
         let Some(url) = self.billing_url.as_ref().filter(|u| !u.is_empty()) else { return Ok(None) };
-        let probe_key = self.probe_key.clone().context("--billing-url needs --probe-key (or GTPCHARGE_PROBE_KEY)")?;
+        let probe_key = secrets::secret(
+            "probe-key",
+            self.probe_key.clone(),
+            given_on_command_line("probe_key"),
+            self.probe_key_file.as_deref(),
+        )?
+        .context("--billing-url needs --probe-key-file (or GTPCHARGE_PROBE_KEY, or --probe-key)")?;
         let config = delivery::DeliveryConfig {
             url: url.clone(),
             probe_key,
@@ -681,12 +723,38 @@ fn live_pipeline(
     Ok(last.unwrap_or_default())
 }
 
+/// The secret arguments that were typed on the command line (not taken from the environment or a file).
+static FROM_COMMAND_LINE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+
+fn record_command_line_sources(matches: &clap::ArgMatches) {
+    let mut given = Vec::new();
+    let mut level = Some(matches);
+    while let Some(m) = level {
+        for id in ["probe_key", "api_key", "database_url"] {
+            if let Ok(Some(clap::parser::ValueSource::CommandLine)) = m.try_get_raw(id).map(|_| m.value_source(id)) {
+                given.push(id);
+            }
+        }
+        level = m.subcommand().map(|(_, sub)| sub);
+    }
+    let _ = FROM_COMMAND_LINE.set(given);
+}
+
+fn given_on_command_line(id: &str) -> bool {
+    FROM_COMMAND_LINE.get().is_some_and(|ids| ids.contains(&id))
+}
+
 fn main() -> std::process::ExitCode {
     if let Err(error) = config::load_from_args() {
         eprintln!("gtpcharge: {error:#}");
         return std::process::ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    record_command_line_sources(&matches);
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     logging::init(cli.log_format, cli.log_subscriber_ids);
     let result = match cli.command {
         Command::Replay { files, probe } => replay(&files, &probe),
@@ -711,20 +779,31 @@ fn main() -> std::process::ExitCode {
                 .with_context(|| format!("creating {}", workdir.display()))
                 .and_then(|()| demo::demo(&sample, &workdir))
         }
-        Command::Serve { listen, database, tls_cert, tls_key, tls_client_ca } => {
+        Command::Serve { listen, database, tls_cert, tls_key, tls_client_ca, allow_plaintext } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(certificate), Some(key)) => {
                     Some(gtpcharge_billing_api::server::TlsFiles { certificate, key, client_ca: tls_client_ca })
                 }
                 _ => None,
             };
-            billing::serve(listen, &database.database_url, tls).map(|()| true)
+            secrets::check_listen(listen, tls.is_some(), allow_plaintext)
+                .and_then(|()| database.url())
+                .and_then(|url| billing::serve(listen, &url, tls))
+                .map(|()| true)
         }
-        Command::Admin { database, command } => billing::admin(&database.database_url, command).map(|()| true),
-        Command::Purchase { billing_url, api_key, command } => match api_key {
-            Some(key) => billing::purchase(&billing_url, &key, command).map(|()| true),
-            None => Err(anyhow::anyhow!("--api-key (or GTPCHARGE_API_KEY) is required")),
-        },
+        Command::Admin { database, command } => {
+            database.url().and_then(|url| billing::admin(&url, command)).map(|()| true)
+        }
+        Command::Purchase { billing_url, api_key, api_key_file, allow_plaintext, command } => {
+            let key = secrets::check_client_url(&billing_url, allow_plaintext).and_then(|_| {
+                secrets::secret("api-key", api_key, given_on_command_line("api_key"), api_key_file.as_deref())
+            });
+            match key {
+                Ok(Some(key)) => billing::purchase(&billing_url, &key, command).map(|()| true),
+                Ok(None) => Err(anyhow::anyhow!("--api-key-file (or GTPCHARGE_API_KEY, or --api-key) is required")),
+                Err(error) => Err(error),
+            }
+        }
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
         Command::Floor { pipeline, plain, handover, files } => {
             floor(&files, pipeline, handover.forced(), plain).map(|()| true)

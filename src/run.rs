@@ -59,6 +59,9 @@ pub struct ProbeRun {
     skipped_no_msisdn: u64,
     spool_dir: PathBuf,
     drops: DropWatch,
+    /// Sightings go to a billing API off the loopback in the clear (`--allow-plaintext`): said again in
+    /// the summary.
+    plaintext: bool,
     /// Live capture: how long each token waited between its packet's capture and its sighting.
     delays: Option<Delays>,
 }
@@ -133,7 +136,12 @@ impl Delays {
 
 impl ProbeRun {
     pub fn start(args: &ProbeArgs) -> Result<ProbeRun> {
+        let plaintext = match args.billing_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => crate::secrets::check_client_url(url, args.allow_plaintext)?,
+            None => false,
+        };
         Ok(ProbeRun {
+            plaintext,
             probe: args.probe()?,
             out: EventOut::new(args.emit),
             delivery: args.delivery()?,
@@ -186,8 +194,11 @@ impl ProbeRun {
     /// sightings were left in the spool or lost.
     pub fn finish(mut self, libpcap: Option<LiveStats>, drain: Duration) -> Result<bool> {
         self.publish(libpcap, true);
-        let ProbeRun { probe, out, delivery, skipped_no_msisdn, spool_dir, mut delays, .. } = self;
+        let ProbeRun { probe, out, delivery, skipped_no_msisdn, spool_dir, mut delays, plaintext, .. } = self;
         out.finish()?;
+        if plaintext {
+            eprintln!("gtpcharge: WARNING: sightings went to the billing API in the clear, off the loopback (--allow-plaintext)");
+        }
         eprint!("{}", probe.summary());
         if let Some(line) = delays.as_mut().and_then(Delays::summary) {
             eprintln!("{line}");

@@ -29,6 +29,26 @@ const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Where the embedded default keeps its ledger.
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://gtpcharge.sqlite?mode=rwc";
 
+/// The file of a `sqlite:` URL (`sqlite://FILE`, `sqlite:FILE`, `sqlite:///ABSOLUTE`), without the query;
+/// `None` for an in-memory database.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
+/// A new ledger file is created owner-only (0600, whatever the umask; SQLite gives its journal files
+/// the same mode), and created at all: a `sqlite:` URL without `mode=rwc` would not create it.
+fn create_private_sqlite_file(url: &str) -> Result<(), sqlx::Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = sqlite_file(url) else { return Ok(()) };
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(sqlx::Error::Configuration(format!("creating the ledger {}: {error}", path.display()).into())),
+    }
+}
+
 impl Db {
     /// Connects and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
@@ -42,6 +62,9 @@ impl Db {
                 "database URL must start with postgres:// or sqlite: (secrets are not echoed)".into(),
             ));
         };
+        if backend == Backend::Sqlite {
+            create_private_sqlite_file(url)?;
+        }
         let pool = match backend {
             // SQLite serialises writers anyway; one connection makes every transaction run alone, so
             // no transaction can fail with "database is locked". WAL keeps readers cheap.

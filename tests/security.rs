@@ -1,0 +1,120 @@
+//! No plaintext off the loopback, secrets off the command line, personal data on disk private. Nothing
+//! here sends a packet anywhere but the loopback: the refusals happen before any connection.
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn gtpcharge_under_umask_000(args: &[&str]) -> std::process::Output {
+    let mut line = format!("umask 000; exec '{}'", env!("CARGO_BIN_EXE_gtpcharge"));
+    for arg in args {
+        line.push_str(&format!(" '{arg}'"));
+    }
+    Command::new("sh").args(["-c", &line]).output().unwrap()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn sample() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps/sample.pcap").display().to_string()
+}
+
+#[test]
+fn serve_refuses_plaintext_off_the_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("sqlite://{}", dir.path().join("refused.sqlite").display());
+    let output = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--database-url", &ledger])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("--tls-cert") && stderr.contains("--allow-plaintext"), "{stderr}");
+    assert!(!dir.path().join("refused.sqlite").exists(), "refused before the ledger was touched");
+}
+
+/// With --allow-plaintext it serves, says so, and its new SQLite ledger is owner-only under umask 000
+/// (at a path whose URL has no `mode=rwc`: the file is created all the same).
+#[test]
+fn allowed_plaintext_is_said_and_the_new_ledger_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledger.sqlite");
+    let line = format!(
+        "umask 000; exec '{}' serve --listen 0.0.0.0:0 --allow-plaintext --database-url 'sqlite://{}'",
+        env!("CARGO_BIN_EXE_gtpcharge"),
+        file.display()
+    );
+    let mut child = Command::new("sh").args(["-c", &line]).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    while !file.exists() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("without TLS off the loopback"), "{stderr}");
+    assert_eq!(mode(&file), 0o600, "{stderr}");
+}
+
+#[test]
+fn the_probe_refuses_an_http_billing_url_off_the_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("probe.key");
+    std::fs::write(&key, "gcpk_whatever\n").unwrap();
+    // 192.0.2.1 (TEST-NET-1) is never contacted: the refusal comes before any connection.
+    let output = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["replay", &sample(), "--billing-url", "http://192.0.2.1:50051", "--probe-key-file"])
+        .arg(&key)
+        .args(["--spool-dir", dir.path().join("spool").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("in the clear") && stderr.contains("--allow-plaintext"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+/// A key typed on the command line works but is warned about (never printed); the spool it leaves
+/// (the API is not there) is owner-only under umask 000; a key file that is missing is named.
+#[test]
+fn command_line_secrets_are_warned_about_and_the_spool_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let closed = format!("http://127.0.0.1:{}", common_free_port());
+    let output = gtpcharge_under_umask_000(&[
+        "replay",
+        &sample(),
+        "--billing-url",
+        &closed,
+        "--probe-key",
+        "gcpk_typed_on_the_command_line",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "--drain-timeout-s",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--probe-key was given on the command line"), "{stderr}");
+    assert!(!stderr.contains("gcpk_typed_on_the_command_line"), "the key itself is never printed: {stderr}");
+    assert_eq!(mode(&spool), 0o700);
+    let batches: Vec<_> = std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!batches.is_empty(), "sightings wait in the spool: {stderr}");
+    for batch in batches {
+        assert_eq!(mode(&batch), 0o600, "{}", batch.display());
+    }
+
+    let missing = dir.path().join("no-such.key");
+    let output = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["replay", &sample(), "--billing-url", &closed, "--probe-key-file", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("no-such.key"), "{stderr}");
+}
+
+fn common_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
