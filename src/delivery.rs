@@ -482,6 +482,12 @@ fn send(
     }
 }
 
+/// Creates (or truncates) a file readable and writable by the owner only, whatever the umask.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,10 +525,4 @@ mod tests {
         delivery.submit(record());
         assert_eq!(delivery.finish(Duration::ZERO).lost, 1);
     }
-}
-
-/// Creates (or truncates) a file readable and writable by the owner only, whatever the umask.
-fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
