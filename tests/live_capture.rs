@@ -61,8 +61,23 @@ fn a_full_speed_burst_is_captured_without_loss_by_the_defaults() {
         .unwrap();
     let injected = String::from_utf8_lossy(&inject.stderr).into_owned();
     assert!(inject.status.success(), "inject: {injected}");
-    // Give the reader time to empty the ring (a debug build reads more slowly than the burst came).
-    std::thread::sleep(Duration::from_secs(3));
+    // Wait until the probe has read the whole burst (a debug build on a busy machine reads more slowly
+    // than the burst came; the ring holds it meanwhile), as its metrics say, then stop it.
+    let read = || -> u64 {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", metrics_port)) else { return 0 };
+        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text.lines()
+            .find_map(|l| l.strip_prefix("gtpcharge_packets_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let waited = Instant::now();
+    while read() < truth.frames && waited.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(Command::new("kill").args(["-TERM", &capture.id().to_string()]).status().unwrap().success());
     let output = capture.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&output.stderr);
