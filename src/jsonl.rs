@@ -30,7 +30,7 @@ fn identity_fields(map: &mut Map<String, Value>, identity: &Identity) {
 }
 
 /// User Location Information as JSON: MCC and MNC as digit strings, then each identity the message had.
-pub fn uli_json(uli: &Uli) -> Value {
+fn uli_json(uli: &Uli) -> Value {
     let mut map = Map::new();
     map.insert("mcc".into(), uli.plmn.mcc_text().into());
     map.insert("mnc".into(), uli.plmn.mnc_text().into());

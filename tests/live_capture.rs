@@ -1,7 +1,7 @@
-//! The live defaults hold a burst: 140,000 frames (62 MB) played at full speed onto a veth pair, far
-//! above the rate at which the old defaults (immediate mode, 64 MiB) lost half of them on this machine,
-//! are all read with `gtpcharge capture`'s defaults: libpcap and the interface drop nothing, and every
-//! token is charged to its subscriber. The sighting delay is reported.
+//! The live defaults hold a burst: 140,000 frames (62 MB) played at full speed onto a veth pair (about
+//! 1.3 M packets/s; the probe before these defaults, immediate mode and 64 MiB, dropped 67,262 of them
+//! on the development VM) are all read with `gtpcharge capture`'s defaults: libpcap and the interface
+//! drop nothing, and every token is charged to its subscriber. The sighting delay is reported.
 mod common;
 
 use common::VethPair;

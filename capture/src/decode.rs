@@ -184,8 +184,7 @@ impl Decoder {
     }
 
     /// One encapsulation layer around the frame's network layer, if there is one.
-    fn unwrap<'d>(&self, network: &'d [u8]) -> Result<Option<Layer<'d>>, &'static str> {
-        let Ok(ip) = IpSlice::from_slice(network) else { return Ok(None) }; // decode_ip says why
+    fn unwrap<'d>(&self, ip: &IpSlice<'d>) -> Result<Option<Layer<'d>>, &'static str> {
         if ip.is_fragmenting_payload() {
             return Ok(None); // reassembled first; see `decode_ip`
         }
@@ -225,8 +224,9 @@ impl Decoder {
         let (mut linktype, mut frame) = (linktype, data);
         let mut outermost = None;
         for _ in 0..=encap::DEPTH_MAX {
-            let network = network_layer(linktype, frame)?;
-            match self.unwrap(network)? {
+            // Parsed once: `unwrap` looks inside, `decode_ip` takes what it did not unwrap.
+            let ip = IpSlice::from_slice(network_layer(linktype, frame)?).map_err(|_| "ip-malformed")?;
+            match self.unwrap(&ip)? {
                 Some(layer) => {
                     outermost.get_or_insert((layer.kind, layer.id));
                     (linktype, frame) = (layer.linktype, layer.inner);
@@ -235,7 +235,7 @@ impl Decoder {
                     if let Some(session) = outermost {
                         self.mirror_session(session)?;
                     }
-                    return self.decode_ip(ts_us, network);
+                    return self.decode_ip(ts_us, ip);
                 }
             }
         }
@@ -282,11 +282,10 @@ impl Decoder {
         Ok(self.decode_slow(linktype, ts_us, data)?.map(make))
     }
 
-    /// Everything but the common case (see `plain_ipv4`): IPv6, fragments, errors. Out of line, so that
-    /// `decode`, inlined into the caller's per-frame loop, holds only the common case.
-    #[inline(never)]
-    fn decode_ip<'a>(&'a mut self, ts_us: u64, network: &'a [u8]) -> Result<Option<Udp<'a>>, &'static str> {
-        let ip = IpSlice::from_slice(network).map_err(|_| "ip-malformed")?;
+    /// An IP packet that is no encapsulation, past the common case (see `plain_ipv4`): IPv6, fragments
+    /// (reassembled here), errors. Reached through `decode_slow`, out of line, so that `decode`, inlined
+    /// into the caller's per-frame loop, holds only the common case.
+    fn decode_ip<'a>(&'a mut self, ts_us: u64, ip: IpSlice<'a>) -> Result<Option<Udp<'a>>, &'static str> {
         let (source, destination) = (ip.source_addr(), ip.destination_addr());
         let protocol = ip.payload_ip_number();
         if protocol != IpNumber::UDP {
