@@ -114,7 +114,13 @@ fn live_correlator() -> Correlator {
     let mut correlator = Correlator::new(Config::default());
     let mut events = Vec::new();
     for (ts, src, dst, payload) in [(1, SGSN, GGSN, create_request()), (2, GGSN, SGSN, create_response())] {
-        let d = Datagram { ts_us: ts, frame: 0, source: (src, 2123).into(), destination: (dst, 2123).into(), payload: &payload };
+        let d = Datagram {
+            ts_us: ts,
+            frame: 0,
+            source: (src, 2123).into(),
+            destination: (dst, 2123).into(),
+            payload: &payload,
+        };
         correlator.on_datagram(&d, &mut events);
     }
     assert_eq!(correlator.sessions().len(), 1);

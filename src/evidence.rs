@@ -182,7 +182,14 @@ impl Recent {
         let start = (at % size) as usize;
         if let Some(slot) = self.ring.get_mut(start..start + len) {
             slot.copy_from_slice(frame.data);
-            self.frames.push_back(RecentFrame { number, tunnel, ts_us: frame.ts_us, linktype: frame.linktype, at, len });
+            self.frames.push_back(RecentFrame {
+                number,
+                tunnel,
+                ts_us: frame.ts_us,
+                linktype: frame.linktype,
+                at,
+                len,
+            });
         }
         self.next = end;
     }
@@ -250,13 +257,9 @@ impl Evidence {
     /// Keeps one GTP-C frame in the signalling store.
     pub fn keep_signalling(&mut self, number: u64, frame: &Frame<'_>) {
         let len = u32::try_from(frame.data.len()).unwrap_or(u32::MAX);
-        let head = [
-            &number.to_le_bytes()[..],
-            &frame.ts_us.to_le_bytes(),
-            &frame.linktype.to_le_bytes(),
-            &len.to_le_bytes(),
-        ]
-        .concat();
+        let head =
+            [&number.to_le_bytes()[..], &frame.ts_us.to_le_bytes(), &frame.linktype.to_le_bytes(), &len.to_le_bytes()]
+                .concat();
         match self.signalling.append(&[&head, frame.data]) {
             Ok(((segment, offset), removed)) => {
                 self.stats.signalling_frames += 1;
@@ -303,7 +306,8 @@ impl Evidence {
                     && f.tunnel == tunnel
                     && f.ts_us >= since
                     && f.linktype == frame.linktype
-                    && inner_flow(&mut decoder, f, self.recent.bytes(f)) == Some((sighting.source, sighting.destination))
+                    && inner_flow(&mut decoder, f, self.recent.bytes(f))
+                        == Some((sighting.source, sighting.destination))
             });
             for f in same_flow.take(EARLIER_MAX) {
                 out.push(("earlier-segment", f.number, f.ts_us, self.recent.bytes(f).to_vec()));

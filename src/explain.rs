@@ -14,9 +14,8 @@ use std::path::Path;
 /// Prints the explanation; `Ok(false)` when the packets alone do not attribute the token (the evidence
 /// does not prove the charge).
 pub fn explain(path: &Path) -> Result<bool> {
-    let side: Option<serde_json::Value> = std::fs::read_to_string(path.with_extension("json"))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok());
+    let side: Option<serde_json::Value> =
+        std::fs::read_to_string(path.with_extension("json")).ok().and_then(|text| serde_json::from_str(&text).ok());
     let roles: Vec<(String, u64)> = side
         .as_ref()
         .and_then(|s| s.get("packets"))

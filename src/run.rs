@@ -76,10 +76,7 @@ struct DropWatch {
 
 impl DropWatch {
     fn observe(&mut self, stats: LiveStats) {
-        let grown = (
-            stats.dropped.wrapping_sub(self.last.0),
-            stats.interface_dropped.wrapping_sub(self.last.1),
-        );
+        let grown = (stats.dropped.wrapping_sub(self.last.0), stats.interface_dropped.wrapping_sub(self.last.1));
         self.last = (stats.dropped, stats.interface_dropped);
         self.unreported = (self.unreported.0.saturating_add(grown.0), self.unreported.1.saturating_add(grown.1));
         if self.unreported == (0, 0) || self.warned.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
@@ -178,7 +175,6 @@ impl ProbeRun {
         probe.batch(batch, |event| sink(out, delivery, skipped_no_msisdn, delays, event));
     }
 
-
     /// Renders the metrics at most once a second (or now, when `force`).
     pub fn publish(&mut self, libpcap: Option<LiveStats>, force: bool) {
         let Some(exposition) = &self.exposition else { return };
@@ -213,9 +209,8 @@ impl ProbeRun {
             );
             // What libpcap passed on but the probe never read (still in the ring when the stop's drain
             // ended): a loss too, so it is said.
-            let unread = u64::from(stats.received)
-                .saturating_sub(u64::from(stats.dropped))
-                .saturating_sub(probe.packets);
+            let unread =
+                u64::from(stats.received).saturating_sub(u64::from(stats.dropped)).saturating_sub(probe.packets);
             if unread > 0 {
                 eprintln!("gtpcharge: WARNING: {unread} packets captured before the stop were not read");
             }
@@ -244,7 +239,13 @@ impl ProbeRun {
 }
 
 /// Every event to every sink: stdout, delivery (sightings), the debug log.
-fn sink(out: &mut EventOut, delivery: &Option<Delivery>, skipped: &mut u64, delays: &mut Option<Delays>, event: &Event) {
+fn sink(
+    out: &mut EventOut,
+    delivery: &Option<Delivery>,
+    skipped: &mut u64,
+    delays: &mut Option<Delays>,
+    event: &Event,
+) {
     if let (Some(delays), Event::Sighting(s)) = (delays.as_mut(), event) {
         delays.record(s.ts_us);
     }

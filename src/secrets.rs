@@ -77,7 +77,8 @@ pub fn secret(
     file: Option<&Path>,
 ) -> Result<Option<String>> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading --{name}-file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading --{name}-file {}", path.display()))?;
         let text = text.trim_end_matches(['\n', '\r']).to_string();
         if text.is_empty() {
             bail!("--{name}-file {} is empty", path.display());
@@ -91,6 +92,27 @@ pub fn secret(
         );
     }
     Ok(value)
+}
+
+/// The secret arguments that were typed on the command line (not taken from the environment or a file).
+static FROM_COMMAND_LINE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+
+pub fn record_command_line_sources(matches: &clap::ArgMatches) {
+    let mut given = Vec::new();
+    let mut level = Some(matches);
+    while let Some(m) = level {
+        for id in ["probe_key", "api_key", "database_url"] {
+            if let Ok(Some(clap::parser::ValueSource::CommandLine)) = m.try_get_raw(id).map(|_| m.value_source(id)) {
+                given.push(id);
+            }
+        }
+        level = m.subcommand().map(|(_, sub)| sub);
+    }
+    let _ = FROM_COMMAND_LINE.set(given);
+}
+
+pub fn given_on_command_line(id: &str) -> bool {
+    FROM_COMMAND_LINE.get().is_some_and(|ids| ids.contains(&id))
 }
 
 #[cfg(test)]

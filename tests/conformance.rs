@@ -205,7 +205,8 @@ fn attachment_fields_equal_wiresharks() {
         "zeek+zeek__gtp_control_prime.pcap",
     ] {
         let capture = dir.join(name);
-        let filter = "gtpv2.message_type == 32 || gtpv2.message_type == 33 || gtp.message == 0x10 || gtp.message == 0x11";
+        let filter =
+            "gtpv2.message_type == 32 || gtpv2.message_type == 33 || gtp.message == 0x10 || gtp.message == 0x11";
         let Some(rows) = tshark(&capture, filter, &ATTACHMENT_FIELDS) else { return };
         let (events, summary, code) = replay(&[&capture]);
         assert_eq!(code, 0, "{summary}");

@@ -129,7 +129,8 @@ fn nesting_is_bounded_and_malformed_layers_are_counted() {
     assert_eq!(code, 0, "{summary}");
     assert_eq!(of_kind(&events, "session_up").len(), plain_sessions, "{summary}");
     assert!(summary.contains(&format!("erspan2:6={head}")), "the outermost session counts: {summary}");
-    for reason in ["encap-too-deep=1", "vxlan-malformed=1", "gre-unsupported=1", "erspan-malformed=1", "geneve-malformed=1"]
+    for reason in
+        ["encap-too-deep=1", "vxlan-malformed=1", "gre-unsupported=1", "erspan-malformed=1", "geneve-malformed=1"]
     {
         assert!(summary.contains(reason), "{reason}: {summary}");
     }

@@ -45,7 +45,9 @@ fn create_private_sqlite_file(url: &str) -> Result<(), sqlx::Error> {
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(sqlx::Error::Configuration(format!("creating the ledger {}: {error}", path.display()).into())),
+        Err(error) => {
+            Err(sqlx::Error::Configuration(format!("creating the ledger {}: {error}", path.display()).into()))
+        }
     }
 }
 

@@ -220,7 +220,12 @@ impl Decoder {
     /// Frames in a remote-mirror encapsulation: unwrapped (at most [`encap::DEPTH_MAX`] layers), then
     /// decoded as any other; and everything `decode_as`'s common case leaves.
     #[inline(never)]
-    fn decode_slow<'a>(&'a mut self, linktype: i32, ts_us: u64, data: &'a [u8]) -> Result<Option<Udp<'a>>, &'static str> {
+    fn decode_slow<'a>(
+        &'a mut self,
+        linktype: i32,
+        ts_us: u64,
+        data: &'a [u8],
+    ) -> Result<Option<Udp<'a>>, &'static str> {
         let (mut linktype, mut frame) = (linktype, data);
         let mut outermost = None;
         for _ in 0..=encap::DEPTH_MAX {

@@ -14,9 +14,9 @@ pub mod decode;
 pub mod encap;
 pub mod reassembly;
 pub mod source;
-pub mod writer;
 mod stdio;
 mod wait;
+pub mod writer;
 
 pub use decode::{Decoder, DecoderConfig, Udp};
 pub use source::{CaptureError, FileReading, FileSource, Frame, Injector, LiveConfig, LiveSource, LiveStats};

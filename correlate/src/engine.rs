@@ -615,10 +615,8 @@ impl Correlator {
                 self.request(datagram, 2, sequence, proof, PendingKind::CreateV2 { fields });
             }
             MODIFY_BEARER_REQUEST | DELETE_SESSION_REQUEST => {
-                let Some(session) = self
-                    .sessions
-                    .by_control(receiver, 0, datagram.source.ip())
-                    .and_then(|id| self.sessions.get(id))
+                let Some(session) =
+                    self.sessions.by_control(receiver, 0, datagram.source.ip()).and_then(|id| self.sessions.get(id))
                 else {
                     return self.stats.note("gtpc-unknown-context");
                 };
@@ -1014,9 +1012,8 @@ impl Correlator {
             match &chosen {
                 None => chosen = Some(session),
                 Some(first) => {
-                    let same_subscriber = !first.imsi.is_empty()
-                        && first.imsi == session.imsi
-                        && first.msisdn == session.msisdn;
+                    let same_subscriber =
+                        !first.imsi.is_empty() && first.imsi == session.imsi && first.msisdn == session.msisdn;
                     if !same_subscriber {
                         return Err("unknown-tunnel");
                     }

@@ -71,17 +71,10 @@ impl Interface {
     }
 
     pub fn from_u8(value: u8) -> Interface {
-        [
-            Interface::Gn,
-            Interface::S11,
-            Interface::S5S8,
-            Interface::S4,
-            Interface::S2a,
-            Interface::S2b,
-        ]
-        .get(usize::from(value))
-        .copied()
-        .unwrap_or(Interface::Unknown)
+        [Interface::Gn, Interface::S11, Interface::S5S8, Interface::S4, Interface::S2a, Interface::S2b]
+            .get(usize::from(value))
+            .copied()
+            .unwrap_or(Interface::Unknown)
     }
 }
 

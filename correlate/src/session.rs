@@ -669,7 +669,8 @@ impl SessionTable {
             return 0;
         }
         let store = &self.store;
-        let ids = self.index.iter_hash(store.hash_ip(ip)).filter(|&&e| store.is_ip(e, ip)).filter_map(|&e| store.id_of(e));
+        let ids =
+            self.index.iter_hash(store.hash_ip(ip)).filter(|&&e| store.is_ip(e, ip)).filter_map(|&e| store.id_of(e));
         let mut count = 0;
         for (slot, id) in out.iter_mut().zip(ids) {
             *slot = id;

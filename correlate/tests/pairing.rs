@@ -24,13 +24,8 @@ impl Probe {
     /// Sends a datagram `ms` milliseconds after the previous one.
     fn send(&mut self, ms: u64, from: [u8; 4], to: [u8; 4], port: u16, payload: &[u8]) {
         self.ts += ms * 1000;
-        let datagram = Datagram {
-            ts_us: self.ts,
-            frame: 0,
-            source: (from, port).into(),
-            destination: (to, port).into(),
-            payload,
-        };
+        let datagram =
+            Datagram { ts_us: self.ts, frame: 0, source: (from, port).into(), destination: (to, port).into(), payload };
         self.correlator.on_datagram(&datagram, &mut self.events);
     }
 
@@ -56,12 +51,9 @@ impl Probe {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::SessionUp(s) => Some((
-                    s.identity.imsi.to_string(),
-                    s.identity.msisdn.to_string(),
-                    s.identity.ue_ip(),
-                    s.interface,
-                )),
+                Event::SessionUp(s) => {
+                    Some((s.identity.imsi.to_string(), s.identity.msisdn.to_string(), s.identity.ue_ip(), s.interface))
+                }
                 _ => None,
             })
             .collect()
@@ -146,7 +138,7 @@ fn token(n: u8) -> Token {
 fn a_lost_request_does_not_lend_its_response_to_an_older_one() {
     let mut p = Probe::new();
     p.send(0, SGSN, GGSN, 2123, &create_pdp_request(1, 0x100, 7)); // never answered
-    // Subscriber 2's request (TEID-C 0x200, sequence 7) is lost by the mirror; its response is not.
+                                                                   // Subscriber 2's request (TEID-C 0x200, sequence 7) is lost by the mirror; its response is not.
     p.send(500, GGSN, SGSN, 2123, &create_pdp_response(0x200, 7, [10, 0, 0, 2], 0x2000));
     p.send(10, SGSN, GGSN, 2152, &dns_g_pdu(0x2000, [10, 0, 0, 2], &token(2)));
     assert!(p.sessions_up().is_empty(), "{:?}", p.sessions_up());
@@ -303,12 +295,12 @@ fn create_session_request(n: u8, teid: u32, sequence: u32) -> Vec<u8> {
 /// The SGW's accepting Create Session Response on S11: UE address, the SGW's S11 control F-TEID and
 /// S1-U F-TEID (`teid`).
 fn create_session_response(to_teid: u32, sequence: u32, ue: [u8; 4], teid: u32) -> Vec<u8> {
-    let bearer = [ie(73, 0, &[5]), ie(2, 0, &[16, 0]), ie(87, 0, &fteid(1, teid, SGW_S1U)), ie(94, 0, &[0, 0, 0, 9])]
-        .concat();
+    let bearer =
+        [ie(73, 0, &[5]), ie(2, 0, &[16, 0]), ie(87, 0, &fteid(1, teid, SGW_S1U)), ie(94, 0, &[0, 0, 0, 9])].concat();
     let mut paa = vec![1];
     paa.extend(ue);
-    let body = [ie(2, 0, &[16, 0]), ie(87, 0, &fteid(11, teid + 1, SGW_S11)), ie(79, 0, &paa), ie(93, 0, &bearer)]
-        .concat();
+    let body =
+        [ie(2, 0, &[16, 0]), ie(87, 0, &fteid(11, teid + 1, SGW_S11)), ie(79, 0, &paa), ie(93, 0, &bearer)].concat();
     v2(33, to_teid, sequence, &body)
 }
 

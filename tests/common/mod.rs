@@ -133,7 +133,20 @@ impl VethPair {
             wire_end: format!("{}w{id}", &tag[..tag.len().min(3)]),
         };
         ip(&["netns", "add", &pair.namespace]);
-        ip(&["link", "add", &pair.probe_end, "mtu", "9000", "type", "veth", "peer", "name", &pair.wire_end, "mtu", "9000"]);
+        ip(&[
+            "link",
+            "add",
+            &pair.probe_end,
+            "mtu",
+            "9000",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.wire_end,
+            "mtu",
+            "9000",
+        ]);
         ip(&["link", "set", &pair.wire_end, "netns", &pair.namespace]);
         ip(&["link", "set", &pair.probe_end, "up"]);
         ip(&["-n", &pair.namespace, "link", "set", &pair.wire_end, "up"]);
