@@ -241,8 +241,8 @@ impl Probe {
 
 /// The tunnel (destination address, TEID) of a GTPv1-U datagram, for gathering evidence.
 fn tunnel_of(datagram: &Datagram<'_>) -> crate::evidence::TunnelOf {
-    let teid = datagram.payload.get(4..8).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)?;
-    (datagram.payload.first()? >> 5 == 1).then_some((datagram.destination.ip(), teid))
+    let header = gtpcharge_correlate::wire::gtpv1::Header::parse(datagram.payload).ok()?;
+    Some((datagram.destination.ip(), header.teid))
 }
 
 fn join<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {

@@ -24,10 +24,21 @@ fn sample() -> String {
 fn serve_refuses_plaintext_off_the_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = format!("sqlite://{}", dir.path().join("refused.sqlite").display());
-    let output = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
         .args(["serve", "--listen", "0.0.0.0:0", "--database-url", &ledger])
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A server that wrongly starts never exits by itself: bound the wait, then fail.
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("serve kept running on 0.0.0.0 without TLS");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("--tls-cert") && stderr.contains("--allow-plaintext"), "{stderr}");
