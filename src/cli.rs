@@ -457,6 +457,12 @@ pub struct ProbeArgs {
     /// N3-REQUESTS of the GTP-C peers: how many times a request is sent at most.
     #[arg(long, default_value_t = 5, env = "GTPCHARGE_N3_REQUESTS")]
     pub n3_requests: u64,
+    /// Attribute a token on a tunnel no signalling explains to the one live session holding the
+    /// packet's source address at the same GSN. Off by default: such a tunnel means the probe missed
+    /// signalling, and a missed Delete followed by a missed Create hands the address, and the bill, to
+    /// the wrong subscriber. Counted either way (`attributed-by-ue-ip`, `unknown-tunnel-ue-ip-held`).
+    #[arg(long, env = "GTPCHARGE_ATTRIBUTE_BY_UE_IP")]
+    pub attribute_by_ue_ip: bool,
     /// For each sighting, write a pcap of the signalling that created and last updated its session and of
     /// the packet that carried the token (and a JSON file naming each packet) into this directory
     /// (created owner-only); `gtpcharge explain FILE` reads one back.
@@ -510,6 +516,7 @@ impl ProbeArgs {
         config.flows_max = self.flows_max;
         config.scan_bytes_max = self.scan_bytes_max;
         config.t3_response_ms = self.t3_response_ms;
+        config.attribute_by_ue_ip = self.attribute_by_ue_ip;
         config.n3_requests = self.n3_requests;
         let mut probe = Probe::new(config, self.decoder());
         if let Some(dir) = &self.evidence_dir {

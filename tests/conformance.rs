@@ -1,6 +1,6 @@
 //! Conformance against captures nobody on this project wrote, and against Wireshark's reading of them.
 //!
-//! The captures live outside the repository (they belong to other projects); `.ci/run` points
+//! The captures live outside the repository (they belong to other projects); `.ci/test` points
 //! `GTPCHARGE_SHARED_PCAPS` at them, with Wireshark's TSVs in `../ground-truth/out` beside. For each
 //! capture, the sessions our probe reports (IMSI, MSISDN, IMEI, APN, UE IP, uplink and downlink TEID)
 //! must equal the sessions derived from tshark's fields of the Create exchanges it accepted, and every
@@ -12,16 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn shared_pcaps() -> Option<PathBuf> {
-    match std::env::var_os("GTPCHARGE_SHARED_PCAPS") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => {
-            assert!(std::env::var_os("CI").is_none(), "GTPCHARGE_SHARED_PCAPS must be set under CI (.ci/run sets it)");
-            eprintln!(
-                "\n*** CONFORMANCE NOT RUN: GTPCHARGE_SHARED_PCAPS is not set (.ci/run sets it to ../shared/pcaps) ***\n"
-            );
-            None
-        }
-    }
+    let Some(dir) = std::env::var_os("GTPCHARGE_SHARED_PCAPS") else {
+        common::not_run("CONFORMANCE", "GTPCHARGE_SHARED_PCAPS is not set (.ci/test sets it to ../shared/pcaps)");
+        return None;
+    };
+    let dir = PathBuf::from(dir);
+    // Set but absent is a mistake in the set-up, never a pass.
+    assert!(dir.is_dir(), "GTPCHARGE_SHARED_PCAPS={} is not a directory", dir.display());
+    Some(dir)
 }
 
 type Row = BTreeMap<String, String>;

@@ -2,67 +2,64 @@
 //! SQLite when `GTPCHARGE_TEST_DATABASE_URL` is unset, said loudly), an SP creating purchases through
 //! gRPC, a generated Gn capture carrying those tokens, and `gtpcharge replay --billing-url`.
 //! (a) every purchase is charged to the MSISDN that sent its token, unattributed tokens are not charged;
-//! (c) the billing server is killed with SIGKILL before the replay and started again while the probe
-//!     waits: the spool drains and every purchase is charged exactly once;
+//! (c) the billing server is killed with SIGKILL with charges in flight (half the capture delivered, the
+//!     rest reaching the probe while it is down) and started again: the spool drains and every purchase
+//!     is charged exactly once;
 //! (d) the same capture replayed again charges nothing new.
 mod common;
 
-use common::world::{free_port, serve, World};
+use common::world::{free_port, wait_for, World};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
 fn replay_charges_each_purchase_once_through_a_killed_and_restarted_server() {
     let mut world = World::new(5, 20);
-    let (database, url, probe_key, port) =
-        (world.database.clone(), world.url.clone(), world.probe_key.clone(), world.port);
-    let (capture, truth) = (world.capture.clone(), world.truth.clone());
-    let dir = world.dir.path().to_path_buf();
-    // (c) The server dies hard; the probe replays against nothing, spools, and waits for it to return.
-    world.server.kill().unwrap();
-    world.server.wait().unwrap();
-    let spool = dir.join("spool");
-    let replay = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
-        .args(["replay", capture.to_str().unwrap(), "--billing-url", &url, "--probe-key", &probe_key])
-        .args(["--spool-dir", spool.to_str().unwrap(), "--drain-timeout-s", "60"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let spooled = std::fs::read_dir(&spool).unwrap().count();
-    assert!(spooled > 0, "sightings must wait in the spool while the API is down");
-    world.server = serve(&database, port);
-    let output = replay.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("delivered {}  ", truth.sightings.len())), "{stderr}");
-    assert_eq!(
-        std::fs::read_dir(&spool)
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "batch"))
-            .count(),
-        0
-    );
+    let total = world.truth.sightings.len();
+    let spool = world.dir.path().join("spool");
+    // (c) The first half of the capture reaches the probe and its charges land; then the server dies
+    // hard with the rest in flight: the sightings wait in the spool until it returns.
+    let mut probe = world.replay_fed(&spool);
+    probe.feed(0.5);
+    wait_for("the first charges", || world.charged() > 0);
+    let before = world.charged() as usize;
+    assert!(before < total, "the second half must still carry charges ({before} of {total})");
+    world.kill_server();
+    probe.feed(1.0);
+    wait_for("sightings in the spool while the API is down", || batches(&spool) > 0);
+    world.restart_server();
+    let (status, log) = probe.finish();
+    assert!(status.success(), "{log}");
+    assert!(log.contains(&format!("delivered {total}  ")), "{log}");
+    assert!(log.contains("billing API unavailable"), "the probe never saw the API gone: {log}");
+    assert_eq!(batches(&spool), 0);
 
     // (a) Every purchase charged to the MSISDN that sent its token; unattributed ones untouched.
     world.check();
+    world.assert_log_clean("probe", &log);
+    world.assert_log_clean("server", &world.server_log());
 
     // (d) The same capture again: everything is already charged, nothing moves.
     let again = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
-        .args(["replay", capture.to_str().unwrap(), "--billing-url", &url, "--probe-key", &probe_key])
-        .args(["--spool-dir", spool.to_str().unwrap()])
+        .args(["replay", world.capture.to_str().unwrap(), "--billing-url", &world.url])
+        .args(["--probe-key", &world.probe_key, "--spool-dir", spool.to_str().unwrap()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("already-charged={}]", truth.sightings.len()))
-            || stderr.contains(&format!("already-charged={} ", truth.sightings.len())),
+        stderr.contains(&format!("already-charged={total}]")) || stderr.contains(&format!("already-charged={total} ")),
         "{stderr}"
     );
     assert!(!stderr.contains(" charged="), "{stderr}");
     world.check();
+}
+
+/// Spool batch files waiting for delivery.
+fn batches(spool: &std::path::Path) -> usize {
+    std::fs::read_dir(spool)
+        .map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "batch"))).count())
+        .unwrap_or(0)
 }
 
 /// The README's main command: `gtpcharge demo` replays the committed sample into the embedded default

@@ -40,6 +40,11 @@ pub struct Config {
     /// How long the tunnel ends of an ended session stay marked (traffic on them is never attributed by
     /// UE address during that time).
     pub tombstone_s: u64,
+    /// Attribute a G-PDU on an unknown tunnel to the one live session that holds its UE address (see
+    /// `Correlator::fallback`). Off by default: a packet on a tunnel no signalling explains means the
+    /// probe missed signalling, and the address may have moved on with it (a lost Delete, then a lost
+    /// Create of the address's next holder), so the guess can bill the wrong subscriber.
+    pub attribute_by_ue_ip: bool,
 }
 
 impl Default for Config {
@@ -59,6 +64,7 @@ impl Default for Config {
             sighting_dedupe_window_s: 600,
             sighting_dedupe_max: 1_000_000,
             tombstone_s: 600,
+            attribute_by_ue_ip: false,
         }
     }
 }
@@ -937,10 +943,15 @@ impl Correlator {
             None => {
                 self.stats.g_pdu_unknown_tunnel += 1;
                 match self.fallback(tunnel, packet.source) {
-                    Ok(id) => {
+                    Ok(id) if self.config.attribute_by_ue_ip => {
                         self.sessions.touch(id, now);
                         self.stats.note("attributed-by-ue-ip");
                         Some((id, Attribution::UeIp))
+                    }
+                    Ok(_) => {
+                        // What the fallback would have attributed: the sales the default leaves unmade.
+                        self.stats.note("unknown-tunnel-ue-ip-held");
+                        None
                     }
                     Err(reason) => {
                         unattributed_reason = reason;
@@ -982,9 +993,11 @@ impl Correlator {
         }
     }
 
-    /// The UE-address fallback for a G-PDU on an unknown tunnel. It answers only when it cannot be
-    /// wrong: the tunnel is not one of an ended session, exactly one live session holds the address, and
-    /// that session's uplink tunnel ends at the same GSN address the packet was sent to.
+    /// The UE-address fallback for a G-PDU on an unknown tunnel, used only with
+    /// [`Config::attribute_by_ue_ip`]. It answers only when the signalling the probe saw allows one
+    /// subscriber: the tunnel is not one of an ended session, exactly one live session holds the address,
+    /// and that session's uplink tunnel ends at the same GSN address the packet was sent to. Signalling
+    /// the probe did not see can still make that subscriber the wrong one, hence off by default.
     ///
     /// The same UE seen on two interfaces (S11 and S5/S8) is held by two sessions, one per interface;
     /// their uplink tunnels end at different GSNs, so the GSN the packet was sent to picks one. Two
@@ -1447,5 +1460,51 @@ mod tests {
         send(&mut c, 5_000_000, SGSN, GGSN, 2152, &[0x30, 1, 0, 0, 0, 0, 0, 0]); // time passes
         assert_eq!(c.pending_len(), 0);
         assert_eq!(c.stats().notes().get("gtpc-request-unanswered"), Some(&1));
+    }
+
+    /// A message whose length field is true but whose IEs run past it, in each GTP-C version, is dropped
+    /// as `gtpc-ie-truncated` and creates nothing; an endless extension chain as `gtpu-too-many-extensions`.
+    #[test]
+    fn truncated_ies_and_extension_chains_are_counted_by_reason() {
+        use crate::wire::gtpv1::tests::{create_pdp_request, cut_inside, g_pdu_with_extensions};
+        let mut c = Correlator::new(Config::default());
+        let v1_request = create_pdp_request();
+        assert!(send(&mut c, 1, SGSN, GGSN, 2123, &cut_inside(&v1_request, v1_request.len() - 5, 8)).is_empty());
+        let v2_request = crate::wire::gtpv2::tests::create_session_request();
+        assert!(send(&mut c, 2, SGSN, GGSN, 2123, &cut_inside(&v2_request, v2_request.len() - 1, 4)).is_empty());
+        assert_eq!(c.stats().drops.get("gtpc-ie-truncated"), Some(&2));
+        assert_eq!(c.pending_len(), 0, "a truncated request is not kept");
+        assert!(send(&mut c, 3, SGSN, GGSN, 2152, &g_pdu_with_extensions(9)).is_empty());
+        assert_eq!(c.stats().drops.get("gtpu-too-many-extensions"), Some(&1));
+    }
+
+    /// A token on a tunnel no signalling explains, from the address of a live session at the same GGSN:
+    /// by default unattributed (the probe missed signalling; the address may have moved on), counted as
+    /// what the fallback would have attributed; with `attribute_by_ue_ip`, that session's sighting.
+    #[test]
+    fn the_ue_address_fallback_is_opt_in() {
+        for opt_in in [false, true] {
+            let mut c = Correlator::new(Config { attribute_by_ue_ip: opt_in, ..Config::default() });
+            let imsi = [2u8, 0x00, 0x01, 0x10, 0x32, 0x54, 0x76, 0x98, 0xF0];
+            let request = [&imsi[..], &teids(0x11, 0x12), &[20, 5], &[128, 0, 2, 0xF1, 0x21]].concat();
+            send(&mut c, 1, SGSN, GGSN, 2123, &v1(16, 0, 1, &request));
+            let response = [&[1u8, 128][..], &teids(0x21, 0x22), &[128, 0, 6, 0xF1, 0x21, 10, 1, 2, 3]].concat();
+            send(&mut c, 2, GGSN, SGSN, 2123, &v1(17, 0x12, 1, &response));
+            let token: Token = "gc1qsklscc4bqw3t7si54kqgo6py5ipot2t".parse().unwrap();
+            let mut unsignalled = dns_g_pdu(&token);
+            unsignalled[4..8].copy_from_slice(&0x99u32.to_be_bytes());
+            let events = send(&mut c, 3, SGSN, GGSN, 2152, &unsignalled);
+            match (opt_in, events.as_slice()) {
+                (false, [Event::Unattributed(u)]) => {
+                    assert_eq!(u.reason, "unknown-tunnel");
+                    assert_eq!(c.stats().notes().get("unknown-tunnel-ue-ip-held"), Some(&1));
+                }
+                (true, [Event::Sighting(s)]) => {
+                    assert_eq!(s.attribution, Attribution::UeIp);
+                    assert_eq!(c.stats().notes().get("attributed-by-ue-ip"), Some(&1));
+                }
+                other => panic!("opt-in {opt_in}: {other:?}"),
+            }
+        }
     }
 }

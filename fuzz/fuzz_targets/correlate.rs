@@ -3,39 +3,16 @@
 //! from another of its addresses, a third node), and how much time passed, so requests, responses and
 //! G-PDUs can meet. Small tables, so the limits are reached.
 //!
-//! Besides "no panic", it checks the pairing rule on every session the correlator creates: the Create
-//! response that made it carries the sequence number of its request, in the same GTP version, sent
-//! within the retransmission window, and, where the request announced a control TEID (GTPv1 TEID-C IE,
-//! GTPv2 Sender F-TEID) or a TID (GTPv0), the response's header names that very one.
+//! Besides "no panic", it checks the pairing rule on every session the correlator creates
+//! (`shared/pairing.rs`). The addresses are fixed, not those the messages' GSN Address IEs name, so
+//! this target exercises parsing and pairing; `signalling` reaches Update, Delete, attribution and
+//! expiry.
 #![no_main]
-use gtpcharge_correlate::wire::{gtpv0, gtpv1, gtpv2};
 use gtpcharge_correlate::{Config, Correlator, Datagram, Event};
 use libfuzzer_sys::fuzz_target;
 
-/// (version, sequence, announced proof if any, header TEID or TID) of a GTP-C message.
-fn pairing_facts(payload: &[u8]) -> Option<(u8, u32, Option<u64>, Option<u64>)> {
-    match payload.first()? >> 5 {
-        0 => {
-            let header = gtpv0::Header::parse(payload).ok()?;
-            let tid = Some(header.tid_key());
-            Some((0, u32::from(header.sequence), tid, tid))
-        }
-        1 => {
-            let header = gtpv1::Header::parse(payload).ok()?;
-            let fields = gtpv1::ControlFields::parse(header.body).ok()?;
-            Some((1, u32::from(header.sequence?), fields.teid_control.map(u64::from), Some(u64::from(header.teid))))
-        }
-        2 => {
-            if payload.first()? & 0x10 != 0 {
-                return None; // piggybacked: the message that paired may be the second one
-            }
-            let header = gtpv2::Header::parse(payload).ok()?;
-            let fields = gtpv2::ControlFields::parse(header.body).ok()?;
-            Some((2, header.sequence, fields.sender_control.map(|f| u64::from(f.teid)), header.teid.map(u64::from)))
-        }
-        _ => None,
-    }
-}
+#[path = "shared/pairing.rs"]
+mod pairing;
 
 fuzz_target!(|data: &[u8]| {
     let config = Config { sessions_max: 8, pending_max: 8, flows_max: 8, sighting_dedupe_max: 8, ..Config::default() };
@@ -59,18 +36,7 @@ fuzz_target!(|data: &[u8]| {
         correlator.on_datagram(&datagram, &mut events);
         for event in events.drain(..) {
             let Event::SessionUp(up) = event else { continue };
-            let [request, response] = up.frames;
-            let at = |n: u64| sent.get(usize::try_from(n).ok()?.checked_sub(1)?).copied();
-            let (Some((request_ts, request)), Some((response_ts, response))) = (at(request), at(response)) else {
-                panic!("a session names frames {request} and {response} that were not sent");
-            };
-            assert!(response_ts - request_ts <= window_us, "paired outside the retransmission window");
-            if let (Some(q), Some(r)) = (pairing_facts(request), pairing_facts(response)) {
-                assert_eq!((q.0, q.1), (r.0, r.1), "paired across versions or sequence numbers");
-                if let Some(announced) = q.2 {
-                    assert_eq!(Some(announced), r.3, "the response does not carry the announced TEID");
-                }
-            }
+            pairing::check_pairing(&up, &sent, window_us);
         }
         assert!(correlator.pending_len() <= 8 && correlator.sessions().len() <= 8);
         rest = next;

@@ -71,6 +71,8 @@ pub struct Truth {
     pub sessions_up: Vec<String>,
     /// Sessions that must go down by Delete (MSISDN).
     pub sessions_down: Vec<String>,
+    /// Every subscriber in the capture (MSISDN, IMSI), whether or not its session comes up.
+    pub identities: Vec<(String, String)>,
     /// Number of frames written.
     pub frames: u64,
 }
@@ -631,9 +633,11 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         } else {
             ((SGSN_1, self.teid()), (SGSN_1_USER, self.teid()), (GGSN, self.teid()), (GGSN_USER, self.teid()))
         };
+        let (imsi, msisdn) = (format!("00101{:010}", 1_000_000 + index), format!("4670{:08}", 10_000_000 + index));
+        self.truth.identities.push((msisdn.clone(), imsi.clone()));
         Subscriber {
-            imsi: format!("00101{:010}", 1_000_000 + index),
-            msisdn: format!("4670{:08}", 10_000_000 + index),
+            imsi,
+            msisdn,
             imei: format!("35{:013}", 4_200_000 + u64::from(index)),
             apn,
             ue_ipv4,

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the real `gtpcharge` binary and read its JSON lines.
 #![allow(dead_code)]
+pub mod not_run;
 pub mod world;
+pub use not_run::not_run;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -28,16 +30,26 @@ pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 /// `None` when tshark is not installed: the caller says loudly that the check did not run (and under
 /// `CI=true`, where `.ci/run` installs it, a missing tshark fails the test).
 pub fn tshark(path: &Path, filter: &str, fields: &[&str]) -> Option<Vec<std::collections::BTreeMap<String, String>>> {
+    tshark_with(path, &[], filter, fields)
+}
+
+/// [`tshark`] with more options first (`-2`, `-o pref:value`, `-E occurrence=a` ...).
+pub fn tshark_with(
+    path: &Path,
+    options: &[&str],
+    filter: &str,
+    fields: &[&str],
+) -> Option<Vec<std::collections::BTreeMap<String, String>>> {
     let mut command = Command::new("tshark");
-    command.args(["-r", &path.display().to_string(), "-Y", filter, "-T", "fields", "-E", "separator=/t"]);
+    command.args(["-n", "-r", &path.display().to_string()]).args(options);
+    command.args(["-Y", filter, "-T", "fields", "-E", "separator=/t"]);
     for field in fields {
         command.args(["-e", field]);
     }
     let output = match command.output() {
         Ok(output) => output,
         Err(error) => {
-            assert!(std::env::var_os("CI").is_none(), "tshark is needed under CI (.ci/run installs it): {error}");
-            eprintln!("\n*** WIRESHARK CHECK NOT RUN: tshark is not installed ({error}) ***\n");
+            not_run("WIRESHARK CHECK", &format!("tshark is not installed ({error}); .ci/test installs it"));
             return None;
         }
     };

@@ -1,5 +1,6 @@
 //! DNS queries (RFC 1035 4.1): the name of the first question, lowercased, dotted, into a fixed buffer.
 //! Only queries (QR=0) are read; compression pointers do not occur in a query's first name and end it.
+//! A question must be whole (its name, type and class) to be read.
 
 /// The longest name we write: 255 octets on the wire become at most 253 characters of text.
 pub const NAME_MAX: usize = 255;
@@ -30,6 +31,8 @@ pub fn query_name(message: &[u8], out: &mut [u8; NAME_MAX]) -> Result<usize, Dns
     for _ in 0..LABELS_MAX {
         let label_len = usize::from(*message.get(at).ok_or(DnsError::Malformed)?);
         if label_len == 0 {
+            // The question goes on with its type and class: a query cut before them is malformed.
+            message.get(at + 1..at + 5).ok_or(DnsError::Malformed)?;
             return Ok(len);
         }
         if label_len > 63 {
@@ -87,9 +90,10 @@ mod tests {
         response[2] |= 0x80;
         assert_eq!(query_name(&response, &mut out), Err(DnsError::NotAQuery));
         let full = query("a.b");
-        for cut in 0..full.len() - 4 {
-            assert!(query_name(&full[..cut], &mut out).is_err(), "cut {cut}");
+        for cut in 0..full.len() {
+            assert_eq!(query_name(&full[..cut], &mut out), Err(DnsError::Malformed), "cut {cut}");
         }
+        assert_eq!(query_name(&full, &mut out), Ok(3));
         let mut pointer = query("a");
         pointer[12] = 0xC0;
         assert_eq!(query_name(&pointer, &mut out), Err(DnsError::Malformed));

@@ -111,5 +111,18 @@ mod tests {
         for cut in 0..data.len() {
             assert!(Header::parse(&data[..cut]).is_err());
         }
+        // The length field true to a cut: a cut inside an IE is `TruncatedIe`, one between IEs reads.
+        use crate::wire::gtpv1::tests::{cut_inside, ie_ends};
+        let ends = ie_ends(IeIter::with_tv_table(&data[HEADER_LEN..], tv_value_len_v0), HEADER_LEN);
+        assert_eq!(ends.last(), Some(&data.len()));
+        for cut in HEADER_LEN..data.len() {
+            let message = cut_inside(&data, cut, HEADER_LEN);
+            let result = control_fields(Header::parse(&message).unwrap().body);
+            match result {
+                Ok(_) => assert!(ends.contains(&cut), "cut {cut} inside an IE parsed"),
+                Err(WireError::TruncatedIe { .. }) => assert!(!ends.contains(&cut), "cut {cut} between IEs failed"),
+                Err(other) => panic!("cut {cut}: {other:?}"),
+            }
+        }
     }
 }

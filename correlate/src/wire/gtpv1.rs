@@ -176,13 +176,16 @@ impl<'a> IeIter<'a> {
         let rest = self.data.get(self.at..).unwrap_or_default();
         let ie_type = *rest.first().ok_or(WireError::BadIe("GTPv1-C"))?;
         let (header_len, value_len) = if ie_type >= 128 {
-            let len =
-                be_u16(rest, 1).ok_or(WireError::Truncated { layer: "GTPv1-C TLV IE", needed: 3, have: rest.len() })?;
+            let len = be_u16(rest, 1).ok_or(WireError::TruncatedIe {
+                layer: "GTPv1-C TLV IE",
+                needed: 3,
+                have: rest.len(),
+            })?;
             (3, usize::from(len))
         } else {
             (1, (self.tv_len)(ie_type).ok_or(WireError::UnknownTv(ie_type))?)
         };
-        let value = rest.get(header_len..header_len + value_len).ok_or(WireError::Truncated {
+        let value = rest.get(header_len..header_len + value_len).ok_or(WireError::TruncatedIe {
             layer: "GTPv1-C IE",
             needed: header_len + value_len,
             have: rest.len(),
@@ -327,7 +330,7 @@ pub fn cause_accepted(cause: u8) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The Create PDP Context Request of zeek's gtp_create_pdp_ctx.pcap (frame 2), GTP part, rebuilt field
@@ -378,6 +381,53 @@ mod tests {
         }
     }
 
+    /// `data` cut to `cut` bytes with its length field (at bytes 2..4, counting from byte `counted_from`)
+    /// saying so: the header checks pass, and the IE walk meets the cut.
+    pub(crate) fn cut_inside(data: &[u8], cut: usize, counted_from: usize) -> Vec<u8> {
+        let mut message = data[..cut].to_vec();
+        message[2..4].copy_from_slice(&((cut - counted_from) as u16).to_be_bytes());
+        message
+    }
+
+    /// Where each IE of a GTPv1/v0 body ends, from `start` (the body's offset in the message).
+    pub(crate) fn ie_ends(ies: IeIter<'_>, start: usize) -> Vec<usize> {
+        let mut at = start;
+        let mut ends = vec![start];
+        for ie in ies {
+            let ie = ie.unwrap();
+            at += if ie.ie_type >= 128 { 3 } else { 1 } + ie.value.len();
+            ends.push(at);
+        }
+        ends
+    }
+
+    /// A message whose length field is true to a cut inside its IEs: the walk fails at the cut IE with
+    /// `TruncatedIe` (counted as `gtpc-ie-truncated`), and a cut between IEs reads the IEs before it.
+    #[test]
+    fn truncation_inside_the_ie_walk() {
+        let data = create_pdp_request();
+        let ends = ie_ends(IeIter::new(&data[12..]), 12);
+        assert_eq!((ends.len(), ends.last()), (12, Some(&data.len())), "11 IEs walked to the end");
+        let mut cut_inside_an_ie = 0;
+        for cut in 12..data.len() {
+            let message = cut_inside(&data, cut, 8);
+            let header = Header::parse(&message).unwrap();
+            assert_eq!(header.body.len(), cut - 12);
+            let result = ControlFields::parse(header.body);
+            if ends.contains(&cut) {
+                let fields = result.unwrap_or_else(|e| panic!("cut {cut} between IEs: {e}"));
+                assert_eq!(fields.imsi.is_some(), cut > 12, "cut {cut}");
+            } else {
+                cut_inside_an_ie += 1;
+                match result {
+                    Err(error @ WireError::TruncatedIe { .. }) => assert_eq!(error.reason(), "gtpc-ie-truncated"),
+                    other => panic!("cut {cut} inside an IE: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(cut_inside_an_ie, data.len() - 12 - 11);
+    }
+
     #[test]
     fn unknown_tv_stops_the_message() {
         let body = [14, 0x05, 100, 1, 2, 3];
@@ -407,6 +457,30 @@ mod tests {
         let mut zero = data.clone();
         zero[12] = 0;
         assert_eq!(Header::parse(&zero), Err(WireError::ZeroLengthExtension));
+    }
+
+    /// A G-PDU whose extension headers each name another: eight are walked, a ninth is refused.
+    pub(crate) fn g_pdu_with_extensions(count: usize) -> Vec<u8> {
+        let mut data = vec![0x34, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0x85];
+        for i in 0..count {
+            let next = if i + 1 == count { 0 } else { 0x85 };
+            data.extend_from_slice(&[1, 0x10, 0x09, next]);
+        }
+        data.extend_from_slice(b"xy");
+        let length = (data.len() - 8) as u16;
+        data[2..4].copy_from_slice(&length.to_be_bytes());
+        data
+    }
+
+    #[test]
+    fn the_extension_chain_is_capped() {
+        let eight = g_pdu_with_extensions(GTPU_EXT_HDRS_MAX);
+        let most = Header::parse(&eight).unwrap();
+        assert_eq!((usize::from(most.extensions), most.body), (GTPU_EXT_HDRS_MAX, &b"xy"[..]));
+        let error = Header::parse(&g_pdu_with_extensions(GTPU_EXT_HDRS_MAX + 1)).unwrap_err();
+        assert_eq!((error, error.reason()), (WireError::TooManyExtensions, "gtpu-too-many-extensions"));
+        // An endless chain: 4,000 headers that each name another, in one 16 KB message.
+        assert_eq!(Header::parse(&g_pdu_with_extensions(4000)), Err(WireError::TooManyExtensions));
     }
 
     #[test]

@@ -116,10 +116,10 @@ impl<'a> Iterator for IeIter<'a> {
                         self.at += 4 + len;
                         Ok(Ie { ie_type, instance: spare_instance & 0x0F, value })
                     }
-                    None => Err(WireError::Truncated { layer: "GTPv2-C IE", needed: 4 + len, have: rest.len() }),
+                    None => Err(WireError::TruncatedIe { layer: "GTPv2-C IE", needed: 4 + len, have: rest.len() }),
                 }
             }
-            _ => Err(WireError::Truncated { layer: "GTPv2-C IE header", needed: 4, have: rest.len() }),
+            _ => Err(WireError::TruncatedIe { layer: "GTPv2-C IE header", needed: 4, have: rest.len() }),
         };
         if item.is_err() {
             self.done = true;
@@ -295,7 +295,7 @@ pub fn cause_accepted(cause: u8) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn ie(ie_type: u8, instance: u8, value: &[u8]) -> Vec<u8> {
@@ -307,7 +307,7 @@ mod tests {
     }
 
     /// A Create Session Request shaped like nDPI's gtp_c.pcap frame 1.
-    fn create_session_request() -> Vec<u8> {
+    pub(crate) fn create_session_request() -> Vec<u8> {
         let bearer = [ie(73, 0, &[5]), ie(87, 0, &[0x84, 0x35, 0x52, 0x92, 0x05, 10, 101, 0, 2])].concat();
         let body = [
             ie(1, 0, &[0x89, 0x67, 0x45, 0x11, 0x22, 0x33, 0x44, 0xF5]), // IMSI 987654112233445
@@ -350,6 +350,35 @@ mod tests {
         for cut in 0..data.len() {
             assert!(Header::parse(&data[..cut]).and_then(|h| ControlFields::parse(h.body)).is_err(), "cut {cut}");
         }
+    }
+
+    /// A Create Session Request whose length field is true to a cut inside its IEs (grouped ones
+    /// included): the walk fails with `TruncatedIe` (`gtpc-ie-truncated`); a cut between top-level IEs
+    /// reads the ones before it.
+    #[test]
+    fn truncation_inside_the_ie_walk() {
+        let data = create_session_request();
+        let mut ends = vec![12];
+        for ie in IeIter::new(&data[12..]) {
+            ends.push(ends.last().unwrap() + 4 + ie.unwrap().value.len());
+        }
+        assert_eq!(ends.last(), Some(&data.len()));
+        let mut cut_inside_an_ie = 0;
+        for cut in 12..data.len() {
+            let message = crate::wire::gtpv1::tests::cut_inside(&data, cut, 4);
+            let header = Header::parse(&message).unwrap();
+            let result = ControlFields::parse(header.body);
+            if ends.contains(&cut) {
+                assert!(result.is_ok(), "cut {cut} between IEs: {result:?}");
+            } else {
+                cut_inside_an_ie += 1;
+                match result {
+                    Err(error @ WireError::TruncatedIe { .. }) => assert_eq!(error.reason(), "gtpc-ie-truncated"),
+                    other => panic!("cut {cut} inside an IE: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(cut_inside_an_ie, data.len() - 12 - (ends.len() - 1));
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub use tbcd::Tbcd;
 pub enum WireError {
     #[error("{layer}: needed {needed} bytes, have {have}")]
     Truncated { layer: &'static str, needed: usize, have: usize },
+    /// The message's length field holds the element, but the element runs past the message's end.
+    #[error("{layer}: information element needs {needed} bytes, {have} left in the message")]
+    TruncatedIe { layer: &'static str, needed: usize, have: usize },
     #[error("{0}: unsupported version")]
     Version(&'static str),
     #[error("GTPv1-C: unknown TV information element type {0} (its length is not on the wire)")]
@@ -40,6 +43,7 @@ impl WireError {
     pub fn reason(&self) -> &'static str {
         match self {
             WireError::Truncated { .. } => "gtp-truncated",
+            WireError::TruncatedIe { .. } => "gtpc-ie-truncated",
             WireError::Version(_) => "gtp-bad-version",
             WireError::UnknownTv(_) => "gtpc-unknown-tv-ie",
             WireError::BadIe(_) => "gtpc-bad-ie",
