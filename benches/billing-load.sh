@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Charging through gRPC into PostgreSQL, beside pgbench's one-row-update-plus-insert on the same server.
-# Uses a scratch database per run that it drops at the end.
-#   bash benches/billing-load.sh [CHARGES] [CONCURRENCY] [BATCH]
-# 1. pgbench, CONCURRENCY clients, 10 s: the rate to meet.
-# 2. Closed loop: CONCURRENCY callers of BATCH sightings each, as fast as they are answered (capacity).
-# 3. Open loop at pgbench's rate, calls of 1 and of BATCH sightings on a fixed schedule: the latency at
-#    that rate, counted from each call's scheduled start.
-# 4. The same machine's own jitter: pgbench open loop (--rate) at half its closed-loop rate, latency
-#    counted from each transaction's scheduled start as ours is, beside ours at that half rate. pgbench
-#    cannot hold its full rate open loop (its queue grows without end), so half is where both can be held.
+# Charging through gRPC into PostgreSQL, each way of charging beside the pgbench transaction of the same
+# size, in the same run on the same server. Uses scratch databases that it drops at the end.
+#   bash benches/billing-load.sh [MIN_CHARGES] [CONCURRENCY] [BATCH]
+# A charge (one ReportSightings sighting that charges) is: the purchase row updated, the account row
+# updated, two ledger entries, a change row and an audit row. pgbench's transaction is one account row
+# updated and one row inserted, BATCH times over for the batched one. Every window is at least 10 s
+# (the charge counts are sized from pgbench's rate; a shorter one is flagged).
+# 1. pgbench, CONCURRENCY clients, 12 s: single-row transactions, then BATCH rows a transaction.
+# 2. Closed loop, CONCURRENCY callers, group commit off (each call its own transaction, as many in flight
+#    as pgbench has clients): calls of 1 sighting (unbatched) beside (1); calls of BATCH beside (1)'s
+#    batched transaction.
+# 3. The server as shipped (group commit up to 32 sightings, 2 transactions in flight), calls of BATCH.
+# 4. Open loop with the server as shipped at pgbench's single-row rate, calls of 1 and of BATCH: the
+#    latency at that rate, from each call's scheduled start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CHARGES=${1:-10000}; CONCURRENCY=${2:-16}; BATCH=${3:-8}
-PGHOST=${PGHOST:-127.0.0.1}; PGUSER=${PGUSER:-postgres}
+MIN_CHARGES=${1:-10000}; CONCURRENCY=${2:-16}; BATCH=${3:-8}
+PGHOST=${PGHOST:-127.0.0.1}; PGUSER=${PGUSER:-postgres}; PGPORT=${PGPORT:-5432}
+export PGPASSWORD=${PGPASSWORD:-}
 CREATED=$(mktemp)
 cleanup() {
-  while read -r db; do psql -h "$PGHOST" -U "$PGUSER" -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"; done < "$CREATED"
+  while read -r db; do psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"; done < "$CREATED"
   rm -f "$CREATED"
 }
 trap cleanup EXIT
@@ -23,46 +28,51 @@ trap cleanup EXIT
 fresh() {
   local db; db=gtpcharge_bench_$$_$(wc -l < "$CREATED")
   echo "$db" >> "$CREATED"
-  psql -h "$PGHOST" -U "$PGUSER" -d postgres -qc "CREATE DATABASE $db"
+  psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qc "CREATE DATABASE $db"
   echo "$db"
 }
+url() { echo "postgres://$PGUSER${PGPASSWORD:+:$PGPASSWORD}@$PGHOST:$PGPORT/$(fresh)"; }
 cargo build -q --release -p gtpcharge-billing-api --example load
 
-echo "== pgbench: one-row UPDATE + INSERT per transaction, $CONCURRENCY clients, 10 s"
 DB=$(fresh)
-psql -h "$PGHOST" -U "$PGUSER" -d "$DB" -qc "CREATE TABLE bench_accounts (id int PRIMARY KEY, balance bigint); INSERT INTO bench_accounts SELECT g, 0 FROM generate_series(1, 1000) g; CREATE TABLE bench_entries (id bigserial PRIMARY KEY, account int, amount bigint);"
+psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB" -qc "CREATE TABLE bench_accounts (id int PRIMARY KEY, balance bigint); INSERT INTO bench_accounts SELECT g, 0 FROM generate_series(1, 1000) g; CREATE TABLE bench_entries (id bigserial PRIMARY KEY, account int, amount bigint);"
 SCRIPT=$(mktemp)
-cat > "$SCRIPT" <<'SQL'
-\set id random(1, 1000)
-BEGIN;
-UPDATE bench_accounts SET balance = balance - 1 WHERE id = :id;
-INSERT INTO bench_entries (account, amount) VALUES (:id, -1);
-COMMIT;
-SQL
-LOGS=$(mktemp -d)
-# Percentiles of pgbench's per-transaction latencies (3rd column, microseconds; with --rate counted from
-# each transaction's scheduled start), the same ones ours prints.
-percentiles() {
-  cat "$LOGS"/pgbench_log.* | awk '{print $3}' | sort -n | awk -v label="$1" '{l[NR]=$1} END {printf "%s p50 %.2f ms  p99 %.2f ms  max %.1f ms\n", label, l[int((NR-1)*0.5)+1]/1000, l[int((NR-1)*0.99)+1]/1000, l[NR]/1000}'
+# pgbench with ROWS (update + insert) per transaction, 12 s; prints its tps.
+pgbench_rows() {
+  local rows=$1
+  {
+    echo 'BEGIN;'
+    for i in $(seq 1 "$rows"); do
+      echo "\\set id$i random(1, 1000)"
+      echo "UPDATE bench_accounts SET balance = balance - 1 WHERE id = :id$i;"
+      echo "INSERT INTO bench_entries (account, amount) VALUES (:id$i, -1);"
+    done
+    echo 'COMMIT;'
+  } > "$SCRIPT"
+  pgbench -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -n -c "$CONCURRENCY" -j 2 -T 12 -f "$SCRIPT" "$DB" 2>/dev/null \
+    | sed -nE 's/^tps = ([0-9.]+).*/\1/p'
 }
-PGBENCH=$(cd "$LOGS" && pgbench -h "$PGHOST" -U "$PGUSER" -n -c "$CONCURRENCY" -j 2 -T 10 -l -f "$SCRIPT" "$DB" 2>/dev/null)
-echo "$PGBENCH" | grep -E "^(tps|latency)"
-percentiles "pgbench transaction"
-RATE=$(echo "$PGBENCH" | sed -nE 's/^tps = ([0-9]+).*/\1/p')
-HALF=$((RATE / 2))
-rm -rf "$LOGS"; mkdir -p "$LOGS"
-(cd "$LOGS" && pgbench -h "$PGHOST" -U "$PGUSER" -n -c "$CONCURRENCY" -j 2 -T 10 -R "$HALF" -l -f "$SCRIPT" "$DB" > /dev/null 2>&1)
-percentiles "pgbench open loop at $HALF/s:"
-rm -rf "$SCRIPT" "$LOGS"
+TPS1=$(pgbench_rows 1)
+TPSB=$(pgbench_rows "$BATCH")
+rm -f "$SCRIPT"
+RATE1=${TPS1%.*}
+ROWSB=$(awk -v t="$TPSB" -v b="$BATCH" 'BEGIN {printf "%d", t * b}')
+echo "== pgbench, $CONCURRENCY clients, 12 s each"
+echo "pgbench 1 row a transaction:        $RATE1 tps"
+echo "pgbench $BATCH rows a transaction:       ${TPSB%.*} tps = $ROWSB rows/s"
 
-echo "== gtpcharge ReportSightings (a charge: purchase update, account update, 2 ledger entries, change row, audit row)"
-echo "-- closed loop, $CONCURRENCY callers"
-for b in 1 "$BATCH"; do
-  ./target/release/examples/load "postgres://$PGUSER@$PGHOST:5432/$(fresh)" "$CHARGES" "$CONCURRENCY" "$b" | tail -1
-done
-echo "-- open loop at pgbench's rate ($RATE/s)"
-for b in 1 "$BATCH"; do
-  ./target/release/examples/load "postgres://$PGUSER@$PGHOST:5432/$(fresh)" "$CHARGES" "$CONCURRENCY" "$b" "$RATE" | tail -1
-done
-echo "-- open loop at half pgbench's rate ($HALF/s), beside pgbench's own open loop above"
-./target/release/examples/load "postgres://$PGUSER@$PGHOST:5432/$(fresh)" "$CHARGES" "$CONCURRENCY" "$BATCH" "$HALF" | tail -1
+# Enough charges for 12 s at the rate each run is expected near (the matching pgbench's).
+charges() { awk -v r="$1" -v m="$MIN_CHARGES" 'BEGIN {n = int(r * 12); print (n > m ? n : m)}'; }
+load() { # LABEL CHARGES BATCH [RATE], with LOAD_* in the environment
+  local line; line=$(./target/release/examples/load "$(url)" "$2" "$CONCURRENCY" "$3" ${4:-} | tail -1)
+  printf '%-34s %s\n' "$1" "$line"
+  local elapsed; elapsed=$(echo "$line" | sed -nE 's/.*elapsed ([0-9.]+)s.*/\1/p')
+  awk -v e="$elapsed" 'BEGIN {exit !(e < 10)}' && echo "   (window under 10 s: rerun with MIN_CHARGES larger)" || true
+}
+echo "== gtpcharge ReportSightings, closed loop, $CONCURRENCY callers"
+LOAD_GROUP_COMMIT=1 LOAD_WORKERS=$CONCURRENCY load "unbatched (1 a call, 1 a txn):" "$(charges "$RATE1")" 1
+LOAD_GROUP_COMMIT=1 LOAD_WORKERS=$CONCURRENCY load "batched ($BATCH a call, $BATCH a txn):" "$(charges "$ROWSB")" "$BATCH"
+load "as shipped ($BATCH a call, group commit):" "$(charges "$ROWSB")" "$BATCH"
+echo "== gtpcharge as shipped, open loop at pgbench's single-row rate ($RATE1/s)"
+load "calls of 1:" "$(charges "$RATE1")" 1 "$RATE1"
+load "calls of $BATCH:" "$(charges "$RATE1")" "$BATCH" "$RATE1"

@@ -29,7 +29,12 @@ async fn ledger(url: &str) -> Result<Ledger> {
     Ok(Ledger::new(db))
 }
 
-pub fn serve(listen: std::net::SocketAddr, url: &str, tls: Option<TlsFiles>) -> Result<()> {
+pub fn serve(
+    listen: std::net::SocketAddr,
+    url: &str,
+    tls: Option<TlsFiles>,
+    charging: gtpcharge_billing_api::server::Charging,
+) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -39,7 +44,8 @@ pub fn serve(listen: std::net::SocketAddr, url: &str, tls: Option<TlsFiles>) -> 
         let listener =
             gtpcharge_billing_api::server::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         tracing::info!(%listen, database = %redact(url), tls = tls.is_some(), "billing API serving");
-        gtpcharge_billing_api::server::serve(ledger, listener, tls, gtpcharge_billing_api::server::shutdown_signal())
+        let shutdown = gtpcharge_billing_api::server::shutdown_signal();
+        gtpcharge_billing_api::server::serve_with(ledger, listener, tls, shutdown, charging)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         tracing::info!("billing API stopped");

@@ -223,7 +223,16 @@ fn main() -> std::process::ExitCode {
                 .with_context(|| format!("creating {}", workdir.display()))
                 .and_then(|()| demo::demo(&sample, &workdir))
         }
-        Command::Serve { listen, database, tls_cert, tls_key, tls_client_ca, allow_plaintext } => {
+        Command::Serve {
+            listen,
+            database,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            allow_plaintext,
+            charging_workers,
+            group_commit_sightings,
+        } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(certificate), Some(key)) => {
                     Some(gtpcharge_billing_api::server::TlsFiles { certificate, key, client_ca: tls_client_ca })
@@ -232,7 +241,14 @@ fn main() -> std::process::ExitCode {
             };
             secrets::check_listen(listen, tls.is_some(), allow_plaintext)
                 .and_then(|()| database.url())
-                .and_then(|url| billing::serve(listen, &url, tls))
+                .and_then(|url| {
+                    let charging = gtpcharge_billing_api::server::Charging {
+                        // Both bounded by clap (64 and 1,024).
+                        workers: charging_workers as usize,
+                        group_commit_sightings: group_commit_sightings as usize,
+                    };
+                    billing::serve(listen, &url, tls, charging)
+                })
                 .map(|()| true)
         }
         Command::Admin { database, command } => {

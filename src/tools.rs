@@ -8,11 +8,45 @@ use std::path::PathBuf;
 
 pub fn fuzz_corpus(out: &std::path::Path, files: &[PathBuf]) -> Result<()> {
     use gtpcharge_capture::decode::linktype;
-    for target in ["link_decode", "reassembly", "gtpv1c", "gtpv2c", "gtpu_inner", "carriers", "correlate"] {
+    let targets = [
+        "link_decode",
+        "reassembly",
+        "gtpv1c",
+        "gtpv2c",
+        "gtpu_inner",
+        "carriers",
+        "correlate",
+        "signalling",
+        "flow",
+        "capture_file",
+    ];
+    for target in targets {
         std::fs::create_dir_all(out.join(target))?;
     }
     let mut written = 0u64;
+    // `signalling`: generator seeds (8 bytes), sizes and shapes, no damage yet; `flow`: one HTTP request
+    // with a token in two segments (flags, sequence step, length, bytes each).
+    for seed in 0..16u64 {
+        let head = [&seed.to_le_bytes()[..], &[seed as u8, (seed as u8).wrapping_mul(5) | 0x08]].concat();
+        std::fs::write(out.join("signalling").join(format!("seed-{seed}")), head)?;
+        written += 1;
+    }
+    let token = gtpcharge_proto::token::Token::generate().map_err(|e| anyhow::anyhow!("{e}"))?.to_string();
+    let request = format!("GET /confirm?t={token} HTTP/1.1\r\nHost: pay.sp.example\r\n\r\n");
+    let (first, second) = request.as_bytes().split_at(30);
+    let mut flow = vec![0x02, 0, 0, 0];
+    flow.extend_from_slice(&[0x00, 0, 1, first.len() as u8]);
+    flow.extend_from_slice(first);
+    flow.extend_from_slice(&[0x00, 0, first.len() as u8, second.len() as u8]);
+    flow.extend_from_slice(second);
+    std::fs::write(out.join("flow").join("split-request"), flow)?;
+    written += 1;
     for (file_index, path) in files.iter().enumerate() {
+        // `capture_file`: the files themselves, where small enough to mutate.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() <= 64 * 1024) {
+            std::fs::copy(path, out.join("capture_file").join(format!("{file_index}")))?;
+            written += 1;
+        }
         let mut decoder = gtpcharge_capture::Decoder::new(&DecoderConfig::default());
         let mut sequence = Vec::new();
         let mut index = 0u64;

@@ -1,6 +1,6 @@
 //! Load benchmark of the charging path (not a test): N purchases are created, then reported by C
-//! concurrent probe connections through gRPC into the ledger; prints charges/s and p50/p99 latency of
-//! ReportSightings. `benches/billing-load.sh` runs it beside pgbench on the same PostgreSQL.
+//! concurrent callers (one HTTP/2 connection, C calls in flight on it) through gRPC into the ledger;
+//! prints charges/s and p50/p99 latency of ReportSightings. `benches/billing-load.sh` runs it beside pgbench on the same PostgreSQL.
 //!
 //! With RATE (charges/s) the load is open: calls of BATCH sightings start on a fixed schedule, as many at
 //! once as it takes, and latency counts from each call's scheduled start.
@@ -9,7 +9,9 @@
 //! pool's connections, their prepared statements and the credential cache are then as a running server
 //! has them. LOAD_TRACE=FILE writes each measured call's start and latency (ms), to see when slow calls
 //! happened; LOAD_WARMUP=N sets the warm-up's charges (0: measure a cold start); LOAD_ACCOUNTS=N the
-//! number of accounts (default: one per 100 charges).
+//! number of accounts (default: one per 100 charges). LOAD_GROUP_COMMIT=N caps the sightings one
+//! transaction takes from waiting calls (default 32; 1 turns group commit off, so a transaction holds
+//! exactly one call's BATCH sightings) and LOAD_WORKERS=N the transactions in flight (default 2).
 //!
 //! cargo run --release -p gtpcharge-billing-api --example load -- DATABASE_URL [CHARGES] [CONCURRENCY] [BATCH] [RATE]
 use gtpcharge_billing_api::auth::Kind;
@@ -78,7 +80,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let measured = tokens.split_off(warmup);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    tokio::spawn(gtpcharge_billing_api::server::serve(ledger.clone(), listener, None, std::future::pending()));
+    let mut charging = gtpcharge_billing_api::server::Charging::default();
+    if let Ok(n) = std::env::var("LOAD_GROUP_COMMIT") {
+        charging.group_commit_sightings = n.parse()?;
+    }
+    if let Ok(n) = std::env::var("LOAD_WORKERS") {
+        charging.workers = n.parse()?;
+    }
+    tokio::spawn(gtpcharge_billing_api::server::serve_with(
+        ledger.clone(),
+        listener,
+        None,
+        std::future::pending(),
+        charging,
+    ));
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))?.connect().await?;
     let client = pb::sighting_service_client::SightingServiceClient::new(channel);
     let key = probe.secret.clone();
@@ -134,7 +149,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
     let load = if rate > 0.0 { format!("offered {rate:.0} charges/s") } else { format!("concurrency {concurrency}") };
     println!(
-        "charges {charged}/{charges}  {load}  batch {batch}  elapsed {:.2}s  {:.0} charges/s  RPC p50 {:.2} ms  p99 {:.2} ms  max {:.1} ms",
+        "charges {charged}/{charges}  {load}  batch {batch}  group commit {}  workers {}  elapsed {:.2}s  {:.0} charges/s  RPC p50 {:.2} ms  p99 {:.2} ms  max {:.1} ms",
+        charging.group_commit_sightings,
+        charging.workers,
         elapsed.as_secs_f64(),
         charged as f64 / elapsed.as_secs_f64(),
         pct(0.50).as_secs_f64() * 1e3,

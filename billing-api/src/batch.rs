@@ -11,10 +11,10 @@ use crate::ledger::{Ledger, LedgerError, Result, SightingReport, SightingResult}
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-/// A worker stops taking calls into its batch once it holds this many sightings (a batch of 32 takes
+/// By default, a worker stops taking calls into its batch once it holds this many sightings (a batch of 32 takes
 /// about 5 ms on the test machine, which bounds how long a call waits behind another's batch).
 pub const BATCH_SIGHTINGS: usize = 32;
-/// Transactions in flight at once: one can commit while the next is being decided. More workers make
+/// Transactions in flight at once by default: one can commit while the next is being decided. More workers make
 /// smaller batches and more round trips; on the 2-core test machine 2 gave the most charges per second
 /// (benches/billing-load.sh: 1 to 4 tried).
 pub const WORKERS: usize = 2;
@@ -34,12 +34,13 @@ pub struct ReportQueue {
 }
 
 impl ReportQueue {
-    /// Starts `workers` workers on the current tokio runtime.
-    pub fn start(ledger: Ledger, workers: usize) -> ReportQueue {
+    /// Starts `workers` workers on the current tokio runtime, each taking waiting calls into one
+    /// transaction up to `batch_sightings` sightings (a call is never split: one call always goes).
+    pub fn start(ledger: Ledger, workers: usize, batch_sightings: usize) -> ReportQueue {
         let (sender, receiver) = mpsc::channel(QUEUE_CALLS);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..workers.max(1) {
-            tokio::spawn(work(ledger.clone(), receiver.clone()));
+            tokio::spawn(work(ledger.clone(), receiver.clone(), batch_sightings));
         }
         ReportQueue { sender }
     }
@@ -55,7 +56,7 @@ impl ReportQueue {
     }
 }
 
-async fn work(ledger: Ledger, receiver: Arc<Mutex<mpsc::Receiver<Call>>>) {
+async fn work(ledger: Ledger, receiver: Arc<Mutex<mpsc::Receiver<Call>>>, batch_sightings: usize) {
     loop {
         let mut calls = Vec::new();
         {
@@ -64,7 +65,7 @@ async fn work(ledger: Ledger, receiver: Arc<Mutex<mpsc::Receiver<Call>>>) {
             let Some(first) = receiver.recv().await else { return };
             let mut sightings = first.sightings.len();
             calls.push(first);
-            while sightings < BATCH_SIGHTINGS {
+            while sightings < batch_sightings {
                 let Ok(call) = receiver.try_recv() else { break };
                 sightings += call.sightings.len();
                 calls.push(call);

@@ -22,12 +22,39 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// Serves until `shutdown` resolves.
+/// How ReportSightings calls reach the ledger (see `batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charging {
+    /// Transactions in flight at once.
+    pub workers: usize,
+    /// Sightings one transaction takes from waiting calls at most (1: a call per transaction, no group
+    /// commit beyond the call's own sightings).
+    pub group_commit_sightings: usize,
+}
+
+impl Default for Charging {
+    fn default() -> Self {
+        Charging { workers: batch::WORKERS, group_commit_sightings: batch::BATCH_SIGHTINGS }
+    }
+}
+
+/// Serves until `shutdown` resolves, charging as [`Charging::default`] says.
 pub async fn serve(
     ledger: Ledger,
     listener: tokio::net::TcpListener,
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    serve_with(ledger, listener, tls, shutdown, Charging::default()).await
+}
+
+/// [`serve`] with the charging path's settings.
+pub async fn serve_with(
+    ledger: Ledger,
+    listener: tokio::net::TcpListener,
+    tls: Option<TlsFiles>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    charging: Charging,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::purchase_service_server::PurchaseServiceServer<PurchaseApi>>().await;
@@ -69,7 +96,7 @@ pub async fn serve(
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let sightings = pb::sighting_service_server::SightingServiceServer::new(SightingApi {
         ledger: ledger.clone(),
-        queue: ReportQueue::start(ledger.clone(), batch::WORKERS),
+        queue: ReportQueue::start(ledger.clone(), charging.workers, charging.group_commit_sightings),
         require_client_certificate,
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX);

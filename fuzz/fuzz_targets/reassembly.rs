@@ -6,7 +6,7 @@ use gtpcharge_capture::{Decoder, DecoderConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut decoder = Decoder::new(&DecoderConfig { fragments_max: 4, fragment_timeout_ms: 5 });
+    let mut decoder = Decoder::new(&DecoderConfig { fragments_max: 4, fragment_timeout_ms: 5, ..DecoderConfig::default() });
     let mut rest = data;
     let mut ts = 0u64;
     for _ in 0..256 {

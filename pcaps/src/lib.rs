@@ -825,7 +825,8 @@ pub fn generate<S: FrameSink>(scenario: &Scenario, sink: &mut S) -> Truth {
         g.truth.unattributed.push(token);
         // A large request whose G-PDU exceeds the MTU: the outer IPv4 packet is fragmented.
         let big_header = "a".repeat(1600);
-        let mut sub = subscribers[4].clone();
+        // (Subscriber 4, or the last where there are fewer.)
+        let mut sub = subscribers[4.min(subscribers.len() - 1)].clone();
         let token = g.token();
         let request =
             format!("GET /confirm?t={token} HTTP/1.1\r\nHost: pay.sp.example\r\nCookie: {big_header}\r\n\r\n");
