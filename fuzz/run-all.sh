@@ -35,19 +35,29 @@ for target in "${TARGETS[@]}"; do
   rm -f "$log"
 done
 
-# Source coverage (llvm-cov regions) of the correlator's key functions over each stateful corpus.
+# Source coverage (llvm-cov regions) of the correlator's key functions over each stateful corpus: the
+# best-covered instance of each (generic functions have one per caller). Names demangled by c++filt.
 rustup component list --installed 2>/dev/null | grep -q llvm-tools || rustup component add llvm-tools
 LLVM_BIN="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/host: //p')/bin"
-KEY='Correlator::(session_up|session_update|session_down|on_user_packet|on_tcp|report|on_v1_response|on_v2_response|on_gtpv0|fallback)$|SessionTable::(expire|expire_tombstones)$|PendingTable<.*>::take$|engine::scan_segment$'
+KEY='^(Correlator::(session_up|session_update|session_down|on_user_packet|on_tcp|report|on_v1_response|on_v2_response|on_gtpv0|fallback)|SessionTable::(expire|expire_tombstones)|PendingTable::take|engine::scan_segment)$'
 for target in signalling flow correlate; do
   (cd fuzz && cargo fuzz coverage "$target" "corpus/$target" >/dev/null 2>&1)
   binary=$(ls fuzz/target/*/coverage/*/release/"$target")
   echo
   echo "coverage of the key functions over the $target corpus (regions covered / regions):"
   "$LLVM_BIN/llvm-cov" report --show-functions --instr-profile="fuzz/coverage/$target/coverage.profdata" "$binary" \
-      correlate/src/engine.rs correlate/src/session.rs correlate/src/pending.rs 2>/dev/null \
-    | awk -v key="$KEY" '{
-        name = $1; gsub(/^_?<?gtpcharge_correlate::[a-z_]+::/, "", name); gsub(/>::/, "::", name)
-        if (name ~ key) printf "  %-40s %s/%s regions\n", name, $2 - $3, $2
-      }'
+      correlate/src/engine.rs correlate/src/session.rs correlate/src/pending.rs 2>/dev/null | c++filt \
+    | awk -v key="$KEY" '
+      # A long name stands alone on its line and its figures follow on the next.
+      !(NF >= 9 && $(NF-8) ~ /^[0-9]+$/ && $(NF-6) ~ /%$/) { pending = $0; sub(/ +$/, "", pending); next }
+      {
+        if (NF == 9) { name = pending } else { name = $1; for (i = 2; i <= NF - 9; i++) name = name " " $i }
+        gsub(/\[[0-9a-f]+\]/, "", name); gsub(/PendingTable<[^>]*>/, "PendingTable", name)
+        sub(/::<.*$/, "", name); gsub(/[<>]/, "", name)
+        sub(/^gtpcharge_correlate::(engine|session|pending)::/, "", name)
+        if (name == "scan_segment") name = "engine::scan_segment"
+        if (name !~ key) next
+        covered = $(NF-8) - $(NF-7)
+        if (!(name in best) || covered > best[name]) { best[name] = covered; total[name] = $(NF-8) }
+      } END { for (n in best) printf "  %-34s %4d/%-4d regions\n", n, best[n], total[n] }' | sort
 done

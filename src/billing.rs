@@ -53,29 +53,55 @@ pub fn serve(
     })
 }
 
+/// Who runs `admin`, for the audit trail: the Unix user (uid, and the login name the environment gives).
+fn admin_actor() -> String {
+    // /proc/self belongs to this process: its owner is the uid the process runs as.
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok();
+    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default();
+    match uid {
+        Some(uid) => format!("admin (uid {uid}{}{user})", if user.is_empty() { "" } else { ", " }),
+        None => format!("admin ({user})"),
+    }
+}
+
 pub fn admin(url: &str, command: AdminCommand) -> Result<()> {
+    use gtpcharge_billing_api::audit::Action;
     runtime()?.block_on(async {
         let ledger = ledger(url).await?;
+        let actor = admin_actor();
         match command {
             AdminCommand::Sp { command: SpCommand::Create { name } } => {
                 let (id, secret) = ledger.create_service_provider(&name).await?;
+                let detail = format!("name={name:?} api key {}", secret.key_id);
+                ledger.audit(&actor, Action::CreateServiceProvider, &id.to_string(), &detail).await?;
                 println!("service_provider_id\t{id}\nkey_id\t{}\napi_key\t{}", secret.key_id, secret.secret);
             }
             AdminCommand::Sp { command: SpCommand::Key { service_provider_id } } => {
                 let secret = ledger.create_credential(Kind::ServiceProvider, Some(service_provider_id), "api key").await?;
+                let detail = format!("sp key for sp {service_provider_id}");
+                ledger.audit(&actor, Action::CreateKey, &secret.key_id, &detail).await?;
                 println!("key_id\t{}\napi_key\t{}", secret.key_id, secret.secret);
             }
             AdminCommand::Probe { command: NamedCreate::Create { name } } => {
                 let secret = ledger.create_credential(Kind::Probe, None, &name).await?;
+                ledger.audit(&actor, Action::CreateKey, &secret.key_id, &format!("probe key {name:?}")).await?;
                 println!("key_id\t{}\nprobe_key\t{}", secret.key_id, secret.secret);
             }
             AdminCommand::Operator { command: NamedCreate::Create { name } } => {
                 let secret = ledger.create_credential(Kind::Operator, None, &name).await?;
+                ledger.audit(&actor, Action::CreateKey, &secret.key_id, &format!("operator key {name:?}")).await?;
                 println!("key_id\t{}\noperator_key\t{}", secret.key_id, secret.secret);
             }
             AdminCommand::Revoke { key_id } => {
                 ledger.revoke(&key_id).await?;
+                ledger.audit(&actor, Action::RevokeKey, &key_id, "").await?;
                 println!("revoked\t{key_id}");
+            }
+            AdminCommand::Audit { limit, before } => {
+                for r in ledger.audit_records(limit.clamp(1, 100_000), before).await? {
+                    let at = crate::jsonl::rfc3339(u64::try_from(r.at_us).unwrap_or(0));
+                    println!("{}\t{at}\t{}\t{}\t{}\t{}", r.id, r.actor, r.action, r.subject, r.detail);
+                }
             }
             AdminCommand::Account { command: AccountCommand::Set { msisdn, currency, balance, credit_limit, daily_cap, monthly_cap, barred } } => {
                 let update = AccountUpdate {
@@ -88,7 +114,9 @@ pub fn admin(url: &str, command: AdminCommand) -> Result<()> {
                     monthly_cap,
                     barred,
                 };
-                print_account(&ledger.set_account(&update).await?);
+                let account = ledger.set_account(&update).await?;
+                ledger.audit(&actor, Action::SetAccount, &update.msisdn, &update.describe()).await?;
+                print_account(&account);
             }
             AdminCommand::Account { command: AccountCommand::Show { msisdn } } => print_account(&ledger.get_account(&msisdn).await?),
             AdminCommand::CheckLedger => {

@@ -280,6 +280,16 @@ pub enum AdminCommand {
     },
     /// Check that the ledger balances: the sum of entries per currency is zero.
     CheckLedger,
+    /// The audit trail of operator actions (keys, SPs, accounts; through `admin` or the AccountService),
+    /// newest first: id, time, actor, action, subject, detail, tab-separated.
+    Audit {
+        /// Records at most.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Only records older than this id (to page back).
+        #[arg(long)]
+        before: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -129,3 +129,51 @@ fn command_line_secrets_are_warned_about_and_the_spool_is_private() {
 fn common_free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Every `admin` action that creates or revokes a key, creates an SP or sets an account leaves an audit
+/// record (who: the Unix user; what; on what), and `admin audit` lists them newest first without a
+/// secret.
+#[test]
+fn admin_actions_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("sqlite://{}?mode=rwc", dir.path().join("audited.sqlite").display());
+    let admin = |args: &[&str]| -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+            .args(["admin", "--database-url", &ledger])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "admin {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let field = |text: &str, name: &str| -> String {
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name}\t"))).unwrap().to_owned()
+    };
+    let sp = admin(&["sp", "create", "audited"]);
+    let probe = admin(&["probe", "create", "probe-1"]);
+    let operator = admin(&["operator", "create", "ops"]);
+    admin(&["account", "set", "46700000099", "--currency", "EUR", "--balance", "700"]);
+    admin(&["revoke", &field(&probe, "key_id")]);
+    let trail = admin(&["audit"]);
+    let rows: Vec<Vec<&str>> = trail.lines().map(|l| l.split('\t').collect()).collect();
+    let actions: Vec<(&str, &str)> = rows.iter().map(|r| (r[3], r[4])).collect();
+    let probe_key_id = field(&probe, "key_id");
+    assert_eq!(
+        actions,
+        [
+            ("key.revoke", probe_key_id.as_str()),
+            ("account.set", "46700000099"),
+            ("key.create", field(&operator, "key_id").as_str()),
+            ("key.create", probe_key_id.as_str()),
+            ("sp.create", field(&sp, "service_provider_id").as_str()),
+        ],
+        "{trail}"
+    );
+    for row in &rows {
+        assert!(row[2].starts_with("admin (uid "), "{trail}");
+    }
+    for secret in [field(&sp, "api_key"), field(&probe, "probe_key"), field(&operator, "operator_key")] {
+        assert!(!trail.contains(&secret), "the audit trail holds a secret");
+    }
+    assert!(rows[1][5].contains("balance=700"), "{trail}");
+}

@@ -5,16 +5,19 @@
 //! - [`db`]: connection, migrations, backend differences.
 //! - [`ledger`]: the domain operations, each one database transaction.
 //! - [`batch`]: group commit: sightings from concurrent calls charged in shared transactions.
-//! - [`auth`]: credentials (hashed at rest).
+//! - [`auth`]: credentials (hashed at rest); [`guard`]: failed authentication slowed per peer and counted.
+//! - [`audit`]: the trail of operator actions.
 //! - [`service`]: the tonic services and the protobuf ↔ domain conversion.
 //! - [`server`]: serving (health, reflection, TLS, limits, graceful shutdown) and the expiry sweeper.
 //!
 //! Only this crate and the root binary know protobuf.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod batch;
 pub mod db;
+pub mod guard;
 pub mod ledger;
 pub mod server;
 pub mod service;

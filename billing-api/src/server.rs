@@ -92,15 +92,20 @@ pub async fn serve_with(
         }
         builder = builder.tls_config(config)?;
     }
-    let purchases = pb::purchase_service_server::PurchaseServiceServer::new(PurchaseApi { ledger: ledger.clone() })
-        .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let guard = std::sync::Arc::new(crate::guard::AuthGuard::default());
+    let purchases = pb::purchase_service_server::PurchaseServiceServer::new(PurchaseApi {
+        ledger: ledger.clone(),
+        guard: guard.clone(),
+    })
+    .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let sightings = pb::sighting_service_server::SightingServiceServer::new(SightingApi {
         ledger: ledger.clone(),
+        guard: guard.clone(),
         queue: ReportQueue::start(ledger.clone(), charging.workers, charging.group_commit_sightings),
         require_client_certificate,
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX);
-    let accounts = pb::account_service_server::AccountServiceServer::new(AccountApi { ledger })
+    let accounts = pb::account_service_server::AccountServiceServer::new(AccountApi { ledger, guard })
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let incoming = accepted_without_delay(listener);
     let result = builder

@@ -1,10 +1,13 @@
 //! The gRPC services: authentication, request limits and the conversion between protobuf messages and
 //! the ledger's domain types (by hand, here and nowhere else).
+use crate::audit::Action;
 use crate::auth::{self, Caller, Kind};
 use crate::batch::ReportQueue;
+use crate::guard::AuthGuard;
 use crate::ledger::{self, Ledger, LedgerError, Outcome};
 use gtpcharge_proto::v1 as pb;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -32,10 +35,30 @@ impl From<LedgerError> for Status {
     }
 }
 
-async fn authenticate<T>(ledger: &Ledger, request: &Request<T>, kind: Kind) -> Result<Caller, Status> {
+async fn authenticate<T>(
+    ledger: &Ledger,
+    guard: &AuthGuard,
+    request: &Request<T>,
+    kind: Kind,
+) -> Result<Caller, Status> {
     let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-    let secret = auth::bearer(header).ok_or_else(|| Status::unauthenticated("send authorization: Bearer <key>"))?;
-    let caller = ledger.authenticate(secret).await?;
+    let checked = match auth::bearer(header) {
+        None => Err(("no-key", Status::unauthenticated("send authorization: Bearer <key>"))),
+        Some(secret) => match ledger.authenticate(secret).await {
+            Ok(caller) => Ok(caller),
+            Err(LedgerError::Unauthenticated) => Err(("unknown-key", LedgerError::Unauthenticated.into())),
+            Err(other) => return Err(other.into()),
+        },
+    };
+    let caller = match checked {
+        Ok(caller) => caller,
+        Err((why, status)) => {
+            let now = u64::try_from(ledger::now_us()).unwrap_or(0);
+            let delay = guard.failed(request.remote_addr().map(|a| a.ip()), now, why);
+            tokio::time::sleep(delay).await;
+            return Err(status);
+        }
+    };
     if caller.kind != kind {
         return Err(Status::permission_denied(format!("this service needs a {} credential", kind.as_str())));
     }
@@ -43,8 +66,12 @@ async fn authenticate<T>(ledger: &Ledger, request: &Request<T>, kind: Kind) -> R
 }
 
 /// Authenticates an SP call; returns the SP's id.
-async fn authenticate_service_provider<T>(ledger: &Ledger, request: &Request<T>) -> Result<i64, Status> {
-    let caller = authenticate(ledger, request, Kind::ServiceProvider).await?;
+async fn authenticate_service_provider<T>(
+    ledger: &Ledger,
+    guard: &AuthGuard,
+    request: &Request<T>,
+) -> Result<i64, Status> {
+    let caller = authenticate(ledger, guard, request, Kind::ServiceProvider).await?;
     caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))
 }
 
@@ -139,6 +166,7 @@ fn account_to_pb(a: &ledger::AccountRow) -> pb::Account {
 
 pub struct PurchaseApi {
     pub ledger: Ledger,
+    pub guard: Arc<AuthGuard>,
 }
 
 type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::PurchaseChange, Status>> + Send>>;
@@ -149,7 +177,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::CreatePurchaseRequest>,
     ) -> Result<Response<pb::Purchase>, Status> {
-        let sp = authenticate_service_provider(&self.ledger, &request).await?;
+        let sp = authenticate_service_provider(&self.ledger, &self.guard, &request).await?;
         let r = request.into_inner();
         let new = ledger::NewPurchase {
             product_id: r.product_id,
@@ -164,7 +192,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
     }
 
     async fn get_purchase(&self, request: Request<pb::GetPurchaseRequest>) -> Result<Response<pb::Purchase>, Status> {
-        let sp = authenticate_service_provider(&self.ledger, &request).await?;
+        let sp = authenticate_service_provider(&self.ledger, &self.guard, &request).await?;
         let purchase = match request.into_inner().key {
             Some(pb::get_purchase_request::Key::Id(id)) => {
                 self.ledger.get_purchase(sp, Some(parse_id(&id)?), None).await?
@@ -181,7 +209,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::ListPurchasesRequest>,
     ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
-        let sp = authenticate_service_provider(&self.ledger, &request).await?;
+        let sp = authenticate_service_provider(&self.ledger, &self.guard, &request).await?;
         let r = request.into_inner();
         let (size, before) = page(r.page_size, &r.page_token)?;
         let state = pb::PurchaseState::try_from(r.state).map_err(|_| Status::invalid_argument("unknown state"))?;
@@ -205,7 +233,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::CancelPurchaseRequest>,
     ) -> Result<Response<pb::Purchase>, Status> {
-        let sp = authenticate_service_provider(&self.ledger, &request).await?;
+        let sp = authenticate_service_provider(&self.ledger, &self.guard, &request).await?;
         let purchase = self.ledger.cancel(sp, parse_id(&request.into_inner().id)?).await?;
         Ok(Response::new(purchase_to_pb(&purchase)))
     }
@@ -214,7 +242,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::RefundPurchaseRequest>,
     ) -> Result<Response<pb::RefundPurchaseResponse>, Status> {
-        let sp = authenticate_service_provider(&self.ledger, &request).await?;
+        let sp = authenticate_service_provider(&self.ledger, &self.guard, &request).await?;
         let r = request.into_inner();
         let (purchase, refunded_now) =
             self.ledger.refund(sp, parse_id(&r.id)?, r.amount, &r.refund_key, &r.reason).await?;
@@ -227,7 +255,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::WatchPurchasesRequest>,
     ) -> Result<Response<ChangeStream>, Status> {
-        let sp = authenticate_service_provider(&self.ledger, &request).await?;
+        let sp = authenticate_service_provider(&self.ledger, &self.guard, &request).await?;
         let mut cursor = request.into_inner().after_cursor;
         if cursor < 0 {
             return Err(Status::invalid_argument("after_cursor must not be negative"));
@@ -272,6 +300,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
 
 pub struct SightingApi {
     pub ledger: Ledger,
+    pub guard: Arc<AuthGuard>,
     /// Where sightings go to be charged, batched with other calls' (group commit).
     pub queue: ReportQueue,
     /// Set when the server has a client CA: probes must then present a certificate it signed.
@@ -287,7 +316,7 @@ impl pb::sighting_service_server::SightingService for SightingApi {
         if self.require_client_certificate && request.peer_certs().is_none_or(|certificates| certificates.is_empty()) {
             return Err(Status::unauthenticated("this billing API requires probes to present a client certificate"));
         }
-        let caller = authenticate(&self.ledger, &request, Kind::Probe).await?;
+        let caller = authenticate(&self.ledger, &self.guard, &request, Kind::Probe).await?;
         let sightings = request.into_inner().sightings;
         if sightings.is_empty() || sightings.len() > SIGHTINGS_PER_BATCH_MAX {
             return Err(Status::invalid_argument(format!("send 1 to {SIGHTINGS_PER_BATCH_MAX} sightings")));
@@ -336,12 +365,13 @@ impl pb::sighting_service_server::SightingService for SightingApi {
 
 pub struct AccountApi {
     pub ledger: Ledger,
+    pub guard: Arc<AuthGuard>,
 }
 
 #[tonic::async_trait]
 impl pb::account_service_server::AccountService for AccountApi {
     async fn set_account(&self, request: Request<pb::SetAccountRequest>) -> Result<Response<pb::Account>, Status> {
-        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        let caller = authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
         let r = request.into_inner();
         let kind = match pb::AccountKind::try_from(r.kind) {
             Ok(pb::AccountKind::Prepaid) => Some("prepaid".to_owned()),
@@ -359,11 +389,14 @@ impl pb::account_service_server::AccountService for AccountApi {
             monthly_cap: r.monthly_cap,
             barred: r.barred,
         };
-        Ok(Response::new(account_to_pb(&self.ledger.set_account(&update).await?)))
+        let account = self.ledger.set_account(&update).await?;
+        let actor = crate::audit::operator_key(&caller.key_id);
+        self.ledger.audit(&actor, Action::SetAccount, &update.msisdn, &update.describe()).await?;
+        Ok(Response::new(account_to_pb(&account)))
     }
 
     async fn get_account(&self, request: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
-        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
         Ok(Response::new(account_to_pb(&self.ledger.get_account(&request.into_inner().msisdn).await?)))
     }
 
@@ -371,7 +404,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         request: Request<pb::GetStatementRequest>,
     ) -> Result<Response<pb::Statement>, Status> {
-        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
         let r = request.into_inner();
         let (size, before) = page(r.page_size, &r.page_token)?;
         let (account, entries) = self.ledger.statement(&r.msisdn, size, before).await?;
@@ -401,8 +434,12 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         request: Request<pb::CreateServiceProviderRequest>,
     ) -> Result<Response<pb::Credential>, Status> {
-        authenticate(&self.ledger, &request, Kind::Operator).await?;
-        let (id, secret) = self.ledger.create_service_provider(&request.into_inner().name).await?;
+        let caller = authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
+        let name = request.into_inner().name;
+        let (id, secret) = self.ledger.create_service_provider(&name).await?;
+        let actor = crate::audit::operator_key(&caller.key_id);
+        let detail = format!("name={name:?} api key {}", secret.key_id);
+        self.ledger.audit(&actor, Action::CreateServiceProvider, &id.to_string(), &detail).await?;
         Ok(Response::new(pb::Credential {
             key_id: secret.key_id,
             secret: secret.secret,
@@ -414,9 +451,11 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::Credential>, Status> {
-        authenticate(&self.ledger, &request, Kind::Operator).await?;
+        let caller = authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
         let sp = parse_id(&request.into_inner().service_provider_id)?;
         let secret = self.ledger.create_credential(Kind::ServiceProvider, Some(sp), "api key").await?;
+        let actor = crate::audit::operator_key(&caller.key_id);
+        self.ledger.audit(&actor, Action::CreateKey, &secret.key_id, &format!("sp key for sp {sp}")).await?;
         Ok(Response::new(pb::Credential {
             key_id: secret.key_id,
             secret: secret.secret,
@@ -428,8 +467,11 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        authenticate(&self.ledger, &request, Kind::Operator).await?;
-        self.ledger.revoke(&request.into_inner().key_id).await?;
+        let caller = authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
+        let key_id = request.into_inner().key_id;
+        self.ledger.revoke(&key_id).await?;
+        let actor = crate::audit::operator_key(&caller.key_id);
+        self.ledger.audit(&actor, Action::RevokeKey, &key_id, "").await?;
         Ok(Response::new(pb::RevokeKeyResponse {}))
     }
 }

@@ -25,6 +25,7 @@ struct Harness {
     other_sp_key: String,
     probe_key: String,
     operator_key: String,
+    operator_key_id: String,
     probe_key_id: String,
     _dir: tempfile::TempDir,
     cleanup: Option<(String, String)>,
@@ -77,6 +78,7 @@ impl Harness {
             other_sp_key: other.secret,
             probe_key: probe.secret,
             probe_key_id: probe.key_id,
+            operator_key_id: operator.key_id,
             operator_key: operator.secret,
             _dir: dir,
             cleanup,
@@ -1101,6 +1103,71 @@ async fn deeply_nested_and_garbage_messages_are_refused_and_change_nothing() {
         let fresh = h.create(&h.sp_key, 5, "after-garbage").await.unwrap();
         h.account("46700000011", 100).await;
         assert_eq!(outcome(&h.report(&fresh.token, "46700000011").await), pb::SightingOutcome::Charged, "{backend}");
+        h.finish().await;
+    }
+}
+
+/// A peer that keeps sending bad keys is slowed: its first five failures are answered at once, then each
+/// waits 250 ms, 500 ms, ... (a lower bound: a slow machine cannot make this pass wrongly); a good key from
+/// the same peer is still served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_bad_keys_from_one_peer_are_delayed() {
+    let h = Harness::start("sqlite://{dir}/ledger.sqlite?mode=rwc".into(), None).await;
+    let mut elapsed = Vec::new();
+    for _ in 0..7 {
+        let started = std::time::Instant::now();
+        let status = h.create("gcsk_not_a_key_at_all", 1, "k").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(!status.message().contains("gcsk_not_a_key_at_all"), "the refusal echoes the key");
+        elapsed.push(started.elapsed());
+    }
+    assert!(elapsed[5] >= std::time::Duration::from_millis(250), "the 6th failure was not delayed: {elapsed:?}");
+    assert!(elapsed[6] >= std::time::Duration::from_millis(500), "the 7th failure was not delayed more: {elapsed:?}");
+    let started = std::time::Instant::now();
+    h.create(&h.sp_key, 1, "good").await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(250), "a good key is not slowed");
+    h.finish().await;
+}
+
+/// Every operator action through the AccountService leaves an audit record naming the operator's key
+/// id, the action and its subject, and no secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_through_the_api_are_audited() {
+    for (backend, h) in Harness::each_backend().await {
+        let mut a = h.accounts();
+        let set = pb::SetAccountRequest {
+            msisdn: "46700000077".into(),
+            currency: "EUR".into(),
+            balance: Some(500),
+            ..Default::default()
+        };
+        a.set_account(authed(&h.operator_key, set)).await.unwrap();
+        let sp = pb::CreateServiceProviderRequest { name: "audited-sp".into() };
+        let credential = a.create_service_provider(authed(&h.operator_key, sp)).await.unwrap().into_inner();
+        let key = pb::CreateApiKeyRequest { service_provider_id: credential.service_provider_id.clone() };
+        let second = a.create_api_key(authed(&h.operator_key, key)).await.unwrap().into_inner();
+        let revoke = pb::RevokeKeyRequest { key_id: second.key_id.clone() };
+        a.revoke_key(authed(&h.operator_key, revoke)).await.unwrap();
+        let records = h.ledger.audit_records(10, None).await.unwrap();
+        let seen: Vec<(&str, &str)> = records.iter().rev().map(|r| (r.action.as_str(), r.subject.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("account.set", "46700000077"),
+                ("sp.create", credential.service_provider_id.as_str()),
+                ("key.create", second.key_id.as_str()),
+                ("key.revoke", second.key_id.as_str()),
+            ],
+            "{backend}"
+        );
+        let operator_key_id = &h.operator_key_id;
+        for record in &records {
+            assert_eq!(record.actor, format!("operator key {operator_key_id}"), "{backend}");
+            for secret in [&credential.secret, &second.secret, &h.operator_key] {
+                assert!(!record.detail.contains(secret.as_str()) && !record.subject.contains(secret.as_str()));
+            }
+        }
+        assert!(records[3].detail.contains("balance=500"), "{backend}: {:?}", records[3]);
         h.finish().await;
     }
 }
