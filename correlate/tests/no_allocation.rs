@@ -39,15 +39,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn v1_message(message_type: u8, teid: u32, sequence: u16, ies: &[u8]) -> Vec<u8> {
-    let mut m = vec![0x32, message_type];
-    m.extend_from_slice(&((ies.len() + 4) as u16).to_be_bytes());
-    m.extend_from_slice(&teid.to_be_bytes());
-    m.extend_from_slice(&sequence.to_be_bytes());
-    m.extend_from_slice(&[0, 0]);
-    m.extend_from_slice(ies);
-    m
-}
+use gtpcharge_correlate::wire::gtpv1::message as v1_message;
 
 #[test]
 fn steady_state_g_pdus_do_not_allocate() {

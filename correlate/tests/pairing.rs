@@ -67,15 +67,7 @@ fn tbcd(digits: &str) -> Vec<u8> {
 
 // ------------------------------------------------------------------------------------------ GTPv1 (Gn)
 
-fn v1(message_type: u8, teid: u32, sequence: u16, ies: &[u8]) -> Vec<u8> {
-    let mut m = vec![0x32, message_type];
-    m.extend_from_slice(&((ies.len() + 4) as u16).to_be_bytes());
-    m.extend_from_slice(&teid.to_be_bytes());
-    m.extend_from_slice(&sequence.to_be_bytes());
-    m.extend_from_slice(&[0, 0]);
-    m.extend_from_slice(ies);
-    m
-}
+use gtpcharge_correlate::wire::gtpv1::message as v1;
 
 /// A Create PDP Context Request for subscriber `n`: IMSI 00101000000000n, MSISDN 4670100000n, the
 /// SGSN's TEID-U and TEID-C `teid`.

@@ -14,15 +14,7 @@ const SGSN: [u8; 4] = [192, 0, 2, 10];
 const GGSN: [u8; 4] = [198, 51, 100, 1];
 const UE: [u8; 4] = [10, 1, 2, 3];
 
-fn v1(message_type: u8, teid: u32, sequence: u16, ies: &[u8]) -> Vec<u8> {
-    let mut m = vec![0x32, message_type];
-    m.extend_from_slice(&((ies.len() + 4) as u16).to_be_bytes());
-    m.extend_from_slice(&teid.to_be_bytes());
-    m.extend_from_slice(&sequence.to_be_bytes());
-    m.extend_from_slice(&[0, 0]);
-    m.extend_from_slice(ies);
-    m
-}
+use gtpcharge_correlate::wire::gtpv1::message as v1;
 
 /// An uplink G-PDU on tunnel 0x21 holding an IPv4/TCP segment (checksums zero: the probe reads none).
 fn segment(sequence: u32, flags: u8, payload: &[u8]) -> Vec<u8> {

@@ -141,15 +141,7 @@ fn v1_tlv(out: &mut Vec<u8>, ie_type: u8, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
-fn v1_message(message_type: u8, teid: u32, sequence: u16, ies: &[u8]) -> Vec<u8> {
-    let mut m = vec![0x32, message_type]; // version 1, PT=1, S=1
-    m.extend_from_slice(&((ies.len() + 4) as u16).to_be_bytes());
-    m.extend_from_slice(&teid.to_be_bytes());
-    m.extend_from_slice(&sequence.to_be_bytes());
-    m.extend_from_slice(&[0, 0]);
-    m.extend_from_slice(ies);
-    m
-}
+use gtpcharge_correlate::wire::gtpv1::message as v1_message;
 
 fn g_pdu(teid: u32, inner: &[u8], extension: bool) -> Vec<u8> {
     let mut m = Vec::with_capacity(inner.len() + 16);

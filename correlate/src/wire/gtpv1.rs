@@ -113,6 +113,21 @@ impl<'a> Header<'a> {
     }
 }
 
+/// A GTPv1-C message with a sequence number (flags 0x32: version 1, PT 1, S 1; N-PDU and next extension
+/// zero) around `ies`: the emit side of [`Header::parse`], for the capture generator, tests, benches and
+/// fuzz targets. The length field saturates at its 16 bits.
+pub fn message(message_type: u8, teid: u32, sequence: u16, ies: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(ies.len() + 4).unwrap_or(u16::MAX);
+    let mut m = Vec::with_capacity(12 + ies.len());
+    m.extend_from_slice(&[0x32, message_type]);
+    m.extend_from_slice(&length.to_be_bytes());
+    m.extend_from_slice(&teid.to_be_bytes());
+    m.extend_from_slice(&sequence.to_be_bytes());
+    m.extend_from_slice(&[0, 0]);
+    m.extend_from_slice(ies);
+    m
+}
+
 /// Length of a TV information element's value, by type (TS 29.060 7.7); `None` for unknown types.
 pub fn tv_value_len(ie_type: u8) -> Option<usize> {
     Some(match ie_type {
