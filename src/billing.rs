@@ -34,6 +34,7 @@ pub fn serve(
     url: &str,
     tls: Option<TlsFiles>,
     charging: gtpcharge_billing_api::server::Charging,
+    metrics_listen: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -44,8 +45,34 @@ pub fn serve(
         let listener =
             gtpcharge_billing_api::server::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         tracing::info!(%listen, database = %redact(url), tls = tls.is_some(), "billing API serving");
+        let guard = std::sync::Arc::new(gtpcharge_billing_api::guard::AuthGuard::default());
+        if let Some(address) = metrics_listen {
+            let exposition = crate::metrics::Exposition::default();
+            crate::metrics::serve(address, exposition.clone())?;
+            tracing::info!(%address, "metrics on /metrics");
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let (failures, delayed) = guard.failures();
+                    let mut text = crate::metrics::Text::default();
+                    text.counter(
+                        "gtpcharge_api_auth_failures_total",
+                        "Calls refused for a missing, unknown or revoked key.",
+                        failures,
+                    );
+                    text.counter(
+                        "gtpcharge_api_auth_failures_delayed_total",
+                        "Of those, answered late because the peer had failed too often.",
+                        delayed,
+                    );
+                    exposition.publish(text.finish());
+                }
+            });
+        }
         let shutdown = gtpcharge_billing_api::server::shutdown_signal();
-        gtpcharge_billing_api::server::serve_with(ledger, listener, tls, shutdown, charging)
+        gtpcharge_billing_api::server::serve_with(ledger, listener, tls, shutdown, charging, guard)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         tracing::info!("billing API stopped");

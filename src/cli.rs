@@ -153,6 +153,9 @@ pub enum Command {
         #[arg(long, default_value_t = gtpcharge_billing_api::batch::BATCH_SIGHTINGS as u64,
               env = "GTPCHARGE_GROUP_COMMIT_SIGHTINGS", value_parser = clap::value_parser!(u64).range(1..=1024))]
         group_commit_sightings: u64,
+        /// Serve Prometheus metrics on this address (GET /metrics): failed authentications so far.
+        #[arg(long, env = "GTPCHARGE_API_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// An SP's view of the billing API over gRPC (a real client, for trying the flow by hand).
     Purchase {

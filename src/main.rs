@@ -232,6 +232,7 @@ fn main() -> std::process::ExitCode {
             allow_plaintext,
             charging_workers,
             group_commit_sightings,
+            metrics_listen,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(certificate), Some(key)) => {
@@ -247,7 +248,7 @@ fn main() -> std::process::ExitCode {
                         workers: charging_workers as usize,
                         group_commit_sightings: group_commit_sightings as usize,
                     };
-                    billing::serve(listen, &url, tls, charging)
+                    billing::serve(listen, &url, tls, charging, metrics_listen)
                 })
                 .map(|()| true)
         }

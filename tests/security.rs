@@ -177,3 +177,51 @@ fn admin_actions_are_audited() {
     }
     assert!(rows[1][5].contains("balance=700"), "{trail}");
 }
+
+/// Bad keys from one peer through the real CLI client: counted on the API's metrics endpoint, the
+/// sixth and seventh answered late (delayed), and the server's log names the peer, never the key.
+#[test]
+fn bad_keys_are_counted_on_the_api_metrics_and_logged_without_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("sqlite://{}?mode=rwc", dir.path().join("guarded.sqlite").display());
+    let (port, metrics_port) = (common_free_port(), common_free_port());
+    let log = dir.path().join("serve.log");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", &ledger])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bad_key = "gcsk_guessguessguessguess";
+    for _ in 0..7 {
+        let output = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+            .args(["purchase", "--billing-url", &format!("http://127.0.0.1:{port}")])
+            .args(["create", "--product-id", "p", "--amount", "1", "--currency", "EUR"])
+            .env("GTPCHARGE_API_KEY", bad_key)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        assert!(!String::from_utf8_lossy(&output.stderr).contains(bad_key), "the refusal echoes the key");
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // the exposition is rendered once a second
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(metrics.contains("gtpcharge_api_auth_failures_total 7\n"), "{metrics}");
+    assert!(metrics.contains("gtpcharge_api_auth_failures_delayed_total 2\n"), "{metrics}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("authentication failed") && log.contains("127.0.0.1"), "{log}");
+    assert!(!log.contains(bad_key), "the server log holds the guessed key");
+}

@@ -45,16 +45,18 @@ pub async fn serve(
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    serve_with(ledger, listener, tls, shutdown, Charging::default()).await
+    serve_with(ledger, listener, tls, shutdown, Charging::default(), Default::default()).await
 }
 
-/// [`serve`] with the charging path's settings.
+/// [`serve`] with the charging path's settings, and the guard against key guessing the caller reads
+/// the failure counts from (for metrics).
 pub async fn serve_with(
     ledger: Ledger,
     listener: tokio::net::TcpListener,
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     charging: Charging,
+    guard: std::sync::Arc<crate::guard::AuthGuard>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::purchase_service_server::PurchaseServiceServer<PurchaseApi>>().await;
@@ -92,7 +94,6 @@ pub async fn serve_with(
         }
         builder = builder.tls_config(config)?;
     }
-    let guard = std::sync::Arc::new(crate::guard::AuthGuard::default());
     let purchases = pb::purchase_service_server::PurchaseServiceServer::new(PurchaseApi {
         ledger: ledger.clone(),
         guard: guard.clone(),
