@@ -1172,6 +1172,42 @@ async fn operator_actions_through_the_api_are_audited() {
     }
 }
 
+/// The database itself refuses what the money rules forbid, whatever the code does: a second charge of a
+/// purchase (one charge entry per side and purchase) and a state the API does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_refuses_a_second_charge_and_unknown_states() {
+    for (backend, h) in Harness::each_backend().await {
+        let p = h.create(&h.sp_key, 100, "backstop").await.unwrap();
+        h.account("46700000055", 1000).await;
+        assert_eq!(outcome(&h.report(&p.token, "46700000055").await), pb::SightingOutcome::Charged);
+        let id: i64 = p.id.parse().unwrap();
+        let pool = &h.ledger.db.pool;
+        for side in ["subscriber", "sp"] {
+            let again = sqlx::query(
+                "INSERT INTO ledger_entries (movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id) \
+                 VALUES ('again', 1, 'charge', $1, 'x', 'EUR', 0, $2)",
+            )
+            .bind(side)
+            .bind(id)
+            .execute(pool)
+            .await;
+            assert!(again.is_err(), "{backend}: a second {side} charge entry was stored");
+        }
+        let bogus = sqlx::query("UPDATE purchases SET state = 'paid' WHERE id = $1").bind(id).execute(pool).await;
+        assert!(bogus.is_err(), "{backend}: an unknown state was stored");
+        // A refund entry for the same purchase is not a charge: allowed.
+        let refund = sqlx::query(
+            "INSERT INTO ledger_entries (movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id) \
+             VALUES ('r', 1, 'refund', 'subscriber', 'x', 'EUR', 0, $1)",
+        )
+        .bind(id)
+        .execute(pool)
+        .await;
+        assert!(refund.is_ok(), "{backend}: {refund:?}");
+        h.finish().await;
+    }
+}
+
 /// SQL-shaped text in every string field of every RPC. Where the API stores the field, it reads back
 /// exactly as sent (through the API where an RPC returns it, else from the table); where the field is an
 /// identifier, a number, a currency or an MSISDN, the call is refused with INVALID_ARGUMENT or NOT_FOUND
