@@ -1,0 +1,605 @@
+//! The exactly-once charge: sightings decided in order in memory ([`settle`]) against locked purchases and
+//! accounts, then written in one transaction; PostgreSQL's path runs two prepared statements through a
+//! connection it closes on any error ([`InTransaction`]), SQLite's the same writes one statement each.
+use super::*;
+
+impl Ledger {
+    /// Reports one sighting: charges the purchase at most once. Validate with [`validate_msisdn`] first.
+    pub async fn report(&self, probe_key_id: &str, sighting: &SightingReport) -> Result<SightingResult> {
+        let mut results = self.report_batch(&[(probe_key_id, sighting)]).await?;
+        results.pop().ok_or(LedgerError::Precondition("a batch of one gave no result".into()))
+    }
+
+    /// Reports sightings (each with the key id of the probe that sent it) in one transaction; each
+    /// purchase is charged at most once. The results are what reporting them one by one, in this order,
+    /// would give. Validate every MSISDN with [`validate_msisdn`] first.
+    ///
+    /// Purchases are locked in id order, then the paying accounts in MSISDN order; every transaction
+    /// that locks more than one row of a table does so in that order, so concurrent batches wait for
+    /// each other but cannot deadlock. The decisions are made in memory ([`settle`]) and written with
+    /// one statement per table, whatever the batch size.
+    pub async fn report_batch(&self, items: &[(&str, &SightingReport)]) -> Result<Vec<SightingResult>> {
+        let now = now_us();
+        // A token that fails its own check part cannot belong to a purchase: no database work for it.
+        let tokens: Vec<Option<String>> = items
+            .iter()
+            .map(|(_, sighting)| Token::parse(sighting.token.as_bytes()).ok().map(|t| t.to_string()))
+            .collect();
+        let mut wanted: Vec<&str> = tokens.iter().flatten().map(String::as_str).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(items.iter().map(|_| SightingResult::unknown()).collect());
+        }
+        let (results, writes) = if self.db.backend == Backend::Postgres {
+            self.charge_postgres(items, &tokens, now).await?
+        } else {
+            let mut tx = self.db.pool.begin().await?;
+            let (mut purchases, mut accounts) = self.lock_for_charging(&mut tx, items, &tokens, &wanted, now).await?;
+            let (results, writes) = settle(items, &tokens, &mut purchases, &mut accounts, now);
+            self.write(&mut tx, &writes).await?;
+            tx.commit().await?;
+            (results, writes)
+        };
+        if !writes.changes.is_empty() {
+            self.changed.notify_waiters();
+        }
+        Ok(results)
+    }
+
+    /// SQLite's charging reads: the purchases of the `wanted` tokens, then the accounts of the MSISDNs
+    /// that saw a pending, unexpired one, with what capped accounts spent so far. SQLite runs one
+    /// transaction at a time, so nothing else can change them before this transaction commits.
+    pub(super) async fn lock_for_charging(
+        &self,
+        tx: &mut Tx<'_>,
+        items: &[(&str, &SightingReport)],
+        tokens: &[Option<String>],
+        wanted: &[&str],
+        now: i64,
+    ) -> Result<(HashMap<String, PurchaseRow>, HashMap<String, AccountRow>)> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE {} ORDER BY id",
+            self.db.backend.json_in("token", 1, None)
+        ))
+        .bind(json(wanted)?)
+        .fetch_all(&mut **tx)
+        .await?;
+        let purchases = rows.iter().map(PurchaseRow::from_row).collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        // Only a sighting of a pending, unexpired purchase can charge: just those payers.
+        let mut payers: Vec<&str> = items
+            .iter()
+            .zip(tokens)
+            .filter(|(_, token)| {
+                token
+                    .as_ref()
+                    .and_then(|t| purchases.iter().find(|p| p.token == *t))
+                    .is_some_and(|p| p.state == "pending" && p.expires_at_us > now)
+            })
+            .map(|((_, sighting), _)| sighting.msisdn.as_str())
+            .collect();
+        payers.sort_unstable();
+        payers.dedup();
+        let accounts = if payers.is_empty() {
+            Vec::new()
+        } else {
+            self.read_accounts(tx, &payers, now, Spending::WhenCapped).await?
+        };
+        Ok(keyed(purchases, accounts))
+    }
+
+    /// A batch of sightings on PostgreSQL: lock, decide ([`settle`]), write and commit in two round trips
+    /// where the same work through separate statements takes four or five (BEGIN, the locking read, the
+    /// writes, COMMIT). Each round trip is one simple query of several statements: `BEGIN` with the
+    /// locking read, then the writes with `COMMIT`. The locking read and the writes are statements every
+    /// connection prepared when it opened ([`postgres_prepared`]), run by `EXECUTE` with their values
+    /// written into the text as constants ([`pg_literal`]), because a simple query takes no parameters:
+    /// PostgreSQL parses and plans them once per connection, not once per batch (which was a third of its
+    /// CPU under load), and the batch still costs two round trips (benches/RESULTS.md).
+    ///
+    /// The locking read locks the purchases of the sighted tokens (in id order), then the accounts of
+    /// the MSISDNs that saw a pending, unexpired one (in MSISDN order), in one statement: the accounts'
+    /// clause takes its MSISDNs from an aggregate over the materialized purchases, so it cannot start
+    /// before every purchase row is locked; each row comes back as it is after any transaction it waited
+    /// for (READ COMMITTED re-reads a row it had to wait for). What capped accounts spent so far is a
+    /// statement of its own ([`Ledger::add_spending`]), run only when a payer has a cap.
+    ///
+    /// The writes check in the same statement that every purchase to update was there, and fail
+    /// otherwise, so COMMIT never runs on a batch that went wrong. Until COMMIT has answered, the
+    /// connection is held by a guard that closes it if the batch fails or is abandoned: PostgreSQL then
+    /// rolls the transaction back, and no pooled connection is ever left inside one.
+    pub(super) async fn charge_postgres(
+        &self,
+        items: &[(&str, &SightingReport)],
+        tokens: &[Option<String>],
+        now: i64,
+    ) -> Result<(Vec<SightingResult>, Writes)> {
+        #[derive(Serialize)]
+        struct Seen<'a> {
+            token: &'a str,
+            msisdn: &'a str,
+        }
+        #[derive(Deserialize)]
+        struct Locked {
+            purchases: Option<Vec<PurchaseRow>>,
+            accounts: Option<Vec<AccountRow>>,
+        }
+        let seen: Vec<Seen<'_>> = items
+            .iter()
+            .zip(tokens)
+            .filter_map(|((_, sighting), token)| {
+                token.as_deref().map(|token| Seen { token, msisdn: sighting.msisdn.as_str() })
+            })
+            .collect();
+        let lock = format!("BEGIN; EXECUTE {CHARGE_LOCK}({}, {now})", pg_literal(&json(&seen)?));
+        let mut guard = InTransaction(Some(self.db.pool.acquire().await?));
+        let conn = guard.connection()?;
+        let rows = sqlx::Executor::fetch_all(&mut **conn, sqlx::raw_sql(&lock)).await?;
+        let row = rows.first().ok_or(LedgerError::Precondition("the locking read gave no row".into()))?;
+        let locked: Locked = serde_json::from_str(&row.try_get::<String, _>("locked")?)
+            .map_err(|e| LedgerError::Precondition(format!("the locking read gave unreadable rows: {e}")))?;
+        let mut accounts = locked.accounts.unwrap_or_default();
+        self.add_spending(conn, &mut accounts, now, Spending::WhenCapped).await?;
+        let (mut purchases, mut accounts) = keyed(locked.purchases.unwrap_or_default(), accounts);
+        let (results, writes) = settle(items, tokens, &mut purchases, &mut accounts, now);
+        let mut sql = String::new();
+        if !writes.is_empty() {
+            let rows: Vec<String> = writes.rows()?.iter().map(|rows| pg_literal(rows)).collect();
+            sql.push_str(&format!("EXECUTE {CHARGE_WRITE}({}, {}); ", rows.join(", "), writes.purchases.len()));
+        }
+        sql.push_str("COMMIT");
+        sqlx::Executor::execute(&mut **conn, sqlx::raw_sql(&sql)).await?;
+        guard.finish();
+        Ok((results, writes))
+    }
+
+    /// Writes what [`settle`] decided on SQLite, a statement per table that changes.
+    pub(super) async fn write(&self, tx: &mut Tx<'_>, writes: &Writes) -> Result<()> {
+        let statements = write_statements(Backend::Sqlite);
+        for (i, (sql, rows)) in statements.iter().zip(writes.rows()?).enumerate() {
+            if writes.has_rows(i) {
+                let done = sqlx::query(sql).bind(rows).execute(&mut **tx).await?;
+                if i == 0 && done.rows_affected() != writes.purchases.len() as u64 {
+                    return Err(LedgerError::Precondition("a purchase to update was not found".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pooled PostgreSQL connection inside a transaction begun by a simple query (which sqlx does not
+/// track). Dropped before [`InTransaction::finish`], on an error or when the future holding it is
+/// abandoned, it closes the connection instead of returning it to the pool: PostgreSQL rolls back the
+/// transaction of a connection that went away, and the pool never hands out one still inside it.
+pub(super) struct InTransaction(Option<sqlx::pool::PoolConnection<sqlx::Any>>);
+
+impl InTransaction {
+    fn connection(&mut self) -> Result<&mut sqlx::pool::PoolConnection<sqlx::Any>> {
+        self.0.as_mut().ok_or(LedgerError::Unavailable("the transaction's connection is gone"))
+    }
+
+    /// The transaction has ended (committed): the connection may go back to the pool.
+    fn finish(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.take() {
+            // Closed without ceremony: the server sees the socket close and rolls back.
+            drop(connection.detach());
+        }
+    }
+}
+
+/// The prepared statements of PostgreSQL's charging path ([`Ledger::charge_postgres`]).
+pub(super) const CHARGE_LOCK: &str = "gtpcharge_charge_lock";
+pub(super) const CHARGE_WRITE: &str = "gtpcharge_charge_write";
+
+/// What every PostgreSQL connection of the pool runs once when it opens (after the migrations, so the
+/// tables exist): `PREPARE` of the charging path's two statements.
+///
+/// - `gtpcharge_charge_lock(seen json, now bigint)`: the locking read, one JSON text of the locked rows.
+/// - `gtpcharge_charge_write(purchases, debits, entries, changes, sightings json, updates bigint)`: every
+///   write of a batch as data-modifying WITH clauses of one statement (an empty array where a table does
+///   not change). Its one row is a check that fails the statement, a cast of a text naming the problem,
+///   unless the purchase update changed `updates` rows.
+pub(crate) fn postgres_prepared() -> String {
+    let lock = format!(
+        "PREPARE {CHARGE_LOCK}(json, bigint) AS \
+         WITH seen AS MATERIALIZED (SELECT s ->> 'token' AS token, s ->> 'msisdn' AS msisdn \
+         FROM json_array_elements($1) AS s), \
+         p AS MATERIALIZED (SELECT {PURCHASE_COLUMNS} FROM purchases \
+         WHERE token = ANY(ARRAY(SELECT token FROM seen)) ORDER BY id FOR UPDATE), \
+         a AS MATERIALIZED (SELECT {ACCOUNT_COLUMNS} FROM accounts \
+         WHERE msisdn = ANY(ARRAY(SELECT DISTINCT seen.msisdn FROM seen JOIN p ON p.token = seen.token \
+         WHERE p.state = 'pending' AND p.expires_at_us > $2)) ORDER BY msisdn FOR UPDATE) \
+         SELECT json_build_object('purchases', (SELECT json_agg(p) FROM p), \
+         'accounts', (SELECT json_agg(a) FROM a))::text AS locked"
+    );
+    let clauses: Vec<String> = write_statements(Backend::Postgres)
+        .iter()
+        .enumerate()
+        .map(|(i, sql)| format!("w{i} AS ({sql} RETURNING 1)"))
+        .collect();
+    let write = format!(
+        "PREPARE {CHARGE_WRITE}(json, json, json, json, json, bigint) AS WITH {} \
+         SELECT CASE WHEN (SELECT COUNT(*) FROM w0) = $6 THEN 0 \
+         ELSE CAST('a purchase to update was not found: updated ' || (SELECT COUNT(*) FROM w0) \
+         || ' of ' || $6 AS INT) END AS checked",
+        clauses.join(", ")
+    );
+    format!("{lock}; {write}")
+}
+
+/// The statement appending the ledger entries bound as `$n` ([`EntryWrite`] rows).
+pub(super) fn entries_sql(backend: Backend, n: usize) -> String {
+    backend.json_insert("ledger_entries", n, ENTRY_COLUMNS)
+}
+
+/// The statement appending the change rows bound as `$n` ([`ChangeWrite`] rows).
+pub(super) fn changes_sql(backend: Backend, n: usize) -> String {
+    backend.json_insert("purchase_changes", n, CHANGE_COLUMNS)
+}
+
+/// The statements that write what [`settle`] decided, one per table a batch can change, in the order
+/// of [`Writes::rows`]: purchases, accounts, ledger entries, changes, sightings. Each takes its rows as
+/// one JSON parameter: `$1` on SQLite, which runs them in turn; `$1` to `$5` on PostgreSQL, which runs
+/// them as one ([`postgres_prepared`]).
+pub(super) fn write_statements(backend: Backend) -> [String; 5] {
+    use JsonColumn::{BigInt, Text};
+    let n = |i: usize| if backend == Backend::Postgres { i } else { 1 };
+    let purchases = backend.json_rows(
+        n(1),
+        &[
+            ("id", BigInt),
+            ("state", Text),
+            ("charged_msisdn", Text),
+            ("charged_at_us", BigInt),
+            ("decline_reason", Text),
+        ],
+    );
+    let debits = backend.json_rows(n(2), &[("msisdn", Text), ("amount", BigInt), ("at_us", BigInt)]);
+    let mut changes = changes_sql(backend, n(4));
+    if backend == Backend::Postgres {
+        // The change-stream lock (`lock_change_stream`) inside the one statement, saving a round trip:
+        // each row to insert is a join with the lock's one row, so no row (and no cursor, drawn as a row
+        // is inserted) exists before the lock is held. A batch with no change rows does not take it (the
+        // condition on the parameter alone is checked before the lock's row is made).
+        changes.push_str(&format!(
+            " CROSS JOIN (SELECT pg_advisory_xact_lock({CHANGE_STREAM_LOCK}) WHERE json_array_length(${}) > 0) \
+             AS stream_lock",
+            n(4)
+        ));
+    }
+    [
+        // No `state = 'pending'` guard here: the rows are locked since they were read pending (or
+        // SQLite's only writer holds the database), and the guard makes the planner scan the index of
+        // pending purchases. The row count still catches a purchase that is not there.
+        format!(
+            "UPDATE purchases SET state = v.state, charged_msisdn = v.charged_msisdn, \
+             charged_at_us = v.charged_at_us, decline_reason = v.decline_reason FROM {purchases} \
+             WHERE purchases.id = v.id AND {}",
+            backend.json_in("purchases.id", n(1), Some(("id", BigInt)))
+        ),
+        format!(
+            "UPDATE accounts SET balance = accounts.balance - v.amount, updated_at_us = v.at_us FROM {debits} \
+             WHERE accounts.msisdn = v.msisdn AND {}",
+            backend.json_in("accounts.msisdn", n(2), Some(("msisdn", Text)))
+        ),
+        entries_sql(backend, n(3)),
+        changes,
+        backend.json_insert("sightings", n(5), SIGHTING_COLUMNS),
+    ]
+}
+
+/// What the charging reads locked, as [`settle`] takes it: purchases by token, accounts by MSISDN.
+pub(super) fn keyed(
+    purchases: Vec<PurchaseRow>,
+    accounts: Vec<AccountRow>,
+) -> (HashMap<String, PurchaseRow>, HashMap<String, AccountRow>) {
+    (
+        purchases.into_iter().map(|p| (p.token.clone(), p)).collect(),
+        accounts.into_iter().map(|a| (a.msisdn.clone(), a)).collect(),
+    )
+}
+
+pub(super) fn json<T: Serialize + ?Sized>(rows: &T) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| LedgerError::Precondition(format!("encoding a batch: {e}")))
+}
+
+/// The columns of each batch-inserted table, as its write struct below serialises them.
+pub(super) const ENTRY_COLUMNS: &[(&str, JsonColumn)] = &[
+    ("movement_id", JsonColumn::Text),
+    ("at_us", JsonColumn::BigInt),
+    ("kind", JsonColumn::Text),
+    ("account_type", JsonColumn::Text),
+    ("account_ref", JsonColumn::Text),
+    ("currency", JsonColumn::Text),
+    ("amount", JsonColumn::BigInt),
+    ("purchase_id", JsonColumn::BigInt),
+];
+pub(super) const CHANGE_COLUMNS: &[(&str, JsonColumn)] = &[
+    ("service_provider_id", JsonColumn::BigInt),
+    ("purchase_id", JsonColumn::BigInt),
+    ("state", JsonColumn::Text),
+    ("refunded_amount", JsonColumn::BigInt),
+    ("decline_reason", JsonColumn::Text),
+    ("at_us", JsonColumn::BigInt),
+];
+pub(super) const SIGHTING_COLUMNS: &[(&str, JsonColumn)] = &[
+    ("purchase_id", JsonColumn::BigInt),
+    ("token", JsonColumn::Text),
+    ("msisdn", JsonColumn::Text),
+    ("outcome", JsonColumn::Text),
+    ("other_msisdn", JsonColumn::BigInt),
+    ("probe_key_id", JsonColumn::Text),
+    ("seen_at_us", JsonColumn::BigInt),
+    ("reported_at_us", JsonColumn::BigInt),
+];
+
+/// A purchase leaving `pending`, as written back.
+#[derive(Debug, Serialize)]
+pub(super) struct PurchaseWrite {
+    id: i64,
+    state: String,
+    charged_msisdn: Option<String>,
+    charged_at_us: Option<i64>,
+    decline_reason: Option<String>,
+}
+
+/// One ledger entry.
+#[derive(Debug, Serialize)]
+pub(super) struct EntryWrite {
+    movement_id: String,
+    at_us: i64,
+    kind: String,
+    account_type: String,
+    account_ref: String,
+    currency: String,
+    amount: i64,
+    purchase_id: Option<i64>,
+}
+
+impl EntryWrite {
+    /// The two entries of a movement between a subscriber and another account; they sum to zero.
+    pub(super) fn pair(
+        movement: &Movement<'_>,
+        purchase_id: Option<i64>,
+        subscriber: &str,
+        subscriber_amount: i64,
+        (other_type, other_ref): (&str, &str),
+    ) -> [EntryWrite; 2] {
+        let entry = |account_type: &str, account_ref: &str, amount: i64| EntryWrite {
+            movement_id: movement.id.to_owned(),
+            at_us: movement.at_us,
+            kind: movement.kind.to_owned(),
+            account_type: account_type.to_owned(),
+            account_ref: account_ref.to_owned(),
+            currency: movement.currency.to_owned(),
+            amount,
+            purchase_id,
+        };
+        [entry("subscriber", subscriber, subscriber_amount), entry(other_type, other_ref, -subscriber_amount)]
+    }
+}
+
+/// One row of an SP's change stream.
+#[derive(Debug, Serialize)]
+pub(super) struct ChangeWrite {
+    service_provider_id: i64,
+    purchase_id: i64,
+    state: String,
+    refunded_amount: i64,
+    decline_reason: Option<String>,
+    at_us: i64,
+}
+
+impl ChangeWrite {
+    pub(super) fn of(purchase: &PurchaseRow, now: i64) -> ChangeWrite {
+        ChangeWrite {
+            service_provider_id: purchase.service_provider_id,
+            purchase_id: purchase.id,
+            state: purchase.state.clone(),
+            refunded_amount: purchase.refunded_amount,
+            decline_reason: purchase.decline_reason.clone(),
+            at_us: now,
+        }
+    }
+}
+
+/// One audited sighting.
+#[derive(Debug, Serialize)]
+pub(super) struct SightingWrite {
+    purchase_id: Option<i64>,
+    token: String,
+    msisdn: String,
+    outcome: &'static str,
+    other_msisdn: i64,
+    probe_key_id: String,
+    seen_at_us: i64,
+    reported_at_us: i64,
+}
+
+/// What a batch of sightings changes, decided in memory by [`settle`].
+#[derive(Debug, Default)]
+pub(super) struct Writes {
+    purchases: Vec<PurchaseWrite>,
+    /// Total debited per paying account.
+    debits: Vec<Debit>,
+    entries: Vec<EntryWrite>,
+    changes: Vec<ChangeWrite>,
+    sightings: Vec<SightingWrite>,
+}
+
+impl Writes {
+    /// Each table's rows as JSON, in the order of [`write_statements`] (an empty array where the table
+    /// does not change).
+    fn rows(&self) -> Result<[String; 5]> {
+        Ok([
+            json(&self.purchases)?,
+            json(&self.debits)?,
+            json(&self.entries)?,
+            json(&self.changes)?,
+            json(&self.sightings)?,
+        ])
+    }
+
+    /// Whether the `i`-th statement of [`write_statements`] has rows to write.
+    fn has_rows(&self, i: usize) -> bool {
+        [
+            self.purchases.is_empty(),
+            self.debits.is_empty(),
+            self.entries.is_empty(),
+            self.changes.is_empty(),
+            self.sightings.is_empty(),
+        ]
+        .get(i)
+        .is_some_and(|empty| !empty)
+    }
+
+    fn is_empty(&self) -> bool {
+        (0..5).all(|i| !self.has_rows(i))
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Debit {
+    msisdn: String,
+    amount: i64,
+    at_us: i64,
+}
+
+/// Why this account cannot pay for this purchase now, or `None` if it can.
+pub(super) fn decline_reason(account: Option<&AccountRow>, purchase: &PurchaseRow) -> Option<&'static str> {
+    let Some(account) = account else { return Some("unknown-subscriber") };
+    let amount = purchase.amount;
+    let floor = if account.kind == "postpaid" { -account.credit_limit } else { 0 };
+    if account.barred {
+        Some("barred")
+    } else if account.currency != purchase.currency {
+        Some("currency-mismatch")
+    } else if account.daily_cap > 0 && account.spent_today + amount > account.daily_cap {
+        Some("daily-cap")
+    } else if account.monthly_cap > 0 && account.spent_this_month + amount > account.monthly_cap {
+        Some("monthly-cap")
+    } else if account.balance - amount < floor {
+        Some("insufficient-balance")
+    } else {
+        None
+    }
+}
+
+/// Decides a batch of sightings in order against the locked purchases (by token) and paying accounts
+/// (by MSISDN), updating both as each charge would, so a later sighting in the batch sees what an
+/// earlier one did (a token reported twice charges once; two charges to one account both count against
+/// its balance and caps). `tokens` holds each sighting's canonical token, `None` where it failed its check.
+pub(super) fn settle(
+    items: &[(&str, &SightingReport)],
+    tokens: &[Option<String>],
+    purchases: &mut HashMap<String, PurchaseRow>,
+    accounts: &mut HashMap<String, AccountRow>,
+    now: i64,
+) -> (Vec<SightingResult>, Writes) {
+    let mut writes = Writes::default();
+    let mut debits: HashMap<String, i64> = HashMap::new();
+    let mut results = Vec::with_capacity(items.len());
+    for ((probe_key_id, sighting), token) in items.iter().zip(tokens) {
+        let Some(token) = token else {
+            results.push(SightingResult::unknown());
+            continue;
+        };
+        let audit = |purchase_id: Option<i64>, outcome: Outcome, other: bool| SightingWrite {
+            purchase_id,
+            token: token.clone(),
+            msisdn: sighting.msisdn.clone(),
+            outcome: outcome.as_str(),
+            other_msisdn: i64::from(other),
+            probe_key_id: (*probe_key_id).to_owned(),
+            seen_at_us: sighting.seen_at_us,
+            reported_at_us: now,
+        };
+        let Some(purchase) = purchases.get_mut(token) else {
+            writes.sightings.push(audit(None, Outcome::UnknownToken, false));
+            results.push(SightingResult::unknown());
+            continue;
+        };
+        let mut changed = true;
+        let outcome = match purchase.state.as_str() {
+            "pending" if purchase.expires_at_us <= now => {
+                purchase.state = "expired".into();
+                Outcome::Expired
+            }
+            "pending" => {
+                let account = accounts.get_mut(&sighting.msisdn);
+                match decline_reason(account.as_deref(), purchase) {
+                    Some(reason) => {
+                        purchase.state = "declined".into();
+                        purchase.decline_reason = Some(reason.into());
+                        Outcome::Declined
+                    }
+                    None => {
+                        let amount = purchase.amount;
+                        if let Some(account) = account {
+                            account.balance -= amount;
+                            account.spent_today += amount;
+                            account.spent_this_month += amount;
+                        }
+                        *debits.entry(sighting.msisdn.clone()).or_default() += amount;
+                        let movement = format!("charge-{}", purchase.id);
+                        let movement =
+                            Movement { id: &movement, at_us: now, kind: "charge", currency: &purchase.currency };
+                        let sp = purchase.service_provider_id.to_string();
+                        writes.entries.extend(EntryWrite::pair(
+                            &movement,
+                            Some(purchase.id),
+                            &sighting.msisdn,
+                            -amount,
+                            ("sp", &sp),
+                        ));
+                        purchase.state = "charged".into();
+                        purchase.charged_msisdn = Some(sighting.msisdn.clone());
+                        purchase.charged_at_us = Some(now);
+                        Outcome::Charged
+                    }
+                }
+            }
+            state => {
+                changed = false;
+                match state {
+                    "charged" => Outcome::AlreadyCharged,
+                    "declined" => Outcome::Declined,
+                    "expired" => Outcome::Expired,
+                    "cancelled" => Outcome::Cancelled,
+                    _ => Outcome::Refunded,
+                }
+            }
+        };
+        let other_subscriber = purchase.charged_msisdn.as_deref().is_some_and(|m| m != sighting.msisdn);
+        if changed {
+            writes.purchases.push(PurchaseWrite {
+                id: purchase.id,
+                state: purchase.state.clone(),
+                charged_msisdn: purchase.charged_msisdn.clone(),
+                charged_at_us: purchase.charged_at_us,
+                decline_reason: purchase.decline_reason.clone(),
+            });
+            writes.changes.push(ChangeWrite::of(purchase, now));
+        }
+        writes.sightings.push(audit(Some(purchase.id), outcome, other_subscriber));
+        results.push(SightingResult {
+            outcome,
+            decline_reason: purchase.decline_reason.clone(),
+            purchase_id: Some(purchase.id),
+            charged_msisdn: purchase.charged_msisdn.clone(),
+            other_subscriber,
+        });
+    }
+    let mut debits: Vec<Debit> =
+        debits.into_iter().map(|(msisdn, amount)| Debit { msisdn, amount, at_us: now }).collect();
+    debits.sort_unstable_by(|a, b| a.msisdn.cmp(&b.msisdn));
+    writes.debits = debits;
+    (results, writes)
+}
