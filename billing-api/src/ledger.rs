@@ -43,6 +43,10 @@ pub enum LedgerError {
     Database(#[from] sqlx::Error),
     #[error("no randomness available")]
     Random,
+    /// A rule of the money model was about to be broken (an unknown purchase state, a movement whose
+    /// entries do not sum to zero): nothing was written.
+    #[error("ledger invariant: {0}")]
+    Invariant(String),
     #[error("{0}")]
     Unavailable(&'static str),
 }

@@ -30,6 +30,10 @@ impl From<LedgerError> for Status {
                 Status::unavailable("the ledger is unavailable; retry")
             }
             LedgerError::Random => Status::internal("no randomness available"),
+            LedgerError::Invariant(m) => {
+                tracing::error!(invariant = %m, "refused to write a broken ledger");
+                Status::internal("the ledger refused the change; nothing was written")
+            }
             LedgerError::Unavailable(m) => Status::unavailable(m),
         }
     }

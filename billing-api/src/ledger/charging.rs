@@ -36,7 +36,7 @@ impl Ledger {
         } else {
             let mut tx = self.db.pool.begin().await?;
             let (mut purchases, mut accounts) = self.lock_for_charging(&mut tx, items, &tokens, &wanted, now).await?;
-            let (results, writes) = settle(items, &tokens, &mut purchases, &mut accounts, now);
+            let (results, writes) = settle(items, &tokens, &mut purchases, &mut accounts, now)?;
             self.write(&mut tx, &writes).await?;
             tx.commit().await?;
             (results, writes)
@@ -141,7 +141,7 @@ impl Ledger {
         let mut accounts = locked.accounts.unwrap_or_default();
         self.add_spending(conn, &mut accounts, now, Spending::WhenCapped).await?;
         let (mut purchases, mut accounts) = keyed(locked.purchases.unwrap_or_default(), accounts);
-        let (results, writes) = settle(items, tokens, &mut purchases, &mut accounts, now);
+        let (results, writes) = settle(items, tokens, &mut purchases, &mut accounts, now)?;
         let mut sql = String::new();
         if !writes.is_empty() {
             let rows: Vec<String> = writes.rows()?.iter().map(|rows| pg_literal(rows)).collect();
@@ -437,6 +437,19 @@ pub(super) struct Writes {
 impl Writes {
     /// Each table's rows as JSON, in the order of [`write_statements`] (an empty array where the table
     /// does not change).
+    /// Every movement's entries sum to zero (double entry): otherwise the batch is refused whole.
+    pub(super) fn check_balanced(&self) -> Result<()> {
+        let mut sums: HashMap<&str, i64> = HashMap::new();
+        for entry in &self.entries {
+            let sum = sums.entry(entry.movement_id.as_str()).or_default();
+            *sum = sum.checked_add(entry.amount).ok_or_else(|| LedgerError::Invariant("an entry overflows".into()))?;
+        }
+        match sums.into_iter().find(|(_, sum)| *sum != 0) {
+            Some((movement, sum)) => Err(LedgerError::Invariant(format!("movement {movement} sums to {sum}, not 0"))),
+            None => Ok(()),
+        }
+    }
+
     fn rows(&self) -> Result<[String; 5]> {
         Ok([
             json(&self.purchases)?,
@@ -502,7 +515,7 @@ pub(super) fn settle(
     purchases: &mut HashMap<String, PurchaseRow>,
     accounts: &mut HashMap<String, AccountRow>,
     now: i64,
-) -> (Vec<SightingResult>, Writes) {
+) -> Result<(Vec<SightingResult>, Writes)> {
     let mut writes = Writes::default();
     let mut debits: HashMap<String, i64> = HashMap::new();
     let mut results = Vec::with_capacity(items.len());
@@ -573,7 +586,10 @@ pub(super) fn settle(
                     "declined" => Outcome::Declined,
                     "expired" => Outcome::Expired,
                     "cancelled" => Outcome::Cancelled,
-                    _ => Outcome::Refunded,
+                    "refunded" => Outcome::Refunded,
+                    unknown => {
+                        return Err(LedgerError::Invariant(format!("purchase {} is in state {unknown:?}", purchase.id)))
+                    }
                 }
             }
         };
@@ -601,5 +617,55 @@ pub(super) fn settle(
         debits.into_iter().map(|(msisdn, amount)| Debit { msisdn, amount, at_us: now }).collect();
     debits.sort_unstable_by(|a, b| a.msisdn.cmp(&b.msisdn));
     writes.debits = debits;
-    (results, writes)
+    writes.check_balanced()?;
+    Ok((results, writes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purchase(state: &str) -> PurchaseRow {
+        PurchaseRow {
+            id: 7,
+            service_provider_id: 1,
+            token: "t".into(),
+            product_id: "p".into(),
+            description: String::new(),
+            amount: 100,
+            currency: "EUR".into(),
+            idempotency_key: "k".into(),
+            state: state.into(),
+            created_at_us: 0,
+            expires_at_us: i64::MAX,
+            charged_msisdn: Some("46700000001".into()),
+            charged_at_us: Some(1),
+            refunded_amount: 0,
+            decline_reason: None,
+        }
+    }
+
+    /// A state the money model does not know is refused, not read as "refunded".
+    #[test]
+    fn settle_refuses_an_unknown_state() {
+        let report = SightingReport { token: "t".into(), msisdn: "46700000001".into(), seen_at_us: 1 };
+        let items = [("probe", &report)];
+        let mut purchases = HashMap::from([("t".to_owned(), purchase("paid"))]);
+        let settled = settle(&items, &[Some("t".into())], &mut purchases, &mut HashMap::new(), 10);
+        assert!(matches!(settled, Err(LedgerError::Invariant(_))), "{settled:?}");
+        let mut purchases = HashMap::from([("t".to_owned(), purchase("refunded"))]);
+        let (results, writes) = settle(&items, &[Some("t".into())], &mut purchases, &mut HashMap::new(), 10).unwrap();
+        assert_eq!((results[0].outcome, writes.entries.len()), (Outcome::Refunded, 0));
+    }
+
+    /// Double entry: a movement whose entries do not sum to zero is refused whole.
+    #[test]
+    fn unbalanced_movements_are_refused() {
+        let movement = Movement { id: "m", at_us: 1, kind: "charge", currency: "EUR" };
+        let mut writes = Writes::default();
+        writes.entries.extend(EntryWrite::pair(&movement, Some(7), "46700000001", -100, ("sp", "1")));
+        assert!(writes.check_balanced().is_ok());
+        writes.entries[1].amount = 99;
+        assert!(matches!(writes.check_balanced(), Err(LedgerError::Invariant(m)) if m.contains("sums to -1")));
+    }
 }
