@@ -62,10 +62,14 @@ pub async fn serve_with(
     health_reporter.set_serving::<pb::purchase_service_server::PurchaseServiceServer<PurchaseApi>>().await;
     health_reporter.set_serving::<pb::sighting_service_server::SightingServiceServer<SightingApi>>().await;
     health_reporter.set_serving::<pb::account_service_server::AccountServiceServer<AccountApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl asks v1, Python's grpcio-reflection and other common clients
+    // v1alpha first.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let sweeper = {
         let ledger = ledger.clone();
@@ -111,7 +115,8 @@ pub async fn serve_with(
     let incoming = accepted_without_delay(listener);
     let result = builder
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(purchases)
         .add_service(sightings)
         .add_service(accounts)

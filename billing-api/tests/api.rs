@@ -1208,6 +1208,39 @@ async fn the_schema_refuses_a_second_charge_and_unknown_states() {
     }
 }
 
+/// Reflection answers in both of its versions: v1 (grpcurl) and v1alpha (what Python's grpcio-reflection
+/// and other common clients ask first), each listing the three services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_v1_and_v1alpha() {
+    let h = Harness::start("sqlite://{dir}/ledger.sqlite?mode=rwc".into(), None).await;
+    let wanted = ["gtpcharge.v1.AccountService", "gtpcharge.v1.PurchaseService", "gtpcharge.v1.SightingService"];
+    // The two versions' generated types share their names, not their types: one body, spelled twice.
+    macro_rules! list_services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::{
+                server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut client = ServerReflectionClient::new(h.channel.clone());
+            let mut answers =
+                client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+            let answer = answers.message().await.unwrap().unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+                panic!("{}: {answer:?}", stringify!($version))
+            };
+            list.service.into_iter().map(|s| s.name).collect::<Vec<String>>()
+        }};
+    }
+    for (version, names) in [("v1alpha", list_services!(v1alpha)), ("v1", list_services!(v1))] {
+        assert!(wanted.iter().all(|w| names.iter().any(|n| n == w)), "{version}: {names:?}");
+    }
+    h.finish().await;
+}
+
 /// SQL-shaped text in every string field of every RPC. Where the API stores the field, it reads back
 /// exactly as sent (through the API where an RPC returns it, else from the table); where the field is an
 /// identifier, a number, a currency or an MSISDN, the call is refused with INVALID_ARGUMENT or NOT_FOUND
