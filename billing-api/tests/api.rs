@@ -1226,8 +1226,7 @@ async fn reflection_answers_v1_and_v1alpha() {
                 message_request: Some(MessageRequest::ListServices(String::new())),
             };
             let mut client = ServerReflectionClient::new(h.channel.clone());
-            let mut answers =
-                client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+            let mut answers = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
             let answer = answers.message().await.unwrap().unwrap();
             let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
                 panic!("{}: {answer:?}", stringify!($version))
@@ -1239,6 +1238,54 @@ async fn reflection_answers_v1_and_v1alpha() {
         assert!(wanted.iter().all(|w| names.iter().any(|n| n == w)), "{version}: {names:?}");
     }
     h.finish().await;
+}
+
+/// The two schemas are one truth: after the migrations, PostgreSQL and SQLite have the same tables, the
+/// same columns with the same nullability, and the same named indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_and_sqlite_schemas_agree() {
+    use std::collections::BTreeSet;
+    let backends = Harness::each_backend().await;
+    if backends.len() < 2 {
+        not_run::not_run("SCHEMA PARITY", "needs PostgreSQL (GTPCHARGE_TEST_DATABASE_URL)");
+    }
+    let mut shapes: Vec<(&str, BTreeSet<String>, BTreeSet<String>)> = Vec::new();
+    for (backend, h) in backends {
+        let pool = &h.ledger.db.pool;
+        let (columns_sql, indexes_sql) = if backend == "postgres" {
+            (
+                "SELECT CAST(table_name AS TEXT), CAST(column_name AS TEXT), \
+                 CAST(CASE WHEN is_nullable = 'NO' THEN 1 ELSE 0 END AS BIGINT) \
+                 FROM information_schema.columns WHERE table_schema = current_schema()",
+                "SELECT CAST(indexname AS TEXT) FROM pg_indexes WHERE schemaname = current_schema() \
+                 AND indexname NOT LIKE '%\\_pkey' AND indexname NOT LIKE '%\\_key'",
+            )
+        } else {
+            (
+                "SELECT m.name, p.name, CAST(CASE WHEN p.\"notnull\" = 1 OR p.pk > 0 THEN 1 ELSE 0 END AS BIGINT) \
+                 FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table' \
+                 AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite\\_autoindex%' ESCAPE '\\'",
+            )
+        };
+        let columns: Vec<(String, String, i64)> = sqlx::query_as(columns_sql).fetch_all(pool).await.unwrap();
+        let indexes: Vec<(String,)> = sqlx::query_as(indexes_sql).fetch_all(pool).await.unwrap();
+        let columns = columns
+            .into_iter()
+            .filter(|(table, _, _)| table != "_sqlx_migrations")
+            .map(|(table, column, not_null)| {
+                format!("{table}.{column}{}", if not_null == 1 { " NOT NULL" } else { "" })
+            })
+            .collect();
+        shapes.push((backend, columns, indexes.into_iter().map(|(name,)| name).collect()));
+        h.finish().await;
+    }
+    if let [(_, sqlite_columns, sqlite_indexes), (_, pg_columns, pg_indexes)] = shapes.as_slice() {
+        assert!(sqlite_columns.len() > 50, "{sqlite_columns:?}");
+        assert_eq!(sqlite_columns.symmetric_difference(pg_columns).collect::<Vec<_>>(), Vec::<&String>::new());
+        assert!(sqlite_indexes.contains("ledger_one_charge_per_purchase"), "{sqlite_indexes:?}");
+        assert_eq!(sqlite_indexes.symmetric_difference(pg_indexes).collect::<Vec<_>>(), Vec::<&String>::new());
+    }
 }
 
 /// SQL-shaped text in every string field of every RPC. Where the API stores the field, it reads back
