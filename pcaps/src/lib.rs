@@ -161,10 +161,7 @@ fn g_pdu(teid: u32, inner: &[u8], extension: bool) -> Vec<u8> {
 }
 
 fn v2_ie(out: &mut Vec<u8>, ie_type: u8, instance: u8, value: &[u8]) {
-    out.push(ie_type);
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    out.push(instance);
-    out.extend_from_slice(value);
+    out.extend_from_slice(&gtpcharge_correlate::wire::gtpv2::ie(ie_type, instance, value));
 }
 
 /// The test PLMN (MCC 001, MNC 01) as it is encoded on the wire.
@@ -202,14 +199,9 @@ fn v2_fteid(interface: u8, teid: u32, address: Ipv4Addr) -> Vec<u8> {
     v
 }
 
+/// A GTPv2-C message with a TEID (every one the generator writes has one).
 fn v2_message(message_type: u8, teid: u32, sequence: u32, ies: &[u8]) -> Vec<u8> {
-    let mut m = vec![0x48, message_type];
-    m.extend_from_slice(&((ies.len() + 8) as u16).to_be_bytes());
-    m.extend_from_slice(&teid.to_be_bytes());
-    m.extend_from_slice(&sequence.to_be_bytes()[1..]);
-    m.push(0);
-    m.extend_from_slice(ies);
-    m
+    gtpcharge_correlate::wire::gtpv2::message(message_type, Some(teid), sequence, ies)
 }
 
 // ------------------------------------------------------------------------------------------------ subscribers

@@ -371,6 +371,16 @@ pub(crate) mod tests {
         message
     }
 
+    /// parse(emit(x)) == x for the GTPv1-C header.
+    #[test]
+    fn emitted_messages_parse_back() {
+        let ies = [14u8, 0x05, 17, 0, 0, 0, 7];
+        let bytes = message(16, 0x0102_0304, 0xBEEF, &ies);
+        let header = Header::parse(&bytes).unwrap();
+        assert_eq!((header.message_type, header.teid, header.sequence), (16, 0x0102_0304, Some(0xBEEF)));
+        assert_eq!((header.body, header.trailing, header.extensions), (&ies[..], 0, 0));
+    }
+
     #[test]
     fn create_pdp_request_fields() {
         let data = create_pdp_request();
