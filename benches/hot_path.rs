@@ -179,9 +179,8 @@ fn bench_hot_path(c: &mut Criterion) {
 /// buffer before it is decoded, as libpcap copies each record into its own buffer before it hands it
 /// to the probe: the probe's code meets a frame that was just written, never a cold one. `copy-only`
 /// is that copy alone (the floor's work, not the probe's), so the probe's own cost per frame is the
-/// difference of the two. Until session 13 the bench decoded each frame from its own heap allocation,
-/// 24 MB of them: on a slow day three quarters of the loop then waited for memory on each frame's first
-/// byte, a wait the probe never has.
+/// difference of the two. Decoding each frame from its own heap allocation instead (24 MB of them) would
+/// make the loop wait for memory on each frame's first byte, a wait the probe never has.
 fn bench_mix(c: &mut Criterion) {
     let scenario = gtpcharge_pcapgen::Scenario {
         seed: 42,

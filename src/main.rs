@@ -55,7 +55,7 @@ fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
         None
     };
     let mut run = ProbeRun::start(args)?;
-    // After the run's clock has started: the check (1-8 ms on the test VM) counts in its elapsed time.
+    // After the run's clock has started: the check (a few milliseconds) counts in its elapsed time.
     let threads = args.threads();
     let report = |error: &gtpcharge_capture::CaptureError| match &progress {
         // A file cut short mid-record (a capture killed while writing): keep what was read, go on.

@@ -3,38 +3,37 @@
 //! thread decodes (link/IP/UDP, outer reassembly) and correlates them exactly as the single-threaded run
 //! does (`Probe::frame` for both), so the events are the same byte for byte (a test compares them).
 //! The reader does as little as it can beyond libpcap itself, because it is the slower of the two: the
-//! correlating thread had half the reader's CPU samples when the reader also decoded (perf). Tried again
-//! in session 13 (the reader decoding the common case, IPv4 UDP, into the batch entry): pipeline 0.698×
-//! → 0.641× of the floor, single thread unchanged (`benches/replay-ab.sh`, 6 alternating rounds).
+//! correlating thread had half the reader's CPU samples when the reader also decoded (perf), and moving
+//! the common case's decoding into the reader made the pipeline slower (`benches/replay-ab.sh`; figures
+//! in `benches/RESULTS.md`).
 //!
 //! Two layouts of a batch, one per [`Handover`]: frames copied through the cache with a side list of where
 //! each is (`Item`), or streamed to memory each behind a 32-byte head (`Head`), so that nothing the
 //! correlating thread reads is written by ordinary stores (each such line crosses back to the reader's
-//! core before the store can complete: 0.5 lines a frame for the side list, at 450 ns a crossing on the
-//! test VM in its slow state).
+//! core before the store can complete: half a line a frame for the side list, at hundreds of
+//! nanoseconds a crossing where the cores are far apart).
 //!
 //! Bounds and policy: 16 batches in flight of at most 512 frames or 64 KiB each (about 1 MiB in all, so
 //! the frames are still in cache when the correlating thread reads them), recycled through a return
 //! channel (no allocation per batch in steady state). Policy **block**: a reader ahead of the correlator
 //! waits; live, the kernel ring then fills and libpcap's own drop counter shows it.
 //!
-//! Cache hints (`prefetch.rs`, session 16): the correlating thread hints the headers of the frame 8
-//! ahead in its batch, the reader hints the batch's lines 2 KiB ahead of its copy for writing. Before
-//! them the correlating thread's loop over a batch held 18% of the pipeline's samples (the frames' lines
-//! coming from the reader's core) and was the slower thread; after, 4–5%, and the reader is the slower
-//! one. `benches/replay-ab.sh` (10 and 6 rounds, both orders): 0.717× → 0.745× and 0.706× → 0.741×.
+//! Cache hints (`prefetch.rs`): the correlating thread hints the headers of the frame 8 ahead in its
+//! batch, the reader hints the batch's lines 2 KiB ahead of its copy for writing. Without them the
+//! correlating thread's loop over a batch waits for the frames' lines to come from the reader's core and
+//! is the slower thread; with them the reader is (perf and `benches/replay-ab.sh`; figures in
+//! `benches/RESULTS.md`).
 //!
 //! Whether to run it at all, and how the frames cross: [`choose`] (one thread on one core; otherwise two,
 //! the frames copied through the cache ([`Handover::Cached`]) where a cache line between the two cores
 //! and back takes at most [`ROUND_TRIP_MAX`], measured by [`cross_core_round_trip`], and by
-//! non-temporal stores ([`Handover::Streaming`]) where it takes longer. Before session 18 the slow case
-//! ran one thread: with cached copies there the pipeline was slower than one thread.
+//! non-temporal stores ([`Handover::Streaming`]) where it takes longer: with cached copies there the
+//! pipeline is slower than one thread.
 //!
 //! Waiting: either thread that finds nothing to take spins for up to [`SPIN_MAX`] before it sleeps. A
-//! sleeping thread costs the other a futex wake and itself a context switch, which on the test VM cost
-//! more than the 64 KiB batch it waited for (replay of the 2.15M-frame bench capture: 2,400–3,300
-//! context switches and 1.15–1.19 s of CPU with sleeping waits and 512 KiB batches; 56–90 switches with
-//! spinning; 6,000–12,800 switches with 64 KiB batches and sleeping waits).
+//! sleeping thread costs the other a futex wake and itself a context switch, which costs more than the
+//! 64 KiB batch it waited for (context switches counted with sleeping and spinning waits in
+//! `benches/RESULTS.md`).
 use crate::prefetch;
 use gtpcharge_capture::{CaptureError, FileSource, Frame, LiveSource, LiveStats};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -479,8 +478,8 @@ pub fn cross_core_round_trip() -> Option<Duration> {
 }
 
 /// A hand-over between the two threads dearer than this, and the frames cross by streaming stores
-/// rather than through the cache. On the test VM the round trip measured 45-68 ns in one of its states
-/// and 369-548 ns in the other (benches/RESULTS.md); this sits between.
+/// rather than through the cache. Cores that share a cache answer in tens of nanoseconds, cores far
+/// apart in hundreds (benches/RESULTS.md); this sits between.
 pub const ROUND_TRIP_MAX: Duration = Duration::from_nanos(200);
 
 /// How the reader thread's copies of the frames reach the correlating thread.
@@ -491,9 +490,8 @@ pub enum Handover {
     Cached,
     /// Non-temporal stores (`prefetch::stream_append`), each frame behind a head of its own: the copies
     /// go to memory without taking the lines back from the correlating thread's core, which read them
-    /// last. Best where a cache line between the two cores is slow (session 18, bench capture: replay
-    /// 0.45-0.51 s against 0.66-0.74 s with `Cached` at a 446-555 ns round trip; 0.44-0.51 s against
-    /// 0.42-0.44 s at 59-70 ns).
+    /// last. Best where a cache line between the two cores is slow; about even with `Cached` where it
+    /// is fast (figures in `benches/RESULTS.md`).
     Streaming,
 }
 

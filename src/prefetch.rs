@@ -2,12 +2,12 @@
 //!
 //! The reader thread writes each frame into a recycled batch whose lines the correlating thread read
 //! last, on the other core; the correlating thread then reads them back from the reader's core. Both
-//! stalled on those cross-core transfers (perf, session 16: the correlating thread's loop over a batch
-//! held 18% of the pipeline's samples, the reader's copy into the batch 12%). A hint issued a few frames
-//! ahead overlaps the transfer with the work on the frames before it.
+//! stalled on those cross-core transfers (perf: the correlating thread's loop over a batch and the
+//! reader's copy into it were the pipeline's hottest lines). A hint issued a few frames ahead overlaps
+//! the transfer with the work on the frames before it.
 //!
-//! Where that transfer is slow (a cross-core round trip of 450-550 ns on the test VM in one of its
-//! states, against 50-70 ns in the other), hints do not hide it, and the reader copies with
+//! Where that transfer is slow (a cross-core round trip of hundreds of nanoseconds rather than tens, as
+//! on a VM whose host places the vCPUs far apart), hints do not hide it, and the reader copies with
 //! non-temporal stores instead ([`stream_append`], `pipeline::Handover::Streaming`): they write to memory
 //! without first taking each line back from the core that read it, and [`publish`] orders them before the
 //! hand-over.

@@ -11,12 +11,12 @@ use crate::ledger::{Ledger, LedgerError, Result, SightingReport, SightingResult}
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-/// By default, a worker stops taking calls into its batch once it holds this many sightings (a batch of 32 takes
-/// about 5 ms on the test machine, which bounds how long a call waits behind another's batch).
+/// By default, a worker stops taking calls into its batch once it holds this many sightings: the bound on
+/// how long a call waits behind another's batch (`serve --group-commit-sightings`).
 pub const BATCH_SIGHTINGS: usize = 32;
 /// Transactions in flight at once by default: one can commit while the next is being decided. More workers make
-/// smaller batches and more round trips; on the 2-core test machine 2 gave the most charges per second
-/// (benches/billing-load.sh: 1 to 4 tried).
+/// smaller batches and more round trips; 2 gave the most charges per second on a 2-core machine
+/// (`benches/billing-load.sh`; `serve --charging-workers`).
 pub const WORKERS: usize = 2;
 /// Calls waiting beyond this make new calls wait to be queued (backpressure on the probes).
 const QUEUE_CALLS: usize = 4096;

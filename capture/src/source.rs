@@ -283,9 +283,9 @@ impl FileSource {
 }
 
 /// Frames libpcap hands over per `pcap_dispatch` call, from a file or an interface. `pcap_next_ex`, one
-/// call a frame, cost the bare counting loop (`gtpcharge floor`) 538 instructions a frame against 402
-/// this way, and the replay 1,315 against 1,224 (callgrind, 430,007 frames, session 13); 256 frames a
-/// call still gives the caller control back every few microseconds.
+/// call a frame, costs measurably more instructions a frame (callgrind, `benches/instructions.sh`;
+/// figures in `benches/RESULTS.md`); 256 frames a call still gives the caller control back every few
+/// microseconds.
 pub const DISPATCH_FRAMES: usize = 256;
 
 /// Hands up to [`DISPATCH_FRAMES`] frames of a file to `each`; returns how many (0 at the end of the file).

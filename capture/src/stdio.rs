@@ -2,8 +2,8 @@
 //!
 //! libpcap reads a savefile through C stdio (`fread` of each record header and each packet), and
 //! glibc gives a stream a buffer of the file's block size: 4 KiB on ext4 and overlayfs. A 1 GB capture
-//! is then about 250,000 `read` system calls, which was most of the libpcap floor's time on the test VM
-//! (system time about twice the user time). Opening the file ourselves lets us give the stream a larger
+//! is then about 250,000 `read` system calls, which can be most of the libpcap floor's time (system
+//! time above user time; `benches/RESULTS.md`). Opening the file ourselves lets us give the stream a larger
 //! buffer before its first read (`setvbuf`, as C requires) and hand it to libpcap
 //! (`pcap_fopen_offline`); libpcap reads exactly as before, in fewer, larger system calls. The pcap
 //! crate opens files only by name or by descriptor, without a buffer, so this is the one place where the
@@ -11,9 +11,9 @@
 //!
 //! The same opening lets us turn off the stream's own locking (`__fsetlocking`, `FSETLOCKING_BYCALLER`,
 //! glibc's and musl's `stdio_ext.h`). Once a process has a second thread, glibc locks a stream around
-//! every `fread`: two atomic read-modify-writes per call and two calls per packet. On the test VM that
-//! was a fifth of the pipeline reader's CPU samples (perf annotate: the `lock cmpxchg` in `fread`),
-//! because a locked instruction waits for the reader's pending stores into the batch. The stream is
+//! every `fread`: two atomic read-modify-writes per call and two calls per packet. In the pipeline's
+//! reader that is a large share of its CPU (perf annotate: the `lock cmpxchg` in `fread`), because a
+//! locked instruction waits for the reader's pending stores into the batch. The stream is
 //! reached only through the capture, which Rust lends to one thread at a time (`&mut`), so the lock
 //! guards nothing here.
 #![allow(unsafe_code)]
