@@ -145,12 +145,12 @@ pub enum Command {
         #[arg(long, env = "GTPCHARGE_ALLOW_PLAINTEXT")]
         allow_plaintext: bool,
         /// Charging transactions in flight at once.
-        #[arg(long, default_value_t = gtpcharge_billing_api::batch::WORKERS as u64, env = "GTPCHARGE_CHARGING_WORKERS",
+        #[arg(long, default_value_t = gtpcharge_billing_api::group_commit::WORKERS as u64, env = "GTPCHARGE_CHARGING_WORKERS",
               value_parser = clap::value_parser!(u64).range(1..=64))]
         charging_workers: u64,
         /// Sightings one charging transaction takes from the calls waiting (group commit); 1 gives each
         /// call a transaction of its own.
-        #[arg(long, default_value_t = gtpcharge_billing_api::batch::BATCH_SIGHTINGS as u64,
+        #[arg(long, default_value_t = gtpcharge_billing_api::group_commit::BATCH_SIGHTINGS as u64,
               env = "GTPCHARGE_GROUP_COMMIT_SIGHTINGS", value_parser = clap::value_parser!(u64).range(1..=1024))]
         group_commit_sightings: u64,
         /// Serve Prometheus metrics on this address (GET /metrics): failed authentications so far.

@@ -1,8 +1,8 @@
 //! `gtpcharge`: dispatches the subcommands (`cli.rs`) and drives the probe over files (`replay`) and live
-//! interfaces (`capture`); the billing commands are in `billing.rs`, the developer tools in `tools.rs`.
+//! interfaces (`capture`); the billing API's commands (serve, admin, purchase) are in `api_commands.rs`, the developer tools in `tools.rs`.
 //! See README.md for the commands and ARCHITECTURE.md for the code map.
 #![deny(unsafe_code)]
-mod billing;
+mod api_commands;
 mod cli;
 mod config;
 mod delivery;
@@ -248,19 +248,19 @@ fn main() -> std::process::ExitCode {
                         workers: charging_workers as usize,
                         group_commit_sightings: group_commit_sightings as usize,
                     };
-                    billing::serve(listen, &url, tls, charging, metrics_listen)
+                    api_commands::serve(listen, &url, tls, charging, metrics_listen)
                 })
                 .map(|()| true)
         }
         Command::Admin { database, command } => {
-            database.url().and_then(|url| billing::admin(&url, command)).map(|()| true)
+            database.url().and_then(|url| api_commands::admin(&url, command)).map(|()| true)
         }
         Command::Purchase { billing_url, api_key, api_key_file, allow_plaintext, command } => {
             let key = secrets::check_client_url(&billing_url, allow_plaintext).and_then(|_| {
                 secrets::secret("api-key", api_key, secrets::given_on_command_line("api_key"), api_key_file.as_deref())
             });
             match key {
-                Ok(Some(key)) => billing::purchase(&billing_url, &key, command).map(|()| true),
+                Ok(Some(key)) => api_commands::purchase(&billing_url, &key, command).map(|()| true),
                 Ok(None) => Err(anyhow::anyhow!("--api-key-file (or GTPCHARGE_API_KEY, or --api-key) is required")),
                 Err(error) => Err(error),
             }

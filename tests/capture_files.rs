@@ -156,7 +156,7 @@ fn frames(path: &Path, filter: Option<&str>, reading: FileReading) -> Vec<(u64, 
     out
 }
 
-/// The probe reads regular files through its own 64 KiB stdio buffer (`capture/src/stdio.rs`); libpcap
+/// The probe reads regular files through its own 64 KiB stdio buffer (`capture/src/buffered_file.rs`); libpcap
 /// must deliver exactly what `pcap_open_offline` delivers: across many buffer refills (a generated
 /// capture of several MB), with a BPF filter, and for pcapng.
 #[test]

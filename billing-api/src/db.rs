@@ -108,7 +108,7 @@ impl Db {
                     // One that sat idle is, so that one the server closed meanwhile (a restart) is
                     // replaced before it is used (tests/api.rs). sqlx still pings each connection as it
                     // comes back to the pool, off the caller's path, and closes one that fails; a batch
-                    // that fails is retried call by call (`batch.rs`).
+                    // that fails is retried call by call (`group_commit.rs`).
                     .test_before_acquire(false)
                     .before_acquire(|conn, meta| {
                         Box::pin(async move {

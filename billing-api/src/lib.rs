@@ -4,7 +4,7 @@
 //!
 //! - [`db`]: connection, migrations, backend differences.
 //! - [`ledger`]: the domain operations, each one database transaction.
-//! - [`batch`]: group commit: sightings from concurrent calls charged in shared transactions.
+//! - [`group_commit`]: group commit: sightings from concurrent calls charged in shared transactions.
 //! - [`auth`]: credentials (hashed at rest); [`guard`]: failed authentication slowed per peer and counted.
 //! - [`audit`]: the trail of operator actions.
 //! - [`service`]: the tonic services and the protobuf ↔ domain conversion.
@@ -15,8 +15,8 @@
 
 pub mod audit;
 pub mod auth;
-pub mod batch;
 pub mod db;
+pub mod group_commit;
 pub mod guard;
 pub mod ledger;
 pub mod server;

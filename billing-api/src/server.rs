@@ -1,7 +1,7 @@
 //! Serving the billing API: the three services plus gRPC health and reflection (so `grpcurl` works),
 //! optional TLS (rustls) with optional client certificates, message size limits, a sweeper that expires
 //! unseen purchases, and a graceful stop on SIGINT/SIGTERM.
-use crate::batch::{self, ReportQueue};
+use crate::group_commit::{self, ReportQueue};
 use crate::ledger::Ledger;
 use crate::service::{AccountApi, PurchaseApi, SightingApi};
 use gtpcharge_proto::v1 as pb;
@@ -34,7 +34,7 @@ pub struct Charging {
 
 impl Default for Charging {
     fn default() -> Self {
-        Charging { workers: batch::WORKERS, group_commit_sightings: batch::BATCH_SIGHTINGS }
+        Charging { workers: group_commit::WORKERS, group_commit_sightings: group_commit::BATCH_SIGHTINGS }
     }
 }
 

@@ -2,7 +2,7 @@
 //! the ledger's domain types (by hand, here and nowhere else).
 use crate::audit::Action;
 use crate::auth::{self, Caller, Kind};
-use crate::batch::ReportQueue;
+use crate::group_commit::ReportQueue;
 use crate::guard::AuthGuard;
 use crate::ledger::{self, Ledger, LedgerError, Outcome};
 use gtpcharge_proto::v1 as pb;

@@ -5,16 +5,16 @@
 //!
 //! Deliberately absent: anything GTP. This crate hands [`Udp`] datagrams to whoever wires it (the root
 //! binary), so the correlator is tested, fuzzed and benched without libpcap.
-// Unsafe code only in `stdio` and `wait` (the two calls into C the pcap crate does not offer), allowed there.
+// Unsafe code only in `buffered_file` and `wait` (the two calls into C the pcap crate does not offer), allowed there.
 #![deny(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+mod buffered_file;
 pub mod decode;
 pub mod encap;
 pub mod reassembly;
 pub mod source;
-mod stdio;
 mod wait;
 pub mod writer;
 

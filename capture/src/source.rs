@@ -127,7 +127,7 @@ impl PcapNgFallback {
 /// floor's plain mode).
 enum LibpcapFile {
     Plain(pcap::Capture<pcap::Offline>),
-    Buffered(crate::stdio::BufferedOffline),
+    Buffered(crate::buffered_file::BufferedOffline),
 }
 
 impl LibpcapFile {
@@ -192,7 +192,9 @@ impl FileSource {
             message: format!("not a readable pcap or pcapng file ({error})"),
         };
         let mut capture = if reading == FileReading::Buffered {
-            LibpcapFile::Buffered(crate::stdio::BufferedOffline::open(file, FILE_READ_BUFFER).map_err(not_readable)?)
+            LibpcapFile::Buffered(
+                crate::buffered_file::BufferedOffline::open(file, FILE_READ_BUFFER).map_err(not_readable)?,
+            )
         } else {
             LibpcapFile::Plain(pcap::Capture::from_file(path).map_err(|error| not_readable(error.to_string()))?)
         };
