@@ -1,4 +1,4 @@
-//! `gtpcharge serve` and `gtpcharge admin`: the billing API's process and its operator commands.
+//! `gtpcharge serve`, `gtpcharge admin` and `gtpcharge purchase`: the billing API's process, its operator commands and an SP's client.
 use crate::{AccountCommand, AdminCommand, NamedCreate, PurchaseCommand, SpCommand};
 use anyhow::{Context, Result};
 use gtpcharge_billing_api::auth::Kind;

@@ -22,6 +22,7 @@ mod changes;
 mod charging;
 mod credentials;
 mod purchases;
+mod writes;
 
 pub(crate) use charging::postgres_prepared;
 

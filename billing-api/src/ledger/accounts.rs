@@ -1,6 +1,6 @@
 //! Subscriber accounts: set and read, the statement, the spending that caps count, the carrier funding
 //! movements of `--balance`, and the ledger's per-currency sums.
-use super::charging::*;
+use super::writes::*;
 use super::*;
 
 impl Ledger {

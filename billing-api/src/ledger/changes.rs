@@ -1,5 +1,5 @@
 //! The change stream: every state change of a purchase appended in commit order per SP, read from a cursor.
-use super::charging::*;
+use super::writes::*;
 use super::*;
 
 impl Ledger {

@@ -1,5 +1,5 @@
 //! Purchases: creation (idempotent on the SP's key), reads and lists, cancel, refund and the expiry sweep.
-use super::charging::*;
+use super::writes::*;
 use super::*;
 
 impl Ledger {
