@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::AccountUpdate;
 use gtpcharge_billing_api::server::TlsFiles;
-use gtpcharge_billing_api::{Db, Ledger};
+use gtpcharge_billing_api::Ledger;
 
 /// The URL with any password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
@@ -25,8 +25,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 async fn ledger(url: &str) -> Result<Ledger> {
-    let db = Db::connect(url).await.with_context(|| format!("opening the ledger at {}", redact(url)))?;
-    Ok(Ledger::new(db))
+    Ledger::open(url).await.with_context(|| format!("opening the ledger at {}", redact(url)))
 }
 
 pub fn serve(

@@ -14,7 +14,7 @@ use crate::{replay, Emit, ProbeArgs};
 use anyhow::{bail, ensure, Context, Result};
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::{AccountUpdate, NewPurchase};
-use gtpcharge_billing_api::{Db, Ledger};
+use gtpcharge_billing_api::Ledger;
 use std::path::Path;
 
 pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
@@ -41,7 +41,7 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
     let database = format!("sqlite://{}/ledger.sqlite?mode=rwc", workdir.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (ledger, probe_key, sp, address) = runtime.block_on(async {
-        let ledger = Ledger::new(Db::connect(&database).await?);
+        let ledger = Ledger::open(&database).await?;
         let (sp, _) = ledger.create_service_provider("demo games").await?;
         let probe = ledger.create_credential(Kind::Probe, None, "demo probe").await?;
         for (_, msisdn) in &truth.sightings {

@@ -16,7 +16,7 @@
 //! cargo run --release -p gtpcharge-billing-api --example load -- DATABASE_URL [CHARGES] [CONCURRENCY] [BATCH] [RATE]
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::{AccountUpdate, NewPurchase};
-use gtpcharge_billing_api::{Db, Ledger};
+use gtpcharge_billing_api::Ledger;
 use gtpcharge_proto::v1 as pb;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let concurrency: usize = args.get(3).map_or(Ok(16), |s| s.parse())?;
     let batch: usize = args.get(4).map_or(Ok(1), |s| s.parse())?;
     let rate: f64 = args.get(5).map_or(Ok(0.0), |s| s.parse())?;
-    let ledger = Ledger::new(Db::connect(&url).await?);
+    let ledger = Ledger::open(&url).await?;
     let suffix = gtpcharge_billing_api::ledger::now_us();
     let (sp, _) = ledger.create_service_provider(&format!("load-{suffix}")).await?;
     let probe = ledger.create_credential(Kind::Probe, None, "load").await?;

@@ -2,8 +2,8 @@
 //! through sqlx's `Any` driver with runtime queries (so a fresh clone builds without a live database);
 //! the few dialect differences (row locks, identity columns, constants for PostgreSQL's simple queries)
 //! are confined to this module and the two migration folders, apart from the charging path's PostgreSQL
-//! form (`Ledger::charge_postgres`, and the statements each connection prepares for it,
-//! `ledger::postgres_prepared`).
+//! form (`Ledger::charge_postgres`, and the statements each connection prepares for it, which the
+//! ledger hands to [`Db::connect`]: this module knows no ledger statement).
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use sqlx::{ConnectOptions, Connection};
@@ -52,8 +52,10 @@ fn create_private_sqlite_file(url: &str) -> Result<(), sqlx::Error> {
 }
 
 impl Db {
-    /// Connects and brings the schema up to date.
-    pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
+    /// Connects and brings the schema up to date. On PostgreSQL every pooled connection runs
+    /// `postgres_on_connect` once when it opens, after the migrations (the ledger's `PREPARE`s); SQLite
+    /// ignores it. `Ledger::open` is the usual way in.
+    pub async fn connect(url: &str, postgres_on_connect: String) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
@@ -100,7 +102,7 @@ impl Db {
                 let mut connection = options.connect().await?;
                 POSTGRES_MIGRATIONS.run(&mut connection).await?;
                 connection.close().await?;
-                let prepare = std::sync::Arc::new(crate::ledger::postgres_prepared());
+                let prepare = std::sync::Arc::new(postgres_on_connect);
                 AnyPoolOptions::new()
                     .max_connections(16)
                     // A connection in steady use is not pinged before each use: the ping was a third

@@ -24,7 +24,7 @@ mod credentials;
 mod purchases;
 mod writes;
 
-pub(crate) use charging::postgres_prepared;
+pub use charging::postgres_prepared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -334,6 +334,12 @@ const CREDENTIALS_CACHED: usize = 4096;
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
 impl Ledger {
+    /// Opens the database at `url` (migrated, pooled, each PostgreSQL connection preparing the charging
+    /// statements) and the ledger on it.
+    pub async fn open(url: &str) -> std::result::Result<Ledger, sqlx::Error> {
+        Ok(Ledger::new(Db::connect(url, postgres_prepared()).await?))
+    }
+
     pub fn new(db: Db) -> Ledger {
         Ledger { db, changed: Arc::new(Notify::new()), credentials: Arc::default() }
     }

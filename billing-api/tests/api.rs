@@ -54,7 +54,7 @@ impl Harness {
     async fn start(url: String, cleanup: Option<(String, String)>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let url = url.replace("{dir}", dir.path().to_str().unwrap());
-        let ledger = Ledger::new(Db::connect(&url).await.unwrap());
+        let ledger = Ledger::open(&url).await.unwrap();
         let (_, sp) = ledger.create_service_provider("games").await.unwrap();
         let (_, other) = ledger.create_service_provider("music").await.unwrap();
         let probe = ledger.create_credential(Kind::Probe, None, "probe-1").await.unwrap();
@@ -1463,7 +1463,9 @@ async fn postgres_reads_back_every_literal_as_written() {
 #[tokio::test]
 async fn postgres_connections_prepare_the_charging_statements() {
     let Some((url, (base, name))) = postgres_database().await else { return };
-    let db = Db::connect(&url).await.expect("a new database is migrated and pooled");
+    let db = Db::connect(&url, gtpcharge_billing_api::ledger::postgres_prepared())
+        .await
+        .expect("a new database is migrated and pooled");
     let names = "SELECT string_agg(name, ',' ORDER BY name) AS names, \
                  COALESCE(SUM(generic_plans + custom_plans), 0)::BIGINT AS runs FROM pg_prepared_statements";
     let mut first = db.pool.acquire().await.unwrap();

@@ -2,7 +2,7 @@
 //! is refused; and gRPC reflection lists the services (what `grpcurl list` shows).
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::server::TlsFiles;
-use gtpcharge_billing_api::{Db, Ledger};
+use gtpcharge_billing_api::Ledger;
 use gtpcharge_proto::v1 as pb;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -45,7 +45,7 @@ async fn mutual_tls_for_probes_and_reflection() {
         client_ca: Some(write("ca.pem", ca_cert.pem())),
     };
     let url = format!("sqlite://{}/ledger.sqlite?mode=rwc", dir.path().display());
-    let ledger = Ledger::new(Db::connect(&url).await.unwrap());
+    let ledger = Ledger::open(&url).await.unwrap();
     let (_, sp) = ledger.create_service_provider("tls-sp").await.unwrap();
     let probe = ledger.create_credential(Kind::Probe, None, "tls-probe").await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

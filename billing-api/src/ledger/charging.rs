@@ -207,7 +207,7 @@ pub(super) const CHARGE_WRITE: &str = "gtpcharge_charge_write";
 ///   write of a batch as data-modifying WITH clauses of one statement (an empty array where a table does
 ///   not change). Its one row is a check that fails the statement, a cast of a text naming the problem,
 ///   unless the purchase update changed `updates` rows.
-pub(crate) fn postgres_prepared() -> String {
+pub fn postgres_prepared() -> String {
     let lock = format!(
         "PREPARE {CHARGE_LOCK}(json, bigint) AS \
          WITH seen AS MATERIALIZED (SELECT s ->> 'token' AS token, s ->> 'msisdn' AS msisdn \
