@@ -99,14 +99,14 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
         let mut wrong = 0;
         for (token, msisdn) in &truth.sightings {
             let p = ledger.get_purchase(sp, None, Some(&token.to_string())).await?;
-            if p.state != "charged" || p.charged_msisdn.as_deref() != Some(msisdn.as_str()) {
+            if p.state != gtpcharge_billing_api::ledger::PurchaseState::Charged || p.charged_msisdn.as_deref() != Some(msisdn.as_str()) {
                 eprintln!("demo: WRONG: {token} expected charged to {msisdn}, is {} {:?}", p.state, p.charged_msisdn);
                 wrong += 1;
             }
         }
         for token in &truth.unattributed {
             let p = ledger.get_purchase(sp, None, Some(&token.to_string())).await?;
-            if p.state != "pending" {
+            if p.state != gtpcharge_billing_api::ledger::PurchaseState::Pending {
                 eprintln!("demo: WRONG: unattributed {token} is {}", p.state);
                 wrong += 1;
             }

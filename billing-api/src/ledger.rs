@@ -44,8 +44,9 @@ pub enum LedgerError {
     Database(#[from] sqlx::Error),
     #[error("no randomness available")]
     Random,
-    /// A rule of the money model was about to be broken (an unknown purchase state, a movement whose
-    /// entries do not sum to zero): nothing was written.
+    /// A rule of the money model was about to be broken (a movement whose entries do not sum to zero):
+    /// nothing was written. (An unknown purchase state cannot get this far: a row holding one fails to
+    /// decode, and the schema refuses to store one.)
     #[error("ledger invariant: {0}")]
     Invariant(String),
     #[error("{0}")]
@@ -153,13 +154,61 @@ pub struct PurchaseRow {
     pub amount: i64,
     pub currency: String,
     pub idempotency_key: String,
-    pub state: String,
+    pub state: PurchaseState,
     pub created_at_us: i64,
     pub expires_at_us: i64,
     pub charged_msisdn: Option<String>,
     pub charged_at_us: Option<i64>,
     pub refunded_amount: i64,
     pub decline_reason: Option<String>,
+}
+
+/// Where a purchase is in its life. Stored as its lowercase name in `purchases.state` and
+/// `purchase_changes.state`, which the schema limits to these six (migration 0004).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PurchaseState {
+    /// Waiting for its token to be seen; the only state a charge starts from.
+    Pending,
+    Charged,
+    Declined,
+    Expired,
+    Cancelled,
+    /// Refunded in full (a partial refund leaves it `Charged`).
+    Refunded,
+}
+
+impl PurchaseState {
+    pub const ALL: [PurchaseState; 6] = [
+        PurchaseState::Pending,
+        PurchaseState::Charged,
+        PurchaseState::Declined,
+        PurchaseState::Expired,
+        PurchaseState::Cancelled,
+        PurchaseState::Refunded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurchaseState::Pending => "pending",
+            PurchaseState::Charged => "charged",
+            PurchaseState::Declined => "declined",
+            PurchaseState::Expired => "expired",
+            PurchaseState::Cancelled => "cancelled",
+            PurchaseState::Refunded => "refunded",
+        }
+    }
+
+    /// The state a stored name stands for; `None` for a name the money model does not know.
+    pub fn parse(name: &str) -> Option<PurchaseState> {
+        PurchaseState::ALL.into_iter().find(|state| state.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for PurchaseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 const PURCHASE_COLUMNS: &str = "id, service_provider_id, token, product_id, description, amount, currency, \
@@ -176,7 +225,11 @@ impl PurchaseRow {
             amount: row.try_get("amount")?,
             currency: row.try_get("currency")?,
             idempotency_key: row.try_get("idempotency_key")?,
-            state: row.try_get("state")?,
+            state: {
+                let name: String = row.try_get("state")?;
+                PurchaseState::parse(&name)
+                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown purchase state {name:?}").into()))?
+            },
             created_at_us: row.try_get("created_at_us")?,
             expires_at_us: row.try_get("expires_at_us")?,
             charged_msisdn: opt_text(row, "charged_msisdn")?,
@@ -249,7 +302,7 @@ pub struct NewPurchase {
 
 #[derive(Debug, Clone, Default)]
 pub struct PurchaseFilter {
-    pub state: Option<String>,
+    pub state: Option<PurchaseState>,
     pub product_id: Option<String>,
 }
 

@@ -4,7 +4,7 @@ use crate::audit::Action;
 use crate::auth::{self, Caller, Kind};
 use crate::group_commit::ReportQueue;
 use crate::guard::AuthGuard;
-use crate::ledger::{self, Ledger, LedgerError, Outcome};
+use crate::ledger::{self, Ledger, LedgerError, Outcome, PurchaseState};
 use gtpcharge_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -96,27 +96,26 @@ fn page(page_size: i32, page_token: &str) -> Result<(i64, Option<i64>), Status> 
     Ok((size, before))
 }
 
-fn state_to_pb(state: &str) -> pb::PurchaseState {
+fn state_to_pb(state: PurchaseState) -> pb::PurchaseState {
     match state {
-        "pending" => pb::PurchaseState::Pending,
-        "charged" => pb::PurchaseState::Charged,
-        "declined" => pb::PurchaseState::Declined,
-        "expired" => pb::PurchaseState::Expired,
-        "cancelled" => pb::PurchaseState::Cancelled,
-        "refunded" => pb::PurchaseState::Refunded,
-        _ => pb::PurchaseState::Unspecified,
+        PurchaseState::Pending => pb::PurchaseState::Pending,
+        PurchaseState::Charged => pb::PurchaseState::Charged,
+        PurchaseState::Declined => pb::PurchaseState::Declined,
+        PurchaseState::Expired => pb::PurchaseState::Expired,
+        PurchaseState::Cancelled => pb::PurchaseState::Cancelled,
+        PurchaseState::Refunded => pb::PurchaseState::Refunded,
     }
 }
 
-fn state_from_pb(state: pb::PurchaseState) -> Option<&'static str> {
+fn state_from_pb(state: pb::PurchaseState) -> Option<PurchaseState> {
     Some(match state {
         pb::PurchaseState::Unspecified => return None,
-        pb::PurchaseState::Pending => "pending",
-        pb::PurchaseState::Charged => "charged",
-        pb::PurchaseState::Declined => "declined",
-        pb::PurchaseState::Expired => "expired",
-        pb::PurchaseState::Cancelled => "cancelled",
-        pb::PurchaseState::Refunded => "refunded",
+        pb::PurchaseState::Pending => PurchaseState::Pending,
+        pb::PurchaseState::Charged => PurchaseState::Charged,
+        pb::PurchaseState::Declined => PurchaseState::Declined,
+        pb::PurchaseState::Expired => PurchaseState::Expired,
+        pb::PurchaseState::Cancelled => PurchaseState::Cancelled,
+        pb::PurchaseState::Refunded => PurchaseState::Refunded,
     })
 }
 
@@ -141,7 +140,7 @@ pub fn purchase_to_pb(p: &ledger::PurchaseRow) -> pb::Purchase {
         amount: p.amount,
         currency: p.currency.clone(),
         idempotency_key: p.idempotency_key.clone(),
-        state: state_to_pb(&p.state) as i32,
+        state: state_to_pb(p.state) as i32,
         created_at_us: p.created_at_us,
         expires_at_us: p.expires_at_us,
         charged_msisdn: p.charged_msisdn.clone().unwrap_or_default(),
@@ -218,7 +217,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         let (size, before) = page(r.page_size, &r.page_token)?;
         let state = pb::PurchaseState::try_from(r.state).map_err(|_| Status::invalid_argument("unknown state"))?;
         let filter = ledger::PurchaseFilter {
-            state: state_from_pb(state).map(str::to_owned),
+            state: state_from_pb(state),
             product_id: (!r.product_id.is_empty()).then_some(r.product_id),
         };
         let rows = self.ledger.list_purchases(sp, &filter, size, before).await?;

@@ -118,7 +118,7 @@ impl Ledger {
         ))
         .bind(sp)
         .bind(before_id.unwrap_or(i64::MAX))
-        .bind(filter.state.as_deref())
+        .bind(filter.state.map(PurchaseState::as_str))
         .bind(filter.product_id.as_deref())
         .bind(page_size)
         .fetch_all(&self.db.pool)
@@ -143,9 +143,9 @@ impl Ledger {
         let now = now_us();
         let mut tx = self.db.pool.begin().await?;
         let mut purchase = self.lock_purchase(&mut tx, sp, id).await?;
-        match purchase.state.as_str() {
-            "cancelled" => return Ok(purchase),
-            "pending" => {}
+        match purchase.state {
+            PurchaseState::Cancelled => return Ok(purchase),
+            PurchaseState::Pending => {}
             other => {
                 return Err(LedgerError::Precondition(format!(
                     "only a pending purchase can be cancelled; it is {other}"
@@ -153,7 +153,7 @@ impl Ledger {
             }
         }
         sqlx::query("UPDATE purchases SET state = 'cancelled' WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        purchase.state = "cancelled".into();
+        purchase.state = PurchaseState::Cancelled;
         self.record_change(&mut tx, &purchase, now).await?;
         tx.commit().await?;
         self.changed.notify_waiters();
@@ -189,7 +189,7 @@ impl Ledger {
             }
             return Ok((purchase, done));
         }
-        if purchase.state != "charged" {
+        if purchase.state != PurchaseState::Charged {
             return Err(LedgerError::Precondition(format!(
                 "only a charged purchase can be refunded; it is {}",
                 purchase.state
@@ -219,12 +219,12 @@ impl Ledger {
             .await?;
         purchase.refunded_amount += refund;
         if purchase.refunded_amount == purchase.amount {
-            purchase.state = "refunded".into();
+            purchase.state = PurchaseState::Refunded;
         }
         sqlx::query("UPDATE purchases SET refunded_amount = $2, state = $3 WHERE id = $1")
             .bind(id)
             .bind(purchase.refunded_amount)
-            .bind(&purchase.state)
+            .bind(purchase.state.as_str())
             .execute(&mut *tx)
             .await?;
         self.record_change(&mut tx, &purchase, now).await?;

@@ -103,7 +103,7 @@ pub(super) const SIGHTING_COLUMNS: &[(&str, JsonColumn)] = &[
 #[derive(Debug, Serialize)]
 pub(super) struct PurchaseWrite {
     pub(super) id: i64,
-    pub(super) state: String,
+    pub(super) state: PurchaseState,
     pub(super) charged_msisdn: Option<String>,
     pub(super) charged_at_us: Option<i64>,
     pub(super) decline_reason: Option<String>,
@@ -150,7 +150,7 @@ impl EntryWrite {
 pub(super) struct ChangeWrite {
     pub(super) service_provider_id: i64,
     pub(super) purchase_id: i64,
-    pub(super) state: String,
+    pub(super) state: PurchaseState,
     pub(super) refunded_amount: i64,
     pub(super) decline_reason: Option<String>,
     pub(super) at_us: i64,
@@ -161,7 +161,7 @@ impl ChangeWrite {
         ChangeWrite {
             service_provider_id: purchase.service_provider_id,
             purchase_id: purchase.id,
-            state: purchase.state.clone(),
+            state: purchase.state,
             refunded_amount: purchase.refunded_amount,
             decline_reason: purchase.decline_reason.clone(),
             at_us: now,
