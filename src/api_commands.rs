@@ -2,6 +2,7 @@
 use crate::{AccountCommand, AdminCommand, NamedCreate, PurchaseCommand, SpCommand};
 use anyhow::{Context, Result};
 use gtpcharge_billing_api::auth::Kind;
+use gtpcharge_billing_api::ledger::AccountKind;
 use gtpcharge_billing_api::ledger::AccountUpdate;
 use gtpcharge_billing_api::server::TlsFiles;
 use gtpcharge_billing_api::Ledger;
@@ -132,7 +133,7 @@ pub fn admin(url: &str, command: AdminCommand) -> Result<()> {
             AdminCommand::Account { command: AccountCommand::Set { msisdn, currency, balance, credit_limit, daily_cap, monthly_cap, barred } } => {
                 let update = AccountUpdate {
                     msisdn,
-                    kind: if credit_limit.is_some() { Some("postpaid".into()) } else if balance.is_some() { Some("prepaid".into()) } else { None },
+                    kind: if credit_limit.is_some() { Some(AccountKind::Postpaid) } else if balance.is_some() { Some(AccountKind::Prepaid) } else { None },
                     currency,
                     balance,
                     credit_limit,

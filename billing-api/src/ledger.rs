@@ -160,7 +160,7 @@ pub struct PurchaseRow {
     pub charged_msisdn: Option<String>,
     pub charged_at_us: Option<i64>,
     pub refunded_amount: i64,
-    pub decline_reason: Option<String>,
+    pub decline_reason: Option<DeclineReason>,
 }
 
 /// Where a purchase is in its life. Stored as its lowercase name in `purchases.state` and
@@ -211,6 +211,78 @@ impl std::fmt::Display for PurchaseState {
     }
 }
 
+/// Why a charge was declined. Stored as its kebab-case name in `purchases.decline_reason` (bounded by the
+/// schema, migration 0004).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeclineReason {
+    UnknownSubscriber,
+    Barred,
+    CurrencyMismatch,
+    DailyCap,
+    MonthlyCap,
+    InsufficientBalance,
+}
+
+impl DeclineReason {
+    pub const ALL: [DeclineReason; 6] = [
+        DeclineReason::UnknownSubscriber,
+        DeclineReason::Barred,
+        DeclineReason::CurrencyMismatch,
+        DeclineReason::DailyCap,
+        DeclineReason::MonthlyCap,
+        DeclineReason::InsufficientBalance,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeclineReason::UnknownSubscriber => "unknown-subscriber",
+            DeclineReason::Barred => "barred",
+            DeclineReason::CurrencyMismatch => "currency-mismatch",
+            DeclineReason::DailyCap => "daily-cap",
+            DeclineReason::MonthlyCap => "monthly-cap",
+            DeclineReason::InsufficientBalance => "insufficient-balance",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DeclineReason> {
+        DeclineReason::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
+}
+
+/// How an account pays: from its balance (prepaid), or on credit down to minus its credit limit
+/// (postpaid). Stored as its lowercase name in `accounts.kind` (bounded by the schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountKind {
+    Prepaid,
+    Postpaid,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Prepaid => "prepaid",
+            AccountKind::Postpaid => "postpaid",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<AccountKind> {
+        [AccountKind::Prepaid, AccountKind::Postpaid].into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for AccountKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored name that no variant of `T` has: the row fails to decode.
+fn unknown_name(what: &str, name: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} {name:?}").into())
+}
+
 const PURCHASE_COLUMNS: &str = "id, service_provider_id, token, product_id, description, amount, currency, \
 idempotency_key, state, created_at_us, expires_at_us, charged_msisdn, charged_at_us, refunded_amount, decline_reason";
 
@@ -227,15 +299,17 @@ impl PurchaseRow {
             idempotency_key: row.try_get("idempotency_key")?,
             state: {
                 let name: String = row.try_get("state")?;
-                PurchaseState::parse(&name)
-                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown purchase state {name:?}").into()))?
+                PurchaseState::parse(&name).ok_or_else(|| unknown_name("purchase state", &name))?
             },
             created_at_us: row.try_get("created_at_us")?,
             expires_at_us: row.try_get("expires_at_us")?,
             charged_msisdn: opt_text(row, "charged_msisdn")?,
             charged_at_us: row.try_get::<Option<i64>, _>("charged_at_us")?,
             refunded_amount: row.try_get("refunded_amount")?,
-            decline_reason: opt_text(row, "decline_reason")?,
+            decline_reason: match opt_text(row, "decline_reason")? {
+                Some(name) => Some(DeclineReason::parse(&name).ok_or_else(|| unknown_name("decline reason", &name))?),
+                None => None,
+            },
         })
     }
 }
@@ -246,7 +320,7 @@ impl PurchaseRow {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AccountRow {
     pub msisdn: String,
-    pub kind: String,
+    pub kind: AccountKind,
     pub currency: String,
     pub balance: i64,
     pub credit_limit: i64,
@@ -281,7 +355,7 @@ pub struct EntryRow {
 #[derive(Debug, Clone, Default)]
 pub struct AccountUpdate {
     pub msisdn: String,
-    pub kind: Option<String>,
+    pub kind: Option<AccountKind>,
     pub currency: String,
     pub balance: Option<i64>,
     pub credit_limit: Option<i64>,
@@ -341,7 +415,7 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SightingResult {
     pub outcome: Outcome,
-    pub decline_reason: Option<String>,
+    pub decline_reason: Option<DeclineReason>,
     pub purchase_id: Option<i64>,
     pub charged_msisdn: Option<String>,
     pub other_subscriber: bool,

@@ -4,7 +4,7 @@ use crate::audit::Action;
 use crate::auth::{self, Caller, Kind};
 use crate::group_commit::ReportQueue;
 use crate::guard::AuthGuard;
-use crate::ledger::{self, Ledger, LedgerError, Outcome, PurchaseState};
+use crate::ledger::{self, AccountKind, DeclineReason, Ledger, LedgerError, Outcome, PurchaseState};
 use gtpcharge_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -119,15 +119,15 @@ fn state_from_pb(state: pb::PurchaseState) -> Option<PurchaseState> {
     })
 }
 
-fn decline_to_pb(reason: Option<&str>) -> pb::DeclineReason {
+fn decline_to_pb(reason: Option<DeclineReason>) -> pb::DeclineReason {
     match reason {
-        Some("insufficient-balance") => pb::DeclineReason::InsufficientBalance,
-        Some("daily-cap") => pb::DeclineReason::DailyCap,
-        Some("monthly-cap") => pb::DeclineReason::MonthlyCap,
-        Some("barred") => pb::DeclineReason::Barred,
-        Some("unknown-subscriber") => pb::DeclineReason::UnknownSubscriber,
-        Some("currency-mismatch") => pb::DeclineReason::CurrencyMismatch,
-        _ => pb::DeclineReason::Unspecified,
+        Some(DeclineReason::InsufficientBalance) => pb::DeclineReason::InsufficientBalance,
+        Some(DeclineReason::DailyCap) => pb::DeclineReason::DailyCap,
+        Some(DeclineReason::MonthlyCap) => pb::DeclineReason::MonthlyCap,
+        Some(DeclineReason::Barred) => pb::DeclineReason::Barred,
+        Some(DeclineReason::UnknownSubscriber) => pb::DeclineReason::UnknownSubscriber,
+        Some(DeclineReason::CurrencyMismatch) => pb::DeclineReason::CurrencyMismatch,
+        None => pb::DeclineReason::Unspecified,
     }
 }
 
@@ -146,14 +146,17 @@ pub fn purchase_to_pb(p: &ledger::PurchaseRow) -> pb::Purchase {
         charged_msisdn: p.charged_msisdn.clone().unwrap_or_default(),
         charged_at_us: p.charged_at_us.unwrap_or(0),
         refunded_amount: p.refunded_amount,
-        decline_reason: decline_to_pb(p.decline_reason.as_deref()) as i32,
+        decline_reason: decline_to_pb(p.decline_reason) as i32,
     }
 }
 
 fn account_to_pb(a: &ledger::AccountRow) -> pb::Account {
     pb::Account {
         msisdn: a.msisdn.clone(),
-        kind: if a.kind == "postpaid" { pb::AccountKind::Postpaid } else { pb::AccountKind::Prepaid } as i32,
+        kind: match a.kind {
+            AccountKind::Postpaid => pb::AccountKind::Postpaid,
+            AccountKind::Prepaid => pb::AccountKind::Prepaid,
+        } as i32,
         currency: a.currency.clone(),
         balance: a.balance,
         credit_limit: a.credit_limit,
@@ -353,7 +356,7 @@ impl pb::sighting_service_server::SightingService for SightingApi {
                 };
                 pb::SightingResult {
                     outcome: outcome as i32,
-                    decline_reason: decline_to_pb(r.decline_reason.as_deref()) as i32,
+                    decline_reason: decline_to_pb(r.decline_reason) as i32,
                     purchase_id: r.purchase_id.map(|id| id.to_string()).unwrap_or_default(),
                     charged_msisdn: r.charged_msisdn.unwrap_or_default(),
                     other_subscriber: r.other_subscriber,
@@ -377,8 +380,8 @@ impl pb::account_service_server::AccountService for AccountApi {
         let caller = authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
         let r = request.into_inner();
         let kind = match pb::AccountKind::try_from(r.kind) {
-            Ok(pb::AccountKind::Prepaid) => Some("prepaid".to_owned()),
-            Ok(pb::AccountKind::Postpaid) => Some("postpaid".to_owned()),
+            Ok(pb::AccountKind::Prepaid) => Some(AccountKind::Prepaid),
+            Ok(pb::AccountKind::Postpaid) => Some(AccountKind::Postpaid),
             Ok(pb::AccountKind::Unspecified) => None,
             Err(_) => return Err(Status::invalid_argument("unknown account kind")),
         };

@@ -1173,7 +1173,7 @@ async fn operator_actions_through_the_api_are_audited() {
 }
 
 /// The database itself refuses what the money rules forbid, whatever the code does: a second charge of a
-/// purchase (one charge entry per side and purchase) and a state the API does not know.
+/// purchase (one charge entry per side and purchase), a state or a decline reason the API does not know.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_refuses_a_second_charge_and_unknown_states() {
     for (backend, h) in Harness::each_backend().await {
@@ -1195,6 +1195,11 @@ async fn the_schema_refuses_a_second_charge_and_unknown_states() {
         }
         let bogus = sqlx::query("UPDATE purchases SET state = 'paid' WHERE id = $1").bind(id).execute(pool).await;
         assert!(bogus.is_err(), "{backend}: an unknown state was stored");
+        let bogus = sqlx::query("UPDATE purchases SET decline_reason = 'felt-like-it' WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await;
+        assert!(bogus.is_err(), "{backend}: an unknown decline reason was stored");
         // A refund entry for the same purchase is not a charge: allowed.
         let refund = sqlx::query(
             "INSERT INTO ledger_entries (movement_id, at_us, kind, account_type, account_ref, currency, amount, purchase_id) \

@@ -7,11 +7,6 @@ impl Ledger {
     pub async fn set_account(&self, update: &AccountUpdate) -> Result<AccountRow> {
         validate_msisdn(&update.msisdn)?;
         validate_currency(&update.currency)?;
-        if let Some(kind) = &update.kind {
-            if kind != "prepaid" && kind != "postpaid" {
-                return Err(invalid("kind must be prepaid or postpaid"));
-            }
-        }
         for (name, value) in [
             ("credit_limit", update.credit_limit),
             ("daily_cap", update.daily_cap),
@@ -49,7 +44,12 @@ impl Ledger {
                  VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8)",
             )
             .bind(&update.msisdn)
-            .bind(update.kind.as_deref().unwrap_or(if update.credit_limit.is_some() { "postpaid" } else { "prepaid" }))
+            .bind(
+                update
+                    .kind
+                    .unwrap_or(if update.credit_limit.is_some() { AccountKind::Postpaid } else { AccountKind::Prepaid })
+                    .as_str(),
+            )
             .bind(&update.currency)
             .bind(update.credit_limit.unwrap_or(0))
             .bind(update.daily_cap.unwrap_or(0))
@@ -65,7 +65,7 @@ impl Ledger {
                  barred = COALESCE($6, barred), updated_at_us = $7 WHERE msisdn = $1",
             )
             .bind(&update.msisdn)
-            .bind(update.kind.as_deref())
+            .bind(update.kind.map(AccountKind::as_str))
             .bind(update.credit_limit)
             .bind(update.daily_cap)
             .bind(update.monthly_cap)
@@ -149,7 +149,10 @@ impl Ledger {
             .map(|row| {
                 Ok(AccountRow {
                     msisdn: row.try_get("msisdn")?,
-                    kind: row.try_get("kind")?,
+                    kind: {
+                        let name: String = row.try_get("kind")?;
+                        AccountKind::parse(&name).ok_or_else(|| unknown_name("account kind", &name))?
+                    },
                     currency: row.try_get("currency")?,
                     balance: row.try_get("balance")?,
                     credit_limit: row.try_get("credit_limit")?,

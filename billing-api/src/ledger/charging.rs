@@ -247,20 +247,20 @@ pub(super) fn keyed(
 }
 
 /// Why this account cannot pay for this purchase now, or `None` if it can.
-pub(super) fn decline_reason(account: Option<&AccountRow>, purchase: &PurchaseRow) -> Option<&'static str> {
-    let Some(account) = account else { return Some("unknown-subscriber") };
+pub(super) fn decline_reason(account: Option<&AccountRow>, purchase: &PurchaseRow) -> Option<DeclineReason> {
+    let Some(account) = account else { return Some(DeclineReason::UnknownSubscriber) };
     let amount = purchase.amount;
-    let floor = if account.kind == "postpaid" { -account.credit_limit } else { 0 };
+    let floor = if account.kind == AccountKind::Postpaid { -account.credit_limit } else { 0 };
     if account.barred {
-        Some("barred")
+        Some(DeclineReason::Barred)
     } else if account.currency != purchase.currency {
-        Some("currency-mismatch")
+        Some(DeclineReason::CurrencyMismatch)
     } else if account.daily_cap > 0 && account.spent_today + amount > account.daily_cap {
-        Some("daily-cap")
+        Some(DeclineReason::DailyCap)
     } else if account.monthly_cap > 0 && account.spent_this_month + amount > account.monthly_cap {
-        Some("monthly-cap")
+        Some(DeclineReason::MonthlyCap)
     } else if account.balance - amount < floor {
-        Some("insufficient-balance")
+        Some(DeclineReason::InsufficientBalance)
     } else {
         None
     }
@@ -311,7 +311,7 @@ pub(super) fn settle(
                 match decline_reason(account.as_deref(), purchase) {
                     Some(reason) => {
                         purchase.state = PurchaseState::Declined;
-                        purchase.decline_reason = Some(reason.into());
+                        purchase.decline_reason = Some(reason);
                         Outcome::Declined
                     }
                     None => {
@@ -354,14 +354,14 @@ pub(super) fn settle(
                 state: purchase.state,
                 charged_msisdn: purchase.charged_msisdn.clone(),
                 charged_at_us: purchase.charged_at_us,
-                decline_reason: purchase.decline_reason.clone(),
+                decline_reason: purchase.decline_reason,
             });
             writes.changes.push(ChangeWrite::of(purchase, now));
         }
         writes.sightings.push(audit(Some(purchase.id), outcome, other_subscriber));
         results.push(SightingResult {
             outcome,
-            decline_reason: purchase.decline_reason.clone(),
+            decline_reason: purchase.decline_reason,
             purchase_id: Some(purchase.id),
             charged_msisdn: purchase.charged_msisdn.clone(),
             other_subscriber,

@@ -106,7 +106,7 @@ pub(super) struct PurchaseWrite {
     pub(super) state: PurchaseState,
     pub(super) charged_msisdn: Option<String>,
     pub(super) charged_at_us: Option<i64>,
-    pub(super) decline_reason: Option<String>,
+    pub(super) decline_reason: Option<DeclineReason>,
 }
 
 /// One ledger entry.
@@ -152,7 +152,7 @@ pub(super) struct ChangeWrite {
     pub(super) purchase_id: i64,
     pub(super) state: PurchaseState,
     pub(super) refunded_amount: i64,
-    pub(super) decline_reason: Option<String>,
+    pub(super) decline_reason: Option<DeclineReason>,
     pub(super) at_us: i64,
 }
 
@@ -163,7 +163,7 @@ impl ChangeWrite {
             purchase_id: purchase.id,
             state: purchase.state,
             refunded_amount: purchase.refunded_amount,
-            decline_reason: purchase.decline_reason.clone(),
+            decline_reason: purchase.decline_reason,
             at_us: now,
         }
     }
