@@ -83,12 +83,8 @@ fn touch_from_marks_the_session_seen_and_says_what_may_send_from_says() {
     let mut none = session([0, 0, 0, 0], 5, 6);
     none.ue_ipv4 = None;
     let (none, _) = table.insert(none).unwrap();
-    let ips: [IpAddr; 4] = [
-        [10, 9, 0, 1].into(),
-        [10, 9, 0, 2].into(),
-        "2001:db8::2".parse().unwrap(),
-        "2001:db8::9".parse().unwrap(),
-    ];
+    let ips: [IpAddr; 4] =
+        [[10, 9, 0, 1].into(), [10, 9, 0, 2].into(), "2001:db8::2".parse().unwrap(), "2001:db8::9".parse().unwrap()];
     for (id, ts) in [(v4, 10), (dual, 20), (none, 30)] {
         for ip in ips {
             let expected = table.may_send_from(id, ip);
