@@ -119,90 +119,9 @@ fn libc_timeval(ts_us: u64) -> libc::timeval {
     libc::timeval { tv_sec: (ts_us / 1_000_000) as _, tv_usec: (ts_us % 1_000_000) as _ }
 }
 
-// ------------------------------------------------------------------------------------------------ GTP bytes
-
-fn tbcd(digits: &str) -> Vec<u8> {
-    let d: Vec<u8> = digits.bytes().map(|b| b - b'0').collect();
-    d.chunks(2).map(|pair| pair[0] | (pair.get(1).copied().unwrap_or(0xF) << 4)).collect()
-}
-
-fn apn_labels(apn: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in apn.split('.') {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out
-}
-
-fn v1_tlv(out: &mut Vec<u8>, ie_type: u8, value: &[u8]) {
-    out.push(ie_type);
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    out.extend_from_slice(value);
-}
-
-use gtpcharge_correlate::wire::gtpv1::message as v1_message;
-
-fn g_pdu(teid: u32, inner: &[u8], extension: bool) -> Vec<u8> {
-    let mut m = Vec::with_capacity(inner.len() + 16);
-    if extension {
-        // E flag, one PDU Session Container (0x85) of one 4-byte unit, then no more.
-        m.extend_from_slice(&[0x34, 0xFF]);
-        m.extend_from_slice(&((inner.len() + 8) as u16).to_be_bytes());
-        m.extend_from_slice(&teid.to_be_bytes());
-        m.extend_from_slice(&[0, 0, 0, 0x85, 1, 0x10, 0x09, 0x00]);
-    } else {
-        m.extend_from_slice(&[0x30, 0xFF]);
-        m.extend_from_slice(&(inner.len() as u16).to_be_bytes());
-        m.extend_from_slice(&teid.to_be_bytes());
-    }
-    m.extend_from_slice(inner);
-    m
-}
-
-fn v2_ie(out: &mut Vec<u8>, ie_type: u8, instance: u8, value: &[u8]) {
-    out.extend_from_slice(&gtpcharge_correlate::wire::gtpv2::ie(ie_type, instance, value));
-}
-
-/// The test PLMN (MCC 001, MNC 01) as it is encoded on the wire.
-const TEST_PLMN: [u8; 3] = [0x00, 0xF1, 0x10];
-
-/// A number from the subscriber's IMSI (its last four digits), for location codes: no random draw, so
-/// the rest of the capture does not move when location is added.
-fn area_code(sub: &Subscriber) -> u16 {
-    sub.imsi.get(sub.imsi.len().saturating_sub(4)..).and_then(|d| d.parse().ok()).unwrap_or(0)
-}
-
-/// GTPv1 User Location Information (TS 29.060 7.7.51): a Service Area Identity.
-fn v1_uli(sub: &Subscriber) -> Vec<u8> {
-    let mut uli = vec![1];
-    uli.extend_from_slice(&TEST_PLMN);
-    uli.extend_from_slice(&(0x100 + area_code(sub) / 8).to_be_bytes()); // LAC
-    uli.extend_from_slice(&(0x1000 + area_code(sub)).to_be_bytes()); // SAC
-    uli
-}
-
-/// GTPv2 User Location Information (TS 29.274 8.21): TAI and ECGI.
-fn v2_uli(sub: &Subscriber) -> Vec<u8> {
-    let mut uli = vec![0x18];
-    uli.extend_from_slice(&TEST_PLMN);
-    uli.extend_from_slice(&(0x200 + area_code(sub) / 8).to_be_bytes()); // TAC
-    uli.extend_from_slice(&TEST_PLMN);
-    uli.extend_from_slice(&(0x0010_0000 + u32::from(area_code(sub))).to_be_bytes()); // ECI
-    uli
-}
-
-fn v2_fteid(interface: u8, teid: u32, address: Ipv4Addr) -> Vec<u8> {
-    let mut v = vec![0x80 | interface];
-    v.extend_from_slice(&teid.to_be_bytes());
-    v.extend_from_slice(&address.octets());
-    v
-}
-
-/// A GTPv2-C message with a TEID (every one the generator writes has one).
-fn v2_message(message_type: u8, teid: u32, sequence: u32, ies: &[u8]) -> Vec<u8> {
-    gtpcharge_correlate::wire::gtpv2::message(message_type, Some(teid), sequence, ies)
-}
+mod gtp_bytes;
+mod signalling;
+use gtp_bytes::*;
 
 // ------------------------------------------------------------------------------------------------ subscribers
 
@@ -252,35 +171,35 @@ pub struct Generator<'s, S: FrameSink> {
 }
 
 impl<'s, S: FrameSink> Generator<'s, S> {
-    fn tick(&mut self, max_us: u64) {
+    pub(crate) fn tick(&mut self, max_us: u64) {
         self.now_us += 1 + self.rng.next_u64() % max_us;
     }
 
     /// The next token to place: a supplied one if any is left, else random. The RNG is drawn either
     /// way, so supplying tokens changes nothing else in the capture.
-    fn token(&mut self) -> Token {
+    pub(crate) fn token(&mut self) -> Token {
         let random = self.random_token();
         self.supplied.pop_front().unwrap_or(random)
     }
 
-    fn random_token(&mut self) -> Token {
+    pub(crate) fn random_token(&mut self) -> Token {
         let mut random = [0u8; 16];
         self.rng.fill_bytes(&mut random);
         Token::from_random(random)
     }
 
-    fn teid(&mut self) -> u32 {
+    pub(crate) fn teid(&mut self) -> u32 {
         self.next_teid = self.next_teid.wrapping_add(1 + (self.rng.next_u64() % 7) as u32);
         self.next_teid
     }
 
-    fn seq(&mut self) -> u16 {
+    pub(crate) fn seq(&mut self) -> u16 {
         self.sequence = self.sequence.wrapping_add(1);
         self.sequence
     }
 
     /// Writes an Ethernet frame (0-2 VLAN tags) carrying IPv4/UDP.
-    fn udp(&mut self, source: (Ipv4Addr, u16), destination: (Ipv4Addr, u16), payload: &[u8]) {
+    pub(crate) fn udp(&mut self, source: (Ipv4Addr, u16), destination: (Ipv4Addr, u16), payload: &[u8]) {
         let mut ip = Vec::with_capacity(payload.len() + 28);
         self.ip_id = self.ip_id.wrapping_add(1);
         let builder = PacketBuilder::ipv4(source.0.octets(), destination.0.octets(), 64).udp(source.1, destination.1);
@@ -291,7 +210,7 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         self.ethernet(&ip, vlans);
     }
 
-    fn ethernet(&mut self, ip: &[u8], vlans: usize) {
+    pub(crate) fn ethernet(&mut self, ip: &[u8], vlans: usize) {
         let mut frame = Vec::with_capacity(ip.len() + 22);
         frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02]);
         for tag in 0..vlans {
@@ -307,7 +226,7 @@ impl<'s, S: FrameSink> Generator<'s, S> {
     }
 
     /// A GTP-U datagram; when it would exceed a 1500-byte MTU the outer IPv4 packet is fragmented.
-    fn gtpu(&mut self, source: Ipv4Addr, destination: Ipv4Addr, teid: u32, inner: &[u8]) {
+    pub(crate) fn gtpu(&mut self, source: Ipv4Addr, destination: Ipv4Addr, teid: u32, inner: &[u8]) {
         let extension = self.rng.next_u64() % 8 == 0;
         let payload = g_pdu(teid, inner, extension);
         if payload.len() + 28 <= 1500 {
@@ -352,7 +271,7 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         }
     }
 
-    fn inner_tcp(&mut self, sub: &Subscriber, v6: bool, sequence: u32, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn inner_tcp(&mut self, sub: &Subscriber, v6: bool, sequence: u32, payload: &[u8]) -> Vec<u8> {
         let mut inner = Vec::with_capacity(payload.len() + 60);
         let result = match (v6, sub.ue_ipv6) {
             (true, Some(ue6)) => PacketBuilder::ipv6(ue6.octets(), WEB6.octets(), 64)
@@ -372,18 +291,24 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         inner
     }
 
-    fn uplink(&mut self, sub: &Subscriber, inner: &[u8]) {
+    pub(crate) fn uplink(&mut self, sub: &Subscriber, inner: &[u8]) {
         self.tick(2_000);
         self.gtpu(sub.access_user.0, sub.core_user.0, sub.core_user.1, inner);
     }
 
-    fn downlink(&mut self, sub: &Subscriber, inner: &[u8]) {
+    pub(crate) fn downlink(&mut self, sub: &Subscriber, inner: &[u8]) {
         self.tick(2_000);
         self.gtpu(sub.core_user.0, sub.access_user.0, sub.access_user.1, inner);
     }
 
     /// One TCP connection's request, optionally split in two segments, optionally retransmitted.
-    fn http_request(&mut self, sub: &mut Subscriber, request: &[u8], split_at: Option<usize>, retransmit: bool) {
+    pub(crate) fn http_request(
+        &mut self,
+        sub: &mut Subscriber,
+        request: &[u8],
+        split_at: Option<usize>,
+        retransmit: bool,
+    ) {
         sub.tcp_port = sub.tcp_port.wrapping_add(1).max(1024);
         let v6 = sub.ue_ipv6.is_some() && self.rng.next_u64() % 2 == 0;
         let isn = self.rng.next_u64() as u32;
@@ -422,7 +347,7 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         self.downlink(sub, &down);
     }
 
-    fn dns_query(&mut self, sub: &Subscriber, name: &str) {
+    pub(crate) fn dns_query(&mut self, sub: &Subscriber, name: &str) {
         let id = u16::from_be_bytes([(self.rng.next_u64() & 0xFF) as u8, 0x34]);
         let message = gtpcharge_correlate::scan::dns::build_query(id, name);
         let mut inner = Vec::new();
@@ -432,7 +357,7 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         self.uplink(sub, &inner);
     }
 
-    fn background(&mut self, sub: &mut Subscriber) {
+    pub(crate) fn background(&mut self, sub: &mut Subscriber) {
         let size = [40usize, 200, 576, 1200, 1400][(self.rng.next_u64() % 5) as usize];
         let body = vec![b'x'; size];
         let sent = size.min(100);
@@ -451,193 +376,8 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         self.downlink(sub, &down);
     }
 
-    // -------------------------------------------------------------------------------------- signalling
-
-    fn create(&mut self, sub: &mut Subscriber, accept: bool) {
-        self.tick(20_000);
-        let seq = self.seq();
-        if sub.v2 {
-            let sequence = u32::from(seq);
-            let mut ies = Vec::new();
-            v2_ie(&mut ies, 1, 0, &tbcd(&sub.imsi));
-            v2_ie(&mut ies, 76, 0, &tbcd(&sub.msisdn));
-            v2_ie(&mut ies, 75, 0, &tbcd(&sub.imei));
-            v2_ie(&mut ies, 82, 0, &[6]); // RAT Type: EUTRAN
-            v2_ie(&mut ies, 86, 0, &v2_uli(sub));
-            v2_ie(&mut ies, 87, 0, &v2_fteid(6, sub.access_control.1, sub.access_control.0));
-            v2_ie(&mut ies, 71, 0, &apn_labels(sub.apn));
-            v2_ie(&mut ies, 79, 0, &[1, 0, 0, 0, 0]);
-            let mut bearer = Vec::new();
-            v2_ie(&mut bearer, 73, 0, &[5]);
-            v2_ie(&mut bearer, 87, 2, &v2_fteid(4, sub.access_user.1, sub.access_user.0));
-            v2_ie(&mut ies, 93, 0, &bearer);
-            let request = v2_message(32, 0, sequence, &ies);
-            self.udp((sub.access_control.0, 2123), (sub.core_control.0, 2123), &request);
-            self.tick(5_000);
-            let mut ies = Vec::new();
-            v2_ie(&mut ies, 2, 0, &[if accept { 16 } else { 73 }, 0]);
-            if accept {
-                v2_ie(&mut ies, 87, 0, &v2_fteid(7, sub.core_control.1, sub.core_control.0));
-                let mut paa = vec![1];
-                paa.extend_from_slice(&sub.ue_ipv4.octets());
-                v2_ie(&mut ies, 79, 0, &paa);
-                let mut bearer = Vec::new();
-                v2_ie(&mut bearer, 73, 0, &[5]);
-                v2_ie(&mut bearer, 2, 0, &[16, 0]);
-                v2_ie(&mut bearer, 87, 2, &v2_fteid(5, sub.core_user.1, sub.core_user.0));
-                v2_ie(&mut ies, 93, 0, &bearer);
-            }
-            let response = v2_message(33, sub.access_control.1, sequence, &ies);
-            self.udp((sub.core_control.0, 2123), (sub.access_control.0, 2123), &response);
-        } else {
-            let mut ies = Vec::new();
-            ies.push(2);
-            ies.extend_from_slice(&tbcd(&sub.imsi));
-            ies.extend_from_slice(&[14, 3, 15, 0xFC]);
-            ies.push(16);
-            ies.extend_from_slice(&sub.access_user.1.to_be_bytes());
-            ies.push(17);
-            ies.extend_from_slice(&sub.access_control.1.to_be_bytes());
-            ies.extend_from_slice(&[20, 5]);
-            v1_tlv(&mut ies, 128, &[0xF1, if sub.ue_ipv6.is_some() { 0x8D } else { 0x21 }]);
-            v1_tlv(&mut ies, 131, &apn_labels(sub.apn));
-            v1_tlv(&mut ies, 133, &sub.access_control.0.octets());
-            v1_tlv(&mut ies, 133, &sub.access_user.0.octets());
-            let mut msisdn = vec![0x91];
-            msisdn.extend_from_slice(&tbcd(&sub.msisdn));
-            v1_tlv(&mut ies, 134, &msisdn);
-            v1_tlv(&mut ies, 151, &[1]);
-            v1_tlv(&mut ies, 152, &v1_uli(sub));
-            v1_tlv(&mut ies, 154, &tbcd(&sub.imei));
-            let request = v1_message(16, 0, seq, &ies);
-            self.udp((sub.access_control.0, 2123), (sub.core_control.0, 2123), &request);
-            self.tick(5_000);
-            let mut ies = vec![1, if accept { 128 } else { 199 }];
-            if accept {
-                ies.extend_from_slice(&[8, 0xFE, 14, 7]); // Reordering required, Recovery
-                ies.push(16);
-                ies.extend_from_slice(&sub.core_user.1.to_be_bytes());
-                ies.push(17);
-                ies.extend_from_slice(&sub.core_control.1.to_be_bytes());
-                ies.push(127);
-                ies.extend_from_slice(&(self.rng.next_u64() as u32).to_be_bytes());
-                let mut eua = vec![0xF1, if sub.ue_ipv6.is_some() { 0x8D } else { 0x21 }];
-                eua.extend_from_slice(&sub.ue_ipv4.octets());
-                if let Some(v6) = sub.ue_ipv6 {
-                    eua.extend_from_slice(&v6.octets());
-                }
-                v1_tlv(&mut ies, 128, &eua);
-                v1_tlv(&mut ies, 133, &sub.core_control.0.octets());
-                v1_tlv(&mut ies, 133, &sub.core_user.0.octets());
-            }
-            let response = v1_message(17, sub.access_control.1, seq, &ies);
-            self.udp((sub.core_control.0, 2123), (sub.access_control.0, 2123), &response);
-        }
-        if accept {
-            self.truth.sessions_up.push(sub.msisdn.clone());
-        }
-    }
-
-    /// Moves a GTPv1 context to SGSN 2 (Update PDP Context) or a GTPv2 one to new SGW TEIDs (Modify Bearer).
-    fn update(&mut self, sub: &mut Subscriber) {
-        self.tick(20_000);
-        let seq = self.seq();
-        if sub.v2 {
-            let new_user = (SGW_USER, self.teid());
-            let mut ies = Vec::new();
-            let mut bearer = Vec::new();
-            v2_ie(&mut bearer, 73, 0, &[5]);
-            v2_ie(&mut bearer, 87, 1, &v2_fteid(4, new_user.1, new_user.0));
-            v2_ie(&mut ies, 93, 0, &bearer);
-            let request = v2_message(34, sub.core_control.1, u32::from(seq), &ies);
-            self.udp((sub.access_control.0, 2123), (sub.core_control.0, 2123), &request);
-            self.tick(5_000);
-            let mut ies = Vec::new();
-            v2_ie(&mut ies, 2, 0, &[16, 0]);
-            let response = v2_message(35, sub.access_control.1, u32::from(seq), &ies);
-            self.udp((sub.core_control.0, 2123), (sub.access_control.0, 2123), &response);
-            sub.access_user = new_user;
-        } else {
-            let new_control = (SGSN_2, self.teid());
-            let new_user = (SGSN_2_USER, self.teid());
-            let mut ies = Vec::new();
-            ies.extend_from_slice(&[14, 3]);
-            ies.push(16);
-            ies.extend_from_slice(&new_user.1.to_be_bytes());
-            ies.push(17);
-            ies.extend_from_slice(&new_control.1.to_be_bytes());
-            ies.extend_from_slice(&[20, 5]);
-            v1_tlv(&mut ies, 133, &new_control.0.octets());
-            v1_tlv(&mut ies, 133, &new_user.0.octets());
-            let request = v1_message(18, sub.core_control.1, seq, &ies);
-            self.udp((new_control.0, 2123), (sub.core_control.0, 2123), &request);
-            self.tick(5_000);
-            let mut ies = vec![1, 128];
-            ies.push(16);
-            ies.extend_from_slice(&sub.core_user.1.to_be_bytes());
-            ies.push(17);
-            ies.extend_from_slice(&sub.core_control.1.to_be_bytes());
-            v1_tlv(&mut ies, 133, &sub.core_control.0.octets());
-            v1_tlv(&mut ies, 133, &sub.core_user.0.octets());
-            let response = v1_message(19, new_control.1, seq, &ies);
-            self.udp((sub.core_control.0, 2123), (new_control.0, 2123), &response);
-            sub.access_control = new_control;
-            sub.access_user = new_user;
-        }
-    }
-
-    fn delete(&mut self, sub: &Subscriber) {
-        self.tick(20_000);
-        let seq = self.seq();
-        if sub.v2 {
-            let mut ies = Vec::new();
-            v2_ie(&mut ies, 73, 0, &[5]);
-            let request = v2_message(36, sub.core_control.1, u32::from(seq), &ies);
-            self.udp((sub.access_control.0, 2123), (sub.core_control.0, 2123), &request);
-            self.tick(5_000);
-            let mut ies = Vec::new();
-            v2_ie(&mut ies, 2, 0, &[16, 0]);
-            let response = v2_message(37, sub.access_control.1, u32::from(seq), &ies);
-            self.udp((sub.core_control.0, 2123), (sub.access_control.0, 2123), &response);
-        } else {
-            let request = v1_message(20, sub.core_control.1, seq, &[19, 1, 20, 5]);
-            self.udp((sub.access_control.0, 2123), (sub.core_control.0, 2123), &request);
-            self.tick(5_000);
-            let response = v1_message(21, sub.access_control.1, seq, &[1, 128]);
-            self.udp((sub.core_control.0, 2123), (sub.access_control.0, 2123), &response);
-        }
-        self.truth.sessions_down.push(sub.msisdn.clone());
-    }
-
-    fn subscriber(&mut self, index: u32, ue_ipv4: Ipv4Addr, apn: &'static str) -> Subscriber {
-        let v2 = index % 4 == 3;
-        let ue_ipv6 = (index % 5 == 1).then(|| Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, index as u16 + 1));
-        let (access_control, access_user, core_control, core_user) = if v2 {
-            ((SGW, self.teid()), (SGW_USER, self.teid()), (PGW, self.teid()), (PGW_USER, self.teid()))
-        } else {
-            ((SGSN_1, self.teid()), (SGSN_1_USER, self.teid()), (GGSN, self.teid()), (GGSN_USER, self.teid()))
-        };
-        let (imsi, msisdn) = (format!("00101{:010}", 1_000_000 + index), format!("4670{:08}", 10_000_000 + index));
-        self.truth.identities.push((msisdn.clone(), imsi.clone()));
-        Subscriber {
-            imsi,
-            msisdn,
-            imei: format!("35{:013}", 4_200_000 + u64::from(index)),
-            apn,
-            ue_ipv4,
-            ue_ipv6: if v2 { None } else { ue_ipv6 },
-            v2,
-            access_control,
-            access_user,
-            core_control,
-            core_user,
-            tcp_port: 30000 + (index % 20000) as u16,
-            tcp_sequence: index.wrapping_mul(7919),
-        }
-    }
-
     /// A token sent by `sub` in one of the carriers; recorded in the truth.
-    fn send_token(&mut self, sub: &mut Subscriber, placement: Placement) {
+    pub(crate) fn send_token(&mut self, sub: &mut Subscriber, placement: Placement) {
         let token = self.token();
         let text = token.to_string();
         match placement {
@@ -674,7 +414,7 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         self.truth.sightings.push((token, sub.msisdn.clone()));
     }
 
-    fn look_alike(&mut self, sub: &mut Subscriber) {
+    pub(crate) fn look_alike(&mut self, sub: &mut Subscriber) {
         let mut text = self.random_token().to_string().into_bytes();
         text[20] = if text[20] == b'a' { b'b' } else { b'a' };
         let request =
@@ -682,7 +422,7 @@ impl<'s, S: FrameSink> Generator<'s, S> {
         self.http_request(sub, request.as_bytes(), None, false);
     }
 
-    fn malformed(&mut self) {
+    pub(crate) fn malformed(&mut self) {
         let garbage_gtpc: [&[u8]; 5] = [
             &[0x32, 16, 0, 40, 0, 0, 0, 0, 0, 1], // length beyond the datagram
             &[0x32, 16, 0, 8, 0, 0, 0, 0, 0, 9, 0, 0, 100, 1, 2, 3], // unknown TV IE 100
