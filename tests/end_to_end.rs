@@ -144,14 +144,7 @@ fn live_capture_on_a_veth_pair_charges_like_replay() {
     assert!(inject.status.success(), "inject: {}", String::from_utf8_lossy(&inject.stderr));
     // Metrics are rendered about once a second; give the last batch time to be counted and rendered.
     std::thread::sleep(Duration::from_millis(2500));
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    };
+    let metrics = common::metrics(metrics_port);
     let value = |name: &str| -> u64 {
         metrics
             .lines()

@@ -1,5 +1,7 @@
 //! No plaintext off the loopback, secrets off the command line, personal data on disk private. Nothing
 //! here sends a packet anywhere but the loopback: the refusals happen before any connection.
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -209,14 +211,7 @@ fn bad_keys_are_counted_on_the_api_metrics_and_logged_without_the_key() {
         assert!(!String::from_utf8_lossy(&output.stderr).contains(bad_key), "the refusal echoes the key");
     }
     std::thread::sleep(Duration::from_millis(1500)); // the exposition is rendered once a second
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    };
+    let metrics = common::metrics(metrics_port);
     let _ = server.kill();
     let _ = server.wait();
     assert!(metrics.contains("gtpcharge_api_auth_failures_total 7\n"), "{metrics}");

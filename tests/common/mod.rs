@@ -11,6 +11,16 @@ pub fn gtpcharge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gtpcharge")).args(args).output().expect("run gtpcharge")
 }
 
+/// The text of `GET /metrics` on a local Prometheus endpoint (the probe's or the API's).
+pub fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").expect("send the request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read the exposition");
+    text
+}
+
 /// Replays files with `--emit jsonl`; returns the events, the stderr summary and the exit code.
 pub fn replay(files: &[&Path]) -> (Vec<Value>, String, i32) {
     let mut args = vec!["replay", "--emit", "jsonl"];
