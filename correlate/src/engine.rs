@@ -9,9 +9,10 @@
 //! concern holds the rest of its methods: `control.rs` (GTP-C pairing and each version's messages),
 //! `sessions.rs` (a session's events), `user.rs` (GTP-U attribution, TCP flows and the carriers).
 use crate::event::{Attachment, Attribution, Event, Interface, SessionEvent, Sighting, Unattributed};
-use crate::flow::{self, FlowKey, FlowKind, FlowState, FlowTable, SegmentOrder, CARRY_LEN};
+use crate::flow::{self, FlowKey, FlowState, FlowTable, SegmentOrder};
 use crate::pending::{Added, Matched, Pending, PendingTable};
-use crate::scan::{dns, http, tls, Carrier, TokenFinder};
+use crate::scan::segment::{collect, scan_segment, Scanner};
+use crate::scan::{dns, Carrier, TokenFinder};
 use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey, SHARED_KEY_MAX};
 use crate::sharded::ShardedMap;
 use crate::wire::gtpu::{self, Transport};
@@ -134,12 +135,6 @@ impl Stats {
         }
         all
     }
-}
-
-/// The token finder and its per-packet budget.
-struct Scanner {
-    finder: TokenFinder,
-    bytes_max: usize,
 }
 
 #[derive(Debug, Clone)]

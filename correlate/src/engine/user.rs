@@ -93,7 +93,7 @@ impl Correlator {
                     match dns::query_name(payload, &mut name) {
                         Ok(len) => {
                             let name = name.get(..len).unwrap_or_default();
-                            collect(&self.scanner, &mut self.stats, name, Carrier::Dns, &mut found_tokens);
+                            collect(&self.scanner, &mut |n| self.stats.note(n), name, Carrier::Dns, &mut found_tokens);
                         }
                         Err(_) => self.stats.note("dns-not-a-query"),
                     }
@@ -189,7 +189,7 @@ impl Correlator {
             // No room for state: scan this segment alone (no carry, no retransmission check).
             stats.note("flow-table-full");
             let mut state = FlowState::new(sequence, now);
-            scan_segment(scanner, stats, &mut state, payload, 0, false, found);
+            scan_segment(scanner, &mut |n| stats.note(n), &mut state, payload, 0, false, found);
             return;
         };
         if state.last_seen_us < idle_cutoff {
@@ -211,7 +211,7 @@ impl Correlator {
         if end.wrapping_sub(state.next_sequence) as i32 > 0 || !contiguous {
             state.next_sequence = end;
         }
-        scan_segment(scanner, stats, state, payload, skip, contiguous, found);
+        scan_segment(scanner, &mut |n| stats.note(n), state, payload, skip, contiguous, found);
         if closing {
             self.flows.remove(&key);
         }
@@ -272,106 +272,5 @@ impl Correlator {
                 }));
             }
         }
-    }
-}
-
-pub(super) fn scan_segment(
-    scanner: &Scanner,
-    stats: &mut Stats,
-    state: &mut FlowState,
-    payload: &[u8],
-    skip: usize,
-    contiguous: bool,
-    found: &mut [Option<(Token, Carrier)>; 4],
-) {
-    let fresh = payload.get(skip..).unwrap_or_default();
-    if state.kind == FlowKind::Undecided {
-        // A fresh `HttpState` yields a region exactly when the segment starts with a request method, so
-        // the method test decides without walking the request's lines twice.
-        state.kind = if fresh.starts_with(&[0x16, 0x03]) {
-            FlowKind::Tls
-        } else if http::starts_request(fresh) {
-            FlowKind::Http
-        } else {
-            FlowKind::Other
-        };
-        if state.kind == FlowKind::Tls {
-            let mut name = [0u8; dns::NAME_MAX];
-            match tls::client_hello_sni(fresh, &mut name) {
-                Ok(len) => collect(scanner, stats, name.get(..len).unwrap_or_default(), Carrier::TlsSni, found),
-                Err(tls::TlsError::Truncated) => stats.note("tls-client-hello-truncated"),
-                Err(_) => stats.note("tls-no-server-name"),
-            }
-            return;
-        }
-    }
-    if state.kind != FlowKind::Http {
-        return;
-    }
-    if !contiguous {
-        state.carry_len = 0;
-    }
-    let budget = scanner.bytes_max;
-    let mut regions: [Option<(Carrier, std::ops::Range<usize>)>; 8] = Default::default();
-    let mut count = 0usize;
-    state.http.regions(fresh, |carrier, range| {
-        if let Some(slot) = regions.get_mut(count) {
-            *slot = Some((carrier, range));
-            count += 1;
-        }
-    });
-    // A token that began in the previous segment: join the carry with the head of this one.
-    if state.carry_len > 0 {
-        let carry = state.carry();
-        let head = fresh.get(..CARRY_LEN.min(fresh.len())).unwrap_or_default();
-        let carry_len = carry.len();
-        let mut joined = [0u8; 2 * CARRY_LEN];
-        if let Some(slot) = joined.get_mut(..carry_len) {
-            slot.copy_from_slice(carry);
-        }
-        if let Some(slot) = joined.get_mut(carry_len..carry_len + head.len()) {
-            slot.copy_from_slice(head);
-        }
-        let carrier = state.carry_carrier;
-        let joined = joined.get(..carry_len + head.len()).unwrap_or_default();
-        // Only tokens that start in the carry are new here; look-alikes are counted in their segment.
-        scanner.finder.scan(joined, |at, token| {
-            if at < carry_len {
-                push_token(found, token, carrier)
-            }
-        });
-    }
-    state.carry_len = 0;
-    for (carrier, range) in regions.iter().flatten().cloned() {
-        let start = range.start.min(budget);
-        let end = range.end.min(budget);
-        let Some(bytes) = fresh.get(start..end) else { continue };
-        collect(scanner, stats, bytes, carrier, found);
-        if range.end == fresh.len() {
-            state.keep_tail(fresh.get(range.clone()).unwrap_or_default(), carrier);
-        }
-    }
-}
-
-pub(super) fn collect(
-    scanner: &Scanner,
-    stats: &mut Stats,
-    haystack: &[u8],
-    carrier: Carrier,
-    found: &mut [Option<(Token, Carrier)>; 4],
-) {
-    let haystack = haystack.get(..scanner.bytes_max).unwrap_or(haystack);
-    let counts = scanner.finder.scan(haystack, |_, token| push_token(found, token, carrier));
-    for _ in 0..counts.rejected {
-        stats.note("token-look-alike");
-    }
-}
-
-pub(super) fn push_token(found: &mut [Option<(Token, Carrier)>; 4], token: Token, carrier: Carrier) {
-    if found.iter().flatten().any(|(t, _)| *t == token) {
-        return;
-    }
-    if let Some(slot) = found.iter_mut().find(|s| s.is_none()) {
-        *slot = Some((token, carrier));
     }
 }

@@ -6,6 +6,7 @@
 //! What it does not do: decrypt, reassemble whole TCP streams, or look at downlink traffic.
 pub mod dns;
 pub mod http;
+pub(crate) mod segment;
 pub mod tls;
 
 use gtpcharge_proto::token::{self, Token};
