@@ -2,7 +2,8 @@
 //!
 //! Carriers, one file each: [`http`] (request line and headers of HTTP/1.x), [`dns`] (query names),
 //! [`tls`] (ClientHello server name); `segment` dispatches a TCP flow's segments to them.
-//! [`TokenFinder`] finds candidate tokens in bytes and checks them with the shared token syntax ([`gtpcharge_proto::token`]); look-alikes fail the check part and are counted.
+//! [`TokenFinder`] finds candidate tokens in bytes and checks them with the shared token syntax
+//! ([`gtpcharge_proto::token`]); look-alikes fail the check part and are counted.
 //! What it does not do: decrypt, reassemble whole TCP streams, or look at downlink traffic.
 pub mod dns;
 pub mod http;
