@@ -378,4 +378,5 @@ fn ip_bits(ip: IpAddr) -> u128 {
 }
 
 #[cfg(test)]
+#[path = "tests/engine.rs"]
 mod tests;

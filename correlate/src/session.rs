@@ -563,4 +563,5 @@ impl SessionTable {
 }
 
 #[cfg(test)]
+#[path = "tests/session.rs"]
 mod tests;

@@ -112,7 +112,7 @@ mod tests {
             assert!(Header::parse(&data[..cut]).is_err());
         }
         // The length field true to a cut: a cut inside an IE is `TruncatedIe`, one between IEs reads.
-        use crate::wire::gtpv1::tests::{cut_inside, ie_ends};
+        use crate::wire::gtpv1::{cut_inside, ie_ends};
         let ends = ie_ends(IeIter::with_tv_table(&data[HEADER_LEN..], tv_value_len_v0), HEADER_LEN);
         assert_eq!(ends.last(), Some(&data.len()));
         for cut in HEADER_LEN..data.len() {

@@ -344,8 +344,12 @@ pub fn cause_accepted(cause: u8) -> bool {
     (128..=191).contains(&cause)
 }
 
+/// Message fixtures the other parsers' and the engine's tests use.
 #[cfg(test)]
-pub(crate) mod tests {
+pub(crate) use tests::{create_pdp_request, cut_inside, g_pdu_with_extensions, ie_ends};
+
+#[cfg(test)]
+mod tests {
     use super::*;
 
     /// The Create PDP Context Request of zeek's gtp_create_pdp_ctx.pcap (frame 2), GTP part, rebuilt field

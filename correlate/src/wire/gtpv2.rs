@@ -323,8 +323,12 @@ pub fn cause_accepted(cause: u8) -> bool {
     (16..=63).contains(&cause)
 }
 
+/// A Create Session Request fixture the engine's tests use.
 #[cfg(test)]
-pub(crate) mod tests {
+pub(crate) use tests::create_session_request;
+
+#[cfg(test)]
+mod tests {
     use super::*;
 
     /// parse(emit(x)) == x: the header with and without a TEID, and every IE of a message.
@@ -402,7 +406,7 @@ pub(crate) mod tests {
         assert_eq!(ends.last(), Some(&data.len()));
         let mut cut_inside_an_ie = 0;
         for cut in 12..data.len() {
-            let message = crate::wire::gtpv1::tests::cut_inside(&data, cut, 4);
+            let message = crate::wire::gtpv1::cut_inside(&data, cut, 4);
             let header = Header::parse(&message).unwrap();
             let result = ControlFields::parse(header.body);
             if ends.contains(&cut) {

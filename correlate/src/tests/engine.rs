@@ -1,5 +1,6 @@
 //! The correlator's unit tests: pairing, secondary contexts, dedupe, truncated IEs, the UE-address
 //! fallback; the mirror's failure cases as a whole are in `tests/pairing.rs`.
+#![cfg(test)]
 use super::*;
 use crate::wire::gtpv1::message as v1;
 use crate::wire::Tbcd;
@@ -125,11 +126,11 @@ fn pairing_needs_the_proof_and_an_accepting_cause() {
 /// as `gtpc-ie-truncated` and creates nothing; an endless extension chain as `gtpu-too-many-extensions`.
 #[test]
 fn truncated_ies_and_extension_chains_are_counted_by_reason() {
-    use crate::wire::gtpv1::tests::{create_pdp_request, cut_inside, g_pdu_with_extensions};
+    use crate::wire::gtpv1::{create_pdp_request, cut_inside, g_pdu_with_extensions};
     let mut c = Correlator::new(Config::default());
     let v1_request = create_pdp_request();
     assert!(send(&mut c, 1, SGSN, GGSN, 2123, &cut_inside(&v1_request, v1_request.len() - 5, 8)).is_empty());
-    let v2_request = crate::wire::gtpv2::tests::create_session_request();
+    let v2_request = crate::wire::gtpv2::create_session_request();
     assert!(send(&mut c, 2, SGSN, GGSN, 2123, &cut_inside(&v2_request, v2_request.len() - 1, 4)).is_empty());
     assert_eq!(c.stats().drops.get("gtpc-ie-truncated"), Some(&2));
     assert_eq!(c.pending_len(), 0, "a truncated request is not kept");

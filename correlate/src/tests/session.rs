@@ -1,4 +1,5 @@
 //! The session table's tests: keys, eviction, tombstones, interning, and the record's size.
+#![cfg(test)]
 use super::*;
 
 fn key(address: [u8; 4], teid: u32) -> TunnelKey {
