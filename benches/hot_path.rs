@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use etherparse::PacketBuilder;
 use gtpcharge_capture::{Decoder, DecoderConfig};
 use gtpcharge_correlate::flow::{FlowKey, FlowState, FlowTable};
+use gtpcharge_correlate::reason::Note;
 use gtpcharge_correlate::scan::TokenFinder;
 use gtpcharge_correlate::session::{Endpoint, Session, SessionTable, TunnelKey};
 use gtpcharge_correlate::wire::{gtpv1, gtpv2, Tbcd};
@@ -156,12 +157,12 @@ fn bench_hot_path(c: &mut Criterion) {
         });
         // The bench measured the path it names: every packet on the session's tunnel, none unknown
         // (checked when it ran: a filter may have skipped it).
-        let notes = correlator.stats().notes();
+        let notes = &correlator.stats().notes;
         if correlator.stats().g_pdus == 0 {
             continue;
         }
-        assert_eq!(notes.get("g-pdu-unknown-tunnel"), None, "{name}: {notes:?}");
-        assert_eq!(notes.contains_key("g-pdu-downlink"), !uplink, "{name}: {notes:?}");
+        assert_eq!(notes.get(Note::GPduUnknownTunnel), 0, "{name}: {notes:?}");
+        assert_eq!(notes.get(Note::GPduDownlink) > 0, !uplink, "{name}: {notes:?}");
     }
     let (frame, _) = g_pdu_frame(SGSN, GGSN, 0x21, [10, 1, 2, 3], &request);
     let mut decoder = Decoder::new(&DecoderConfig::default());

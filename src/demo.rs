@@ -10,7 +10,8 @@
 //! 4. the replay with `--emit jsonl --billing-url`, exactly as an operator would run it;
 //! 5. a report: every purchase charged to the subscriber who sent its token, unattributed ones still
 //!    pending, the ledger balanced. Exit 0 only if all of that holds.
-use crate::{replay, Emit, ProbeArgs};
+use crate::driver::replay;
+use crate::{Emit, ProbeArgs};
 use anyhow::{bail, ensure, Context, Result};
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::{AccountUpdate, NewPurchase};

@@ -1,5 +1,6 @@
-//! `gtpcharge`: dispatches the subcommands (`cli.rs`) and drives the probe over files (`replay`) and live
-//! interfaces (`capture`); the billing API's commands (serve, admin, purchase) are in `api_commands.rs`, the developer tools in `tools.rs`.
+//! `gtpcharge`: dispatches the subcommands (`cli.rs`). The probe's commands (`replay`, `capture`) are in
+//! `driver.rs`, the billing API's (serve, admin, purchase) in `api_commands.rs`, the developer tools in
+//! `tools.rs`.
 //! See README.md for the commands and ARCHITECTURE.md for the code map.
 #![deny(unsafe_code)]
 mod api_commands;
@@ -7,8 +8,10 @@ mod cli;
 mod config;
 mod delivery;
 mod demo;
+mod driver;
 mod evidence;
 mod explain;
+mod feed;
 mod jsonl;
 mod logging;
 mod metrics;
@@ -22,164 +25,8 @@ mod tools;
 use cli::*;
 use tools::{floor, fuzz_corpus, generate, inject, token_check, token_new};
 
-use anyhow::{Context, Result};
-use gtpcharge_capture::{FileSource, LiveConfig, LiveSource};
-use run::ProbeRun;
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-fn replay(files: &[PathBuf], args: &ProbeArgs) -> Result<bool> {
-    // Open every file before writing anything: a bad name fails the run with nothing half-written.
-    let mut sources = Vec::with_capacity(files.len());
-    let mut total_bytes = 0u64;
-    for path in files {
-        sources.push(FileSource::open(path, args.filter.as_deref())?);
-        total_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    }
-    // Standard input has no length: its progress is bytes and rate, without a bar.
-    let piped = files.iter().any(|path| path == Path::new(gtpcharge_capture::source::STDIN_NAME));
-    let progress = if std::io::stderr().is_terminal() {
-        let (bar, template) = if piped {
-            (indicatif::ProgressBar::new_spinner(), "{spinner} {bytes} {bytes_per_sec} {msg}")
-        } else {
-            (indicatif::ProgressBar::new(total_bytes), "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(template)
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(bar)
-    } else {
-        None
-    };
-    let mut run = ProbeRun::start(args)?;
-    // After the run's clock has started: the check (a few milliseconds) counts in its elapsed time.
-    let threads = args.threads();
-    let report = |error: &gtpcharge_capture::CaptureError| match &progress {
-        // A file cut short mid-record (a capture killed while writing): keep what was read, go on.
-        Some(bar) => bar.suspend(|| eprintln!("gtpcharge: {error}")),
-        None => eprintln!("gtpcharge: {error}"),
-    };
-    let mut all_read = true;
-    if let pipeline::Threads::Two(handover) = threads {
-        let reader = pipeline::read_files(sources, handover).context("starting the reader thread")?;
-        while let Some(batch) = reader.next() {
-            run.batch(&batch);
-            if let Some(bar) = &progress {
-                bar.set_position(batch.position);
-            }
-            run.publish(None, false);
-            reader.recycle(batch);
-        }
-        let errors = reader.join().map_err(|_| anyhow::anyhow!("the reader thread failed"))?;
-        for error in &errors {
-            report(error);
-        }
-        all_read = errors.is_empty();
-    } else {
-        let mut position = 0u64;
-        for source in &mut sources {
-            if let Some(bar) = &progress {
-                bar.set_message(source.path().display().to_string());
-            }
-            let result = source.for_each(|frame| {
-                position += 16 + frame.data.len() as u64;
-                run.frame(frame);
-                if run.probe.packets % 8192 == 0 {
-                    if let Some(bar) = &progress {
-                        bar.set_position(position);
-                    }
-                    run.publish(None, false);
-                }
-            });
-            if let Err(error) = result {
-                report(&error);
-                all_read = false;
-            }
-        }
-    }
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
-    let delivered = run.finish(None, std::time::Duration::from_secs(args.drain_timeout_s))?;
-    Ok(all_read && delivered)
-}
-
-fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut source = LiveSource::open(&live)?;
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the SIGINT/SIGTERM handler")?;
-    let mut run = ProbeRun::start(args)?;
-    run.measure_sighting_delay();
-    tracing::info!(
-        interface = %live.interface,
-        buffer_bytes = live.buffer_size_bytes,
-        read_timeout_ms = live.read_timeout_ms,
-        immediate = live.immediate,
-        "capturing (stop with SIGINT or SIGTERM)"
-    );
-    let libpcap = if let pipeline::Threads::Two(handover) = args.threads() {
-        live_pipeline(source, &mut run, &stop, handover)?
-    } else {
-        let mut checked = std::time::Instant::now();
-        let mut stopping = pipeline::Stopping::default();
-        loop {
-            let stop_now = stop.load(Ordering::SeqCst);
-            let read = source.dispatch(|frame| run.frame(frame))?;
-            if stopping.done(stop_now, read) {
-                break;
-            }
-            if checked.elapsed() >= std::time::Duration::from_secs(1) {
-                checked = std::time::Instant::now();
-                let libpcap = source.stats().ok();
-                run.watch_drops(libpcap);
-                run.publish(libpcap, false);
-            }
-        }
-        source.stats()?
-    };
-    // Whatever could not be delivered within the drain time stays in the spool for the next start.
-    run.finish(Some(libpcap), std::time::Duration::from_secs(args.drain_timeout_s.min(10)))?;
-    Ok(())
-}
-
-/// The live capture on two threads until `stop`; libpcap's last counters.
-fn live_pipeline(
-    source: LiveSource,
-    run: &mut ProbeRun,
-    stop: &Arc<AtomicBool>,
-    handover: pipeline::Handover,
-) -> Result<gtpcharge_capture::LiveStats> {
-    let shared = Arc::new(std::sync::Mutex::new(None));
-    let reader =
-        pipeline::read_live(source, stop.clone(), shared.clone(), handover).context("starting the reader thread")?;
-    // Wake at least every 200 ms so the metrics and the drop watch stay fresh while the link is quiet.
-    let mut checked = std::time::Instant::now();
-    loop {
-        match reader.next_timeout(std::time::Duration::from_millis(200)) {
-            Ok(batch) => {
-                run.batch(&batch);
-                reader.recycle(batch);
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        }
-        if checked.elapsed() >= std::time::Duration::from_secs(1) {
-            checked = std::time::Instant::now();
-            let libpcap = shared.lock().ok().and_then(|s| *s);
-            run.watch_drops(libpcap);
-            run.publish(libpcap, false);
-        }
-    }
-    if let Ok(Some(error)) = reader.join() {
-        return Err(error.into());
-    }
-    let last = shared.lock().ok().and_then(|s| *s);
-    Ok(last.unwrap_or_default())
-}
+use anyhow::Context;
+use gtpcharge_capture::LiveConfig;
 
 fn main() -> std::process::ExitCode {
     if let Err(error) = config::load_from_args() {
@@ -194,7 +41,7 @@ fn main() -> std::process::ExitCode {
     };
     logging::init(cli.log_format, cli.log_subscriber_ids);
     let result = match cli.command {
-        Command::Replay { files, probe } => replay(&files, &probe),
+        Command::Replay { files, probe } => driver::replay(&files, &probe),
         Command::Capture {
             interface,
             snaplen,
@@ -214,7 +61,7 @@ fn main() -> std::process::ExitCode {
                 filter: probe.filter.clone(),
                 read_timeout_ms: read_timeout_ms.max(1),
             };
-            capture(live, &probe).map(|()| true)
+            driver::capture(live, &probe).map(|()| true)
         }
         Command::Explain { file } => explain::explain(&file),
         Command::Demo { sample, workdir } => {

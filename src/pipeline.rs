@@ -34,9 +34,10 @@
 //! sleeping thread costs the other a futex wake and itself a context switch, which costs more than the
 //! 64 KiB batch it waited for (context switches counted with sleeping and spinning waits in
 //! `benches/RESULTS.md`).
+use crate::feed::{self, Feed};
 use crate::prefetch;
-use gtpcharge_capture::{CaptureError, FileSource, Frame, LiveSource, LiveStats};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use gtpcharge_capture::{Frame, LiveStats};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -300,124 +301,59 @@ fn spawn_reader<T: Send + 'static>(
     Ok(Reader { batches, recycle, thread })
 }
 
-/// Reads capture files in order on a reader thread. The thread returns, per file, the error that ended
-/// it early (if any).
-pub fn read_files(sources: Vec<FileSource>, handover: Handover) -> std::io::Result<Reader<Vec<CaptureError>>> {
+/// Reads `feed` on a reader thread into batches, until it ends. A batch goes over when it is full; from
+/// a live interface also when the ring had less than a read's worth ready, or when its first frame has
+/// waited [`BATCH_AGE_MAX`], so a quiet link adds no batching delay to a sighting. libpcap's counters of a
+/// live capture are refreshed into `libpcap` with every batch. The thread gives the feed back at its end
+/// (its errors, its last counters).
+pub fn read(
+    mut feed: Feed,
+    handover: Handover,
+    libpcap: Arc<Mutex<Option<LiveStats>>>,
+) -> std::io::Result<Reader<Feed>> {
     spawn_reader(handover, move |lanes| {
-        let mut errors = Vec::new();
-        let Some(mut batch) = lanes.next_empty() else { return errors };
+        let Some(mut batch) = lanes.next_empty() else { return feed };
+        let live = feed.is_live();
+        let mut started = Instant::now();
+        // The feed's own position cannot be read while it hands frames over: counted here as it counts.
         let mut position = 0u64;
-        for mut source in sources {
-            let result = source.for_each(|frame| {
+        let refresh = |feed: &mut Feed| {
+            if let Ok(mut shared) = libpcap.lock() {
+                *shared = feed.stats();
+            }
+        };
+        loop {
+            let mut handed_over = false;
+            let read = feed.read(|frame| {
                 position += 16 + frame.data.len() as u64;
                 lanes.push(&mut batch, frame);
                 if batch.is_full() {
                     batch.position = position;
                     lanes.hand_over(&mut batch);
+                    started = Instant::now();
+                    handed_over = true;
                 }
             });
-            if let Err(error) = result {
-                errors.push(error);
+            if read == feed::Read::End {
+                break;
             }
+            if live && !batch.is_empty() && (read.caught_up() || started.elapsed() >= BATCH_AGE_MAX) {
+                lanes.hand_over(&mut batch);
+                started = Instant::now();
+                handed_over = true;
+            }
+            if live && handed_over {
+                refresh(&mut feed);
+            }
+        }
+        if live {
+            refresh(&mut feed);
         }
         if !batch.is_empty() {
             batch.position = position;
             lanes.send(batch);
         }
-        errors
-    })
-}
-
-/// How long a live capture keeps reading after it was told to stop, to empty the kernel ring of what
-/// was captured before the stop.
-pub const STOP_DRAIN_MAX: Duration = Duration::from_secs(2);
-/// Once stopped, reads must find nothing for this long before the ring counts as empty: a partly
-/// filled block is handed over only when libpcap's block timeout (`--read-timeout-ms`) retires it.
-const STOP_SETTLE: Duration = Duration::from_millis(100);
-
-/// The end of a live capture: once stopped, reading goes on until the ring has stayed empty for
-/// [`STOP_SETTLE`] or [`STOP_DRAIN_MAX`] has passed, so the packets captured before the stop are not
-/// silently left behind. (A read returns within the read timeout whatever the traffic: `LiveSource`.)
-#[derive(Default)]
-pub struct Stopping {
-    since: Option<Instant>,
-    empty_since: Option<Instant>,
-}
-
-impl Stopping {
-    /// Whether to stop reading, given the stop flag (as it was before the last read) and what that read
-    /// returned.
-    pub fn done(&mut self, stop: bool, read: usize) -> bool {
-        if !stop {
-            return false;
-        }
-        let since = *self.since.get_or_insert_with(Instant::now);
-        if read > 0 {
-            self.empty_since = None;
-        } else if self.empty_since.get_or_insert_with(Instant::now).elapsed() >= STOP_SETTLE {
-            return true;
-        }
-        since.elapsed() >= STOP_DRAIN_MAX
-    }
-}
-
-/// Reads a live interface on a reader thread until `stop` (and the ring is drained, see [`Stopping`]); libpcap's counters are refreshed into
-/// `libpcap` with every batch. The thread returns the read error that stopped it, if any.
-pub fn read_live(
-    mut source: LiveSource,
-    stop: Arc<AtomicBool>,
-    libpcap: Arc<Mutex<Option<LiveStats>>>,
-    handover: Handover,
-) -> std::io::Result<Reader<Option<CaptureError>>> {
-    spawn_reader(handover, move |lanes| {
-        let mut batch = lanes.next_empty()?;
-        let mut started = Instant::now();
-        let mut failure = None;
-        let refresh = |source: &mut LiveSource| {
-            if let Ok(mut shared) = libpcap.lock() {
-                *shared = source.stats().ok();
-            }
-        };
-        let mut stopping = Stopping::default();
-        loop {
-            let stop_now = stop.load(Ordering::SeqCst);
-            let mut handed_over = false;
-            let read = source.dispatch(|frame| {
-                lanes.push(&mut batch, frame);
-                if batch.is_full() {
-                    lanes.hand_over(&mut batch);
-                    started = Instant::now();
-                    handed_over = true;
-                }
-            });
-            let read = match read {
-                Ok(read) => read,
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            };
-            if stopping.done(stop_now, read) {
-                break;
-            }
-            // A read that returned less than it could means the ring is empty for now: what was read
-            // goes over at once, so a quiet link adds no batching delay to a sighting; under load the
-            // batches fill and go over full.
-            let caught_up = read < gtpcharge_capture::source::DISPATCH_FRAMES;
-            if !batch.is_empty() && (caught_up || started.elapsed() >= BATCH_AGE_MAX) {
-                lanes.hand_over(&mut batch);
-                started = Instant::now();
-                handed_over = true;
-            }
-            if handed_over {
-                refresh(&mut source);
-            }
-        }
-        refresh(&mut source);
-        if !batch.is_empty() {
-            lanes.send(batch);
-        }
-        failure
+        feed
     })
 }
 

@@ -1,8 +1,10 @@
 //! The probe's per-packet work: frames → decode → correlate → events, with the counters the summary and
 //! the metrics show. `frame` does it all; with the pipeline (`pipeline.rs`) the reader thread only
 //! copies frames and `batch` runs `frame` on each.
-use gtpcharge_capture::{Decoder, DecoderConfig, Frame};
+use gtpcharge_capture::{Decoder, DecoderConfig, Frame, Undecoded};
+use gtpcharge_correlate::reason::Counts;
 use gtpcharge_correlate::{Config, Correlator, Datagram, Event};
+use strum::EnumCount;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -15,6 +17,8 @@ pub struct Probe {
     pub packets: u64,
     pub bytes: u64,
     pub fragments_held: u64,
+    /// Frames that did not decode to a datagram, by reason (the correlator counts the rest).
+    undecoded: Counts<Undecoded, { Undecoded::COUNT }>,
     pub started: Instant,
 }
 
@@ -28,6 +32,7 @@ impl Probe {
             packets: 0,
             bytes: 0,
             fragments_held: 0,
+            undecoded: Counts::default(),
             started: Instant::now(),
         }
     }
@@ -65,10 +70,10 @@ impl Probe {
                 }
             }
             Ok(None) => self.fragments_held += 1,
-            Err(reason) => self.correlator.count_drop(reason),
+            Err(reason) => self.undecoded.add(*reason),
         }
         for _ in 0..self.decoder.take_fragment_timeouts() {
-            self.correlator.count_drop("fragment-timeout");
+            self.undecoded.add(Undecoded::FragmentTimeout);
         }
         let Probe { events, evidence, correlator, .. } = self;
         for mut event in events.drain(..) {
@@ -94,6 +99,15 @@ impl Probe {
         }
     }
 
+    /// Every drop by reason: the frames that did not decode and the datagrams the correlator dropped.
+    pub fn drops(&self) -> BTreeMap<&'static str, u64> {
+        let mut drops = self.correlator.stats().drops.by_name();
+        for (reason, count) in self.undecoded.by_name() {
+            *drops.entry(reason).or_default() += count;
+        }
+        drops
+    }
+
     /// The Prometheus exposition of every counter (see `metrics.rs`).
     pub fn metrics(
         &self,
@@ -108,13 +122,13 @@ impl Probe {
             "gtpcharge_drops_total",
             "Frames not fully processed, by reason.",
             "reason",
-            stats.drops.iter().map(|(k, v)| (k.to_string(), *v)),
+            self.drops().into_iter().map(|(k, v)| (k.to_string(), v)),
         );
         text.labelled(
             "gtpcharge_notes_total",
             "Events worth counting that are not drops.",
             "what",
-            stats.notes().iter().map(|(k, v)| (k.to_string(), *v)),
+            stats.notes.nonzero().map(|(k, v)| (k.name().to_string(), v)),
         );
         text.labelled(
             "gtpcharge_gtpc_messages_total",
@@ -232,9 +246,9 @@ impl Probe {
             }
             line(format!("mirror sessions {}", join(&by_session)));
         }
-        let drops: u64 = stats.drops.values().sum();
-        line(format!("drops {drops} {}", join(&stats.drops)));
-        line(format!("notes {}", join(&stats.notes())));
+        let drops = self.drops();
+        line(format!("drops {} {}", drops.values().sum::<u64>(), join(&drops)));
+        line(format!("notes {}", join(&stats.notes.by_name())));
         out
     }
 }

@@ -117,7 +117,9 @@ pub fn floor(files: &[PathBuf], through_pipeline: bool, forced: Option<pipeline:
     let (mut packets, mut bytes) = (0u64, 0u64);
     if let Some(handover) = handover {
         let sources = files.iter().map(|path| FileSource::open(path, None)).collect::<Result<Vec<_>, _>>()?;
-        let reader = pipeline::read_files(sources, handover).context("starting the reader thread")?;
+        let no_counters = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let reader = pipeline::read(crate::feed::Feed::files(sources), handover, no_counters)
+            .context("starting the reader thread")?;
         while let Some(batch) = reader.next() {
             for frame in batch.frames() {
                 packets += 1;
@@ -125,8 +127,8 @@ pub fn floor(files: &[PathBuf], through_pipeline: bool, forced: Option<pipeline:
             }
             reader.recycle(batch);
         }
-        if let Some(error) = reader.join().map_err(|_| anyhow::anyhow!("the reader thread failed"))?.into_iter().next()
-        {
+        let feed = reader.join().map_err(|_| anyhow::anyhow!("the reader thread failed"))?;
+        if let Some(error) = feed.into_errors().into_iter().next() {
             return Err(error.into());
         }
     } else {

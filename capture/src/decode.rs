@@ -5,6 +5,7 @@
 //! UDP over IP, or is malformed, yields a counter reason; nothing here panics on any input.
 use crate::encap::{self, Kind, Layer};
 use crate::reassembly::{FragmentKey, Outcome, Reassembler};
+use crate::undecoded::Undecoded;
 use etherparse::{IpNumber, IpSlice, Ipv4HeaderSlice, UdpSlice};
 use std::net::{IpAddr, SocketAddr};
 
@@ -96,43 +97,43 @@ fn be16(data: &[u8], at: usize) -> Option<u16> {
 
 /// The network-layer bytes of a frame (IPv4 or IPv6 by ethertype or version nibble).
 #[inline(always)]
-fn network_layer(linktype: i32, data: &[u8]) -> Result<&[u8], &'static str> {
+fn network_layer(linktype: i32, data: &[u8]) -> Result<&[u8], Undecoded> {
     let (mut ethertype, mut rest) = match linktype {
-        linktype::ETHERNET => (be16(data, 12).ok_or("link-truncated")?, data.get(14..).ok_or("link-truncated")?),
-        linktype::LINUX_SLL => (be16(data, 14).ok_or("link-truncated")?, data.get(16..).ok_or("link-truncated")?),
-        linktype::LINUX_SLL2 => (be16(data, 0).ok_or("link-truncated")?, data.get(20..).ok_or("link-truncated")?),
+        linktype::ETHERNET => (be16(data, 12).ok_or(Undecoded::LinkTruncated)?, data.get(14..).ok_or(Undecoded::LinkTruncated)?),
+        linktype::LINUX_SLL => (be16(data, 14).ok_or(Undecoded::LinkTruncated)?, data.get(16..).ok_or(Undecoded::LinkTruncated)?),
+        linktype::LINUX_SLL2 => (be16(data, 0).ok_or(Undecoded::LinkTruncated)?, data.get(20..).ok_or(Undecoded::LinkTruncated)?),
         linktype::RAW | linktype::RAW_OPENBSD | linktype::RAW_LINKTYPE | linktype::IPV4 | linktype::IPV6 => {
             return Ok(data)
         }
         linktype::NULL | linktype::LOOP => {
             // A 4-byte address family, in the capturing host's byte order (NULL) or network order (LOOP).
-            return data.get(4..).ok_or("link-truncated");
+            return data.get(4..).ok_or(Undecoded::LinkTruncated);
         }
-        _ => return Err("link-type-unsupported"),
+        _ => return Err(Undecoded::LinkTypeUnsupported),
     };
     // The common case first: an untagged IP frame leaves at the first test.
     for _ in 0..LINK_TAGS_MAX {
         match ethertype {
             ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => return Ok(rest),
             t if is_vlan(t) => {
-                ethertype = be16(rest, 2).ok_or("link-truncated")?;
-                rest = rest.get(4..).ok_or("link-truncated")?;
+                ethertype = be16(rest, 2).ok_or(Undecoded::LinkTruncated)?;
+                rest = rest.get(4..).ok_or(Undecoded::LinkTruncated)?;
             }
             t if is_mpls(t) => {
-                let label = rest.get(..4).ok_or("link-truncated")?;
+                let label = rest.get(..4).ok_or(Undecoded::LinkTruncated)?;
                 let bottom_of_stack = label.get(2).is_some_and(|b| b & 1 == 1);
-                rest = rest.get(4..).ok_or("link-truncated")?;
+                rest = rest.get(4..).ok_or(Undecoded::LinkTruncated)?;
                 if bottom_of_stack {
                     return Ok(rest); // IP by its version nibble
                 }
             }
-            _ => return Err("not-ip"),
+            _ => return Err(Undecoded::NotIp),
         }
     }
     match ethertype {
         ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => Ok(rest),
-        t if is_vlan(t) || is_mpls(t) => Err("link-too-many-tags"),
-        _ => Err("not-ip"),
+        t if is_vlan(t) || is_mpls(t) => Err(Undecoded::LinkTooManyTags),
+        _ => Err(Undecoded::NotIp),
     }
 }
 
@@ -184,7 +185,7 @@ impl Decoder {
     }
 
     /// One encapsulation layer around the frame's network layer, if there is one.
-    fn unwrap<'d>(&self, ip: &IpSlice<'d>) -> Result<Option<Layer<'d>>, &'static str> {
+    fn unwrap<'d>(&self, ip: &IpSlice<'d>) -> Result<Option<Layer<'d>>, Undecoded> {
         if ip.is_fragmenting_payload() {
             return Ok(None); // reassembled first; see `decode_ip`
         }
@@ -204,9 +205,9 @@ impl Decoder {
     }
 
     /// Counts a frame under its mirror session; `Err` when the session is filtered out.
-    fn mirror_session(&mut self, session: (Kind, u32)) -> Result<(), &'static str> {
+    fn mirror_session(&mut self, session: (Kind, u32)) -> Result<(), Undecoded> {
         if !self.mirror_ids.is_empty() && !self.mirror_ids.contains(&session.1) {
-            return Err("mirror-id-filtered");
+            return Err(Undecoded::MirrorIdFiltered);
         }
         let room = self.mirror_sessions.len() < MIRROR_SESSIONS_MAX;
         match self.mirror_sessions.iter_mut().find(|(s, _)| *s == session) {
@@ -225,12 +226,12 @@ impl Decoder {
         linktype: i32,
         ts_us: u64,
         data: &'a [u8],
-    ) -> Result<Option<Udp<'a>>, &'static str> {
+    ) -> Result<Option<Udp<'a>>, Undecoded> {
         let (mut linktype, mut frame) = (linktype, data);
         let mut outermost = None;
         for _ in 0..=encap::DEPTH_MAX {
             // Parsed once: `unwrap` looks inside, `decode_ip` takes what it did not unwrap.
-            let ip = IpSlice::from_slice(network_layer(linktype, frame)?).map_err(|_| "ip-malformed")?;
+            let ip = IpSlice::from_slice(network_layer(linktype, frame)?).map_err(|_| Undecoded::IpMalformed)?;
             match self.unwrap(&ip)? {
                 Some(layer) => {
                     outermost.get_or_insert((layer.kind, layer.id));
@@ -244,7 +245,7 @@ impl Decoder {
                 }
             }
         }
-        Err("encap-too-deep")
+        Err(Undecoded::EncapTooDeep)
     }
 
     /// Fragmented packets dropped for timing out since the last call.
@@ -262,7 +263,7 @@ impl Decoder {
         linktype: i32,
         ts_us: u64,
         data: &'a [u8],
-    ) -> Result<Option<Udp<'a>>, &'static str> {
+    ) -> Result<Option<Udp<'a>>, Undecoded> {
         self.decode_as(linktype, ts_us, data, |udp| udp)
     }
 
@@ -276,7 +277,7 @@ impl Decoder {
         ts_us: u64,
         data: &'a [u8],
         make: impl FnOnce(Udp<'a>) -> T,
-    ) -> Result<Option<T>, &'static str> {
+    ) -> Result<Option<T>, Undecoded> {
         let network = network_layer(linktype, data)?;
         if let Some((source, destination, transport)) = plain_ipv4(network, IpNumber::UDP) {
             let udp = udp(source, destination, transport)?;
@@ -290,14 +291,14 @@ impl Decoder {
     /// An IP packet that is no encapsulation, past the common case (see `plain_ipv4`): IPv6, fragments
     /// (reassembled here), errors. Reached through `decode_slow`, out of line, so that `decode`, inlined
     /// into the caller's per-frame loop, holds only the common case.
-    fn decode_ip<'a>(&'a mut self, ts_us: u64, ip: IpSlice<'a>) -> Result<Option<Udp<'a>>, &'static str> {
+    fn decode_ip<'a>(&'a mut self, ts_us: u64, ip: IpSlice<'a>) -> Result<Option<Udp<'a>>, Undecoded> {
         let (source, destination) = (ip.source_addr(), ip.destination_addr());
         let protocol = ip.payload_ip_number();
         if protocol != IpNumber::UDP {
             return Err(match protocol {
-                IpNumber::TCP => "not-udp-tcp",
-                IpNumber::GRE if ip.is_fragmenting_payload() => "encap-in-fragment",
-                _ => "not-udp",
+                IpNumber::TCP => Undecoded::NotUdpTcp,
+                IpNumber::GRE if ip.is_fragmenting_payload() => Undecoded::EncapInFragment,
+                _ => Undecoded::NotUdp,
             });
         }
         if ip.is_fragmenting_payload() {
@@ -315,7 +316,7 @@ impl Decoder {
                             etherparse::Ipv6ExtensionSlice::Fragment(f) => Some(f.to_header()),
                             _ => None,
                         })
-                        .ok_or("ip-malformed")?;
+                        .ok_or(Undecoded::IpMalformed)?;
                     (fragment.identification, fragment.fragment_offset, fragment.more_fragments)
                 }
             };
@@ -330,7 +331,7 @@ impl Decoder {
                     if self.tunnel_port(udp.destination.port()) != 0 {
                         // A mirror's encapsulation split into outer fragments: reassembled, but not
                         // unwrapped (counted; mirror sessions are set up to fit the path's MTU).
-                        return Err("encap-in-fragment");
+                        return Err(Undecoded::EncapInFragment);
                     }
                     Ok(Some(udp))
                 }
@@ -356,8 +357,8 @@ fn plain_ipv4(network: &[u8], protocol: IpNumber) -> Option<(IpAddr, IpAddr, &[u
 }
 
 #[inline(always)]
-fn udp(source: IpAddr, destination: IpAddr, transport: &[u8]) -> Result<Udp<'_>, &'static str> {
-    let udp = UdpSlice::from_slice(transport).map_err(|_| "udp-malformed")?;
+fn udp(source: IpAddr, destination: IpAddr, transport: &[u8]) -> Result<Udp<'_>, Undecoded> {
+    let udp = UdpSlice::from_slice(transport).map_err(|_| Undecoded::UdpMalformed)?;
     Ok(Udp {
         source: SocketAddr::new(source, udp.source_port()),
         destination: SocketAddr::new(destination, udp.destination_port()),
@@ -390,7 +391,7 @@ mod tests {
             let udp = decoder.decode(linktype::ETHERNET, 0, &frame).unwrap().unwrap();
             assert_eq!((udp.destination.port(), udp.payload), (2152, &b"gtp"[..]));
         }
-        assert_eq!(decoder.decode(linktype::ETHERNET, 0, &udp_frame(9)), Err("link-too-many-tags"));
+        assert_eq!(decoder.decode(linktype::ETHERNET, 0, &udp_frame(9)), Err(Undecoded::LinkTooManyTags));
     }
 
     #[test]
@@ -400,7 +401,7 @@ mod tests {
         for cut in 0..frame.len() {
             assert!(decoder.decode(linktype::ETHERNET, 0, &frame[..cut]).is_err(), "cut {cut}");
         }
-        assert_eq!(decoder.decode(999, 0, &frame), Err("link-type-unsupported"));
+        assert_eq!(decoder.decode(999, 0, &frame), Err(Undecoded::LinkTypeUnsupported));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! ```
 //! Each layer is checked before it is trusted; a malformed one is a counted reason, never a guess.
 use crate::decode::linktype;
+use crate::undecoded::Undecoded;
 
 /// Encapsulations unwrapped from one frame at most (a mirror of a mirror is legitimate; an endless one
 /// is not).
@@ -62,11 +63,11 @@ fn be32(data: &[u8], at: usize) -> Option<u32> {
 }
 
 /// A GRE packet (the IP payload of protocol 47).
-pub fn gre(packet: &[u8]) -> Result<Layer<'_>, &'static str> {
-    let malformed = "gre-malformed";
+pub fn gre(packet: &[u8]) -> Result<Layer<'_>, Undecoded> {
+    let malformed = Undecoded::GreMalformed;
     let (&flags, &version) = (packet.first().ok_or(malformed)?, packet.get(1).ok_or(malformed)?);
     if version & 0x07 != 0 || flags & 0x40 != 0 {
-        return Err("gre-unsupported"); // enhanced GRE (PPTP) or source routing
+        return Err(Undecoded::GreUnsupported); // enhanced GRE (PPTP) or source routing
     }
     let protocol = be16(packet, 2).ok_or(malformed)?;
     let mut at = 4;
@@ -88,7 +89,7 @@ pub fn gre(packet: &[u8]) -> Result<Layer<'_>, &'static str> {
         0x0800 | 0x86DD => Ok(Layer { kind: Kind::Gre, id: key, linktype: linktype::RAW, inner: rest }),
         0x88BE if !sequenced => Ok(Layer { kind: Kind::ErspanI, id: 0, linktype: linktype::ETHERNET, inner: rest }),
         0x88BE => {
-            let bad = "erspan-malformed";
+            let bad = Undecoded::ErspanMalformed;
             let head = rest.get(..8).ok_or(bad)?;
             if head.first().map(|b| b >> 4) != Some(1) {
                 return Err(bad);
@@ -97,7 +98,7 @@ pub fn gre(packet: &[u8]) -> Result<Layer<'_>, &'static str> {
             Ok(Layer { kind: Kind::ErspanII, id, linktype: linktype::ETHERNET, inner: rest.get(8..).ok_or(bad)? })
         }
         0x22EB => {
-            let bad = "erspan-malformed";
+            let bad = Undecoded::ErspanMalformed;
             let head = rest.get(..12).ok_or(bad)?;
             if head.first().map(|b| b >> 4) != Some(2) {
                 return Err(bad);
@@ -107,13 +108,13 @@ pub fn gre(packet: &[u8]) -> Result<Layer<'_>, &'static str> {
             let skip = if head.get(11).is_some_and(|b| b & 0x01 != 0) { 20 } else { 12 };
             Ok(Layer { kind: Kind::ErspanIII, id, linktype: linktype::ETHERNET, inner: rest.get(skip..).ok_or(bad)? })
         }
-        _ => Err("gre-unsupported"),
+        _ => Err(Undecoded::GreUnsupported),
     }
 }
 
 /// A VXLAN datagram's payload.
-pub fn vxlan(payload: &[u8]) -> Result<Layer<'_>, &'static str> {
-    let bad = "vxlan-malformed";
+pub fn vxlan(payload: &[u8]) -> Result<Layer<'_>, Undecoded> {
+    let bad = Undecoded::VxlanMalformed;
     let head = payload.get(..8).ok_or(bad)?;
     if head.first().is_none_or(|flags| flags & 0x08 == 0) {
         return Err(bad); // the I flag says the VNI is valid
@@ -123,8 +124,8 @@ pub fn vxlan(payload: &[u8]) -> Result<Layer<'_>, &'static str> {
 }
 
 /// A Geneve datagram's payload.
-pub fn geneve(payload: &[u8]) -> Result<Layer<'_>, &'static str> {
-    let bad = "geneve-malformed";
+pub fn geneve(payload: &[u8]) -> Result<Layer<'_>, Undecoded> {
+    let bad = Undecoded::GeneveMalformed;
     let first = *payload.first().ok_or(bad)?;
     if first >> 6 != 0 {
         return Err(bad); // version 0 only
@@ -135,7 +136,7 @@ pub fn geneve(payload: &[u8]) -> Result<Layer<'_>, &'static str> {
     let linktype = match be16(payload, 2).ok_or(bad)? {
         0x6558 => linktype::ETHERNET,
         0x0800 | 0x86DD => linktype::RAW,
-        _ => return Err("geneve-unsupported"),
+        _ => return Err(Undecoded::GeneveUnsupported),
     };
     Ok(Layer { kind: Kind::Geneve, id, linktype, inner })
 }
@@ -169,11 +170,11 @@ mod tests {
         for cut in 0..type3.len() - frame.len() {
             assert!(gre(&type3[..cut]).is_err(), "cut {cut}");
         }
-        assert_eq!(gre(&[0, 1, 0x88, 0xBE]), Err("gre-unsupported"), "version 1 (PPTP)");
-        assert_eq!(gre(&[0, 0, 0x12, 0x34]), Err("gre-unsupported"));
+        assert_eq!(gre(&[0, 1, 0x88, 0xBE]), Err(Undecoded::GreUnsupported), "version 1 (PPTP)");
+        assert_eq!(gre(&[0, 0, 0x12, 0x34]), Err(Undecoded::GreUnsupported));
         let mut wrong_version = type2.clone();
         wrong_version[8] = 0x20;
-        assert_eq!(gre(&wrong_version), Err("erspan-malformed"));
+        assert_eq!(gre(&wrong_version), Err(Undecoded::ErspanMalformed));
     }
 
     #[test]
@@ -182,13 +183,13 @@ mod tests {
         let mut v = vec![0x08, 0, 0, 0, 0x01, 0x02, 0x03, 0];
         v.extend_from_slice(&frame);
         assert_eq!(vxlan(&v).unwrap(), Layer { kind: Kind::Vxlan, id: 0x010203, linktype: 1, inner: &frame });
-        assert_eq!(vxlan(&[0, 0, 0, 0, 0, 0, 1, 0]), Err("vxlan-malformed"), "no I flag");
+        assert_eq!(vxlan(&[0, 0, 0, 0, 0, 0, 1, 0]), Err(Undecoded::VxlanMalformed), "no I flag");
         assert!(vxlan(&v[..7]).is_err());
 
         let mut g = vec![0x01, 0, 0x65, 0x58, 0, 0, 9, 0, 1, 2, 3, 4];
         g.extend_from_slice(&frame);
         assert_eq!(geneve(&g).unwrap(), Layer { kind: Kind::Geneve, id: 9, linktype: 1, inner: &frame });
-        assert_eq!(geneve(&[0x40, 0, 0x65, 0x58, 0, 0, 9, 0]), Err("geneve-malformed"), "version 1");
+        assert_eq!(geneve(&[0x40, 0, 0x65, 0x58, 0, 0, 9, 0]), Err(Undecoded::GeneveMalformed), "version 1");
         assert!(geneve(&g[..10]).is_err(), "options cut");
     }
 }

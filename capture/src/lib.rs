@@ -15,9 +15,11 @@ pub mod decode;
 pub mod encap;
 pub mod reassembly;
 pub mod source;
+mod undecoded;
 mod wait;
 pub mod writer;
 
 pub use decode::{Decoder, DecoderConfig, Udp};
 pub use source::{CaptureError, FileReading, FileSource, Frame, Injector, LiveConfig, LiveSource, LiveStats};
+pub use undecoded::Undecoded;
 pub use writer::PcapWriter;

@@ -10,6 +10,7 @@ use etherparse::defrag::{IpDefragBuf, IpFragRange};
 use etherparse::{IpFragOffset, IpNumber};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use crate::undecoded::Undecoded;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FragmentKey {
@@ -73,23 +74,23 @@ impl Reassembler {
         offset: IpFragOffset,
         more_fragments: bool,
         payload: &[u8],
-    ) -> Result<Outcome, &'static str> {
+    ) -> Result<Outcome, Undecoded> {
         self.expire(ts_us);
         if !self.in_progress.contains_key(&key) {
             if self.in_progress.len() >= self.packets_max {
-                return Err("fragment-table-full");
+                return Err(Undecoded::FragmentTableFull);
             }
             let data = self.spare_data.pop().unwrap_or_default();
             let sections = self.spare_sections.pop().unwrap_or_default();
             let buffer = IpDefragBuf::new(IpNumber(key.protocol), data, sections);
             self.in_progress.insert(key, InProgress { buffer, first_ts_us: ts_us });
         }
-        let Some(entry) = self.in_progress.get_mut(&key) else { return Err("fragment-table-full") };
+        let Some(entry) = self.in_progress.get_mut(&key) else { return Err(Undecoded::FragmentTableFull) };
         if entry.buffer.add(offset, more_fragments, payload).is_err() {
             if let Some(entry) = self.in_progress.remove(&key) {
                 self.recycle_buffer(entry.buffer);
             }
-            return Err("fragment-invalid");
+            return Err(Undecoded::FragmentInvalid);
         }
         if !entry.buffer.is_complete() {
             return Ok(Outcome::Held);
@@ -166,7 +167,7 @@ mod tests {
     fn bounded_in_count_and_time() {
         let mut r = Reassembler::new(1, 1_000);
         assert_eq!(r.add(0, key(1), offset(0), true, b"01234567"), Ok(Outcome::Held));
-        assert_eq!(r.add(10, key(2), offset(0), true, b"01234567"), Err("fragment-table-full"));
+        assert_eq!(r.add(10, key(2), offset(0), true, b"01234567"), Err(Undecoded::FragmentTableFull));
         // After the timeout the first packet is dropped and room is made.
         assert_eq!(r.add(2_000, key(2), offset(0), true, b"01234567"), Ok(Outcome::Held));
         assert_eq!(r.timed_out, 1);
@@ -176,7 +177,7 @@ mod tests {
     fn invalid_fragment_is_refused() {
         let mut r = Reassembler::new(4, 1_000_000);
         // A non-final fragment whose length is not a multiple of 8.
-        assert_eq!(r.add(0, key(1), offset(0), true, b"0123"), Err("fragment-invalid"));
+        assert_eq!(r.add(0, key(1), offset(0), true, b"0123"), Err(Undecoded::FragmentInvalid));
         assert!(r.is_empty());
     }
 }

@@ -222,6 +222,14 @@ impl FileSource {
     /// Calls `each` for every frame of the file, in order. Returns the number of frames; an error
     /// names the file (frames before it were delivered).
     pub fn for_each(&mut self, mut each: impl FnMut(&Frame<'_>)) -> Result<u64, CaptureError> {
+        while self.read(&mut each)? > 0 {}
+        Ok(self.delivered)
+    }
+
+    /// Hands `each` the next frames of the file, at most [`DISPATCH_FRAMES`], as [`LiveSource::dispatch`]
+    /// does for an interface. Returns how many; 0 only at the end of the file. An error names the file
+    /// (frames before it were delivered).
+    pub fn read(&mut self, mut each: impl FnMut(&Frame<'_>)) -> Result<usize, CaptureError> {
         loop {
             let read = match &mut self.backend {
                 Backend::Libpcap { capture, linktype } => {
@@ -237,22 +245,20 @@ impl FileSource {
                     Err(error) => Err(error),
                 },
             };
-            match read {
-                Ok(0) => return Ok(self.delivered),
-                Ok(_) => {}
-                Err(error) => {
-                    let Backend::Libpcap { .. } = self.backend else { return Err(error) };
-                    // Only libpcap's multi-interface limitation switches parsers; any other error (a
-                    // damaged or hostile file) is reported as it is.
-                    let multi_interface = matches!(&error, CaptureError::Read { message, .. }
-                        if message.contains("different from the") && message.contains("first interface"));
-                    if !multi_interface || !self.is_pcapng() {
-                        return Err(error);
-                    }
-                    let fallback = self.fallback(&error)?;
-                    self.backend = Backend::PcapNg(Box::new(fallback));
-                }
+            let error = match read {
+                Ok(count) => return Ok(count),
+                Err(error) => error,
+            };
+            let Backend::Libpcap { .. } = self.backend else { return Err(error) };
+            // Only libpcap's multi-interface limitation switches parsers; any other error (a damaged or
+            // hostile file) is reported as it is.
+            let multi_interface = matches!(&error, CaptureError::Read { message, .. }
+                if message.contains("different from the") && message.contains("first interface"));
+            if !multi_interface || !self.is_pcapng() {
+                return Err(error);
             }
+            let fallback = self.fallback(&error)?;
+            self.backend = Backend::PcapNg(Box::new(fallback));
         }
     }
 

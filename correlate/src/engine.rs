@@ -11,6 +11,7 @@
 use crate::event::{Attachment, Attribution, Event, Interface, SessionEvent, Sighting, Unattributed};
 use crate::flow::{self, FlowKey, FlowState, FlowTable, SegmentOrder};
 use crate::pending::{Added, Matched, Pending, PendingTable};
+use crate::reason::{DropCounts, DropReason, Note, NoteCounts};
 use crate::scan::segment::{collect, scan_segment, Scanner};
 use crate::scan::{dns, Carrier, TokenFinder};
 use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey, SHARED_KEY_MAX};
@@ -90,8 +91,8 @@ pub struct Datagram<'a> {
     pub payload: &'a [u8],
 }
 
-/// Counters. Every packet that is not fully processed lands in `drops` under a reason; `notes` counts
-/// things worth knowing that are not drops (retransmissions, look-alike tokens ...).
+/// Counters. Every packet that is not fully processed is counted in `drops` under a reason; `notes`
+/// counts things worth knowing that are not drops (retransmissions, look-alike tokens ...).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub datagrams: u64,
@@ -103,37 +104,18 @@ pub struct Stats {
     pub sessions_down: u64,
     pub sightings: u64,
     pub unattributed: u64,
-    pub drops: BTreeMap<&'static str, u64>,
-    /// Rare notes by name; the frequent ones are plain fields (no map lookup per packet).
-    other_notes: BTreeMap<&'static str, u64>,
-    g_pdu_downlink: u64,
-    g_pdu_unknown_tunnel: u64,
-    tcp_retransmission: u64,
-    tcp_gap: u64,
+    pub drops: DropCounts,
+    pub notes: NoteCounts,
 }
 
 impl Stats {
-    fn drop(&mut self, reason: &'static str) {
-        *self.drops.entry(reason).or_default() += 1;
+    #[inline(always)]
+    fn drop(&mut self, reason: DropReason) {
+        self.drops.add(reason);
     }
-    fn note(&mut self, what: &'static str) {
-        *self.other_notes.entry(what).or_default() += 1;
-    }
-
-    /// Every note by name (zero counts left out).
-    pub fn notes(&self) -> BTreeMap<&'static str, u64> {
-        let mut all = self.other_notes.clone();
-        for (name, count) in [
-            ("g-pdu-downlink", self.g_pdu_downlink),
-            ("g-pdu-unknown-tunnel", self.g_pdu_unknown_tunnel),
-            ("tcp-retransmission", self.tcp_retransmission),
-            ("tcp-gap", self.tcp_gap),
-        ] {
-            if count > 0 {
-                all.insert(name, count);
-            }
-        }
-        all
+    #[inline(always)]
+    fn note(&mut self, what: Note) {
+        self.notes.add(what);
     }
 }
 
@@ -251,11 +233,6 @@ impl Correlator {
         self.pending.len()
     }
 
-    /// Counts a packet the capture layer could not decode, so all drops live in one place.
-    pub fn count_drop(&mut self, reason: &'static str) {
-        self.stats.drop(reason);
-    }
-
     /// Gives a live session the evidence store's tag (it comes back in the session's later events and
     /// sightings); `false` if the session is not live.
     pub fn set_evidence_tag(&mut self, session: u64, tag: u32) -> bool {
@@ -294,7 +271,7 @@ impl Correlator {
             Route::UserPlane => self.on_gtpu(datagram, out),
             Route::Control => self.on_gtpc(datagram, out),
             Route::Gtpv0 => self.on_gtpv0(datagram, out),
-            Route::Other => self.stats.drop("udp-not-gtp-port"),
+            Route::Other => self.stats.drop(DropReason::UdpNotGtpPort),
         }
     }
 
@@ -316,7 +293,7 @@ impl Correlator {
             self.next_sweep_us = self.now_us + SWEEP_INTERVAL_US;
             let since = self.window_start();
             for _ in 0..self.pending.expire(since) {
-                self.stats.note("gtpc-request-unanswered");
+                self.stats.note(Note::GtpcRequestUnanswered);
             }
         }
         // The big tables are swept every eighth of their own timeout: a full pass over a million flows each

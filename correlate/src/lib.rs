@@ -17,6 +17,7 @@ pub mod engine;
 pub mod event;
 pub mod flow;
 pub mod pending;
+pub mod reason;
 pub mod scan;
 pub mod session;
 pub mod sharded;

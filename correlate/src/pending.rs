@@ -13,6 +13,7 @@
 //! response came back to (the requester answered from another address); failing that, the only one. Two
 //! or more left is a doubt, and a doubt pairs nothing. A retransmitted request (same sequence, proof
 //! and addresses) never makes a second entry.
+use crate::reason::Note;
 use crate::Map;
 use std::net::IpAddr;
 
@@ -51,12 +52,12 @@ pub enum Unpaired {
 }
 
 impl Unpaired {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Note {
         match self {
-            Unpaired::NoRequest => "gtpc-response-without-request",
-            Unpaired::TeidMismatch => "gtpc-response-teid-mismatch",
-            Unpaired::Late => "gtpc-response-late",
-            Unpaired::Ambiguous => "gtpc-response-ambiguous",
+            Unpaired::NoRequest => Note::GtpcResponseWithoutRequest,
+            Unpaired::TeidMismatch => Note::GtpcResponseTeidMismatch,
+            Unpaired::Late => Note::GtpcResponseLate,
+            Unpaired::Ambiguous => Note::GtpcResponseAmbiguous,
         }
     }
 }

@@ -20,6 +20,7 @@
 //! `u16` ids; IPv6 UE addresses and GTPv0 TIDs, which few sessions have, live in side maps. [`Session`]
 //! is the wide form the engine builds and reads; it is not what is stored. The storage is in
 //! `session/store.rs`, the types handed out in `session/types.rs`.
+use crate::reason::DropReason;
 use crate::event::{Identity, Interface};
 use crate::sharded::{shard_of, SHARDS};
 use crate::wire::{Apn, Tbcd};
@@ -292,9 +293,9 @@ impl SessionTable {
     /// Inserts a new live session (its id is assigned here) and indexes it. Returns the id and the
     /// sessions it displaced (whose tunnel keys it now holds), already removed; or why it was refused
     /// (`session-table-full`, `gsn-table-full`).
-    pub fn insert(&mut self, session: Session) -> Result<(u64, Vec<Session>), &'static str> {
+    pub fn insert(&mut self, session: Session) -> Result<(u64, Vec<Session>), DropReason> {
         if self.is_full() {
-            return Err("session-table-full");
+            return Err(DropReason::SessionTableFull);
         }
         let record = self.encode(&session, self.next_seq)?;
         let slot = match self.free.pop() {
@@ -303,7 +304,7 @@ impl SessionTable {
                 let slot = u32::try_from(self.store.records.len()).ok().filter(|s| (*s as usize) < SLOTS_MAX);
                 let Some(slot) = slot else {
                     self.release(&record);
-                    return Err("session-table-full");
+                    return Err(DropReason::SessionTableFull);
                 };
                 self.store.records.push(FREE);
                 slot
@@ -318,7 +319,7 @@ impl SessionTable {
 
     /// Changes a live session (Update PDP Context, Modify Bearer) and re-indexes it. Returns the sessions
     /// displaced by its new keys, or why the change was refused (the session is then unchanged).
-    pub fn update(&mut self, id: u64, change: impl FnOnce(&mut Session)) -> Result<Vec<Session>, &'static str> {
+    pub fn update(&mut self, id: u64, change: impl FnOnce(&mut Session)) -> Result<Vec<Session>, DropReason> {
         let Some(slot) = self.slot_of(id) else { return Ok(Vec::new()) };
         let (Some(old), Some(mut session)) = (self.store.record(slot).copied(), self.store.decode(slot)) else {
             return Ok(Vec::new());
@@ -332,13 +333,13 @@ impl SessionTable {
     }
 
     /// Packs a session, taking references on its GSN addresses (given back if one cannot be had).
-    fn encode(&mut self, session: &Session, seq: u64) -> Result<Record, &'static str> {
+    fn encode(&mut self, session: &Session, seq: u64) -> Result<Record, DropReason> {
         let mut record = FREE;
         for (kind, key) in session.keys().into_iter().enumerate() {
             let Some(key) = key else { continue };
             let Some(gsn) = self.store.gsns.acquire(key.address) else {
                 self.release(&record);
-                return Err("gsn-table-full");
+                return Err(DropReason::GsnTableFull);
             };
             if let (Some(g), Some(t)) = (record.gsns.get_mut(kind), record.teids.get_mut(kind)) {
                 (*g, *t) = (gsn, key.teid);

@@ -30,7 +30,7 @@ impl Probe {
     }
 
     fn note(&self, name: &str) -> u64 {
-        self.correlator.stats().notes().get(name).copied().unwrap_or(0)
+        self.correlator.stats().notes.by_name().get(name).copied().unwrap_or(0)
     }
 
     /// (token, MSISDN) of every sighting, and the tokens left unattributed.

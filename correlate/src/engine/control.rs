@@ -25,7 +25,7 @@ impl Correlator {
                 }
             }
             Some(0) => self.on_gtpv0(datagram, out),
-            _ => self.stats.drop("gtpc-bad-version"),
+            _ => self.stats.drop(DropReason::GtpcBadVersion),
         }
     }
 
@@ -40,7 +40,7 @@ impl Correlator {
         kind: PendingKind,
     ) {
         let Some(proof) = proof else {
-            return self.stats.note("gtpc-request-without-control-teid");
+            return self.stats.note(Note::GtpcRequestWithoutControlTeid);
         };
         let pending = Pending {
             ts_us: self.now_us,
@@ -52,9 +52,9 @@ impl Correlator {
         };
         match self.pending.add(version, sequence, pending) {
             Added::New => {}
-            Added::Retransmission => self.stats.note("gtpc-request-retransmitted"),
-            Added::Crowded => self.stats.note("pending-sequence-crowded"),
-            Added::TableFull => self.stats.drop("pending-table-full"),
+            Added::Retransmission => self.stats.note(Note::GtpcRequestRetransmitted),
+            Added::Crowded => self.stats.note(Note::PendingSequenceCrowded),
+            Added::TableFull => self.stats.drop(DropReason::PendingTableFull),
         }
     }
 
@@ -67,7 +67,7 @@ impl Correlator {
         proof: Option<u64>,
     ) -> Option<Pending<PendingKind>> {
         let Some(proof) = proof else {
-            self.stats.note("gtpc-response-without-teid");
+            self.stats.note(Note::GtpcResponseWithoutTeid);
             return None;
         };
         let (requester, responder) = (datagram.destination.ip(), datagram.source.ip());
@@ -75,8 +75,8 @@ impl Correlator {
             Ok((pending, matched)) => {
                 match matched {
                     Matched::SameAddresses => {}
-                    Matched::OtherResponder => self.stats.note("gtpc-response-from-other-address"),
-                    Matched::ProofOnly => self.stats.note("gtpc-response-by-proof-only"),
+                    Matched::OtherResponder => self.stats.note(Note::GtpcResponseFromOtherAddress),
+                    Matched::ProofOnly => self.stats.note(Note::GtpcResponseByProofOnly),
                 }
                 Some(pending)
             }
@@ -107,7 +107,7 @@ impl Correlator {
             return;
         }
         let Some(sequence) = header.sequence else {
-            return self.stats.drop("gtpc-no-sequence");
+            return self.stats.drop(DropReason::GtpcNoSequence);
         };
         let sequence = u32::from(sequence);
         let fields = match gtpv1::ControlFields::parse(header.body) {
@@ -137,7 +137,7 @@ impl Correlator {
                             }
                             known_teid_c = primary.access.control.map(|k| k.teid);
                         }
-                        None => self.stats.note("gtpc-secondary-without-primary"),
+                        None => self.stats.note(Note::GtpcSecondaryWithoutPrimary),
                     }
                 }
                 let proof = fields.teid_control.or(known_teid_c).map(u64::from);
@@ -152,7 +152,7 @@ impl Correlator {
                     (_, _, Some(nsapi)) => self.sessions.by_control(receiver, nsapi, peer).into_iter().collect(),
                 };
                 let Some(first) = sessions.first().and_then(|&id| self.sessions.get(id)) else {
-                    return self.stats.note("gtpc-unknown-context");
+                    return self.stats.note(Note::GtpcUnknownContext);
                 };
                 // The requester is the side whose control key the request was not sent to.
                 let sender_is_access = first.core.control == Some(receiver);
@@ -191,7 +191,7 @@ impl Correlator {
         match request.kind {
             PendingKind::CreateV1 { fields, version, tid } => {
                 if !accepted {
-                    return self.stats.note("gtpc-create-rejected");
+                    return self.stats.note(Note::GtpcCreateRejected);
                 }
                 let access = v1_endpoint(&fields, requester);
                 let core = v1_endpoint(response, responder);
@@ -216,7 +216,7 @@ impl Correlator {
             }
             PendingKind::UpdateV1 { session, fields, sender_is_access } => {
                 if !accepted {
-                    return self.stats.note("gtpc-update-rejected");
+                    return self.stats.note(Note::GtpcUpdateRejected);
                 }
                 let (sender, responder_side) = (v1_endpoint(&fields, requester), v1_endpoint(response, responder));
                 let attachment = v1_attachment(&fields, response);
@@ -238,10 +238,10 @@ impl Correlator {
                         }
                     }
                 } else {
-                    self.stats.note("gtpc-delete-rejected");
+                    self.stats.note(Note::GtpcDeleteRejected);
                 }
             }
-            _ => self.stats.note("gtpc-response-type-mismatch"),
+            _ => self.stats.note(Note::GtpcResponseTypeMismatch),
         }
     }
 
@@ -266,7 +266,7 @@ impl Correlator {
                 let Some(session) =
                     self.sessions.by_control(receiver, 0, datagram.source.ip()).and_then(|id| self.sessions.get(id))
                 else {
-                    return self.stats.note("gtpc-unknown-context");
+                    return self.stats.note(Note::GtpcUnknownContext);
                 };
                 let sender_is_access = session.core.control == Some(receiver);
                 let sender_end = if sender_is_access { session.access } else { session.core };
@@ -304,7 +304,7 @@ impl Correlator {
         match request.kind {
             PendingKind::CreateV2 { fields } => {
                 if !accepted {
-                    return self.stats.note("gtpc-create-rejected");
+                    return self.stats.note(Note::GtpcCreateRejected);
                 }
                 let access = Endpoint {
                     control: fields.sender_control.map(|f| fteid_key(&f, requester)),
@@ -341,7 +341,7 @@ impl Correlator {
             }
             PendingKind::ModifyV2 { session, fields, sender_is_access } => {
                 if !accepted {
-                    return self.stats.note("gtpc-update-rejected");
+                    return self.stats.note(Note::GtpcUpdateRejected);
                 }
                 let attachment = v2_attachment(&fields, response);
                 self.session_update(session, "updated", attachment, frames, out, |s| {
@@ -366,10 +366,10 @@ impl Correlator {
                         self.session_down(&session, "deleted", frames, out);
                     }
                 } else {
-                    self.stats.note("gtpc-delete-rejected");
+                    self.stats.note(Note::GtpcDeleteRejected);
                 }
             }
-            _ => self.stats.note("gtpc-response-type-mismatch"),
+            _ => self.stats.note(Note::GtpcResponseTypeMismatch),
         }
     }
 

@@ -27,7 +27,7 @@ impl Correlator {
                     if session.msisdn.is_empty() {
                         session.msisdn = other.msisdn;
                     } else if !other.msisdn.is_empty() && other.msisdn != session.msisdn {
-                        self.stats.note("identity-conflict");
+                        self.stats.note(Note::IdentityConflict);
                         continue;
                     }
                     if session.imei.is_empty() {
@@ -96,11 +96,8 @@ impl Correlator {
     /// Sessions the table left out of a crowded index (see `session::SHARED_KEY_MAX`), as notes.
     pub(super) fn note_crowding(&mut self) {
         let (control, ue_ip) = self.sessions.crowded();
-        for (name, count) in [("control-key-crowded", control), ("ue-ip-crowded", ue_ip)] {
-            if count > 0 {
-                self.stats.other_notes.insert(name, count);
-            }
-        }
+        self.stats.notes.set(Note::ControlKeyCrowded, control);
+        self.stats.notes.set(Note::UeIpCrowded, ue_ip);
     }
 
     pub(super) fn session_down(

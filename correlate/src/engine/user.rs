@@ -36,7 +36,7 @@ impl Correlator {
         match found {
             Some((id, Direction::Downlink)) => {
                 self.sessions.touch(id, self.now_us);
-                self.stats.g_pdu_downlink += 1;
+                self.stats.note(Note::GPduDownlink);
             }
             _ => self.on_user_packet(found.map(|(id, _)| id), tunnel, inner, out),
         }
@@ -60,21 +60,21 @@ impl Correlator {
             Some(id) => {
                 let owns_source = self.sessions.touch_from(id, now, packet.source);
                 if !owns_source {
-                    self.stats.note("inner-source-not-ue-ip");
+                    self.stats.note(Note::InnerSourceNotUeIp);
                 }
                 Some((id, Attribution::Tunnel))
             }
             None => {
-                self.stats.g_pdu_unknown_tunnel += 1;
+                self.stats.note(Note::GPduUnknownTunnel);
                 match self.fallback(tunnel, packet.source) {
                     Ok(id) if self.config.attribute_by_ue_ip => {
                         self.sessions.touch(id, now);
-                        self.stats.note("attributed-by-ue-ip");
+                        self.stats.note(Note::AttributedByUeIp);
                         Some((id, Attribution::UeIp))
                     }
                     Ok(_) => {
                         // What the fallback would have attributed: the sales the default leaves unmade.
-                        self.stats.note("unknown-tunnel-ue-ip-held");
+                        self.stats.note(Note::UnknownTunnelUeIpHeld);
                         None
                     }
                     Err(reason) => {
@@ -95,7 +95,7 @@ impl Correlator {
                             let name = name.get(..len).unwrap_or_default();
                             collect(&self.scanner, &mut |n| self.stats.note(n), name, Carrier::Dns, &mut found_tokens);
                         }
-                        Err(_) => self.stats.note("dns-not-a-query"),
+                        Err(_) => self.stats.note(Note::DnsNotAQuery),
                     }
                 }
                 (source_port, destination_port)
@@ -173,7 +173,7 @@ impl Correlator {
         if syn {
             // A new connection: any older state under this key is from a previous one.
             if !self.flows.insert(key, FlowState::new(sequence.wrapping_add(1), now)) {
-                self.stats.drop("flow-table-full");
+                self.stats.drop(DropReason::FlowTableFull);
             }
             return;
         }
@@ -187,7 +187,7 @@ impl Correlator {
         let Correlator { flows, scanner, stats, .. } = self;
         let Some(state) = flows.get_or_insert(key, || FlowState::new(sequence, now)) else {
             // No room for state: scan this segment alone (no carry, no retransmission check).
-            stats.note("flow-table-full");
+            stats.note(Note::FlowTableFull);
             let mut state = FlowState::new(sequence, now);
             scan_segment(scanner, &mut |n| stats.note(n), &mut state, payload, 0, false, found);
             return;
@@ -198,12 +198,12 @@ impl Correlator {
         state.last_seen_us = now;
         let (skip, contiguous) = match flow::order(state.next_sequence, sequence, payload.len()) {
             SegmentOrder::Retransmission => {
-                stats.tcp_retransmission += 1;
+                stats.note(Note::TcpRetransmission);
                 return;
             }
             SegmentOrder::InOrder { skip } => (skip, true),
             SegmentOrder::AfterGap => {
-                stats.tcp_gap += 1;
+                stats.note(Note::TcpGap);
                 (0, false)
             }
         };
@@ -237,7 +237,7 @@ impl Correlator {
         };
         let key = DedupeKey { token, who };
         if self.dedupe.get(&key).is_some_and(|seen| *seen >= self.dedupe_cutoff()) {
-            self.stats.note("sighting-duplicate");
+            self.stats.note(Note::SightingDuplicate);
             return;
         }
         let room = self.dedupe.len() < self.config.sighting_dedupe_max;

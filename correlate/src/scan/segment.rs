@@ -2,6 +2,7 @@
 //! HTTP or other), the regions of an HTTP request a token may be in (request line, headers), the join of
 //! a token split across two segments (the flow's carry), the scan budget, and the token finder over each
 //! region. Notes (look-alikes, TLS without a server name) go to the caller's counter.
+use crate::reason::Note;
 use super::{dns, http, tls, Carrier, TokenFinder};
 use crate::flow::{FlowKind, FlowState, CARRY_LEN};
 use gtpcharge_proto::Token;
@@ -17,7 +18,7 @@ pub(crate) type Found = [Option<(Token, Carrier)>; 4];
 
 pub(crate) fn scan_segment(
     scanner: &Scanner,
-    note: &mut impl FnMut(&'static str),
+    note: &mut impl FnMut(Note),
     state: &mut FlowState,
     payload: &[u8],
     skip: usize,
@@ -39,8 +40,8 @@ pub(crate) fn scan_segment(
             let mut name = [0u8; dns::NAME_MAX];
             match tls::client_hello_sni(fresh, &mut name) {
                 Ok(len) => collect(scanner, note, name.get(..len).unwrap_or_default(), Carrier::TlsSni, found),
-                Err(tls::TlsError::Truncated) => note("tls-client-hello-truncated"),
-                Err(_) => note("tls-no-server-name"),
+                Err(tls::TlsError::Truncated) => note(Note::TlsClientHelloTruncated),
+                Err(_) => note(Note::TlsNoServerName),
             }
             return;
         }
@@ -95,7 +96,7 @@ pub(crate) fn scan_segment(
 
 pub(crate) fn collect(
     scanner: &Scanner,
-    note: &mut impl FnMut(&'static str),
+    note: &mut impl FnMut(Note),
     haystack: &[u8],
     carrier: Carrier,
     found: &mut Found,
@@ -103,7 +104,7 @@ pub(crate) fn collect(
     let haystack = haystack.get(..scanner.bytes_max).unwrap_or(haystack);
     let counts = scanner.finder.scan(haystack, |_, token| push_token(found, token, carrier));
     for _ in 0..counts.rejected {
-        note("token-look-alike");
+        note(Note::TokenLookAlike);
     }
 }
 

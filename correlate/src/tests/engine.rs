@@ -95,7 +95,7 @@ fn repeated_sightings_are_suppressed_only_within_the_window() {
     assert_eq!(sightings(send(&mut c, 50 * s, SGSN, GGSN, 2152, &g_pdu)), 0, "within the window");
     send(&mut c, 100 * s, SGSN, GGSN, 2152, &[0x30, 1, 0, 0, 0, 0, 0, 0]); // a sweep that keeps it
     assert_eq!(sightings(send(&mut c, 101 * s, SGSN, GGSN, 2152, &g_pdu)), 1, "past the window");
-    assert_eq!(c.stats().notes().get("sighting-duplicate"), Some(&1));
+    assert_eq!(c.stats().notes.get(Note::SightingDuplicate), 1);
 }
 
 /// A response whose header TEID is not the requester's announced TEID-C is not paired, wherever it
@@ -110,8 +110,8 @@ fn pairing_needs_the_proof_and_an_accepting_cause() {
     let stranger = [203, 0, 113, 9];
     assert!(send(&mut c, 2, stranger, SGSN, 2123, &v1(17, 0x13, 7, &response)).is_empty());
     assert!(send(&mut c, 2, GGSN, SGSN, 2123, &v1(17, 0x13, 7, &response)).is_empty());
-    assert_eq!(c.stats().notes().get("gtpc-response-teid-mismatch"), Some(&1));
-    assert_eq!(c.stats().notes().get("gtpc-response-without-request"), Some(&1));
+    assert_eq!(c.stats().notes.get(Note::GtpcResponseTeidMismatch), 1);
+    assert_eq!(c.stats().notes.get(Note::GtpcResponseWithoutRequest), 1);
     let rejected = [&[1u8, 199][..], &teids(0x21, 0x22)].concat();
     assert!(send(&mut c, 3, GGSN, SGSN, 2123, &v1(17, 0x12, 7, &rejected)).is_empty());
     assert!(c.sessions().is_empty());
@@ -119,7 +119,7 @@ fn pairing_needs_the_proof_and_an_accepting_cause() {
     assert_eq!(c.pending_len(), 1);
     send(&mut c, 5_000_000, SGSN, GGSN, 2152, &[0x30, 1, 0, 0, 0, 0, 0, 0]); // time passes
     assert_eq!(c.pending_len(), 0);
-    assert_eq!(c.stats().notes().get("gtpc-request-unanswered"), Some(&1));
+    assert_eq!(c.stats().notes.get(Note::GtpcRequestUnanswered), 1);
 }
 
 /// A message whose length field is true but whose IEs run past it, in each GTP-C version, is dropped
@@ -132,10 +132,10 @@ fn truncated_ies_and_extension_chains_are_counted_by_reason() {
     assert!(send(&mut c, 1, SGSN, GGSN, 2123, &cut_inside(&v1_request, v1_request.len() - 5, 8)).is_empty());
     let v2_request = crate::wire::gtpv2::create_session_request();
     assert!(send(&mut c, 2, SGSN, GGSN, 2123, &cut_inside(&v2_request, v2_request.len() - 1, 4)).is_empty());
-    assert_eq!(c.stats().drops.get("gtpc-ie-truncated"), Some(&2));
+    assert_eq!(c.stats().drops.get(DropReason::GtpcIeTruncated), 2);
     assert_eq!(c.pending_len(), 0, "a truncated request is not kept");
     assert!(send(&mut c, 3, SGSN, GGSN, 2152, &g_pdu_with_extensions(9)).is_empty());
-    assert_eq!(c.stats().drops.get("gtpu-too-many-extensions"), Some(&1));
+    assert_eq!(c.stats().drops.get(DropReason::GtpuTooManyExtensions), 1);
 }
 
 /// A token on a tunnel no signalling explains, from the address of a live session at the same GGSN:
@@ -157,11 +157,11 @@ fn the_ue_address_fallback_is_opt_in() {
         match (opt_in, events.as_slice()) {
             (false, [Event::Unattributed(u)]) => {
                 assert_eq!(u.reason, "unknown-tunnel");
-                assert_eq!(c.stats().notes().get("unknown-tunnel-ue-ip-held"), Some(&1));
+                assert_eq!(c.stats().notes.get(Note::UnknownTunnelUeIpHeld), 1);
             }
             (true, [Event::Sighting(s)]) => {
                 assert_eq!(s.attribution, Attribution::UeIp);
-                assert_eq!(c.stats().notes().get("attributed-by-ue-ip"), Some(&1));
+                assert_eq!(c.stats().notes.get(Note::AttributedByUeIp), 1);
             }
             other => panic!("opt-in {opt_in}: {other:?}"),
         }

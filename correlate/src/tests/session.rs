@@ -1,6 +1,7 @@
 //! The session table's tests: keys, eviction, tombstones, interning, and the record's size.
 #![cfg(test)]
 use super::*;
+use crate::reason::DropReason;
 
 fn key(address: [u8; 4], teid: u32) -> TunnelKey {
     TunnelKey { address: IpAddr::from(address), teid }
@@ -192,7 +193,7 @@ fn capacity_refuses_and_expiry_frees() {
     let mut first = session([10, 9, 0, 1], 1, 2);
     first.last_seen_us = 5;
     table.insert(first).unwrap();
-    assert_eq!(table.insert(session([10, 9, 0, 2], 3, 4)).err(), Some("session-table-full"));
+    assert_eq!(table.insert(session([10, 9, 0, 2], 3, 4)).err(), Some(DropReason::SessionTableFull));
     assert_eq!(table.expire(10).len(), 1);
     assert!(table.is_empty());
     assert!(table.by_user(key([10, 0, 1, 2], 1)).is_none());

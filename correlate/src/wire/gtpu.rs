@@ -1,6 +1,7 @@
 //! GTP-U (TS 29.281): a G-PDU carries one subscriber IP packet after the GTPv1 header (and its
 //! extension headers, walked by [`super::gtpv1::Header::parse`]); this module decodes that inner packet
 //! down to the transport payload the token scanner reads. Inner parsing uses etherparse's borrowed slices.
+use crate::reason::DropReason;
 use etherparse::{IpNumber, IpSlice, Ipv4HeaderSlice, TcpSlice, UdpSlice};
 use std::net::IpAddr;
 
@@ -42,12 +43,12 @@ pub enum InnerError {
 }
 
 impl InnerError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> DropReason {
         match self {
-            InnerError::Ip => "inner-ip-malformed",
-            InnerError::Fragment => "inner-ip-fragment",
-            InnerError::Tcp => "inner-tcp-malformed",
-            InnerError::Udp => "inner-udp-malformed",
+            InnerError::Ip => DropReason::InnerIpMalformed,
+            InnerError::Fragment => DropReason::InnerIpFragment,
+            InnerError::Tcp => DropReason::InnerTcpMalformed,
+            InnerError::Udp => DropReason::InnerUdpMalformed,
         }
     }
 }

@@ -414,7 +414,7 @@ mod tests {
             } else {
                 cut_inside_an_ie += 1;
                 match result {
-                    Err(error @ WireError::TruncatedIe { .. }) => assert_eq!(error.reason(), "gtpc-ie-truncated"),
+                    Err(error @ WireError::TruncatedIe { .. }) => assert_eq!(error.reason().name(), "gtpc-ie-truncated"),
                     other => panic!("cut {cut} inside an IE: {other:?}"),
                 }
             }

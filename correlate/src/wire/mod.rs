@@ -16,6 +16,8 @@ pub mod tbcd;
 
 pub use tbcd::Tbcd;
 
+use crate::reason::DropReason;
+
 /// Why a GTP message could not be parsed. Small and `Copy`: it is counted, then dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -40,16 +42,16 @@ pub enum WireError {
 
 impl WireError {
     /// A short stable name for counters.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> DropReason {
         match self {
-            WireError::Truncated { .. } => "gtp-truncated",
-            WireError::TruncatedIe { .. } => "gtpc-ie-truncated",
-            WireError::Version(_) => "gtp-bad-version",
-            WireError::UnknownTv(_) => "gtpc-unknown-tv-ie",
-            WireError::BadIe(_) => "gtpc-bad-ie",
-            WireError::TooManyExtensions => "gtpu-too-many-extensions",
-            WireError::ZeroLengthExtension => "gtpu-zero-length-extension",
-            WireError::GtpPrime => "gtp-prime",
+            WireError::Truncated { .. } => DropReason::GtpTruncated,
+            WireError::TruncatedIe { .. } => DropReason::GtpcIeTruncated,
+            WireError::Version(_) => DropReason::GtpBadVersion,
+            WireError::UnknownTv(_) => DropReason::GtpcUnknownTvIe,
+            WireError::BadIe(_) => DropReason::GtpcBadIe,
+            WireError::TooManyExtensions => DropReason::GtpuTooManyExtensions,
+            WireError::ZeroLengthExtension => DropReason::GtpuZeroLengthExtension,
+            WireError::GtpPrime => DropReason::GtpPrime,
         }
     }
 }

@@ -1,0 +1,167 @@
+//! Where the probe's frames come from: capture files one after another (`replay`), or a live interface
+//! until it is told to stop (`capture`). Either is read a `pcap_dispatch` at a time
+//! ([`DISPATCH_FRAMES`] frames at most), by the driver's own thread or by the pipeline's reader thread
+//! (`driver.rs`, `pipeline::read`), so the frames reach the probe in the same order either way.
+//!
+//! A file that fails mid-way ends with what was read before the error, and the next file is read; a
+//! live interface that fails ends the feed. Either error is kept for the end of the run.
+use gtpcharge_capture::source::DISPATCH_FRAMES;
+use gtpcharge_capture::{CaptureError, FileSource, Frame, LiveSource, LiveStats};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one read of a feed gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// This many frames went to the caller.
+    Frames(usize),
+    /// A live interface had nothing within its read timeout.
+    Quiet,
+    /// Nothing more: every file was read, or the live capture was stopped and its ring drained.
+    End,
+}
+
+impl Read {
+    /// Whether the source had fewer frames ready than one read takes: a live ring is empty for now.
+    pub fn caught_up(self) -> bool {
+        match self {
+            Read::Frames(count) => count < DISPATCH_FRAMES,
+            Read::Quiet | Read::End => true,
+        }
+    }
+}
+
+pub struct Feed {
+    input: Input,
+    /// Bytes of capture file consumed so far, 16 a record head and the frame's bytes (the progress bar).
+    position: u64,
+    errors: Vec<CaptureError>,
+    ended: bool,
+}
+
+enum Input {
+    Files { sources: Vec<FileSource>, current: usize },
+    Live { source: LiveSource, stop: Arc<AtomicBool>, stopping: Stopping },
+}
+
+impl Feed {
+    /// Capture files, read in the order given.
+    pub fn files(sources: Vec<FileSource>) -> Feed {
+        Feed::new(Input::Files { sources, current: 0 })
+    }
+
+    /// A live interface, read until `stop` is set and the ring is drained (see [`Stopping`]).
+    pub fn live(source: LiveSource, stop: Arc<AtomicBool>) -> Feed {
+        Feed::new(Input::Live { source, stop, stopping: Stopping::default() })
+    }
+
+    fn new(input: Input) -> Feed {
+        Feed { input, position: 0, errors: Vec::new(), ended: false }
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self.input, Input::Live { .. })
+    }
+
+    /// Hands `each` the next frames, in capture order.
+    pub fn read(&mut self, mut each: impl FnMut(&Frame<'_>)) -> Read {
+        if self.ended {
+            return Read::End;
+        }
+        let read = match &mut self.input {
+            Input::Files { sources, current } => loop {
+                let Some(source) = sources.get_mut(*current) else { break Read::End };
+                let position = &mut self.position;
+                match source.read(|frame| {
+                    *position += 16 + frame.data.len() as u64;
+                    each(frame);
+                }) {
+                    Ok(0) => *current += 1,
+                    Ok(count) => break Read::Frames(count),
+                    Err(error) => {
+                        self.errors.push(error);
+                        *current += 1;
+                    }
+                }
+            },
+            Input::Live { source, stop, stopping } => {
+                // The flag as it was before the read: a stop raised during it still gets a read after.
+                let stop_now = stop.load(Ordering::SeqCst);
+                match source.dispatch(each) {
+                    Ok(count) => {
+                        if stopping.done(stop_now, count) {
+                            self.ended = true;
+                        }
+                        if count > 0 {
+                            Read::Frames(count)
+                        } else if self.ended {
+                            Read::End
+                        } else {
+                            Read::Quiet
+                        }
+                    }
+                    Err(error) => {
+                        self.errors.push(error);
+                        Read::End
+                    }
+                }
+            }
+        };
+        if read == Read::End {
+            self.ended = true;
+        }
+        read
+    }
+
+    /// Bytes of capture file consumed so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// libpcap's counters of a live capture (`None` for files, or when libpcap cannot say).
+    pub fn stats(&mut self) -> Option<LiveStats> {
+        match &mut self.input {
+            Input::Live { source, .. } => source.stats().ok(),
+            Input::Files { .. } => None,
+        }
+    }
+
+    /// The errors that ended a file early, or the live capture.
+    pub fn into_errors(self) -> Vec<CaptureError> {
+        self.errors
+    }
+}
+
+/// How long a live capture keeps reading after it was told to stop, to empty the kernel ring of what
+/// was captured before the stop.
+pub const STOP_DRAIN_MAX: Duration = Duration::from_secs(2);
+/// Once stopped, reads must find nothing for this long before the ring counts as empty: a partly
+/// filled block is handed over only when libpcap's block timeout (`--read-timeout-ms`) retires it.
+const STOP_SETTLE: Duration = Duration::from_millis(100);
+
+/// The end of a live capture: once stopped, reading goes on until the ring has stayed empty for
+/// [`STOP_SETTLE`] or [`STOP_DRAIN_MAX`] has passed, so the packets captured before the stop are not
+/// silently left behind. (A read returns within the read timeout whatever the traffic: `LiveSource`.)
+#[derive(Default)]
+pub struct Stopping {
+    since: Option<Instant>,
+    empty_since: Option<Instant>,
+}
+
+impl Stopping {
+    /// Whether to stop reading, given the stop flag (as it was before the last read) and what that read
+    /// returned.
+    pub fn done(&mut self, stop: bool, read: usize) -> bool {
+        if !stop {
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if read > 0 {
+            self.empty_since = None;
+        } else if self.empty_since.get_or_insert_with(Instant::now).elapsed() >= STOP_SETTLE {
+            return true;
+        }
+        since.elapsed() >= STOP_DRAIN_MAX
+    }
+}
