@@ -4,7 +4,7 @@
 //! drop watch and the progress bar; then the end of the run (`ProbeRun::finish`).
 use crate::feed::{Feed, Read};
 use crate::pipeline::{self, Reader, Threads};
-use crate::run::ProbeRun;
+use crate::sinks::ProbeRun;
 use crate::ProbeArgs;
 use anyhow::{Context, Result};
 use gtpcharge_capture::{CaptureError, FileSource, LiveConfig, LiveSource, LiveStats};

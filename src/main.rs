@@ -18,7 +18,7 @@ mod metrics;
 mod pipeline;
 mod prefetch;
 mod probe;
-mod run;
+mod sinks;
 mod secrets;
 mod tools;
 

@@ -7,9 +7,28 @@
 //! |0|1|111|S| type | length | seq | flow label | N-PDU | spare | TID (IMSI + NSAPI) |
 //! ```
 use super::gtpv1::{ControlFields, IeIter};
-use super::{need, Tbcd, WireError};
+use super::{be_u16, need, Tbcd, WireError};
 
-pub const HEADER_LEN: usize = 20;
+pub const HEADER_LEN: usize = field::TID.end;
+
+/// Where the header's fields are (GSM 09.60 6), in the manner of smoltcp's `mod field`.
+mod field {
+    use std::ops::Range;
+    pub const FLAGS: usize = 0;
+    pub const MESSAGE_TYPE: usize = 1;
+    /// Counts the bytes after the 20-byte header.
+    pub const LENGTH: Range<usize> = 2..4;
+    pub const SEQUENCE: Range<usize> = 4..6;
+    pub const FLOW_LABEL: Range<usize> = 6..8;
+    pub const TID: Range<usize> = 12..20;
+}
+
+/// The bits of the header's first byte.
+mod flag {
+    pub const VERSION_SHIFT: u8 = 5;
+    /// PT: set for GTP, clear for GTP' (charging).
+    pub const PROTOCOL_TYPE: u8 = 0x10;
+}
 
 /// A checked GTPv0 header and its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,23 +44,20 @@ pub struct Header<'a> {
 impl<'a> Header<'a> {
     pub fn parse(data: &'a [u8]) -> Result<Header<'a>, WireError> {
         need("GTPv0 header", data, HEADER_LEN)?;
+        let field16 = |at: std::ops::Range<usize>| be_u16(data, at.start).unwrap_or(0);
+        let (length, sequence, flow_label) =
+            (usize::from(field16(field::LENGTH)), field16(field::SEQUENCE), field16(field::FLOW_LABEL));
         #[allow(clippy::indexing_slicing)] // checked: data.len() >= HEADER_LEN
-        let (flags, message_type, length, sequence, flow_label) = (
-            data[0],
-            data[1],
-            usize::from(u16::from_be_bytes([data[2], data[3]])),
-            u16::from_be_bytes([data[4], data[5]]),
-            u16::from_be_bytes([data[6], data[7]]),
-        );
-        if flags >> 5 != 0 {
+        let (flags, message_type) = (data[field::FLAGS], data[field::MESSAGE_TYPE]);
+        if flags >> flag::VERSION_SHIFT != 0 {
             return Err(WireError::Version("GTPv0"));
         }
-        if flags & 0x10 == 0 {
+        if flags & flag::PROTOCOL_TYPE == 0 {
             return Err(WireError::GtpPrime);
         }
         need("GTPv0 message", data, HEADER_LEN + length)?;
         let mut tid = [0u8; 8];
-        tid.copy_from_slice(data.get(12..20).unwrap_or(&[0; 8]));
+        tid.copy_from_slice(data.get(field::TID).unwrap_or(&[0; 8]));
         let body = data.get(HEADER_LEN..HEADER_LEN + length).unwrap_or_default();
         Ok(Header { message_type, sequence, flow_label, tid, body })
     }

@@ -9,6 +9,34 @@ use super::location::Uli;
 use super::{be_u16, be_u32, ip_from, Apn, Tbcd, WireError, GTPU_EXT_HDRS_MAX, IES_MAX};
 use std::net::IpAddr;
 
+/// Where the header's fields are (TS 29.060 6), in the manner of smoltcp's `mod field`.
+mod field {
+    use std::ops::Range;
+    pub const FLAGS: usize = 0;
+    pub const MESSAGE_TYPE: usize = 1;
+    pub const LENGTH: Range<usize> = 2..4;
+    pub const TEID: Range<usize> = 4..8;
+    /// The end of the mandatory part; the length field counts the bytes after it.
+    pub const MANDATORY_END: usize = 8;
+    pub const SEQUENCE: Range<usize> = 8..10;
+    pub const N_PDU: usize = 10;
+    pub const NEXT_EXTENSION: usize = 11;
+    /// The end of the optional part, there when any of E, S and PN is set.
+    pub const OPTIONAL_END: usize = 12;
+    pub const OPTIONAL_LEN: usize = OPTIONAL_END - MANDATORY_END;
+}
+
+/// The bits of the header's first byte.
+mod flag {
+    pub const VERSION_SHIFT: u8 = 5;
+    /// PT: set for GTP, clear for GTP' (charging).
+    pub const PROTOCOL_TYPE: u8 = 0x10;
+    pub const EXTENSION: u8 = 0x04;
+    pub const SEQUENCE: u8 = 0x02;
+    pub const N_PDU: u8 = 0x01;
+    pub const OPTIONAL: u8 = EXTENSION | SEQUENCE | N_PDU;
+}
+
 pub mod message {
     pub const ECHO_REQUEST: u8 = 1;
     pub const ECHO_RESPONSE: u8 = 2;
@@ -39,7 +67,7 @@ pub struct Header<'a> {
 }
 
 impl<'a> Header<'a> {
-    pub const FIXED_LEN: usize = 8;
+    pub const FIXED_LEN: usize = field::MANDATORY_END;
 
     /// Parses a GTPv1 header (version 1, PT=1) and walks the extension header chain, bounded by
     /// [`GTPU_EXT_HDRS_MAX`].
@@ -47,13 +75,16 @@ impl<'a> Header<'a> {
     // (callgrind, bench capture: 38 fewer instructions per frame with this and `gtpu::inner_packet` inlined).
     #[inline(always)]
     pub fn parse(data: &'a [u8]) -> Result<Header<'a>, WireError> {
-        let Some(&[flags, message_type, length_high, length_low, t0, t1, t2, t3]) = data.first_chunk::<8>() else {
+        // The mandatory part at once, in `field`'s order: FLAGS, MESSAGE_TYPE, LENGTH, TEID.
+        let Some(&[flags, message_type, length_high, length_low, t0, t1, t2, t3]) =
+            data.first_chunk::<{ field::MANDATORY_END }>()
+        else {
             return Err(WireError::Truncated { layer: "GTPv1 header", needed: Self::FIXED_LEN, have: data.len() });
         };
-        if flags >> 5 != 1 {
+        if flags >> flag::VERSION_SHIFT != 1 {
             return Err(WireError::Version("GTPv1"));
         }
-        if flags & 0x10 == 0 {
+        if flags & flag::PROTOCOL_TYPE == 0 {
             return Err(WireError::GtpPrime);
         }
         let length = usize::from(u16::from_be_bytes([length_high, length_low]));
@@ -66,18 +97,26 @@ impl<'a> Header<'a> {
         })?;
         let (mut sequence, mut n_pdu, mut extensions) = (None, None, 0u8);
         let mut at = Self::FIXED_LEN;
-        if flags & 0x07 != 0 {
-            let Some(&[s0, s1, n, next_type]) = message.get(8..).and_then(|rest| rest.first_chunk::<4>()) else {
-                return Err(WireError::Truncated { layer: "GTPv1 optional fields", needed: 12, have: message.len() });
+        if flags & flag::OPTIONAL != 0 {
+            // In `field`'s order: SEQUENCE, N_PDU, NEXT_EXTENSION.
+            let Some(&[s0, s1, n, next_type]) = message
+                .get(field::MANDATORY_END..)
+                .and_then(|rest| rest.first_chunk::<{ field::OPTIONAL_LEN }>())
+            else {
+                return Err(WireError::Truncated {
+                    layer: "GTPv1 optional fields",
+                    needed: field::OPTIONAL_END,
+                    have: message.len(),
+                });
             };
-            if flags & 0x02 != 0 {
+            if flags & flag::SEQUENCE != 0 {
                 sequence = Some(u16::from_be_bytes([s0, s1]));
             }
-            if flags & 0x01 != 0 {
+            if flags & flag::N_PDU != 0 {
                 n_pdu = Some(n);
             }
-            let mut next = if flags & 0x04 != 0 { next_type } else { 0 };
-            at = 12;
+            let mut next = if flags & flag::EXTENSION != 0 { next_type } else { 0 };
+            at = field::OPTIONAL_END;
             while next != 0 {
                 if usize::from(extensions) >= GTPU_EXT_HDRS_MAX {
                     return Err(WireError::TooManyExtensions);
@@ -117,13 +156,18 @@ impl<'a> Header<'a> {
 /// zero) around `ies`: the emit side of [`Header::parse`], for the capture generator, tests, benches and
 /// fuzz targets. The length field saturates at its 16 bits.
 pub fn message(message_type: u8, teid: u32, sequence: u16, ies: &[u8]) -> Vec<u8> {
-    let length = u16::try_from(ies.len() + 4).unwrap_or(u16::MAX);
-    let mut m = Vec::with_capacity(12 + ies.len());
-    m.extend_from_slice(&[0x32, message_type]);
-    m.extend_from_slice(&length.to_be_bytes());
-    m.extend_from_slice(&teid.to_be_bytes());
-    m.extend_from_slice(&sequence.to_be_bytes());
-    m.extend_from_slice(&[0, 0]);
+    let length = u16::try_from(field::OPTIONAL_LEN + ies.len()).unwrap_or(u16::MAX);
+    let mut m = vec![0u8; field::OPTIONAL_END];
+    if let Some(header) = m.first_chunk_mut::<{ field::OPTIONAL_END }>() {
+        header[field::FLAGS] = 1 << flag::VERSION_SHIFT | flag::PROTOCOL_TYPE | flag::SEQUENCE;
+        header[field::MESSAGE_TYPE] = message_type;
+        header[field::LENGTH].copy_from_slice(&length.to_be_bytes());
+        header[field::TEID].copy_from_slice(&teid.to_be_bytes());
+        header[field::SEQUENCE].copy_from_slice(&sequence.to_be_bytes());
+        // PN and E clear: no N-PDU number, no extension header.
+        header[field::N_PDU] = 0;
+        header[field::NEXT_EXTENSION] = 0;
+    }
     m.extend_from_slice(ies);
     m
 }

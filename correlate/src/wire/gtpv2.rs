@@ -11,6 +11,42 @@ use super::location::Uli;
 use super::{be_u16, be_u32, need, Apn, Tbcd, WireError, IES_MAX};
 use std::net::IpAddr;
 
+/// Where the header's fields are (TS 29.274 5.1), in the manner of smoltcp's `mod field`. The TEID is
+/// there only with the T flag; the sequence number follows it, or the length field without it.
+mod field {
+    use std::ops::Range;
+    pub const FLAGS: usize = 0;
+    pub const MESSAGE_TYPE: usize = 1;
+    pub const LENGTH: Range<usize> = 2..4;
+    /// The length field counts the bytes after it.
+    pub const LENGTH_END: usize = 4;
+    pub const TEID: Range<usize> = 4..8;
+    /// The sequence number takes 3 bytes, then one spare.
+    pub const SEQUENCE_LEN: usize = 3;
+    pub const HEADER_LEN: usize = 8;
+    pub const HEADER_WITH_TEID_LEN: usize = 12;
+}
+
+/// The bits of the header's first byte.
+mod flag {
+    pub const VERSION_SHIFT: u8 = 5;
+    /// P: a piggybacked message follows this one.
+    pub const PIGGYBACK: u8 = 0x10;
+    /// T: the header carries a TEID.
+    pub const TEID: u8 = 0x08;
+}
+
+/// An IE's fields (TS 29.274 8.2).
+mod ie_field {
+    use std::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const LENGTH: Range<usize> = 1..3;
+    /// Spare bits (high nibble) and the instance (low nibble).
+    pub const INSTANCE: usize = 3;
+    pub const INSTANCE_MASK: u8 = 0x0F;
+    pub const VALUE: usize = 4;
+}
+
 pub mod message {
     pub const ECHO_REQUEST: u8 = 1;
     pub const ECHO_RESPONSE: u8 = 2;
@@ -50,30 +86,33 @@ pub struct Header<'a> {
 
 impl<'a> Header<'a> {
     pub fn parse(data: &'a [u8]) -> Result<Header<'a>, WireError> {
-        need("GTPv2-C header", data, 8)?;
-        #[allow(clippy::indexing_slicing)] // checked: data.len() >= 8
-        let (flags, message_type, length) = (data[0], data[1], usize::from(u16::from_be_bytes([data[2], data[3]])));
-        if flags >> 5 != 2 {
+        need("GTPv2-C header", data, field::HEADER_LEN)?;
+        #[allow(clippy::indexing_slicing)] // checked: data.len() >= HEADER_LEN
+        let (flags, message_type) = (data[field::FLAGS], data[field::MESSAGE_TYPE]);
+        let length = usize::from(be_u16(data, field::LENGTH.start).unwrap_or(0));
+        if flags >> flag::VERSION_SHIFT != 2 {
             return Err(WireError::Version("GTPv2-C"));
         }
-        let has_teid = flags & 0x08 != 0;
-        let total = 4 + length;
-        let header_len = if has_teid { 12 } else { 8 };
+        let has_teid = flags & flag::TEID != 0;
+        let total = field::LENGTH_END + length;
+        let header_len = if has_teid { field::HEADER_WITH_TEID_LEN } else { field::HEADER_LEN };
         if total < header_len {
             return Err(WireError::Truncated { layer: "GTPv2-C length field", needed: header_len, have: total });
         }
         need("GTPv2-C message", data, total)?;
-        let teid = if has_teid { be_u32(data, 4) } else { None };
-        let seq_at = if has_teid { 8 } else { 4 };
-        #[allow(clippy::indexing_slicing)] // checked: total >= header_len = seq_at + 4
-        let sequence = u32::from_be_bytes([0, data[seq_at], data[seq_at + 1], data[seq_at + 2]]);
+        let teid = if has_teid { be_u32(data, field::TEID.start) } else { None };
+        let seq_at = if has_teid { field::TEID.end } else { field::LENGTH_END };
+        let sequence = match data.get(seq_at..seq_at + field::SEQUENCE_LEN) {
+            Some(&[s1, s2, s3]) => u32::from_be_bytes([0, s1, s2, s3]),
+            _ => 0, // not reached: total >= header_len = seq_at + 4
+        };
         Ok(Header {
             message_type,
             teid,
             sequence,
             body: data.get(header_len..total).unwrap_or_default(),
             next: data.get(total..).unwrap_or_default(),
-            piggybacked: flags & 0x10 != 0,
+            piggybacked: flags & flag::PIGGYBACK != 0,
         })
     }
 }
@@ -82,10 +121,11 @@ impl<'a> Header<'a> {
 /// the emit side of [`Header::parse`], for the capture generator, tests, benches and fuzz targets. The
 /// sequence number keeps its low 24 bits; the length field saturates at its 16 bits.
 pub fn message(message_type: u8, teid: Option<u32>, sequence: u32, ies: &[u8]) -> Vec<u8> {
-    let header_len = if teid.is_some() { 12 } else { 8 };
-    let length = u16::try_from(header_len - 4 + ies.len()).unwrap_or(u16::MAX);
+    let header_len = if teid.is_some() { field::HEADER_WITH_TEID_LEN } else { field::HEADER_LEN };
+    let length = u16::try_from(header_len - field::LENGTH_END + ies.len()).unwrap_or(u16::MAX);
     let mut m = Vec::with_capacity(header_len + ies.len());
-    m.extend_from_slice(&[if teid.is_some() { 0x48 } else { 0x40 }, message_type]);
+    let t_flag = if teid.is_some() { flag::TEID } else { 0 };
+    m.extend_from_slice(&[2 << flag::VERSION_SHIFT | t_flag, message_type]);
     m.extend_from_slice(&length.to_be_bytes());
     if let Some(teid) = teid {
         m.extend_from_slice(&teid.to_be_bytes());
@@ -99,10 +139,10 @@ pub fn message(message_type: u8, teid: Option<u32>, sequence: u32, ies: &[u8]) -
 /// One IE: type, length, instance (the spare bits zero), value: the emit side of [`IeIter`]. The length
 /// field saturates at its 16 bits.
 pub fn ie(ie_type: u8, instance: u8, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + value.len());
+    let mut out = Vec::with_capacity(ie_field::VALUE + value.len());
     out.push(ie_type);
     out.extend_from_slice(&u16::try_from(value.len()).unwrap_or(u16::MAX).to_be_bytes());
-    out.push(instance & 0x0F);
+    out.push(instance & ie_field::INSTANCE_MASK);
     out.extend_from_slice(value);
     out
 }
@@ -136,19 +176,19 @@ impl<'a> Iterator for IeIter<'a> {
         }
         self.walked += 1;
         let rest = self.data.get(self.at..).unwrap_or_default();
-        let item = match (rest.first(), be_u16(rest, 1), rest.get(3)) {
+        let item = match (rest.get(ie_field::TYPE), be_u16(rest, ie_field::LENGTH.start), rest.get(ie_field::INSTANCE)) {
             _ if self.walked > IES_MAX => Err(WireError::BadIe("GTPv2-C: too many IEs")),
             (Some(&ie_type), Some(len), Some(&spare_instance)) => {
-                let len = usize::from(len);
-                match rest.get(4..4 + len) {
+                let end = ie_field::VALUE + usize::from(len);
+                match rest.get(ie_field::VALUE..end) {
                     Some(value) => {
-                        self.at += 4 + len;
-                        Ok(Ie { ie_type, instance: spare_instance & 0x0F, value })
+                        self.at += end;
+                        Ok(Ie { ie_type, instance: spare_instance & ie_field::INSTANCE_MASK, value })
                     }
-                    None => Err(WireError::TruncatedIe { layer: "GTPv2-C IE", needed: 4 + len, have: rest.len() }),
+                    None => Err(WireError::TruncatedIe { layer: "GTPv2-C IE", needed: end, have: rest.len() }),
                 }
             }
-            _ => Err(WireError::TruncatedIe { layer: "GTPv2-C IE header", needed: 4, have: rest.len() }),
+            _ => Err(WireError::TruncatedIe { layer: "GTPv2-C IE header", needed: ie_field::VALUE, have: rest.len() }),
         };
         if item.is_err() {
             self.done = true;
