@@ -46,33 +46,22 @@ pub fn serve(
             gtpcharge_billing_api::server::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         tracing::info!(%listen, database = %redact(url), tls = tls.is_some(), "billing API serving");
         let guard = std::sync::Arc::new(gtpcharge_billing_api::guard::AuthGuard::default());
+        let telemetry = std::sync::Arc::new(gtpcharge_billing_api::telemetry::Telemetry::default());
         if let Some(address) = metrics_listen {
             let exposition = crate::metrics::Exposition::default();
             crate::metrics::serve(address, exposition.clone())?;
             tracing::info!(%address, "metrics on /metrics");
-            let guard = guard.clone();
+            let (guard, telemetry, ledger) = (guard.clone(), telemetry.clone(), ledger.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    let (failures, delayed) = guard.failures();
-                    let mut text = crate::metrics::Text::default();
-                    text.counter(
-                        "gtpcharge_api_auth_failures_total",
-                        "Calls refused for a missing, unknown or revoked key.",
-                        failures,
-                    );
-                    text.counter(
-                        "gtpcharge_api_auth_failures_delayed_total",
-                        "Of those, answered late because the peer had failed too often.",
-                        delayed,
-                    );
-                    exposition.publish(text.finish());
+                    exposition.publish(telemetry.render(&ledger, &guard));
                 }
             });
         }
         let shutdown = gtpcharge_billing_api::server::shutdown_signal();
-        gtpcharge_billing_api::server::serve_with(ledger, listener, tls, shutdown, charging, guard)
+        gtpcharge_billing_api::server::serve_with(ledger, listener, tls, shutdown, charging, guard, telemetry)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         tracing::info!("billing API stopped");

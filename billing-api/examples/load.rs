@@ -94,6 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::future::pending(),
         charging,
         Default::default(),
+        Default::default(),
     ));
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))?.connect().await?;
     let client = pb::sighting_service_client::SightingServiceClient::new(channel);

@@ -399,7 +399,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Charged => "charged",
             Outcome::AlreadyCharged => "already-charged",
@@ -461,6 +461,11 @@ const CREDENTIALS_CACHED: usize = 4096;
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
 impl Ledger {
+    /// Connections the database pool holds, and how many of them are idle.
+    pub fn pool_connections(&self) -> (u32, usize) {
+        (self.db.pool.size(), self.db.pool.num_idle())
+    }
+
     /// Opens the database at `url` (migrated, pooled, each PostgreSQL connection preparing the charging
     /// statements) and the ledger on it.
     pub async fn open(url: &str) -> std::result::Result<Ledger, sqlx::Error> {

@@ -21,6 +21,7 @@ pub mod guard;
 pub mod ledger;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 
 pub use db::Db;
 pub use ledger::Ledger;

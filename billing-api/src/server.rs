@@ -45,11 +45,11 @@ pub async fn serve(
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    serve_with(ledger, listener, tls, shutdown, Charging::default(), Default::default()).await
+    serve_with(ledger, listener, tls, shutdown, Charging::default(), Default::default(), Default::default()).await
 }
 
-/// [`serve`] with the charging path's settings, and the guard against key guessing the caller reads
-/// the failure counts from (for metrics).
+/// [`serve`] with the charging path's settings, the guard against key guessing and the counters
+/// (`telemetry.rs`) the caller exposes as metrics.
 pub async fn serve_with(
     ledger: Ledger,
     listener: tokio::net::TcpListener,
@@ -57,6 +57,7 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     charging: Charging,
     guard: std::sync::Arc<crate::guard::AuthGuard>,
+    telemetry: std::sync::Arc<crate::telemetry::Telemetry>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::purchase_service_server::PurchaseServiceServer<PurchaseApi>>().await;
@@ -73,12 +74,17 @@ pub async fn serve_with(
 
     let sweeper = {
         let ledger = ledger.clone();
+        let telemetry = telemetry.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Err(error) = ledger.expire_due().await {
-                    tracing::warn!(%error, "expiring purchases failed; will retry");
+                match ledger.expire_due().await {
+                    Ok(expired) => telemetry.sweep(Ok(expired)),
+                    Err(error) => {
+                        telemetry.sweep(Err(()));
+                        tracing::warn!(%error, "expiring purchases failed; will retry");
+                    }
                 }
             }
         })
@@ -108,12 +114,14 @@ pub async fn serve_with(
         guard: guard.clone(),
         queue: ReportQueue::start(ledger.clone(), charging.workers, charging.group_commit_sightings),
         require_client_certificate,
+        telemetry: telemetry.clone(),
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let accounts = pb::account_service_server::AccountServiceServer::new(AccountApi { ledger, guard })
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let incoming = accepted_without_delay(listener);
     let result = builder
+        .layer(crate::telemetry::RpcLayer(telemetry))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -311,6 +311,8 @@ pub struct SightingApi {
     pub queue: ReportQueue,
     /// Set when the server has a client CA: probes must then present a certificate it signed.
     pub require_client_certificate: bool,
+    /// Counts each sighting's outcome.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 #[tonic::async_trait]
@@ -345,6 +347,7 @@ impl pb::sighting_service_server::SightingService for SightingApi {
             .await?
             .into_iter()
             .map(|r| {
+                self.telemetry.charge(r.outcome);
                 let outcome = match r.outcome {
                     Outcome::Charged => pb::SightingOutcome::Charged,
                     Outcome::AlreadyCharged => pb::SightingOutcome::AlreadyCharged,
