@@ -119,8 +119,9 @@ pub enum Command {
     /// The main job, end to end: replay the committed sample into the billing API on the embedded
     /// SQLite default and check every charge (see README).
     Demo {
-        #[arg(default_value = "pcaps/sample.pcap")]
-        sample: PathBuf,
+        /// The committed sample: `pcaps/sample.pcap` from the repository's root, else the installed
+        /// package's `/usr/share/gtpcharge/sample.pcap`.
+        sample: Option<PathBuf>,
         /// Working directory, emptied first: the ledger and the spool go here.
         #[arg(long, default_value = "gtpcharge-demo")]
         workdir: PathBuf,

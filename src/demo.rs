@@ -18,6 +18,20 @@ use gtpcharge_billing_api::ledger::{AccountUpdate, NewPurchase};
 use gtpcharge_billing_api::Ledger;
 use std::path::Path;
 
+/// Where the sample is looked for when none is named: the repository's copy (run from its root), then
+/// the Debian package's.
+pub const SAMPLE_PLACES: [&str; 2] = ["pcaps/sample.pcap", "/usr/share/gtpcharge/sample.pcap"];
+
+/// The sample named, or the first of [`SAMPLE_PLACES`] that exists.
+pub fn sample_path(named: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    if let Some(path) = named {
+        return Ok(path);
+    }
+    SAMPLE_PLACES.iter().map(std::path::PathBuf::from).find(|path| path.is_file()).with_context(|| {
+        format!("no sample capture at {} (name one: gtpcharge demo PATH)", SAMPLE_PLACES.join(" or "))
+    })
+}
+
 pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
     let expected_bytes = {
         let reference = workdir.join("reference.pcap");

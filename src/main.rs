@@ -68,7 +68,7 @@ fn main() -> std::process::ExitCode {
             let _ = std::fs::remove_dir_all(&workdir);
             std::fs::create_dir_all(&workdir)
                 .with_context(|| format!("creating {}", workdir.display()))
-                .and_then(|()| demo::demo(&sample, &workdir))
+                .and_then(|()| demo::demo(&demo::sample_path(sample)?, &workdir))
         }
         Command::Serve {
             listen,
