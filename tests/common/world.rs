@@ -249,14 +249,19 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
-        if let Some((base, name)) = self.cleanup.take() {
-            self.runtime.block_on(async {
-                use sqlx::Executor;
-                if let Ok(admin) = sqlx::AnyPool::connect(&base).await {
-                    let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
-                }
-            });
-        }
+        drop_database(&self.runtime, self.cleanup.take());
+    }
+}
+
+/// Drops the database [`database_url`] made on PostgreSQL (`cleanup` is its second half).
+pub fn drop_database(runtime: &tokio::runtime::Runtime, cleanup: Option<(String, String)>) {
+    if let Some((base, name)) = cleanup {
+        runtime.block_on(async {
+            use sqlx::Executor;
+            if let Ok(admin) = sqlx::AnyPool::connect(&base).await {
+                let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+            }
+        });
     }
 }
 
