@@ -416,6 +416,8 @@ pub struct ProbeArgs {
     #[arg(long, default_value_t = 4096, env = "GTPCHARGE_SCAN_BYTES_MAX")]
     pub scan_bytes_max: usize,
     /// Report sightings to this billing API (http://HOST:PORT or https://...), which charges them.
+    /// Replicas of one API (several `serve` on one PostgreSQL) as a comma-separated list: a failed call
+    /// is retried on the next.
     #[arg(long, env = "GTPCHARGE_BILLING_URL")]
     pub billing_url: Option<String>,
     /// The probe credential (`gtpcharge admin probe create`); better from --probe-key-file or the
@@ -567,6 +569,11 @@ impl ProbeArgs {
         Ok(Some(exposition))
     }
 
+    /// The billing API's replicas `--billing-url` names (comma-separated).
+    pub fn billing_urls(&self) -> Vec<String> {
+        self.billing_url.as_deref().map(billing_urls).unwrap_or_default()
+    }
+
     pub fn delivery(&self) -> Result<Option<delivery::Delivery>> {
         let Some(url) = self.billing_url.as_ref().filter(|u| !u.is_empty()) else { return Ok(None) };
         let probe_key = secrets::secret(
@@ -577,7 +584,7 @@ impl ProbeArgs {
         )?
         .context("--billing-url needs --probe-key-file (or GTPCHARGE_PROBE_KEY, or --probe-key)")?;
         let config = delivery::DeliveryConfig {
-            url: url.clone(),
+            urls: billing_urls(url),
             probe_key,
             spool_dir: self.spool_dir.clone(),
             spool_max_bytes: self.spool_max_bytes,
@@ -589,4 +596,9 @@ impl ProbeArgs {
         };
         Ok(Some(delivery::Delivery::start(config)?))
     }
+}
+
+/// A comma-separated list of URLs, each trimmed, empty ones left out.
+fn billing_urls(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect()
 }

@@ -33,7 +33,8 @@ pub struct SightingRecord {
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
-    pub url: String,
+    /// The billing API's replicas, in the order tried: a failed call moves to the next.
+    pub urls: Vec<String>,
     pub probe_key: String,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
@@ -114,7 +115,8 @@ impl Delivery {
         let _ = std::fs::remove_file(probe);
         // The address and the TLS files are checked here, before any packet is read: a wrong path fails
         // the start with its name, instead of stopping delivery once sightings are being taken.
-        let endpoint = endpoint(&config)?;
+        let endpoints = config.urls.iter().map(|url| endpoint(&config, url)).collect::<Result<Vec<_>>>()?;
+        anyhow::ensure!(!endpoints.is_empty(), "--billing-url names no billing API");
         let (sender, receiver) = crossbeam_channel::bounded(config.queue_max);
         let stop_after = std::sync::Arc::new(std::sync::Mutex::new(None));
         let deadline = stop_after.clone();
@@ -122,7 +124,7 @@ impl Delivery {
         let published = shared.clone();
         let thread = std::thread::Builder::new()
             .name("delivery".into())
-            .spawn(move || run(config, endpoint, receiver, deadline, published))
+            .spawn(move || run(config, endpoints, receiver, deadline, published))
             .context("starting the delivery thread")?;
         Ok(Delivery {
             shared,
@@ -247,17 +249,17 @@ fn outcome_name(outcome: i32) -> &'static str {
     }
 }
 
-/// The billing API's endpoint: its URL and, for https://, the CA and client identity read from their
-/// files (each error names the file). Connecting is lazy, in the delivery thread.
-fn endpoint(config: &DeliveryConfig) -> Result<tonic::transport::Endpoint> {
-    if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
-        anyhow::bail!("--billing-url {} must start with http:// or https://", config.url);
+/// One billing API replica's endpoint: its URL and, for https://, the CA and client identity read from
+/// their files (each error names the file). Connecting is lazy, in the delivery thread.
+fn endpoint(config: &DeliveryConfig, url: &str) -> Result<tonic::transport::Endpoint> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        anyhow::bail!("--billing-url {url} must start with http:// or https://");
     }
-    let mut endpoint = tonic::transport::Endpoint::from_shared(config.url.clone())
-        .context("--billing-url is not a valid URL")?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("--billing-url {url} is not a valid URL"))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30));
-    if config.url.starts_with("https://") {
+    if url.starts_with("https://") {
         use gtpcharge_billing_api::server::read_pem as read;
         let mut tls = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &config.tls_ca {
@@ -274,9 +276,27 @@ fn endpoint(config: &DeliveryConfig) -> Result<tonic::transport::Endpoint> {
     Ok(endpoint)
 }
 
+/// The replicas' clients and the one in use: a failed call moves on to the next, round the list (every
+/// replica charges against the same ledger, so a batch retried on another one is charged once).
+struct Replicas {
+    clients: Vec<pb::sighting_service_client::SightingServiceClient<tonic::transport::Channel>>,
+    urls: Vec<String>,
+    current: usize,
+}
+
+impl Replicas {
+    fn failed(&mut self) {
+        if self.clients.len() > 1 {
+            let from = self.current;
+            self.current = (self.current + 1) % self.clients.len();
+            tracing::info!(from = %self.urls[from], to = %self.urls[self.current], "billing API call failed; trying the next replica");
+        }
+    }
+}
+
 fn run(
     config: DeliveryConfig,
-    endpoint: tonic::transport::Endpoint,
+    endpoints: Vec<tonic::transport::Endpoint>,
     receiver: crossbeam_channel::Receiver<SightingRecord>,
     stop_after: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
     published: std::sync::Arc<std::sync::Mutex<DeliveryStats>>,
@@ -304,12 +324,18 @@ fn run(
         }
     };
     stats.recovered_from_spool = spool.pending.iter().map(|(_, _, r)| r.len() as u64).sum();
-    let channel = {
-        // connect_lazy starts the channel's worker task on the current runtime.
+    let mut replicas = {
+        // connect_lazy starts each channel's worker task on the current runtime.
         let _inside = runtime.enter();
-        endpoint.connect_lazy()
+        Replicas {
+            clients: endpoints
+                .iter()
+                .map(|endpoint| pb::sighting_service_client::SightingServiceClient::new(endpoint.connect_lazy()))
+                .collect(),
+            urls: config.urls.clone(),
+            current: 0,
+        }
     };
-    let mut client = pb::sighting_service_client::SightingServiceClient::new(channel);
     let mut batch: Vec<SightingRecord> = Vec::new();
     // Set while the spool cannot be written (disk full): no new sightings are taken, the batch in memory
     // is retried, and sent directly when the API is up (it is not durable meanwhile, and says so).
@@ -368,7 +394,7 @@ fn run(
                     spool_blocked = true;
                     if spool.pending.is_empty() {
                         // Nothing on disk to deliver first: try the batch straight from memory.
-                        if send(&runtime, &mut client, &config, &batch, &mut stats).is_ok() {
+                        if send(&runtime, &mut replicas, &config, &batch, &mut stats).is_ok() {
                             batch.clear();
                             spool_blocked = false;
                         } else {
@@ -381,7 +407,7 @@ fn run(
         // 3. Send the oldest batch when the backoff allows.
         if let Some((_, _, records)) = spool.pending.front() {
             if Instant::now() >= retry_at {
-                match send(&runtime, &mut client, &config, records, &mut stats) {
+                match send(&runtime, &mut replicas, &config, records, &mut stats) {
                     Ok(()) => {
                         if let Err(error) = spool.acknowledge_oldest() {
                             stats.last_error = Some(format!("{error:#}"));
@@ -422,10 +448,11 @@ fn run(
     stats
 }
 
-/// One ReportSightings call for `records`; counts outcomes on success.
+/// One ReportSightings call for `records` to the replica in use; counts outcomes on success, moves to the
+/// next replica on failure.
 fn send(
     runtime: &tokio::runtime::Runtime,
-    client: &mut pb::sighting_service_client::SightingServiceClient<tonic::transport::Channel>,
+    replicas: &mut Replicas,
     config: &DeliveryConfig,
     records: &[SightingRecord],
     stats: &mut DeliveryStats,
@@ -446,6 +473,7 @@ fn send(
     if let Ok(value) = format!("Bearer {}", config.probe_key).parse() {
         request.metadata_mut().insert("authorization", value);
     }
+    let Some(client) = replicas.clients.get_mut(replicas.current) else { return Err(()) };
     match runtime.block_on(client.report_sightings(request)) {
         Ok(response) => {
             for (result, record) in response.get_ref().results.iter().zip(records) {
@@ -477,6 +505,7 @@ fn send(
                 }
             }
             stats.last_error = Some(message);
+            replicas.failed();
             Err(())
         }
     }

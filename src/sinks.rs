@@ -133,10 +133,11 @@ impl Delays {
 
 impl ProbeRun {
     pub fn start(args: &ProbeArgs) -> Result<ProbeRun> {
-        let plaintext = match args.billing_url.as_deref().filter(|u| !u.is_empty()) {
-            Some(url) => crate::secrets::check_client_url(url, args.allow_plaintext)?,
-            None => false,
-        };
+        // Every replica must pass the plaintext rule.
+        let mut plaintext = false;
+        for url in args.billing_urls() {
+            plaintext |= crate::secrets::check_client_url(&url, args.allow_plaintext)?;
+        }
         Ok(ProbeRun {
             plaintext,
             probe: args.probe()?,

@@ -280,6 +280,11 @@ pub struct FedReplay {
 impl World {
     /// Starts the probe on an empty pipe, spooling to `spool`.
     pub fn replay_fed(&self, spool: &std::path::Path) -> FedReplay {
+        self.replay_fed_to(spool, &self.url)
+    }
+
+    /// [`World::replay_fed`], delivering to `billing_url` (several replicas: comma-separated).
+    pub fn replay_fed_to(&self, spool: &std::path::Path, billing_url: &str) -> FedReplay {
         let bytes = std::fs::read(&self.capture).unwrap();
         let mut records = vec![bytes[..24].to_vec()];
         let mut at = 24;
@@ -291,7 +296,7 @@ impl World {
         let stderr = self.dir.path().join(format!("probe-{}.log", std::process::id()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
             .env("RUST_LOG", "debug")
-            .args(["replay", "-", "--single-thread", "--billing-url", &self.url, "--probe-key", &self.probe_key])
+            .args(["replay", "-", "--single-thread", "--billing-url", billing_url, "--probe-key", &self.probe_key])
             .args(["--spool-dir", spool.to_str().unwrap(), "--drain-timeout-s", "120"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
