@@ -571,7 +571,7 @@ impl ProbeArgs {
 
     /// The billing API's replicas `--billing-url` names (comma-separated).
     pub fn billing_urls(&self) -> Vec<String> {
-        self.billing_url.as_deref().map(billing_urls).unwrap_or_default()
+        self.billing_url.as_deref().map(delivery::replica_urls).unwrap_or_default()
     }
 
     pub fn delivery(&self) -> Result<Option<delivery::Delivery>> {
@@ -584,7 +584,7 @@ impl ProbeArgs {
         )?
         .context("--billing-url needs --probe-key-file (or GTPCHARGE_PROBE_KEY, or --probe-key)")?;
         let config = delivery::DeliveryConfig {
-            urls: billing_urls(url),
+            urls: delivery::replica_urls(url),
             probe_key,
             spool_dir: self.spool_dir.clone(),
             spool_max_bytes: self.spool_max_bytes,
@@ -596,9 +596,4 @@ impl ProbeArgs {
         };
         Ok(Some(delivery::Delivery::start(config)?))
     }
-}
-
-/// A comma-separated list of URLs, each trimmed, empty ones left out.
-fn billing_urls(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect()
 }

@@ -249,6 +249,11 @@ fn outcome_name(outcome: i32) -> &'static str {
     }
 }
 
+/// The replicas of a `--billing-url` list (comma-separated), each trimmed, empty ones left out.
+pub fn replica_urls(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect()
+}
+
 /// One billing API replica's endpoint: its URL and, for https://, the CA and client identity read from
 /// their files (each error names the file). Connecting is lazy, in the delivery thread.
 fn endpoint(config: &DeliveryConfig, url: &str) -> Result<tonic::transport::Endpoint> {
