@@ -1,5 +1,5 @@
 //! `gtpcharge serve`, `gtpcharge admin` and `gtpcharge purchase`: the billing API's process, its operator commands and an SP's client.
-use crate::{AccountCommand, AdminCommand, NamedCreate, PurchaseCommand, SpCommand};
+use crate::{AccountCommand, AdminCommand, DeviceCommand, NamedCreate, PurchaseCommand, SpCommand};
 use anyhow::{Context, Result};
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::AccountKind;
@@ -86,9 +86,9 @@ pub fn admin(url: &str, command: AdminCommand) -> Result<()> {
         let ledger = ledger(url).await?;
         let actor = admin_actor();
         match command {
-            AdminCommand::Sp { command: SpCommand::Create { name } } => {
-                let (id, secret) = ledger.create_service_provider(&name).await?;
-                let detail = format!("name={name:?} api key {}", secret.key_id);
+            AdminCommand::Sp { command: SpCommand::Create { name, allow_network_consent } } => {
+                let (id, secret) = ledger.create_service_provider(&name, allow_network_consent).await?;
+                let detail = format!("name={name:?} api key {} network consent {allow_network_consent}", secret.key_id);
                 ledger.audit(&actor, Action::CreateServiceProvider, &id.to_string(), &detail).await?;
                 println!("service_provider_id\t{id}\nkey_id\t{}\napi_key\t{}", secret.key_id, secret.secret);
             }
@@ -135,6 +135,25 @@ pub fn admin(url: &str, command: AdminCommand) -> Result<()> {
                 print_account(&account);
             }
             AdminCommand::Account { command: AccountCommand::Show { msisdn } } => print_account(&ledger.get_account(&msisdn).await?),
+            AdminCommand::Account { command: AccountCommand::Pin { msisdn, pin_file } } => {
+                let pin = read_pin(&pin_file)?;
+                ledger.set_pin(&msisdn, &pin).await?;
+                ledger.audit(&actor, Action::SetPin, &msisdn, "payment PIN set (unlocked)").await?;
+                println!("pin_set\t{}", crate::logging::subscriber_id(&msisdn));
+            }
+            AdminCommand::Device { command: DeviceCommand::List { msisdn } } => {
+                for d in ledger.list_devices(&msisdn).await? {
+                    let revoked = d.revoked_at_us.map(|t| crate::jsonl::rfc3339(u64::try_from(t).unwrap_or(0)));
+                    let enrolled = crate::jsonl::rfc3339(u64::try_from(d.enrolled_at_us).unwrap_or(0));
+                    let key: String = d.public_key.iter().map(|b| format!("{b:02x}")).collect();
+                    println!("{}\t{}\t{enrolled}\t{}\t{key}", d.id, d.label, revoked.as_deref().unwrap_or("-"));
+                }
+            }
+            AdminCommand::Device { command: DeviceCommand::Revoke { device_id } } => {
+                ledger.revoke_device(device_id).await?;
+                ledger.audit(&actor, Action::RevokeDevice, &device_id.to_string(), "").await?;
+                println!("revoked\tdevice {device_id}");
+            }
             AdminCommand::CheckLedger => {
                 let sums = ledger.sums_by_currency().await?;
                 let mut balanced = true;
@@ -165,7 +184,17 @@ pub fn purchase(url: &str, api_key: &str, command: PurchaseCommand) -> Result<()
             .await
             .with_context(|| format!("connecting to {url}"))?;
         let purchase = match command {
-            PurchaseCommand::Create { product_id, description, amount, currency, idempotency_key, expires_in_s } => {
+            PurchaseCommand::Create {
+                product_id,
+                description,
+                amount,
+                currency,
+                idempotency_key,
+                expires_in_s,
+                consent,
+                manual_capture,
+                authorization_ttl_s,
+            } => {
                 let idempotency_key = match idempotency_key {
                     Some(key) => key,
                     None => gtpcharge_proto::Token::generate().map_err(|e| anyhow::anyhow!("{e}"))?.to_string(),
@@ -177,9 +206,16 @@ pub fn purchase(url: &str, api_key: &str, command: PurchaseCommand) -> Result<()
                     currency,
                     expires_in_s,
                     idempotency_key,
+                    consent: if consent == "device" { pb::Consent::Device } else { pb::Consent::Network } as i32,
+                    capture_mode: if manual_capture { pb::CaptureMode::Manual } else { pb::CaptureMode::Automatic } as i32,
+                    authorization_ttl_s,
                 };
                 client.create_purchase(with_key(api_key, request)).await
             }
+            PurchaseCommand::Capture { id, amount } => {
+                client.capture_purchase(with_key(api_key, pb::CapturePurchaseRequest { id, amount })).await
+            }
+            PurchaseCommand::Void { id } => client.void_purchase(with_key(api_key, pb::VoidPurchaseRequest { id })).await,
             PurchaseCommand::Get { key } => {
                 let key = if key.starts_with("gc1") {
                     pb::get_purchase_request::Key::Token(key)
@@ -196,8 +232,26 @@ pub fn purchase(url: &str, api_key: &str, command: PurchaseCommand) -> Result<()
             "id\t{}\ntoken\t{}\nstate\t{state}\namount\t{} {}\ncharged_msisdn\t{}",
             p.id, p.token, p.amount, p.currency, p.charged_msisdn
         );
+        if !p.consent_nonce.is_empty() {
+            println!("consent_nonce\t{}", p.consent_nonce);
+        }
+        if p.authorized_amount > 0 {
+            println!("authorized_amount\t{}\ncaptured_amount\t{}", p.authorized_amount, p.captured_amount);
+        }
         Ok(())
     })
+}
+
+/// A PIN from a file (its first line), or standard input with `-`.
+pub fn read_pin(path: &std::path::Path) -> Result<String> {
+    let text = if path.as_os_str() == "-" {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the PIN from standard input")?;
+        line
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading the PIN from {}", path.display()))?
+    };
+    Ok(text.lines().next().unwrap_or_default().trim().to_owned())
 }
 
 fn print_account(a: &gtpcharge_billing_api::ledger::AccountRow) {

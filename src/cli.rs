@@ -9,6 +9,9 @@ use gtpcharge_capture::DecoderConfig;
 use gtpcharge_correlate::Config;
 use std::path::PathBuf;
 
+mod admin;
+pub use admin::*;
+
 #[derive(Parser)]
 #[command(name = "gtpcharge", version, about = "Carrier-side DPI billing correlator for GTP (Gn, S5/S8)")]
 pub struct Cli {
@@ -256,108 +259,6 @@ impl DatabaseArgs {
         )?
         .unwrap_or_default())
     }
-}
-
-#[derive(Subcommand)]
-pub enum AdminCommand {
-    /// Service providers.
-    Sp {
-        #[command(subcommand)]
-        command: SpCommand,
-    },
-    /// Probe credentials.
-    Probe {
-        #[command(subcommand)]
-        command: NamedCreate,
-    },
-    /// Operator keys (for the AccountService).
-    Operator {
-        #[command(subcommand)]
-        command: NamedCreate,
-    },
-    /// Revoke any key by its id.
-    Revoke { key_id: String },
-    /// Subscriber accounts.
-    Account {
-        #[command(subcommand)]
-        command: AccountCommand,
-    },
-    /// Check that the ledger balances: the sum of entries per currency is zero.
-    CheckLedger,
-    /// The audit trail of operator actions (keys, SPs, accounts; through `admin` or the AccountService),
-    /// newest first: id, time, actor, action, subject, detail, tab-separated.
-    Audit {
-        /// Records at most.
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-        /// Only records older than this id (to page back).
-        #[arg(long)]
-        before: Option<i64>,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum PurchaseCommand {
-    /// Create a purchase; prints its id and token.
-    Create {
-        #[arg(long)]
-        product_id: String,
-        #[arg(long, default_value = "")]
-        description: String,
-        /// Minor units.
-        #[arg(long)]
-        amount: i64,
-        #[arg(long)]
-        currency: String,
-        /// Default: a fresh random key (no idempotency across calls).
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        #[arg(long, default_value_t = 900)]
-        expires_in_s: i64,
-    },
-    /// Show a purchase by id or token.
-    Get {
-        /// A purchase id, or a token (starts with gc1).
-        key: String,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum SpCommand {
-    /// Register an SP; prints its id, key id and API key (shown once).
-    Create { name: String },
-    /// A new API key for an SP.
-    Key { service_provider_id: i64 },
-}
-
-#[derive(Subcommand)]
-pub enum NamedCreate {
-    /// Create one; prints its key id and secret (shown once).
-    Create { name: String },
-}
-
-#[derive(Subcommand)]
-pub enum AccountCommand {
-    /// Create or update a subscriber account (amounts in minor units).
-    Set {
-        msisdn: String,
-        #[arg(long)]
-        currency: String,
-        /// Prepaid balance to set (a top-up or correction, recorded in the ledger).
-        #[arg(long, conflicts_with = "credit_limit")]
-        balance: Option<i64>,
-        /// Postpaid credit limit.
-        #[arg(long)]
-        credit_limit: Option<i64>,
-        #[arg(long)]
-        daily_cap: Option<i64>,
-        #[arg(long)]
-        monthly_cap: Option<i64>,
-        #[arg(long)]
-        barred: Option<bool>,
-    },
-    /// Show an account with today's and this month's spending.
-    Show { msisdn: String },
 }
 
 /// `--handover`: forced, or chosen by the round trip at start.

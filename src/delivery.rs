@@ -245,6 +245,9 @@ fn outcome_name(outcome: i32) -> &'static str {
         Ok(pb::SightingOutcome::Cancelled) => "cancelled",
         Ok(pb::SightingOutcome::UnknownToken) => "unknown-token",
         Ok(pb::SightingOutcome::Refunded) => "refunded",
+        Ok(pb::SightingOutcome::Authorized) => "authorized",
+        Ok(pb::SightingOutcome::Voided) => "voided",
+        Ok(pb::SightingOutcome::Enrollment) => "enrollment",
         _ => "unspecified",
     }
 }

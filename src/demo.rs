@@ -57,7 +57,7 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (ledger, probe_key, sp, address) = runtime.block_on(async {
         let ledger = Ledger::open(&database).await?;
-        let (sp, _) = ledger.create_service_provider("demo games").await?;
+        let (sp, _) = ledger.create_service_provider("demo games", true).await?;
         let probe = ledger.create_credential(Kind::Probe, None, "demo probe").await?;
         for (_, msisdn) in &truth.sightings {
             let update = AccountUpdate {
@@ -78,6 +78,7 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
                 currency: "EUR".into(),
                 expires_in_s: 3600,
                 idempotency_key: format!("demo-{index}"),
+                ..Default::default()
             };
             ledger.import_purchase(sp, &new, token).await?;
         }

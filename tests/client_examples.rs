@@ -33,7 +33,7 @@ fn run_client(name: &str, mut command: Command, url: &str, key: &str) -> String 
 fn the_rust_and_python_sp_clients_run_against_a_real_server() {
     let dir = tempfile::tempdir().unwrap();
     let (database, cleanup) = database_url(dir.path(), 77);
-    let key = admin(&database, &["sp", "create", "examples"])["api_key"].clone();
+    let key = admin(&database, &["sp", "create", "examples", "--allow-network-consent"])["api_key"].clone();
     let port = free_port();
     let mut server = serve(&database, port, &dir.path().join("server.log"));
     let url = format!("http://127.0.0.1:{port}");

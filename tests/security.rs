@@ -151,7 +151,7 @@ fn admin_actions_are_audited() {
     let field = |text: &str, name: &str| -> String {
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}\t"))).unwrap().to_owned()
     };
-    let sp = admin(&["sp", "create", "audited"]);
+    let sp = admin(&["sp", "create", "audited", "--allow-network-consent"]);
     let probe = admin(&["probe", "create", "probe-1"]);
     let operator = admin(&["operator", "create", "ops"]);
     admin(&["account", "set", "46700000099", "--currency", "EUR", "--balance", "700"]);

@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate: f64 = args.get(5).map_or(Ok(0.0), |s| s.parse())?;
     let ledger = Ledger::open(&url).await?;
     let suffix = gtpcharge_billing_api::ledger::now_us();
-    let (sp, _) = ledger.create_service_provider(&format!("load-{suffix}")).await?;
+    let (sp, _) = ledger.create_service_provider(&format!("load-{suffix}"), true).await?;
     let probe = ledger.create_credential(Kind::Probe, None, "load").await?;
     // One account per 100 charges, so charges contend on accounts as real traffic would, a little.
     // LOAD_ACCOUNTS=N sets the number of accounts instead.
@@ -70,6 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 currency: "EUR".into(),
                 expires_in_s: 3600,
                 idempotency_key: format!("load-{suffix}-{i}"),
+                ..Default::default()
             };
             ledger.create_purchase(sp, &new).await.map(|p| p.token)
         }

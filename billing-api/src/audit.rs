@@ -13,6 +13,8 @@ pub enum Action {
     CreateKey,
     RevokeKey,
     SetAccount,
+    SetPin,
+    RevokeDevice,
 }
 
 impl Action {
@@ -22,6 +24,8 @@ impl Action {
             Action::CreateKey => "key.create",
             Action::RevokeKey => "key.revoke",
             Action::SetAccount => "account.set",
+            Action::SetPin => "pin.set",
+            Action::RevokeDevice => "device.revoke",
         }
     }
 }

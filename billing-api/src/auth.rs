@@ -65,6 +65,37 @@ pub fn mint(kind: Kind) -> Result<NewSecret, getrandom::Error> {
     Ok(NewSecret { key_id: format!("key_{}", base32(&id)), sha256: hash(&secret), secret })
 }
 
+/// 128 random bits as 26 base32 characters (a consent nonce).
+pub fn random_text() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(base32(&bytes))
+}
+
+/// Whether `pin` has the shape of a payment PIN: 4 to 12 ASCII digits.
+pub fn valid_pin(pin: &str) -> bool {
+    (4..=12).contains(&pin.len()) && pin.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A payment PIN's stored form: Argon2id (the crate's defaults: 19 MiB, 2 passes) with a random
+/// 16-byte salt, as a PHC string. A PIN has few possible values, so only a slow, salted hash keeps a
+/// stolen table from giving them all back at once.
+pub fn hash_pin(pin: &str) -> Result<String, getrandom::Error> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt)?;
+    // Neither can fail for a 16-byte salt and the default parameters.
+    let salt = SaltString::encode_b64(&salt).map_err(|_| getrandom::Error::UNSUPPORTED)?;
+    let hash = argon2::Argon2::default().hash_password(pin.as_bytes(), &salt).map_err(|_| getrandom::Error::UNSUPPORTED)?;
+    Ok(hash.to_string())
+}
+
+/// Whether `pin` is the one `stored` ([`hash_pin`]) was made from; an unreadable `stored` matches nothing.
+pub fn pin_matches(pin: &str, stored: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(stored).is_ok_and(|hash| argon2::Argon2::default().verify_password(pin.as_bytes(), &hash).is_ok())
+}
+
 pub fn hash(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -90,6 +121,19 @@ mod tests {
         assert_eq!(a.sha256, hash(&a.secret));
         assert_eq!(a.sha256.len(), 64);
         assert!(!a.sha256.contains(&a.secret));
+    }
+
+    #[test]
+    fn pins_are_salted_and_checked() {
+        let one = hash_pin("1234").unwrap();
+        let two = hash_pin("1234").unwrap();
+        assert_ne!(one, two, "a random salt each time");
+        assert!(one.starts_with("$argon2id$"));
+        assert!(pin_matches("1234", &one) && pin_matches("1234", &two));
+        assert!(!pin_matches("1235", &one));
+        assert!(!pin_matches("1234", "not a hash"));
+        assert!(valid_pin("0000") && valid_pin("123456789012"));
+        assert!(!valid_pin("123") && !valid_pin("1234567890123") && !valid_pin("12a4"));
     }
 
     #[test]

@@ -20,11 +20,17 @@ use tokio::sync::Notify;
 mod accounts;
 mod changes;
 mod charging;
+mod consent;
 mod credentials;
+mod devices;
+mod holds;
 mod purchases;
 mod writes;
 
 pub use charging::postgres_prepared;
+pub use consent::{ConfirmOutcome, ConsentPromptRow};
+pub use devices::{DeviceRow, EnrollmentOutcome, EnrollmentRow, PIN_TRIES};
+pub use holds::{CaptureMode, Consent, HOLD_TTL_DEFAULT_S};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -161,31 +167,46 @@ pub struct PurchaseRow {
     pub charged_at_us: Option<i64>,
     pub refunded_amount: i64,
     pub decline_reason: Option<DeclineReason>,
+    pub consent: Consent,
+    pub capture_mode: CaptureMode,
+    pub consent_nonce: Option<String>,
+    pub authorization_ttl_s: i64,
+    pub authorized_amount: Option<i64>,
+    pub authorized_at_us: Option<i64>,
+    /// Set while the hold lives (NULL once it has ended).
+    pub hold_expires_at_us: Option<i64>,
+    pub captured_amount: Option<i64>,
 }
 
 /// Where a purchase is in its life. Stored as its lowercase name in `purchases.state` and
-/// `purchase_changes.state`, which the schema limits to these six (migration 0004).
+/// `purchase_changes.state`, which the schema limits to these eight (migrations 0004, 0005).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PurchaseState {
-    /// Waiting for its token to be seen; the only state a charge starts from.
+    /// Waiting for its token to be seen; the only state a charge or an authorization starts from.
     Pending,
+    /// Seen; its amount is held on the payer's account until captured, voided, refused or expired.
+    Authorized,
     Charged,
     Declined,
     Expired,
     Cancelled,
     /// Refunded in full (a partial refund leaves it `Charged`).
     Refunded,
+    /// Authorized, then voided by the SP.
+    Voided,
 }
 
 impl PurchaseState {
-    pub const ALL: [PurchaseState; 6] = [
+    pub const ALL: [PurchaseState; 8] = [
         PurchaseState::Pending,
+        PurchaseState::Authorized,
         PurchaseState::Charged,
         PurchaseState::Declined,
         PurchaseState::Expired,
         PurchaseState::Cancelled,
         PurchaseState::Refunded,
+        PurchaseState::Voided,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -196,6 +217,8 @@ impl PurchaseState {
             PurchaseState::Expired => "expired",
             PurchaseState::Cancelled => "cancelled",
             PurchaseState::Refunded => "refunded",
+            PurchaseState::Authorized => "authorized",
+            PurchaseState::Voided => "voided",
         }
     }
 
@@ -222,16 +245,25 @@ pub enum DeclineReason {
     DailyCap,
     MonthlyCap,
     InsufficientBalance,
+    /// A confirmation signed by a device enrolled for another MSISDN than the one the network saw.
+    SubscriberMismatch,
+    /// The subscriber refused on the handset.
+    ConsentRefused,
+    /// The payment PIN locked (too many wrong tries).
+    PinLocked,
 }
 
 impl DeclineReason {
-    pub const ALL: [DeclineReason; 6] = [
+    pub const ALL: [DeclineReason; 9] = [
         DeclineReason::UnknownSubscriber,
         DeclineReason::Barred,
         DeclineReason::CurrencyMismatch,
         DeclineReason::DailyCap,
         DeclineReason::MonthlyCap,
         DeclineReason::InsufficientBalance,
+        DeclineReason::SubscriberMismatch,
+        DeclineReason::ConsentRefused,
+        DeclineReason::PinLocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -242,6 +274,9 @@ impl DeclineReason {
             DeclineReason::DailyCap => "daily-cap",
             DeclineReason::MonthlyCap => "monthly-cap",
             DeclineReason::InsufficientBalance => "insufficient-balance",
+            DeclineReason::SubscriberMismatch => "subscriber-mismatch",
+            DeclineReason::ConsentRefused => "consent-refused",
+            DeclineReason::PinLocked => "pin-locked",
         }
     }
 
@@ -284,7 +319,9 @@ fn unknown_name(what: &str, name: &str) -> sqlx::Error {
 }
 
 const PURCHASE_COLUMNS: &str = "id, service_provider_id, token, product_id, description, amount, currency, \
-idempotency_key, state, created_at_us, expires_at_us, charged_msisdn, charged_at_us, refunded_amount, decline_reason";
+idempotency_key, state, created_at_us, expires_at_us, charged_msisdn, charged_at_us, refunded_amount, decline_reason, \
+consent, capture_mode, consent_nonce, authorization_ttl_s, authorized_amount, authorized_at_us, hold_expires_at_us, \
+captured_amount";
 
 impl PurchaseRow {
     fn from_row(row: &AnyRow) -> std::result::Result<PurchaseRow, sqlx::Error> {
@@ -310,6 +347,20 @@ impl PurchaseRow {
                 Some(name) => Some(DeclineReason::parse(&name).ok_or_else(|| unknown_name("decline reason", &name))?),
                 None => None,
             },
+            consent: {
+                let name: String = row.try_get("consent")?;
+                Consent::parse(&name).ok_or_else(|| unknown_name("consent", &name))?
+            },
+            capture_mode: {
+                let name: String = row.try_get("capture_mode")?;
+                CaptureMode::parse(&name).ok_or_else(|| unknown_name("capture mode", &name))?
+            },
+            consent_nonce: opt_text(row, "consent_nonce")?,
+            authorization_ttl_s: row.try_get("authorization_ttl_s")?,
+            authorized_amount: row.try_get::<Option<i64>, _>("authorized_amount")?,
+            authorized_at_us: row.try_get::<Option<i64>, _>("authorized_at_us")?,
+            hold_expires_at_us: row.try_get::<Option<i64>, _>("hold_expires_at_us")?,
+            captured_amount: row.try_get::<Option<i64>, _>("captured_amount")?,
         })
     }
 }
@@ -364,7 +415,7 @@ pub struct AccountUpdate {
     pub barred: Option<bool>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewPurchase {
     pub product_id: String,
     pub description: String,
@@ -372,6 +423,10 @@ pub struct NewPurchase {
     pub currency: String,
     pub expires_in_s: i64,
     pub idempotency_key: String,
+    pub consent: Consent,
+    pub capture_mode: CaptureMode,
+    /// 0: [`HOLD_TTL_DEFAULT_S`].
+    pub authorization_ttl_s: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -396,6 +451,11 @@ pub enum Outcome {
     Cancelled,
     UnknownToken,
     Refunded,
+    /// Held (this report or an earlier one), waiting for capture or consent.
+    Authorized,
+    Voided,
+    /// The token is a device enrollment's (see `devices.rs`).
+    Enrollment,
 }
 
 impl Outcome {
@@ -408,6 +468,9 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::UnknownToken => "unknown-token",
             Outcome::Refunded => "refunded",
+            Outcome::Authorized => "authorized",
+            Outcome::Voided => "voided",
+            Outcome::Enrollment => "enrollment",
         }
     }
 }

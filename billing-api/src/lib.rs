@@ -7,7 +7,9 @@
 //! - [`group_commit`]: group commit: sightings from concurrent calls charged in shared transactions.
 //! - [`auth`]: credentials (hashed at rest); [`guard`]: failed authentication slowed per peer and counted.
 //! - [`audit`]: the trail of operator actions.
-//! - [`service`]: the tonic services and the protobuf ↔ domain conversion.
+//! - [`service`]: the tonic services and the protobuf ↔ domain conversion; [`consent_service`]: the
+//!   pay agent's services (consent and device enrollment).
+//! - [`signing`]: what a device key signs (consent and enrollment statements), Ed25519.
 //! - [`server`]: serving (health, reflection, TLS, limits, graceful shutdown) and the expiry sweeper.
 //!
 //! Only this crate and the root binary know protobuf.
@@ -15,12 +17,14 @@
 
 pub mod audit;
 pub mod auth;
+pub mod consent_service;
 pub mod db;
 pub mod group_commit;
 pub mod guard;
 pub mod ledger;
 pub mod server;
 pub mod service;
+pub mod signing;
 pub mod telemetry;
 
 pub use db::Db;

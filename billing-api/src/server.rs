@@ -3,6 +3,7 @@
 //! unseen purchases, and a graceful stop on SIGINT/SIGTERM.
 use crate::group_commit::{self, ReportQueue};
 use crate::ledger::Ledger;
+use crate::consent_service::{ConsentApi, DeviceApi};
 use crate::service::{AccountApi, PurchaseApi, SightingApi};
 use gtpcharge_proto::v1 as pb;
 use std::net::SocketAddr;
@@ -63,6 +64,8 @@ pub async fn serve_with(
     health_reporter.set_serving::<pb::purchase_service_server::PurchaseServiceServer<PurchaseApi>>().await;
     health_reporter.set_serving::<pb::sighting_service_server::SightingServiceServer<SightingApi>>().await;
     health_reporter.set_serving::<pb::account_service_server::AccountServiceServer<AccountApi>>().await;
+    health_reporter.set_serving::<pb::consent_service_server::ConsentServiceServer<ConsentApi>>().await;
+    health_reporter.set_serving::<pb::device_service_server::DeviceServiceServer<DeviceApi>>().await;
     // Reflection in both versions: grpcurl asks v1, Python's grpcio-reflection and other common clients
     // v1alpha first.
     let reflection = || {
@@ -79,11 +82,15 @@ pub async fn serve_with(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                match ledger.expire_due().await {
+                let swept = match ledger.expire_due().await {
+                    Ok(expired) => ledger.expire_holds().await.map(|holds| expired + holds),
+                    Err(error) => Err(error),
+                };
+                match swept {
                     Ok(expired) => telemetry.sweep(Ok(expired)),
                     Err(error) => {
                         telemetry.sweep(Err(()));
-                        tracing::warn!(%error, "expiring purchases failed; will retry");
+                        tracing::warn!(%error, "expiring purchases and holds failed; will retry");
                     }
                 }
             }
@@ -117,6 +124,16 @@ pub async fn serve_with(
         telemetry: telemetry.clone(),
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let consent = pb::consent_service_server::ConsentServiceServer::new(ConsentApi {
+        ledger: ledger.clone(),
+        guard: guard.clone(),
+    })
+    .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let devices = pb::device_service_server::DeviceServiceServer::new(DeviceApi {
+        ledger: ledger.clone(),
+        guard: guard.clone(),
+    })
+    .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let accounts = pb::account_service_server::AccountServiceServer::new(AccountApi { ledger, guard })
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let incoming = accepted_without_delay(listener);
@@ -128,6 +145,8 @@ pub async fn serve_with(
         .add_service(purchases)
         .add_service(sightings)
         .add_service(accounts)
+        .add_service(consent)
+        .add_service(devices)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     sweeper.abort();

@@ -4,7 +4,9 @@ use crate::audit::Action;
 use crate::auth::{self, Caller, Kind};
 use crate::group_commit::ReportQueue;
 use crate::guard::AuthGuard;
-use crate::ledger::{self, AccountKind, DeclineReason, Ledger, LedgerError, Outcome, PurchaseState};
+use crate::ledger::{
+    self, AccountKind, CaptureMode, Consent, DeclineReason, Ledger, LedgerError, Outcome, PurchaseState,
+};
 use gtpcharge_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +41,7 @@ impl From<LedgerError> for Status {
     }
 }
 
-async fn authenticate<T>(
+pub(crate) async fn authenticate<T>(
     ledger: &Ledger,
     guard: &AuthGuard,
     request: &Request<T>,
@@ -79,7 +81,7 @@ async fn authenticate_service_provider<T>(
     caller.service_provider_id.ok_or_else(|| Status::permission_denied("key has no service provider"))
 }
 
-fn parse_id(text: &str) -> Result<i64, Status> {
+pub(crate) fn parse_id(text: &str) -> Result<i64, Status> {
     text.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
@@ -96,7 +98,7 @@ fn page(page_size: i32, page_token: &str) -> Result<(i64, Option<i64>), Status> 
     Ok((size, before))
 }
 
-fn state_to_pb(state: PurchaseState) -> pb::PurchaseState {
+pub(crate) fn state_to_pb(state: PurchaseState) -> pb::PurchaseState {
     match state {
         PurchaseState::Pending => pb::PurchaseState::Pending,
         PurchaseState::Charged => pb::PurchaseState::Charged,
@@ -104,6 +106,8 @@ fn state_to_pb(state: PurchaseState) -> pb::PurchaseState {
         PurchaseState::Expired => pb::PurchaseState::Expired,
         PurchaseState::Cancelled => pb::PurchaseState::Cancelled,
         PurchaseState::Refunded => pb::PurchaseState::Refunded,
+        PurchaseState::Authorized => pb::PurchaseState::Authorized,
+        PurchaseState::Voided => pb::PurchaseState::Voided,
     }
 }
 
@@ -116,10 +120,12 @@ fn state_from_pb(state: pb::PurchaseState) -> Option<PurchaseState> {
         pb::PurchaseState::Expired => PurchaseState::Expired,
         pb::PurchaseState::Cancelled => PurchaseState::Cancelled,
         pb::PurchaseState::Refunded => PurchaseState::Refunded,
+        pb::PurchaseState::Authorized => PurchaseState::Authorized,
+        pb::PurchaseState::Voided => PurchaseState::Voided,
     })
 }
 
-fn decline_to_pb(reason: Option<DeclineReason>) -> pb::DeclineReason {
+pub(crate) fn decline_to_pb(reason: Option<DeclineReason>) -> pb::DeclineReason {
     match reason {
         Some(DeclineReason::InsufficientBalance) => pb::DeclineReason::InsufficientBalance,
         Some(DeclineReason::DailyCap) => pb::DeclineReason::DailyCap,
@@ -127,6 +133,9 @@ fn decline_to_pb(reason: Option<DeclineReason>) -> pb::DeclineReason {
         Some(DeclineReason::Barred) => pb::DeclineReason::Barred,
         Some(DeclineReason::UnknownSubscriber) => pb::DeclineReason::UnknownSubscriber,
         Some(DeclineReason::CurrencyMismatch) => pb::DeclineReason::CurrencyMismatch,
+        Some(DeclineReason::SubscriberMismatch) => pb::DeclineReason::SubscriberMismatch,
+        Some(DeclineReason::ConsentRefused) => pb::DeclineReason::ConsentRefused,
+        Some(DeclineReason::PinLocked) => pb::DeclineReason::PinLocked,
         None => pb::DeclineReason::Unspecified,
     }
 }
@@ -147,6 +156,19 @@ pub fn purchase_to_pb(p: &ledger::PurchaseRow) -> pb::Purchase {
         charged_at_us: p.charged_at_us.unwrap_or(0),
         refunded_amount: p.refunded_amount,
         decline_reason: decline_to_pb(p.decline_reason) as i32,
+        consent: match p.consent {
+            Consent::Network => pb::Consent::Network,
+            Consent::Device => pb::Consent::Device,
+        } as i32,
+        capture_mode: match p.capture_mode {
+            CaptureMode::Automatic => pb::CaptureMode::Automatic,
+            CaptureMode::Manual => pb::CaptureMode::Manual,
+        } as i32,
+        consent_nonce: p.consent_nonce.clone().unwrap_or_default(),
+        authorized_amount: p.authorized_amount.unwrap_or(0),
+        authorized_at_us: p.authorized_at_us.unwrap_or(0),
+        hold_expires_at_us: p.hold_expires_at_us.unwrap_or(0),
+        captured_amount: p.captured_amount.unwrap_or(0),
     }
 }
 
@@ -185,6 +207,16 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
     ) -> Result<Response<pb::Purchase>, Status> {
         let sp = authenticate_service_provider(&self.ledger, &self.guard, &request).await?;
         let r = request.into_inner();
+        let consent = match pb::Consent::try_from(r.consent) {
+            Ok(pb::Consent::Unspecified | pb::Consent::Network) => Consent::Network,
+            Ok(pb::Consent::Device) => Consent::Device,
+            Err(_) => return Err(Status::invalid_argument("unknown consent")),
+        };
+        let capture_mode = match pb::CaptureMode::try_from(r.capture_mode) {
+            Ok(pb::CaptureMode::Unspecified | pb::CaptureMode::Automatic) => CaptureMode::Automatic,
+            Ok(pb::CaptureMode::Manual) => CaptureMode::Manual,
+            Err(_) => return Err(Status::invalid_argument("unknown capture mode")),
+        };
         let new = ledger::NewPurchase {
             product_id: r.product_id,
             description: r.description,
@@ -192,6 +224,9 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
             currency: r.currency,
             expires_in_s: r.expires_in_s,
             idempotency_key: r.idempotency_key,
+            consent,
+            capture_mode,
+            authorization_ttl_s: r.authorization_ttl_s,
         };
         let purchase = self.ledger.create_purchase(sp, &new).await?;
         Ok(Response::new(purchase_to_pb(&purchase)))
@@ -253,6 +288,22 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         let (purchase, refunded_now) =
             self.ledger.refund(sp, parse_id(&r.id)?, r.amount, &r.refund_key, &r.reason).await?;
         Ok(Response::new(pb::RefundPurchaseResponse { purchase: Some(purchase_to_pb(&purchase)), refunded_now }))
+    }
+
+    async fn capture_purchase(
+        &self,
+        request: Request<pb::CapturePurchaseRequest>,
+    ) -> Result<Response<pb::Purchase>, Status> {
+        let sp = authenticate_service_provider(&self.ledger, &self.guard, &request).await?;
+        let r = request.into_inner();
+        let purchase = self.ledger.capture(sp, parse_id(&r.id)?, r.amount).await?;
+        Ok(Response::new(purchase_to_pb(&purchase)))
+    }
+
+    async fn void_purchase(&self, request: Request<pb::VoidPurchaseRequest>) -> Result<Response<pb::Purchase>, Status> {
+        let sp = authenticate_service_provider(&self.ledger, &self.guard, &request).await?;
+        let purchase = self.ledger.void(sp, parse_id(&request.into_inner().id)?).await?;
+        Ok(Response::new(purchase_to_pb(&purchase)))
     }
 
     type WatchPurchasesStream = ChangeStream;
@@ -356,6 +407,9 @@ impl pb::sighting_service_server::SightingService for SightingApi {
                     Outcome::Cancelled => pb::SightingOutcome::Cancelled,
                     Outcome::UnknownToken => pb::SightingOutcome::UnknownToken,
                     Outcome::Refunded => pb::SightingOutcome::Refunded,
+                    Outcome::Authorized => pb::SightingOutcome::Authorized,
+                    Outcome::Voided => pb::SightingOutcome::Voided,
+                    Outcome::Enrollment => pb::SightingOutcome::Enrollment,
                 };
                 pb::SightingResult {
                     outcome: outcome as i32,
@@ -444,10 +498,11 @@ impl pb::account_service_server::AccountService for AccountApi {
         request: Request<pb::CreateServiceProviderRequest>,
     ) -> Result<Response<pb::Credential>, Status> {
         let caller = authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
-        let name = request.into_inner().name;
-        let (id, secret) = self.ledger.create_service_provider(&name).await?;
+        let r = request.into_inner();
+        let name = r.name;
+        let (id, secret) = self.ledger.create_service_provider(&name, r.allow_network_consent).await?;
         let actor = crate::audit::operator_key(&caller.key_id);
-        let detail = format!("name={name:?} api key {}", secret.key_id);
+        let detail = format!("name={name:?} api key {} network consent {}", secret.key_id, r.allow_network_consent);
         self.ledger.audit(&actor, Action::CreateServiceProvider, &id.to_string(), &detail).await?;
         Ok(Response::new(pb::Credential {
             key_id: secret.key_id,
@@ -482,5 +537,14 @@ impl pb::account_service_server::AccountService for AccountApi {
         let actor = crate::audit::operator_key(&caller.key_id);
         self.ledger.audit(&actor, Action::RevokeKey, &key_id, "").await?;
         Ok(Response::new(pb::RevokeKeyResponse {}))
+    }
+
+    async fn set_pin(&self, request: Request<pb::SetPinRequest>) -> Result<Response<pb::SetPinResponse>, Status> {
+        let caller = authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
+        let r = request.into_inner();
+        self.ledger.set_pin(&r.msisdn, &r.pin).await?;
+        let actor = crate::audit::operator_key(&caller.key_id);
+        self.ledger.audit(&actor, Action::SetPin, &r.msisdn, "payment PIN set (unlocked)").await?;
+        Ok(Response::new(pb::SetPinResponse {}))
     }
 }

@@ -55,8 +55,8 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let url = url.replace("{dir}", dir.path().to_str().unwrap());
         let ledger = Ledger::open(&url).await.unwrap();
-        let (_, sp) = ledger.create_service_provider("games").await.unwrap();
-        let (_, other) = ledger.create_service_provider("music").await.unwrap();
+        let (_, sp) = ledger.create_service_provider("games", true).await.unwrap();
+        let (_, other) = ledger.create_service_provider("music", true).await.unwrap();
         let probe = ledger.create_credential(Kind::Probe, None, "probe-1").await.unwrap();
         let operator = ledger.create_credential(Kind::Operator, None, "ops").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -144,6 +144,7 @@ impl Harness {
             currency: "EUR".into(),
             expires_in_s: 600,
             idempotency_key: idempotency_key.into(),
+            ..Default::default()
         };
         self.purchases().create_purchase(authed(key, request)).await.map(|r| r.into_inner())
     }
@@ -485,6 +486,7 @@ async fn a_watcher_misses_no_change_when_many_commit_at_once() {
                             currency: "EUR".into(),
                             expires_in_s: 600,
                             idempotency_key: format!("stream-{t}-{i}"),
+                            ..Default::default()
                         };
                         let token =
                             purchases.create_purchase(authed(&sp_key, request)).await.unwrap().into_inner().token;
@@ -525,6 +527,7 @@ async fn the_expiry_sweep_tells_the_sp_once() {
             currency: "EUR".into(),
             expires_in_s,
             idempotency_key: key.into(),
+            ..Default::default()
         };
         let mut purchases = h.purchases();
         let make = |key, expires_in_s| {
@@ -612,6 +615,7 @@ async fn the_expiry_sweep_looks_back_behind_its_mark() {
                     currency: "EUR".into(),
                     expires_in_s: 2,
                     idempotency_key: key.into(),
+                    ..Default::default()
                 },
             );
             async move { client.create_purchase(request).await.unwrap().into_inner() }
@@ -700,6 +704,7 @@ async fn declines_expiry_cancel_and_second_subscriber() {
             currency: "EUR".into(),
             expires_in_s: 1,
             idempotency_key: "short".into(),
+            ..Default::default()
         };
         let short = h.purchases().create_purchase(authed(&h.sp_key, short)).await.unwrap().into_inner();
         tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
@@ -774,6 +779,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
             currency: currency.into(),
             expires_in_s: 60,
             idempotency_key: key.into(),
+            ..Default::default()
         };
         let code = |r: Result<tonic::Response<pb::Purchase>, tonic::Status>| r.unwrap_err().code();
         let mut purchases = h.purchases();
@@ -965,6 +971,7 @@ async fn hostile_text_and_slow_watchers_change_nothing_else() {
             currency: "EUR".into(),
             expires_in_s: 60,
             idempotency_key: sql.clone(),
+            ..Default::default()
         };
         let p = h.purchases().create_purchase(authed(&h.sp_key, create)).await.unwrap().into_inner();
         assert_eq!(
@@ -979,7 +986,7 @@ async fn hostile_text_and_slow_watchers_change_nothing_else() {
             h.purchases().refund_purchase(authed(&h.sp_key, refund)).await.unwrap().into_inner().refunded_now,
             1
         );
-        let sp = pb::CreateServiceProviderRequest { name: sql.clone() };
+        let sp = pb::CreateServiceProviderRequest { name: sql.clone(), allow_network_consent: true };
         assert!(h.accounts().create_service_provider(authed(&h.operator_key, sp)).await.is_ok());
         let sighting_with_sql = pb::ReportSightingsRequest {
             sightings: vec![pb::Sighting {
@@ -1142,7 +1149,7 @@ async fn operator_actions_through_the_api_are_audited() {
             ..Default::default()
         };
         a.set_account(authed(&h.operator_key, set)).await.unwrap();
-        let sp = pb::CreateServiceProviderRequest { name: "audited-sp".into() };
+        let sp = pb::CreateServiceProviderRequest { name: "audited-sp".into(), allow_network_consent: true };
         let credential = a.create_service_provider(authed(&h.operator_key, sp)).await.unwrap().into_inner();
         let key = pb::CreateApiKeyRequest { service_provider_id: credential.service_provider_id.clone() };
         let second = a.create_api_key(authed(&h.operator_key, key)).await.unwrap().into_inner();
@@ -1322,6 +1329,7 @@ async fn sql_shaped_text_in_every_field_of_every_rpc() {
             currency: "EUR".into(),
             expires_in_s: 60,
             idempotency_key: SQL.into(),
+            ..Default::default()
         };
         let created = p.create_purchase(authed(&h.sp_key, create.clone())).await.unwrap().into_inner();
         let bad_currency = pb::CreatePurchaseRequest { currency: SQL.into(), idempotency_key: "c".into(), ..create };
@@ -1395,7 +1403,7 @@ async fn sql_shaped_text_in_every_field_of_every_rpc() {
             refused("GetStatement", a.get_statement(authed(&h.operator_key, statement)).await.unwrap_err());
         }
         // CreateServiceProvider keeps the name; CreateApiKey and RevokeKey take identifiers.
-        let sp = pb::CreateServiceProviderRequest { name: SQL.into() };
+        let sp = pb::CreateServiceProviderRequest { name: SQL.into(), allow_network_consent: true };
         let credential = a.create_service_provider(authed(&h.operator_key, sp)).await.unwrap().into_inner();
         let (name,): (String,) = sqlx::query_as(&format!(
             "SELECT name FROM service_providers WHERE id = {}",
@@ -1487,7 +1495,7 @@ async fn postgres_connections_prepare_the_charging_statements() {
     drop(second);
     // With one connection in the pool free, the ledger's charge takes that one.
     let ledger = Ledger::new(db.clone());
-    let (sp, _) = ledger.create_service_provider("prepared").await.unwrap();
+    let (sp, _) = ledger.create_service_provider("prepared", true).await.unwrap();
     let update = AccountUpdate {
         msisdn: "46700000001".into(),
         currency: "EUR".into(),
@@ -1502,6 +1510,7 @@ async fn postgres_connections_prepare_the_charging_statements() {
         currency: "EUR".into(),
         expires_in_s: 600,
         idempotency_key: "prepared-1".into(),
+        ..Default::default()
     };
     let token = ledger.create_purchase(sp, &new).await.unwrap().token;
     let sighting = gtpcharge_billing_api::ledger::SightingReport { token, msisdn: "46700000001".into(), seen_at_us: 0 };

@@ -46,7 +46,7 @@ async fn mutual_tls_for_probes_and_reflection() {
     };
     let url = format!("sqlite://{}/ledger.sqlite?mode=rwc", dir.path().display());
     let ledger = Ledger::open(&url).await.unwrap();
-    let (_, sp) = ledger.create_service_provider("tls-sp").await.unwrap();
+    let (_, sp) = ledger.create_service_provider("tls-sp", true).await.unwrap();
     let probe = ledger.create_credential(Kind::Probe, None, "tls-probe").await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -29,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         currency: "EUR".into(),
         expires_in_s: 900,
         idempotency_key: order,
+        ..Default::default()
     };
     let purchase = client.create_purchase(authed(&key, create)?).await?.into_inner();
     println!("created purchase {} token {}", purchase.id, purchase.token);

@@ -104,7 +104,7 @@ impl World {
     pub fn new(seed: u64, subscribers: u32) -> World {
         let dir = tempfile::tempdir().unwrap();
         let (database, cleanup) = database_url(dir.path(), seed);
-        let api_key = admin(&database, &["sp", "create", "e2e-games"])["api_key"].clone();
+        let api_key = admin(&database, &["sp", "create", "e2e-games", "--allow-network-consent"])["api_key"].clone();
         let probe_key = admin(&database, &["probe", "create", "e2e-probe"])["probe_key"].clone();
         let port = free_port();
         let server_log = dir.path().join("server.log");
@@ -133,6 +133,7 @@ impl World {
                     currency: "EUR".into(),
                     expires_in_s: 3600,
                     idempotency_key: format!("e2e-{i}"),
+                    ..Default::default()
                 };
                 out.push(client.create_purchase(authed(&api_key, request)).await.unwrap().into_inner());
             }

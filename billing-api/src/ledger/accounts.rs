@@ -192,7 +192,7 @@ impl Ledger {
         let sums = sqlx::query(&format!(
             "SELECT account_ref, CAST(COALESCE(SUM(CASE WHEN at_us >= $2 THEN amount ELSE 0 END), 0) AS BIGINT) AS today, \
              CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS month FROM ledger_entries \
-             WHERE account_type = 'subscriber' AND {} AND kind IN ('charge', 'refund') AND at_us >= $3 \
+             WHERE account_type = 'subscriber' AND {} AND kind IN ('charge', 'refund', 'hold', 'release') AND at_us >= $3 \
              GROUP BY account_ref",
             self.db.backend.json_in("account_ref", 1, None)
         ))

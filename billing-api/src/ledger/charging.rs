@@ -32,7 +32,7 @@ impl Ledger {
         if wanted.is_empty() {
             return Ok(items.iter().map(|_| SightingResult::unknown()).collect());
         }
-        let (results, writes) = if self.db.backend == Backend::Postgres {
+        let (mut results, writes) = if self.db.backend == Backend::Postgres {
             self.charge_postgres(items, &tokens, now).await?
         } else {
             let mut tx = self.db.pool.begin().await?;
@@ -44,6 +44,21 @@ impl Ledger {
         };
         if !writes.changes.is_empty() {
             self.changed.notify_waiters();
+        }
+        // A well-formed token no purchase has may be a device enrollment's.
+        let unknown: Vec<(usize, &str, &str)> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, result)| result.outcome == Outcome::UnknownToken)
+            .filter_map(|(i, _)| Some((i, tokens[i].as_deref()?, items[i].1.msisdn.as_str())))
+            .collect();
+        if !unknown.is_empty() {
+            let seen: Vec<(&str, &str)> = unknown.iter().map(|(_, token, msisdn)| (*token, *msisdn)).collect();
+            for ((i, _, _), enrollment) in unknown.iter().zip(self.enrollment_sightings(&seen).await?) {
+                if enrollment {
+                    results[*i].outcome = Outcome::Enrollment;
+                }
+            }
         }
         Ok(results)
     }
@@ -322,21 +337,26 @@ pub(super) fn settle(
                             account.spent_this_month += amount;
                         }
                         *debits.entry(sighting.msisdn.clone()).or_default() += amount;
-                        let movement = format!("charge-{}", purchase.id);
-                        let movement =
-                            Movement { id: &movement, at_us: now, kind: "charge", currency: &purchase.currency };
-                        let sp = purchase.service_provider_id.to_string();
+                        // A two-phase purchase's amount goes to its hold, a charge's to the SP.
+                        let (kind, other, outcome) = if purchase.two_phase() {
+                            purchase.authorize(&sighting.msisdn, now);
+                            ("hold", ("hold", purchase.id.to_string()), Outcome::Authorized)
+                        } else {
+                            purchase.state = PurchaseState::Charged;
+                            purchase.charged_msisdn = Some(sighting.msisdn.clone());
+                            purchase.charged_at_us = Some(now);
+                            ("charge", ("sp", purchase.service_provider_id.to_string()), Outcome::Charged)
+                        };
+                        let movement = format!("{kind}-{}", purchase.id);
+                        let movement = Movement { id: &movement, at_us: now, kind, currency: &purchase.currency };
                         writes.entries.extend(EntryWrite::pair(
                             &movement,
                             Some(purchase.id),
                             &sighting.msisdn,
                             -amount,
-                            ("sp", &sp),
+                            (other.0, &other.1),
                         ));
-                        purchase.state = PurchaseState::Charged;
-                        purchase.charged_msisdn = Some(sighting.msisdn.clone());
-                        purchase.charged_at_us = Some(now);
-                        Outcome::Charged
+                        outcome
                     }
                 }
             }
@@ -346,16 +366,12 @@ pub(super) fn settle(
             PurchaseState::Expired => Outcome::Expired,
             PurchaseState::Cancelled => Outcome::Cancelled,
             PurchaseState::Refunded => Outcome::Refunded,
+            PurchaseState::Authorized => Outcome::Authorized,
+            PurchaseState::Voided => Outcome::Voided,
         };
         let other_subscriber = purchase.charged_msisdn.as_deref().is_some_and(|m| m != sighting.msisdn);
         if changed {
-            writes.purchases.push(PurchaseWrite {
-                id: purchase.id,
-                state: purchase.state,
-                charged_msisdn: purchase.charged_msisdn.clone(),
-                charged_at_us: purchase.charged_at_us,
-                decline_reason: purchase.decline_reason,
-            });
+            writes.purchases.push(PurchaseWrite::of(purchase));
             writes.changes.push(ChangeWrite::of(purchase, now));
         }
         writes.sightings.push(audit(Some(purchase.id), outcome, other_subscriber));
@@ -396,6 +412,14 @@ mod tests {
             charged_at_us: Some(1),
             refunded_amount: 0,
             decline_reason: None,
+            consent: Consent::Network,
+            capture_mode: CaptureMode::Automatic,
+            consent_nonce: None,
+            authorization_ttl_s: HOLD_TTL_DEFAULT_S,
+            authorized_amount: None,
+            authorized_at_us: None,
+            hold_expires_at_us: None,
+            captured_amount: None,
         }
     }
 

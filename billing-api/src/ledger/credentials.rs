@@ -3,12 +3,17 @@
 use super::*;
 
 impl Ledger {
-    pub async fn create_service_provider(&self, name: &str) -> Result<(i64, NewSecret)> {
+    /// Registers an SP and mints its first key. `network_consent`: whether it may create purchases that
+    /// the network's proof alone charges (otherwise only `device` ones).
+    pub async fn create_service_provider(&self, name: &str, network_consent: bool) -> Result<(i64, NewSecret)> {
         validate_text("name", name, 1, 128)?;
         let mut tx = self.db.pool.begin().await?;
-        let inserted = sqlx::query("INSERT INTO service_providers (name, created_at_us) VALUES ($1, $2) RETURNING id")
-            .bind(name)
-            .bind(now_us())
+        let inserted = sqlx::query(
+            "INSERT INTO service_providers (name, created_at_us, network_consent) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(name)
+        .bind(now_us())
+        .bind(i64::from(network_consent))
             .fetch_one(&mut *tx)
             .await;
         let id: i64 = match inserted {

@@ -26,15 +26,53 @@ impl Ledger {
             s if (1..=604_800).contains(&s) => s,
             _ => return Err(invalid("expires_in_s must be 1 to 604800 (0 for the default of 900)")),
         };
-        let fingerprint = auth::hash(&format!(
+        let authorization_ttl_s = match new.authorization_ttl_s {
+            0 => HOLD_TTL_DEFAULT_S,
+            s if (1..=604_800).contains(&s) => s,
+            _ => return Err(invalid("authorization_ttl_s must be 1 to 604800 (0 for the default of 300)")),
+        };
+        if new.consent == Consent::Device && new.capture_mode == CaptureMode::Manual {
+            return Err(invalid("a device purchase is captured by the subscriber's confirmation, not manually"));
+        }
+        // The same parameters give the same purchase; a fingerprint made before consent existed (five
+        // fields) is what a network, automatic purchase with the default hold still gives.
+        let mut fingerprint_text = format!(
             "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
             new.product_id, new.description, new.amount, new.currency, expires_in_s
-        ));
+        );
+        if new.consent != Consent::Network
+            || new.capture_mode != CaptureMode::Automatic
+            || authorization_ttl_s != HOLD_TTL_DEFAULT_S
+        {
+            fingerprint_text.push_str(&format!(
+                "\u{0}{}\u{0}{}\u{0}{authorization_ttl_s}",
+                new.consent.as_str(),
+                new.capture_mode.as_str()
+            ));
+        }
+        let fingerprint = auth::hash(&fingerprint_text);
+        let nonce = match new.consent {
+            Consent::Device => Some(auth::random_text().map_err(|_| LedgerError::Random)?),
+            Consent::Network => None,
+        };
         let now = now_us();
         let mut tx = self.db.pool.begin().await?;
+        if new.consent == Consent::Network {
+            let allowed: Option<i64> =
+                sqlx::query_scalar("SELECT network_consent FROM service_providers WHERE id = $1")
+                    .bind(sp)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if allowed != Some(1) {
+                return Err(LedgerError::PermissionDenied(
+                    "this SP may create only DEVICE purchases (the operator allows NETWORK consent per SP)",
+                ));
+            }
+        }
         let inserted = sqlx::query(&format!(
             "INSERT INTO purchases (service_provider_id, token, product_id, description, amount, currency, idempotency_key, \
-             request_sha256, state, created_at_us, expires_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10) \
+             request_sha256, state, created_at_us, expires_at_us, consent, capture_mode, consent_nonce, authorization_ttl_s) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13, $14) \
              RETURNING {PURCHASE_COLUMNS}"
         ))
         .bind(sp)
@@ -47,6 +85,10 @@ impl Ledger {
         .bind(&fingerprint)
         .bind(now)
         .bind(now + expires_in_s * 1_000_000)
+        .bind(new.consent.as_str())
+        .bind(new.capture_mode.as_str())
+        .bind(nonce)
+        .bind(authorization_ttl_s)
         .fetch_one(&mut *tx)
         .await;
         match inserted {
@@ -195,7 +237,7 @@ impl Ledger {
                 purchase.state
             )));
         }
-        let remaining = purchase.amount - purchase.refunded_amount;
+        let remaining = purchase.refundable();
         let refund = if amount == 0 { remaining } else { amount };
         if refund > remaining {
             return Err(LedgerError::Precondition(format!("at most {remaining} remains to refund")));
@@ -218,7 +260,7 @@ impl Ledger {
             .execute(&mut *tx)
             .await?;
         purchase.refunded_amount += refund;
-        if purchase.refunded_amount == purchase.amount {
+        if purchase.refundable() == 0 {
             purchase.state = PurchaseState::Refunded;
         }
         sqlx::query("UPDATE purchases SET refunded_amount = $2, state = $3 WHERE id = $1")

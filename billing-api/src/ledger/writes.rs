@@ -29,6 +29,9 @@ pub(super) fn write_statements(backend: Backend) -> [String; 5] {
             ("charged_msisdn", Text),
             ("charged_at_us", BigInt),
             ("decline_reason", Text),
+            ("authorized_amount", BigInt),
+            ("authorized_at_us", BigInt),
+            ("hold_expires_at_us", BigInt),
         ],
     );
     let debits = backend.json_rows(n(2), &[("msisdn", Text), ("amount", BigInt), ("at_us", BigInt)]);
@@ -50,7 +53,9 @@ pub(super) fn write_statements(backend: Backend) -> [String; 5] {
         // pending purchases. The row count still catches a purchase that is not there.
         format!(
             "UPDATE purchases SET state = v.state, charged_msisdn = v.charged_msisdn, \
-             charged_at_us = v.charged_at_us, decline_reason = v.decline_reason FROM {purchases} \
+             charged_at_us = v.charged_at_us, decline_reason = v.decline_reason, \
+             authorized_amount = v.authorized_amount, authorized_at_us = v.authorized_at_us, \
+             hold_expires_at_us = v.hold_expires_at_us FROM {purchases} \
              WHERE purchases.id = v.id AND {}",
             backend.json_in("purchases.id", n(1), Some(("id", BigInt)))
         ),
@@ -107,6 +112,24 @@ pub(super) struct PurchaseWrite {
     pub(super) charged_msisdn: Option<String>,
     pub(super) charged_at_us: Option<i64>,
     pub(super) decline_reason: Option<DeclineReason>,
+    pub(super) authorized_amount: Option<i64>,
+    pub(super) authorized_at_us: Option<i64>,
+    pub(super) hold_expires_at_us: Option<i64>,
+}
+
+impl PurchaseWrite {
+    pub(super) fn of(purchase: &PurchaseRow) -> PurchaseWrite {
+        PurchaseWrite {
+            id: purchase.id,
+            state: purchase.state,
+            charged_msisdn: purchase.charged_msisdn.clone(),
+            charged_at_us: purchase.charged_at_us,
+            decline_reason: purchase.decline_reason,
+            authorized_amount: purchase.authorized_amount,
+            authorized_at_us: purchase.authorized_at_us,
+            hold_expires_at_us: purchase.hold_expires_at_us,
+        }
+    }
 }
 
 /// One ledger entry.
@@ -142,6 +165,21 @@ impl EntryWrite {
             purchase_id,
         };
         [entry("subscriber", subscriber, subscriber_amount), entry(other_type, other_ref, -subscriber_amount)]
+    }
+
+    /// The two entries of a movement of a purchase between two accounts of any type; they sum to zero.
+    pub(super) fn between(
+        movement: &Movement<'_>,
+        purchase_id: i64,
+        (first_type, first_ref): (&str, &str),
+        first_amount: i64,
+        (other_type, other_ref): (&str, &str),
+    ) -> [EntryWrite; 2] {
+        let [mut first, mut other] = EntryWrite::pair(movement, Some(purchase_id), first_ref, first_amount, (other_type, other_ref));
+        first.account_type = first_type.to_owned();
+        first.account_ref = first_ref.to_owned();
+        other.account_ref = other_ref.to_owned();
+        [first, other]
     }
 }
 
