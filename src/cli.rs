@@ -10,7 +10,9 @@ use gtpcharge_correlate::Config;
 use std::path::PathBuf;
 
 mod admin;
+mod agent;
 pub use admin::*;
+pub use agent::*;
 
 #[derive(Parser)]
 #[command(name = "gtpcharge", version, about = "Carrier-side DPI billing correlator for GTP (Gn, S5/S8)")]
@@ -178,6 +180,10 @@ pub enum Command {
         #[command(subcommand)]
         command: PurchaseCommand,
     },
+    /// The pay agent on the handset: serves apps on the loopback (127.0.0.1 and [::1], port 7353),
+    /// asks the subscriber for the payment PIN and confirms purchases that need consent; `agent enroll`
+    /// binds the device's key first.
+    Agent(AgentCli),
     /// Operator tasks on the billing database (service providers, credentials, accounts).
     Admin {
         #[command(flatten)]

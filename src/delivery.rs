@@ -260,6 +260,17 @@ pub fn replica_urls(list: &str) -> Vec<String> {
 /// One billing API replica's endpoint: its URL and, for https://, the CA and client identity read from
 /// their files (each error names the file). Connecting is lazy, in the delivery thread.
 fn endpoint(config: &DeliveryConfig, url: &str) -> Result<tonic::transport::Endpoint> {
+    let client = config.tls_client.as_ref().map(|(certificate, key)| (certificate.as_path(), key.as_path()));
+    endpoint_for(url, config.tls_ca.as_deref(), client)
+}
+
+/// An endpoint for `url`: for https://, with the CA and the client identity (certificate, key) read
+/// from their files.
+pub fn endpoint_for(
+    url: &str,
+    tls_ca: Option<&std::path::Path>,
+    tls_client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<tonic::transport::Endpoint> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         anyhow::bail!("--billing-url {url} must start with http:// or https://");
     }
@@ -270,10 +281,10 @@ fn endpoint(config: &DeliveryConfig, url: &str) -> Result<tonic::transport::Endp
     if url.starts_with("https://") {
         use gtpcharge_billing_api::server::read_pem as read;
         let mut tls = tonic::transport::ClientTlsConfig::new();
-        if let Some(ca) = &config.tls_ca {
+        if let Some(ca) = tls_ca {
             tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca, "billing CA (--billing-ca)")?));
         }
-        if let Some((certificate, key)) = &config.tls_client {
+        if let Some((certificate, key)) = tls_client {
             tls = tls.identity(tonic::transport::Identity::from_pem(
                 read(certificate, "client certificate (--billing-client-cert)")?,
                 read(key, "client key (--billing-client-key)")?,

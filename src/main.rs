@@ -1,8 +1,9 @@
 //! `gtpcharge`: dispatches the subcommands (`cli.rs`). The probe's commands (`replay`, `capture`) are in
-//! `driver.rs`, the billing API's (serve, admin, purchase) in `api_commands.rs`, the developer tools in
+//! `driver.rs`, the billing API's (serve, admin, purchase) in `api_commands.rs`, the pay agent in `agent.rs`, the developer tools in
 //! `tools.rs`.
 //! See README.md for the commands and ARCHITECTURE.md for the code map.
 #![deny(unsafe_code)]
+mod agent;
 mod api_commands;
 mod cli;
 mod config;
@@ -112,6 +113,10 @@ fn main() -> std::process::ExitCode {
                 Err(error) => Err(error),
             }
         }
+        Command::Agent(agent) => match agent.command {
+            Some(AgentCommand::Enroll(enroll)) => agent::enroll(enroll).map(|()| true),
+            None => agent::serve(agent.serve).map(|()| true),
+        },
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
         Command::Floor { pipeline, plain, handover, files } => {
             floor(&files, pipeline, handover.forced(), plain).map(|()| true)
