@@ -129,8 +129,11 @@ pub fn enroll(args: AgentEnroll) -> Result<()> {
     }
     let key = device_key(dir, true)?;
     let mut pins = PinSource::new(&args.common)?;
+    let runtime = crate::api_commands::runtime()?;
+    // The channel's connection task needs the runtime.
+    let _entered = runtime.enter();
     let channel = channel(&args.common)?;
-    crate::api_commands::runtime()?.block_on(async {
+    runtime.block_on(async {
         let mut devices = pb::device_service_client::DeviceServiceClient::new(channel);
         let begin = pb::BeginEnrollmentRequest { public_key: key.public_key().to_vec(), label: args.label.clone() };
         let enrollment = devices.begin_enrollment(begin).await.map_err(|s| status("BeginEnrollment", s))?.into_inner();
@@ -194,6 +197,8 @@ pub fn serve(args: AgentServe) -> Result<()> {
     )
     .context("reading device.json")?;
     let pins = PinSource::new(&args.common)?;
+    let runtime = crate::api_commands::runtime()?;
+    let _entered = runtime.enter();
     let channel = channel(&args.common)?;
     let agent = Agent {
         consent: pb::consent_service_client::ConsentServiceClient::new(channel),
@@ -202,7 +207,7 @@ pub fn serve(args: AgentServe) -> Result<()> {
         pins: std::sync::Mutex::new(pins),
         seen_wait: Duration::from_secs(args.seen_wait_s),
     };
-    crate::api_commands::runtime()?.block_on(http::serve(agent, &args))
+    runtime.block_on(http::serve(agent, &args))
 }
 
 /// What a payment request needs: the server, the key, and the subscriber (one prompt at a time is the
