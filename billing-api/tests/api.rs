@@ -6,12 +6,7 @@ use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::AccountUpdate;
 use gtpcharge_billing_api::{Db, Ledger};
 use gtpcharge_proto::v1 as pb;
-use pb::account_service_client::AccountServiceClient;
-use pb::purchase_service_client::PurchaseServiceClient;
-use pb::sighting_service_client::SightingServiceClient;
 use sqlx::Executor;
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 mod harness;

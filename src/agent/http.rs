@@ -140,15 +140,15 @@ struct PayRequest {
 }
 
 /// What the headers allow: the Origin to echo back (CORS), or the refusal.
-fn check_headers(request: &Request<Incoming>, origins: &[String]) -> Result<Option<String>, Reply> {
+fn check_headers(request: &Request<Incoming>, origins: &[String]) -> Result<Option<String>, &'static str> {
     let header = |name| request.headers().get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
     if !header(hyper::header::HOST).is_some_and(loopback_host) {
-        return Err(refuse(StatusCode::FORBIDDEN, "the Host must be a loopback address (127.0.0.1 or [::1])"));
+        return Err("the Host must be a loopback address (127.0.0.1 or [::1])");
     }
     let origin = match header(hyper::header::ORIGIN) {
         None => None,
         Some(origin) if origins.iter().any(|allowed| allowed == origin) => Some(origin.to_owned()),
-        Some(_) => return Err(refuse(StatusCode::FORBIDDEN, "this Origin may not ask for payments")),
+        Some(_) => return Err("this Origin may not ask for payments"),
     };
     Ok(origin)
 }
@@ -156,7 +156,7 @@ fn check_headers(request: &Request<Incoming>, origins: &[String]) -> Result<Opti
 async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     let origin = match check_headers(&request, &shared.origins) {
         Ok(origin) => origin,
-        Err(refused) => return refused,
+        Err(why) => return refuse(StatusCode::FORBIDDEN, why),
     };
     if request.uri().path() != "/v1/pay" {
         return refuse(StatusCode::NOT_FOUND, "not found");
