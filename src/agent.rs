@@ -62,7 +62,7 @@ fn device_key(dir: &Path, create: bool) -> Result<DeviceKey> {
 }
 
 /// Where PINs come from.
-enum PinSource {
+pub(crate) enum PinSource {
     /// The controlling terminal, without echo.
     Terminal,
     /// A file's first line, read again each time.
@@ -200,13 +200,7 @@ pub fn serve(args: AgentServe) -> Result<()> {
     let runtime = crate::api_commands::runtime()?;
     let _entered = runtime.enter();
     let channel = channel(&args.common)?;
-    let agent = Agent {
-        consent: pb::consent_service_client::ConsentServiceClient::new(channel),
-        key,
-        device_id: enrolled.device_id,
-        pins: std::sync::Mutex::new(pins),
-        seen_wait: Duration::from_secs(args.seen_wait_s),
-    };
+    let agent = Agent::new(channel, key, enrolled.device_id, pins, Duration::from_secs(args.seen_wait_s));
     runtime.block_on(http::serve(agent, &args))
 }
 
@@ -271,6 +265,17 @@ pub(crate) enum PayError {
 }
 
 impl Agent {
+    /// An agent for an enrolled device (the demo plays the app's part with it, without the HTTP door).
+    pub(crate) fn new(channel: Channel, key: DeviceKey, device_id: String, pins: PinSource, seen_wait: Duration) -> Agent {
+        Agent {
+            consent: pb::consent_service_client::ConsentServiceClient::new(channel),
+            key,
+            device_id,
+            pins: std::sync::Mutex::new(pins),
+            seen_wait,
+        }
+    }
+
     /// The whole payment: prompt from the server, wait until the network has seen the token, ask the
     /// subscriber, sign, confirm, and the outcome.
     pub(crate) async fn pay(&self, token: &str, nonce: &str) -> Result<PayOutcome, PayError> {
@@ -304,7 +309,7 @@ impl Agent {
             prompt.description,
             prompt.product_id
         );
-        tracing::info!(purchase = %prompt.purchase_id, "consent prompt shown");
+        tracing::info!(purchase = %prompt.purchase_id, prompt = %text, "consent prompt shown");
         let parse = |text: &str| text.parse::<i64>().map_err(|_| PayError::Unavailable("the server sent a bad id".into()));
         loop {
             let pin = self.ask(&text).await?;

@@ -8,13 +8,17 @@
 //!    are known; the demo checks the file is that sample);
 //! 3. `gtpcharge serve` in this process on a free local port;
 //! 4. the replay with `--emit jsonl --billing-url`, exactly as an operator would run it;
-//! 5. a report: every purchase charged to the subscriber who sent its token, unattributed ones still
-//!    pending, the ledger balanced. Exit 0 only if all of that holds.
+//! 5. one purchase needs the subscriber's consent on the handset (DEVICE): the subscriber's first token
+//!    in the sample is a device enrollment's, the second that purchase's; after the replay the demo
+//!    completes the enrollment with the payment PIN and pays through the pay agent's own code (prompt
+//!    from the API, PIN, signed statement, ConfirmPurchase), as an app would through `gtpcharge agent`;
+//! 6. a report: every purchase charged to the subscriber who sent its token (the DEVICE one once
+//!    confirmed), unattributed ones still pending, the ledger balanced. Exit 0 only if all of that holds.
 use crate::driver::replay;
 use crate::{Emit, ProbeArgs};
 use anyhow::{bail, ensure, Context, Result};
 use gtpcharge_billing_api::auth::Kind;
-use gtpcharge_billing_api::ledger::{AccountUpdate, NewPurchase};
+use gtpcharge_billing_api::ledger::{AccountUpdate, Consent, NewPurchase};
 use gtpcharge_billing_api::Ledger;
 use std::path::Path;
 
@@ -51,15 +55,29 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
     if actual != expected_bytes {
         bail!("{} is not the committed sample (the demo knows the sample's tokens only)", sample.display());
     }
-    let truth = gtpcharge_pcapgen::generate(&gtpcharge_pcapgen::Scenario::sample(), &mut Vec::<(u64, Vec<u8>)>::new());
+    let mut truth =
+        gtpcharge_pcapgen::generate(&gtpcharge_pcapgen::Scenario::sample(), &mut Vec::<(u64, Vec<u8>)>::new());
+    // The consent part: the first subscriber that sends two tokens enrolls with the first and pays the
+    // second with DEVICE consent.
+    let pair = (0..truth.sightings.len()).find_map(|i| {
+        let msisdn = &truth.sightings[i].1;
+        (i + 1..truth.sightings.len()).find(|j| truth.sightings[*j].1 == *msisdn).map(|j| (i, j))
+    });
+    let Some((first, second)) = pair else { bail!("no subscriber of the sample sends two tokens") };
+    let payer = truth.sightings[first].1.clone();
+    let device_token = truth.sightings.remove(second).0;
+    let enrollment_token = truth.sightings.remove(first).0;
+    let key = gtpcharge_billing_api::signing::DeviceKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pin_file = workdir.join("demo-pin");
+    std::fs::write(&pin_file, "1234\n")?;
 
     let database = format!("sqlite://{}/ledger.sqlite?mode=rwc", workdir.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let (ledger, probe_key, sp, address) = runtime.block_on(async {
+    let (ledger, probe_key, sp, address, device_purchase, enrollment) = runtime.block_on(async {
         let ledger = Ledger::open(&database).await?;
         let (sp, _) = ledger.create_service_provider("demo games", true).await?;
         let probe = ledger.create_credential(Kind::Probe, None, "demo probe").await?;
-        for (_, msisdn) in &truth.sightings {
+        for msisdn in truth.sightings.iter().map(|(_, m)| m).chain([&payer]) {
             let update = AccountUpdate {
                 msisdn: msisdn.clone(),
                 currency: "EUR".into(),
@@ -82,6 +100,19 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
             };
             ledger.import_purchase(sp, &new, token).await?;
         }
+        let device_purchase = NewPurchase {
+            product_id: "demo-consent".into(),
+            description: "a purchase the subscriber confirms on the handset".into(),
+            amount: 199,
+            currency: "EUR".into(),
+            expires_in_s: 3600,
+            idempotency_key: "demo-consent".into(),
+            consent: Consent::Device,
+            ..Default::default()
+        };
+        let device_purchase = ledger.import_purchase(sp, &device_purchase, device_token).await?;
+        let enrollment = ledger.import_enrollment(&key.public_key(), "demo handset", enrollment_token).await?;
+        ledger.set_pin(&payer, "1234").await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let server_ledger = ledger.clone();
@@ -92,13 +123,13 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
                 eprintln!("gtpcharge: demo server: {error}");
             }
         });
-        anyhow::Ok((ledger, probe.secret, sp, address))
+        anyhow::Ok((ledger, probe.secret, sp, address, device_purchase, enrollment))
     })?;
     eprintln!(
         "demo: billing API on {address} (ledger {}), {} accounts, {} purchases; replaying {}",
         workdir.join("ledger.sqlite").display(),
         truth.sightings.iter().map(|(_, m)| m).collect::<std::collections::BTreeSet<_>>().len(),
-        truth.sightings.len() + truth.unattributed.len(),
+        truth.sightings.len() + truth.unattributed.len() + 1,
         sample.display()
     );
     let args = ProbeArgs {
@@ -111,8 +142,43 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
     let replayed = replay(&[sample.to_path_buf()], &args)?;
     ensure!(replayed, "the replay did not deliver everything");
 
+    // The handset's part, through the API as the pay agent does it: the enrollment completed with the PIN,
+    // then the payment (prompt, PIN, signed statement).
+    let confirmed = runtime.block_on(async {
+        use gtpcharge_proto::v1 as pb;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.connect().await?;
+        let mut devices = pb::device_service_client::DeviceServiceClient::new(channel.clone());
+        let statement = gtpcharge_billing_api::signing::enrollment_statement(enrollment.id, &enrollment.token);
+        let request = pb::CompleteEnrollmentRequest {
+            enrollment_id: enrollment.id.to_string(),
+            pin: "1234".into(),
+            signature: key.sign(&statement).to_vec(),
+        };
+        let device = devices.complete_enrollment(request).await?.into_inner().device.context("the enrollment")?;
+        let agent = crate::agent::Agent::new(
+            channel,
+            key,
+            device.device_id,
+            crate::agent::PinSource::File(pin_file),
+            std::time::Duration::from_secs(10),
+        );
+        let nonce = device_purchase.consent_nonce.clone().unwrap_or_default();
+        let outcome = agent.pay(&device_purchase.token, &nonce).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let p = ledger.get_purchase(sp, Some(device_purchase.id), None).await?;
+        let right = outcome.outcome == "charged"
+            && p.state == gtpcharge_billing_api::ledger::PurchaseState::Charged
+            && p.charged_msisdn.as_deref() == Some(payer.as_str());
+        eprintln!(
+            "demo: DEVICE purchase {}: enrollment bound by the probe's sighting, PIN, signed consent: {}{}",
+            p.id,
+            outcome.outcome,
+            if right { "" } else { " (WRONG: expected charged to the subscriber who sent the token)" }
+        );
+        anyhow::Ok(right)
+    })?;
+
     runtime.block_on(async {
-        let mut wrong = 0;
+        let mut wrong = usize::from(!confirmed);
         for (token, msisdn) in &truth.sightings {
             let p = ledger.get_purchase(sp, None, Some(&token.to_string())).await?;
             if p.state != gtpcharge_billing_api::ledger::PurchaseState::Charged || p.charged_msisdn.as_deref() != Some(msisdn.as_str()) {

@@ -131,6 +131,13 @@ impl Ledger {
 
     /// Registers a device key waiting for its enrollment token to be seen.
     pub async fn begin_enrollment(&self, public_key: &[u8], label: &str) -> Result<EnrollmentRow> {
+        let token = Token::generate().map_err(|_| LedgerError::Random)?;
+        self.import_enrollment(public_key, label, token).await
+    }
+
+    /// [`Ledger::begin_enrollment`] with a token minted elsewhere (the demo, whose capture carries known
+    /// tokens); never reachable by a device.
+    pub async fn import_enrollment(&self, public_key: &[u8], label: &str, token: Token) -> Result<EnrollmentRow> {
         if !signing::valid_public_key(public_key) {
             return Err(invalid("public_key must be an Ed25519 public key (32 bytes)"));
         }
@@ -140,7 +147,7 @@ impl Ledger {
         if enrolled.is_some() {
             return Err(LedgerError::AlreadyExists("this key is enrolled already; make a new one".into()));
         }
-        let token = Token::generate().map_err(|_| LedgerError::Random)?.to_string();
+        let token = token.to_string();
         let now = now_us();
         let row = sqlx::query(
             "INSERT INTO enrollments (token, public_key, label, created_at_us, expires_at_us) VALUES ($1, $2, $3, $4, $5) \
