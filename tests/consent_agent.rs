@@ -284,6 +284,13 @@ fn consent_on_the_handset_end_to_end() {
     assert!(preflight.to_ascii_lowercase().contains("access-control-allow-origin: https://shop.example"), "{preflight}");
 
     s.replay(&capture1);
+    // Seen and held now; a page of another Origin still gets nothing and prompts nobody.
+    let (status, _) = s.pay(&body(&first), &["-H", "Origin: https://evil.example"]);
+    assert_eq!(status, 403);
+    assert_eq!(s.state(&first), pb::PurchaseState::Authorized, "held by the sighting, not captured");
+    assert_eq!(s.balance(&msisdn), 10_000 - AMOUNT);
+    let log = std::fs::read_to_string(s.dir.path().join("agent.log")).unwrap();
+    assert!(!log.contains("consent prompt shown"), "no prompt for a refused request: {log}");
     let (status, outcome) = s.pay(&body(&first), &["-H", "Origin: https://shop.example"]);
     assert_eq!((status, outcome["outcome"].as_str()), (200, Some("charged")), "{outcome}");
     assert!(!outcome.to_string().contains(&msisdn), "the app never learns the MSISDN");
@@ -326,6 +333,9 @@ fn consent_on_the_handset_end_to_end() {
     wait_for("the prompt", || {
         std::fs::read_to_string(s.dir.path().join("agent-stuck.log")).unwrap().contains("consent prompt shown")
     });
+    // One prompt at a time: a second request while the first waits for the subscriber.
+    let (status, busy) = s.pay(&body(&crash), &[]);
+    assert_eq!(status, 409, "{busy}");
     stuck.kill().unwrap();
     stuck.wait().unwrap();
     let _ = app.join();

@@ -178,6 +178,23 @@ async fn a_device_purchase_is_held_then_captured_by_the_subscribers_signed_conse
         let kinds: Vec<&str> = statement.iter().map(|e| e.kind.as_str()).collect();
         assert!(kinds.contains(&"hold") && !kinds.contains(&"release"), "{backend}: {kinds:?}");
         assert_eq!(h.count("consents").await, 1, "{backend}: one decision kept as evidence");
+        // The SP's stream shows every transition: created, authorized, charged.
+        let mut watch = h
+            .purchases()
+            .watch_purchases(authed(&h.sp_key, pb::WatchPurchasesRequest { after_cursor: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut states = Vec::new();
+        while states.len() < 3 {
+            let change = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
+            let p = change.purchase.unwrap();
+            if p.id == purchase.id {
+                states.push(pb::PurchaseState::try_from(p.state).unwrap());
+            }
+        }
+        use pb::PurchaseState::{Authorized, Charged, Pending};
+        assert_eq!(states, [Pending, Authorized, Charged], "{backend}");
         h.finish().await;
     }
 }

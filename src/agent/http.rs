@@ -32,8 +32,28 @@ struct Shared {
     origins: Vec<String>,
     /// Held while a payment is confirmed: one prompt at a time.
     busy: tokio::sync::Mutex<()>,
+    limit: RateLimit,
+}
+
+/// At most `per_minute` requests in any 60 s.
+struct RateLimit {
     recent: Mutex<VecDeque<Instant>>,
     per_minute: usize,
+}
+
+impl RateLimit {
+    /// Counts a request; false when the limit is reached (the request is not counted then).
+    fn admit(&self, now: Instant) -> bool {
+        let Ok(mut recent) = self.recent.lock() else { return false };
+        while recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+            recent.pop_front();
+        }
+        if recent.len() >= self.per_minute {
+            return false;
+        }
+        recent.push_back(now);
+        true
+    }
 }
 
 /// Serves until SIGINT or SIGTERM.
@@ -42,8 +62,7 @@ pub(super) async fn serve(agent: Agent, args: &AgentServe) -> Result<()> {
         agent,
         origins: args.allow_origins.clone(),
         busy: tokio::sync::Mutex::new(()),
-        recent: Mutex::new(VecDeque::new()),
-        per_minute: args.requests_per_minute as usize,
+        limit: RateLimit { recent: Mutex::new(VecDeque::new()), per_minute: args.requests_per_minute as usize },
     });
     let mut listeners = Vec::new();
     for ip in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
@@ -189,7 +208,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     if request.headers().get(PAY_HEADER).is_none_or(|v| v.as_bytes() != b"1") {
         return refuse(StatusCode::FORBIDDEN, "send X-Gtpcharge-Pay: 1");
     }
-    if !shared.admit(Instant::now()) {
+    if !shared.limit.admit(Instant::now()) {
         return refuse(StatusCode::TOO_MANY_REQUESTS, "too many payment requests; wait a minute");
     }
     let body = match Limited::new(request.into_body(), BODY_MAX).collect().await {
@@ -216,24 +235,20 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
     }
 }
 
-impl Shared {
-    /// Counts a request against the per-minute limit; false when it is reached.
-    fn admit(&self, now: Instant) -> bool {
-        let Ok(mut recent) = self.recent.lock() else { return false };
-        while recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
-            recent.pop_front();
-        }
-        if recent.len() >= self.per_minute {
-            return false;
-        }
-        recent.push_back(now);
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::loopback_host;
+    use super::{loopback_host, RateLimit};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_rate_limit_counts_a_sliding_minute() {
+        let limit = RateLimit { recent: Default::default(), per_minute: 3 };
+        let start = Instant::now();
+        assert!((0..3).all(|i| limit.admit(start + Duration::from_secs(i))));
+        assert!(!limit.admit(start + Duration::from_secs(10)), "the fourth in a minute");
+        assert!(limit.admit(start + Duration::from_secs(60)), "the first one has left the minute");
+        assert!(!limit.admit(start + Duration::from_secs(60)));
+    }
 
     #[test]
     fn only_loopback_literals_are_hosts() {
