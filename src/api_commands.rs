@@ -1,5 +1,5 @@
 //! `gtpcharge serve`, `gtpcharge admin` and `gtpcharge purchase`: the billing API's process, its operator commands and an SP's client.
-use crate::{AccountCommand, AdminCommand, DeviceCommand, NamedCreate, PurchaseCommand, SpCommand};
+use crate::{AccountCommand, AdminCommand, DeviceCommand, NamedCreate, PurchaseCommand, SpCommand, WebhookCommand};
 use anyhow::{Context, Result};
 use gtpcharge_billing_api::auth::Kind;
 use gtpcharge_billing_api::ledger::AccountKind;
@@ -97,6 +97,20 @@ pub fn admin(url: &str, command: AdminCommand) -> Result<()> {
                 let detail = format!("sp key for sp {service_provider_id}");
                 ledger.audit(&actor, Action::CreateKey, &secret.key_id, &detail).await?;
                 println!("key_id\t{}\napi_key\t{}", secret.key_id, secret.secret);
+            }
+            AdminCommand::Sp { command: SpCommand::Webhook { command: WebhookCommand::Set { service_provider_id, url, overlap_hours } } } => {
+                let endpoint = ledger.set_webhook(service_provider_id, &url, overlap_hours.saturating_mul(3600)).await?;
+                ledger.audit(&actor, Action::SetWebhook, &service_provider_id.to_string(), &format!("url={url:?}")).await?;
+                println!("webhook_url\t{}\nwebhook_secret\t{}", endpoint.url, endpoint.secret);
+                if let Some((_, until)) = endpoint.previous {
+                    println!("previous_secret_until\t{}", crate::jsonl::rfc3339(u64::try_from(until).unwrap_or(0)));
+                }
+            }
+            AdminCommand::Sp { command: SpCommand::Webhook { command: WebhookCommand::Log { service_provider_id, limit } } } => {
+                for a in ledger.webhook_log(service_provider_id, limit).await? {
+                    let at = crate::jsonl::rfc3339(u64::try_from(a.at_us).unwrap_or(0));
+                    println!("evt_{}\t{at}\t{}\t{}ms\t{}", a.cursor, a.status, a.duration_us / 1000, a.error);
+                }
             }
             AdminCommand::Probe { command: NamedCreate::Create { name } } => {
                 let secret = ledger.create_credential(Kind::Probe, None, &name).await?;

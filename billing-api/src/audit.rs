@@ -15,6 +15,7 @@ pub enum Action {
     SetAccount,
     SetPin,
     RevokeDevice,
+    SetWebhook,
 }
 
 impl Action {
@@ -26,6 +27,7 @@ impl Action {
             Action::SetAccount => "account.set",
             Action::SetPin => "pin.set",
             Action::RevokeDevice => "device.revoke",
+            Action::SetWebhook => "webhook.set",
         }
     }
 }

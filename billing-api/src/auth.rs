@@ -72,6 +72,13 @@ pub fn random_text() -> Result<String, getrandom::Error> {
     Ok(base32(&bytes))
 }
 
+/// A webhook signing secret: `whsec_` and 256 random bits in base32.
+pub fn webhook_secret() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("whsec_{}", base32(&bytes)))
+}
+
 /// Whether `pin` has the shape of a payment PIN: 4 to 12 ASCII digits.
 pub fn valid_pin(pin: &str) -> bool {
     (4..=12).contains(&pin.len()) && pin.bytes().all(|b| b.is_ascii_digit())

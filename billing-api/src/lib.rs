@@ -9,6 +9,7 @@
 //! - [`audit`]: the trail of operator actions.
 //! - [`service`]: the tonic services and the protobuf ↔ domain conversion; [`consent_service`]: the
 //!   pay agent's services (consent and device enrollment).
+//! - [`webhooks`]: signed webhooks sent from the ledger's outbox (the change stream).
 //! - [`signing`]: what a device key signs (consent and enrollment statements), Ed25519.
 //! - [`server`]: serving (health, reflection, TLS, limits, graceful shutdown) and the expiry sweeper.
 //!
@@ -26,6 +27,7 @@ pub mod server;
 pub mod service;
 pub mod signing;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use db::Db;
 pub use ledger::Ledger;

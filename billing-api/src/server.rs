@@ -97,6 +97,8 @@ pub async fn serve_with(
         })
     };
 
+    let webhooks = tokio::spawn(crate::webhooks::run(ledger.clone(), telemetry.clone()));
+
     let require_client_certificate = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let mut builder =
         Server::builder().timeout(Duration::from_secs(30)).http2_keepalive_interval(Some(Duration::from_secs(30)));
@@ -150,6 +152,7 @@ pub async fn serve_with(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     sweeper.abort();
+    webhooks.abort();
     result?;
     Ok(())
 }

@@ -172,6 +172,15 @@ pub fn purchase_to_pb(p: &ledger::PurchaseRow) -> pb::Purchase {
     }
 }
 
+fn webhook_to_pb(endpoint: &ledger::WebhookEndpoint) -> pb::Webhook {
+    pb::Webhook {
+        service_provider_id: endpoint.service_provider_id.to_string(),
+        url: endpoint.url.clone(),
+        secret: endpoint.secret.clone(),
+        previous_secret_valid_until_us: endpoint.previous.as_ref().map_or(0, |(_, until)| *until),
+    }
+}
+
 fn account_to_pb(a: &ledger::AccountRow) -> pb::Account {
     pb::Account {
         msisdn: a.msisdn.clone(),
@@ -537,6 +546,38 @@ impl pb::account_service_server::AccountService for AccountApi {
         let actor = crate::audit::operator_key(&caller.key_id);
         self.ledger.audit(&actor, Action::RevokeKey, &key_id, "").await?;
         Ok(Response::new(pb::RevokeKeyResponse {}))
+    }
+
+    async fn set_webhook(&self, request: Request<pb::SetWebhookRequest>) -> Result<Response<pb::Webhook>, Status> {
+        let caller = authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
+        let r = request.into_inner();
+        let sp = parse_id(&r.service_provider_id)?;
+        let endpoint = self.ledger.set_webhook(sp, &r.url, r.overlap_s).await?;
+        let actor = crate::audit::operator_key(&caller.key_id);
+        self.ledger.audit(&actor, Action::SetWebhook, &sp.to_string(), &format!("url={:?}", endpoint.url)).await?;
+        Ok(Response::new(webhook_to_pb(&endpoint)))
+    }
+
+    async fn get_webhook_log(
+        &self,
+        request: Request<pb::GetWebhookLogRequest>,
+    ) -> Result<Response<pb::WebhookLog>, Status> {
+        authenticate(&self.ledger, &self.guard, &request, Kind::Operator).await?;
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { 20 } else { i64::from(r.limit) };
+        let attempts = self.ledger.webhook_log(parse_id(&r.service_provider_id)?, limit).await?;
+        Ok(Response::new(pb::WebhookLog {
+            attempts: attempts
+                .iter()
+                .map(|a| pb::WebhookAttempt {
+                    event_id: format!("evt_{}", a.cursor),
+                    at_us: a.at_us,
+                    status: i32::try_from(a.status).unwrap_or(0),
+                    error: a.error.clone(),
+                    duration_us: a.duration_us,
+                })
+                .collect(),
+        }))
     }
 
     async fn set_pin(&self, request: Request<pb::SetPinRequest>) -> Result<Response<pb::SetPinResponse>, Status> {

@@ -37,6 +37,10 @@ pub struct Telemetry {
     sweeps: AtomicU64,
     sweep_failures: AtomicU64,
     expired: AtomicU64,
+    /// Webhook attempts by result (delivered, retry, abandoned).
+    webhooks: Mutex<BTreeMap<&'static str, u64>>,
+    /// Deliveries waiting (neither delivered nor abandoned), as last counted by the sender.
+    webhook_backlog: AtomicU64,
 }
 
 impl Telemetry {
@@ -74,6 +78,18 @@ impl Telemetry {
                 self.sweep_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// One webhook attempt's result.
+    pub fn webhook(&self, result: &'static str) {
+        if let Ok(mut webhooks) = self.webhooks.lock() {
+            *webhooks.entry(result).or_default() += 1;
+        }
+    }
+
+    /// The webhook backlog, as just counted.
+    pub fn webhook_backlog(&self, deliveries: u64) {
+        self.webhook_backlog.store(deliveries, Ordering::Relaxed);
     }
 
     /// The exposition text of every counter, the pool's and the guard's included.
@@ -126,6 +142,16 @@ impl Telemetry {
             head(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {value}");
         }
+        head(&mut out, "gtpcharge_api_webhook_attempts_total", "counter", "Webhook attempts, by result (delivered, retry, abandoned).");
+        if let Ok(webhooks) = self.webhooks.lock() {
+            for result in ["delivered", "retry", "abandoned"] {
+                let count = webhooks.get(result).copied().unwrap_or(0);
+                let _ = writeln!(out, "gtpcharge_api_webhook_attempts_total{{result=\"{result}\"}} {count}");
+            }
+        }
+        let name = "gtpcharge_api_webhook_backlog";
+        head(&mut out, name, "gauge", "Webhook deliveries waiting: queued or retrying, neither delivered nor abandoned.");
+        let _ = writeln!(out, "{name} {}", self.webhook_backlog.load(Ordering::Relaxed));
         let (size, idle) = ledger.pool_connections();
         head(&mut out, "gtpcharge_api_db_connections", "gauge", "Database connections open in the pool.");
         let _ = writeln!(out, "gtpcharge_api_db_connections {size}");

@@ -101,6 +101,31 @@ pub enum SpCommand {
     },
     /// A new API key for an SP.
     Key { service_provider_id: i64 },
+    /// The SP's signed webhooks.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WebhookCommand {
+    /// Register or change the SP's endpoint; prints its new signing secret (shown once). The previous
+    /// secret keeps signing for --overlap-hours.
+    Set {
+        service_provider_id: i64,
+        /// https://... (http:// only to a loopback address).
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: i64,
+    },
+    /// Recent attempts, newest first: event id, time, HTTP status (0: no answer), duration, error.
+    Log {
+        service_provider_id: i64,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand)]

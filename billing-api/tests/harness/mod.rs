@@ -21,6 +21,8 @@ pub mod not_run;
 pub struct Harness {
     pub ledger: Ledger,
     pub channel: Channel,
+    /// The id of the SP whose key `sp_key` is.
+    pub sp_id: i64,
     pub sp_key: String,
     pub other_sp_key: String,
     pub probe_key: String,
@@ -55,10 +57,29 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let url = url.replace("{dir}", dir.path().to_str().unwrap());
         let ledger = Ledger::open(&url).await.unwrap();
-        let (_, sp) = ledger.create_service_provider("games", true).await.unwrap();
+        let (sp_id, sp) = ledger.create_service_provider("games", true).await.unwrap();
         let (_, other) = ledger.create_service_provider("music", true).await.unwrap();
         let probe = ledger.create_credential(Kind::Probe, None, "probe-1").await.unwrap();
         let operator = ledger.create_credential(Kind::Operator, None, "ops").await.unwrap();
+        let (channel, stop) = Self::serve(&ledger).await;
+        Harness {
+            ledger,
+            channel,
+            sp_id,
+            sp_key: sp.secret,
+            other_sp_key: other.secret,
+            probe_key: probe.secret,
+            probe_key_id: probe.key_id,
+            operator_key_id: operator.key_id,
+            operator_key: operator.secret,
+            _dir: dir,
+            cleanup,
+            stop: Some(stop),
+        }
+    }
+
+    /// A server for `ledger` on a fresh port: a channel to it, and what stops it.
+    async fn serve(ledger: &Ledger) -> (Channel, tokio::sync::oneshot::Sender<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -71,19 +92,18 @@ impl Harness {
             .unwrap();
         });
         let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
-        Harness {
-            ledger,
-            channel,
-            sp_key: sp.secret,
-            other_sp_key: other.secret,
-            probe_key: probe.secret,
-            probe_key_id: probe.key_id,
-            operator_key_id: operator.key_id,
-            operator_key: operator.secret,
-            _dir: dir,
-            cleanup,
-            stop: Some(stop),
+        (channel, stop)
+    }
+
+    /// Stops the server (its sweeper and webhook sender with it) and starts another on the same database.
+    pub async fn restart(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (channel, stop) = Self::serve(&self.ledger).await;
+        self.channel = channel;
+        self.stop = Some(stop);
     }
 
     /// SQLite always; PostgreSQL when configured.
