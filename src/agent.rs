@@ -57,7 +57,9 @@ fn device_key(dir: &Path, create: bool) -> Result<DeviceKey> {
             file.sync_all()?;
             Ok(key)
         }
-        Err(e) => Err(e).with_context(|| format!("reading the device key {} (run `gtpcharge agent enroll`)", path.display())),
+        Err(e) => {
+            Err(e).with_context(|| format!("reading the device key {} (run `gtpcharge agent enroll`)", path.display()))
+        }
     }
 }
 
@@ -266,7 +268,13 @@ pub(crate) enum PayError {
 
 impl Agent {
     /// An agent for an enrolled device (the demo plays the app's part with it, without the HTTP door).
-    pub(crate) fn new(channel: Channel, key: DeviceKey, device_id: String, pins: PinSource, seen_wait: Duration) -> Agent {
+    pub(crate) fn new(
+        channel: Channel,
+        key: DeviceKey,
+        device_id: String,
+        pins: PinSource,
+        seen_wait: Duration,
+    ) -> Agent {
         Agent {
             consent: pb::consent_service_client::ConsentServiceClient::new(channel),
             key,
@@ -310,7 +318,8 @@ impl Agent {
             prompt.product_id
         );
         tracing::info!(purchase = %prompt.purchase_id, prompt = %text, "consent prompt shown");
-        let parse = |text: &str| text.parse::<i64>().map_err(|_| PayError::Unavailable("the server sent a bad id".into()));
+        let parse =
+            |text: &str| text.parse::<i64>().map_err(|_| PayError::Unavailable("the server sent a bad id".into()));
         loop {
             let pin = self.ask(&text).await?;
             let statement = ConsentStatement {

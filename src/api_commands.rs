@@ -221,7 +221,8 @@ pub fn purchase(url: &str, api_key: &str, command: PurchaseCommand) -> Result<()
                     expires_in_s,
                     idempotency_key,
                     consent: if consent == "device" { pb::Consent::Device } else { pb::Consent::Network } as i32,
-                    capture_mode: if manual_capture { pb::CaptureMode::Manual } else { pb::CaptureMode::Automatic } as i32,
+                    capture_mode: if manual_capture { pb::CaptureMode::Manual } else { pb::CaptureMode::Automatic }
+                        as i32,
                     authorization_ttl_s,
                 };
                 client.create_purchase(with_key(api_key, request)).await
@@ -229,7 +230,9 @@ pub fn purchase(url: &str, api_key: &str, command: PurchaseCommand) -> Result<()
             PurchaseCommand::Capture { id, amount } => {
                 client.capture_purchase(with_key(api_key, pb::CapturePurchaseRequest { id, amount })).await
             }
-            PurchaseCommand::Void { id } => client.void_purchase(with_key(api_key, pb::VoidPurchaseRequest { id })).await,
+            PurchaseCommand::Void { id } => {
+                client.void_purchase(with_key(api_key, pb::VoidPurchaseRequest { id })).await
+            }
             PurchaseCommand::Get { key } => {
                 let key = if key.starts_with("gc1") {
                     pb::get_purchase_request::Key::Token(key)

@@ -31,9 +31,11 @@ pub fn sample_path(named: Option<std::path::PathBuf>) -> Result<std::path::PathB
     if let Some(path) = named {
         return Ok(path);
     }
-    SAMPLE_PLACES.iter().map(std::path::PathBuf::from).find(|path| path.is_file()).with_context(|| {
-        format!("no sample capture at {} (name one: gtpcharge demo PATH)", SAMPLE_PLACES.join(" or "))
-    })
+    SAMPLE_PLACES
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|path| path.is_file())
+        .with_context(|| format!("no sample capture at {} (name one: gtpcharge demo PATH)", SAMPLE_PLACES.join(" or ")))
 }
 
 pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
@@ -181,7 +183,9 @@ pub fn demo(sample: &Path, workdir: &Path) -> Result<bool> {
         let mut wrong = usize::from(!confirmed);
         for (token, msisdn) in &truth.sightings {
             let p = ledger.get_purchase(sp, None, Some(&token.to_string())).await?;
-            if p.state != gtpcharge_billing_api::ledger::PurchaseState::Charged || p.charged_msisdn.as_deref() != Some(msisdn.as_str()) {
+            if p.state != gtpcharge_billing_api::ledger::PurchaseState::Charged
+                || p.charged_msisdn.as_deref() != Some(msisdn.as_str())
+            {
                 eprintln!("demo: WRONG: {token} expected charged to {msisdn}, is {} {:?}", p.state, p.charged_msisdn);
                 wrong += 1;
             }

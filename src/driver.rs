@@ -101,7 +101,12 @@ enum Frames {
 }
 
 /// Every frame of `feed` through `run`, on `threads`.
-pub fn drive(feed: Feed, run: &mut ProbeRun, threads: Threads, progress: Option<&indicatif::ProgressBar>) -> Result<End> {
+pub fn drive(
+    feed: Feed,
+    run: &mut ProbeRun,
+    threads: Threads,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<End> {
     let mut frames = match threads {
         Threads::One => Frames::Inline(feed),
         Threads::Two(handover) => {

@@ -19,8 +19,8 @@ mod metrics;
 mod pipeline;
 mod prefetch;
 mod probe;
-mod sinks;
 mod secrets;
+mod sinks;
 mod tools;
 
 use cli::*;

@@ -4,9 +4,9 @@
 use gtpcharge_capture::{Decoder, DecoderConfig, Frame, Undecoded};
 use gtpcharge_correlate::reason::Counts;
 use gtpcharge_correlate::{Config, Correlator, Datagram, Event};
-use strum::EnumCount;
 use std::collections::BTreeMap;
 use std::time::Instant;
+use strum::EnumCount;
 
 pub struct Probe {
     decoder: Decoder,

@@ -265,10 +265,29 @@ fn consent_on_the_handset_end_to_end() {
     assert_eq!(s.pay(&no_nonce, &[]).0, 404, "a token alone prompts nobody");
     let with_pin = serde_json::json!({ "token": first.token, "consent_nonce": first.consent_nonce, "pin": PIN });
     assert_eq!(s.pay(&with_pin.to_string(), &[]).0, 400, "a PIN is never taken from the app");
-    let (code, out) = s.curl_in_ns(&["-w", "%{http_code}", "-o", "/dev/null", "-X", "POST", "-d", &body(&first), "http://127.0.0.1:7353/v1/pay"]);
+    let (code, out) = s.curl_in_ns(&[
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-d",
+        &body(&first),
+        "http://127.0.0.1:7353/v1/pay",
+    ]);
     assert_eq!((code, out.as_str()), (0, "415"), "a form post is refused");
     let (code, out) = s.curl_in_ns(&[
-        "-w", "%{http_code}", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/json", "-d", &body(&first),
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body(&first),
         "http://127.0.0.1:7353/v1/pay",
     ]);
     assert_eq!((code, out.as_str()), (0, "403"), "no custom header, no payment");
@@ -278,10 +297,19 @@ fn consent_on_the_handset_end_to_end() {
     assert!(!log.contains("consent prompt shown"), "no prompt so far: {log}");
     // A preflight from the allowed Origin is answered with CORS headers.
     let (_, preflight) = s.curl_in_ns(&[
-        "-i", "-X", "OPTIONS", "-H", "Origin: https://shop.example", "-H", "Access-Control-Request-Method: POST",
+        "-i",
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://shop.example",
+        "-H",
+        "Access-Control-Request-Method: POST",
         "http://127.0.0.1:7353/v1/pay",
     ]);
-    assert!(preflight.to_ascii_lowercase().contains("access-control-allow-origin: https://shop.example"), "{preflight}");
+    assert!(
+        preflight.to_ascii_lowercase().contains("access-control-allow-origin: https://shop.example"),
+        "{preflight}"
+    );
 
     s.replay(&capture1);
     // Seen and held now; a page of another Origin still gets nothing and prompts nobody.

@@ -16,7 +16,8 @@ fn named(text: &str) -> BTreeSet<String> {
     let mut rest = text;
     while let Some(at) = rest.find("gtpcharge_") {
         let tail = &rest[at..];
-        let end = tail.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')).unwrap_or(tail.len());
+        let end =
+            tail.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')).unwrap_or(tail.len());
         names.insert(tail[..end].to_owned());
         rest = &tail[end..];
     }
@@ -96,8 +97,19 @@ fn every_metric_the_dashboard_and_the_alerts_name_is_exported() {
     let missing: Vec<&String> = wanted.difference(&have).collect();
     assert!(missing.is_empty(), "named in deploy/ but exported by neither:\n{missing:?}\n\n{probe_text}\n{api_text}");
     // The API counted what it did: the charges and the calls that made them.
-    assert!(api_text.contains(&format!("gtpcharge_api_charges_total{{outcome=\"charged\"}} {expected}\n")), "{api_text}");
-    assert!(api_text.contains("gtpcharge_api_requests_total{method=\"SightingService/ReportSightings\",status=\"OK\"}"), "{api_text}");
-    assert!(api_text.contains("gtpcharge_api_request_duration_seconds_bucket{method=\"SightingService/ReportSightings\",le=\"+Inf\"}"), "{api_text}");
+    assert!(
+        api_text.contains(&format!("gtpcharge_api_charges_total{{outcome=\"charged\"}} {expected}\n")),
+        "{api_text}"
+    );
+    assert!(
+        api_text.contains("gtpcharge_api_requests_total{method=\"SightingService/ReportSightings\",status=\"OK\"}"),
+        "{api_text}"
+    );
+    assert!(
+        api_text.contains(
+            "gtpcharge_api_request_duration_seconds_bucket{method=\"SightingService/ReportSightings\",le=\"+Inf\"}"
+        ),
+        "{api_text}"
+    );
     world.check();
 }

@@ -10,7 +10,10 @@ use common::world::{free_port, serve, wait_for, World};
 #[test]
 fn a_probe_fails_over_to_another_replica_and_every_purchase_is_charged_once() {
     if std::env::var_os("GTPCHARGE_TEST_DATABASE_URL").is_none() {
-        return not_run("REPLICA FAILOVER", "replicas share a PostgreSQL ledger; GTPCHARGE_TEST_DATABASE_URL is not set");
+        return not_run(
+            "REPLICA FAILOVER",
+            "replicas share a PostgreSQL ledger; GTPCHARGE_TEST_DATABASE_URL is not set",
+        );
     }
     let mut world = World::new(35, 60);
     let port_b = free_port();

@@ -93,7 +93,8 @@ pub fn hash_pin(pin: &str) -> Result<String, getrandom::Error> {
     getrandom::fill(&mut salt)?;
     // Neither can fail for a 16-byte salt and the default parameters.
     let salt = SaltString::encode_b64(&salt).map_err(|_| getrandom::Error::UNSUPPORTED)?;
-    let hash = argon2::Argon2::default().hash_password(pin.as_bytes(), &salt).map_err(|_| getrandom::Error::UNSUPPORTED)?;
+    let hash =
+        argon2::Argon2::default().hash_password(pin.as_bytes(), &salt).map_err(|_| getrandom::Error::UNSUPPORTED)?;
     Ok(hash.to_string())
 }
 

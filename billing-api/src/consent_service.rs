@@ -135,7 +135,9 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                 };
                 Ok(Response::new(slowed(&self.guard, peer, "wrong-pin", response).await))
             }
-            Err(e @ LedgerError::PermissionDenied(_)) => Err(slowed(&self.guard, peer, "bad-enrollment", e.into()).await),
+            Err(e @ LedgerError::PermissionDenied(_)) => {
+                Err(slowed(&self.guard, peer, "bad-enrollment", e.into()).await)
+            }
             Err(other) => Err(other.into()),
         }
     }

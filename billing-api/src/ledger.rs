@@ -33,7 +33,8 @@ pub use consent::{ConfirmOutcome, ConsentPromptRow};
 pub use devices::{DeviceRow, EnrollmentOutcome, EnrollmentRow, PIN_TRIES};
 pub use holds::{CaptureMode, Consent, HOLD_TTL_DEFAULT_S};
 pub use webhooks::{
-    next_attempt, validate_webhook_url, AttemptResult, DueDelivery, WebhookAttemptRow, WebhookEndpoint, WEBHOOK_RETRY_FOR_US,
+    next_attempt, validate_webhook_url, AttemptResult, DueDelivery, WebhookAttemptRow, WebhookEndpoint,
+    WEBHOOK_RETRY_FOR_US,
 };
 
 #[derive(Debug, thiserror::Error)]

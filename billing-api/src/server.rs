@@ -1,9 +1,9 @@
 //! Serving the billing API: the three services plus gRPC health and reflection (so `grpcurl` works),
 //! optional TLS (rustls) with optional client certificates, message size limits, a sweeper that expires
 //! unseen purchases, and a graceful stop on SIGINT/SIGTERM.
+use crate::consent_service::{ConsentApi, DeviceApi};
 use crate::group_commit::{self, ReportQueue};
 use crate::ledger::Ledger;
-use crate::consent_service::{ConsentApi, DeviceApi};
 use crate::service::{AccountApi, PurchaseApi, SightingApi};
 use gtpcharge_proto::v1 as pb;
 use std::net::SocketAddr;
@@ -131,11 +131,9 @@ pub async fn serve_with(
         guard: guard.clone(),
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX);
-    let devices = pb::device_service_server::DeviceServiceServer::new(DeviceApi {
-        ledger: ledger.clone(),
-        guard: guard.clone(),
-    })
-    .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let devices =
+        pb::device_service_server::DeviceServiceServer::new(DeviceApi { ledger: ledger.clone(), guard: guard.clone() })
+            .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let accounts = pb::account_service_server::AccountServiceServer::new(AccountApi { ledger, guard })
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let incoming = accepted_without_delay(listener);

@@ -136,13 +136,22 @@ impl Telemetry {
                 "Runs of the expiry sweeper that failed (retried a second later).",
                 self.sweep_failures.load(Ordering::Relaxed),
             ),
-            ("gtpcharge_api_expired_purchases_total", "Purchases the sweeper expired.", self.expired.load(Ordering::Relaxed)),
+            (
+                "gtpcharge_api_expired_purchases_total",
+                "Purchases the sweeper expired.",
+                self.expired.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, value) in counters {
             head(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {value}");
         }
-        head(&mut out, "gtpcharge_api_webhook_attempts_total", "counter", "Webhook attempts, by result (delivered, retry, abandoned).");
+        head(
+            &mut out,
+            "gtpcharge_api_webhook_attempts_total",
+            "counter",
+            "Webhook attempts, by result (delivered, retry, abandoned).",
+        );
         if let Ok(webhooks) = self.webhooks.lock() {
             for result in ["delivered", "retry", "abandoned"] {
                 let count = webhooks.get(result).copied().unwrap_or(0);
@@ -150,7 +159,12 @@ impl Telemetry {
             }
         }
         let name = "gtpcharge_api_webhook_backlog";
-        head(&mut out, name, "gauge", "Webhook deliveries waiting: queued or retrying, neither delivered nor abandoned.");
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "Webhook deliveries waiting: queued or retrying, neither delivered nor abandoned.",
+        );
         let _ = writeln!(out, "{name} {}", self.webhook_backlog.load(Ordering::Relaxed));
         let (size, idle) = ledger.pool_connections();
         head(&mut out, "gtpcharge_api_db_connections", "gauge", "Database connections open in the pool.");
@@ -158,7 +172,12 @@ impl Telemetry {
         head(&mut out, "gtpcharge_api_db_connections_idle", "gauge", "Of those, idle.");
         let _ = writeln!(out, "gtpcharge_api_db_connections_idle {idle}");
         let (failures, delayed) = guard.failures();
-        head(&mut out, "gtpcharge_api_auth_failures_total", "counter", "Calls refused for a missing, unknown or revoked key.");
+        head(
+            &mut out,
+            "gtpcharge_api_auth_failures_total",
+            "counter",
+            "Calls refused for a missing, unknown or revoked key.",
+        );
         let _ = writeln!(out, "gtpcharge_api_auth_failures_total {failures}");
         let name = "gtpcharge_api_auth_failures_delayed_total";
         head(&mut out, name, "counter", "Of those, answered late because the peer had failed too often.");

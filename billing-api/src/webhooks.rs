@@ -121,7 +121,8 @@ fn client() -> Result<Client, rustls::Error> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build();
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build();
     Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
 }
 
@@ -214,7 +215,11 @@ pub async fn run(ledger: Ledger, telemetry: Arc<Telemetry>) {
                     }
                     Ok(AttemptResult::Abandoned) => {
                         telemetry.webhook("abandoned");
-                        tracing::warn!(event = delivery.cursor, sp = delivery.endpoint.service_provider_id, "webhook abandoned after 72 hours of retries");
+                        tracing::warn!(
+                            event = delivery.cursor,
+                            sp = delivery.endpoint.service_provider_id,
+                            "webhook abandoned after 72 hours of retries"
+                        );
                     }
                     // The lease runs out and the delivery is tried again: at least once.
                     Err(error) => tracing::warn!(%error, "recording a webhook attempt failed"),

@@ -105,7 +105,8 @@ async fn confirm(
 }
 
 async fn prompt(h: &Harness, purchase: &pb::Purchase) -> pb::ConsentPrompt {
-    let request = pb::GetConsentPromptRequest { token: purchase.token.clone(), consent_nonce: purchase.consent_nonce.clone() };
+    let request =
+        pb::GetConsentPromptRequest { token: purchase.token.clone(), consent_nonce: purchase.consent_nonce.clone() };
     consent(h).get_consent_prompt(request).await.unwrap().into_inner()
 }
 
@@ -325,9 +326,11 @@ async fn network_purchases_with_manual_capture_are_captured_up_to_the_hold_or_vo
         let capture = |id: &str, amount: i64| pb::CapturePurchaseRequest { id: id.into(), amount };
         let over = h.purchases().capture_purchase(authed(&h.sp_key, capture(&first.id, 301))).await.unwrap_err();
         assert_eq!(over.code(), Code::FailedPrecondition, "{backend}");
-        let captured = h.purchases().capture_purchase(authed(&h.sp_key, capture(&first.id, 200))).await.unwrap().into_inner();
+        let captured =
+            h.purchases().capture_purchase(authed(&h.sp_key, capture(&first.id, 200))).await.unwrap().into_inner();
         assert_eq!((captured.state, captured.captured_amount), (pb::PurchaseState::Charged as i32, 200));
-        let repeated = h.purchases().capture_purchase(authed(&h.sp_key, capture(&first.id, 200))).await.unwrap().into_inner();
+        let repeated =
+            h.purchases().capture_purchase(authed(&h.sp_key, capture(&first.id, 200))).await.unwrap().into_inner();
         assert_eq!(repeated.captured_amount, 200, "{backend}: idempotent");
         assert_eq!(balance(&h, "46700000007").await, 800, "{backend}: 100 of the hold came back");
         // A refund gives back at most what was captured.

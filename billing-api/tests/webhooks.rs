@@ -199,7 +199,10 @@ async fn a_500_is_retried_with_the_same_event_id_and_a_rotation_signs_with_both_
         h.purchases().create_purchase(authed(&h.sp_key, purchase("r-2"))).await.unwrap();
         receiver.wait_for("the rotated event", |events| events.len() > before).await;
         let (header, body, _) = receiver.events().pop().unwrap();
-        assert!(verify(&rotated.secret, &header, &body) && verify(&first.secret, &header, &body), "{backend}: {header}");
+        assert!(
+            verify(&rotated.secret, &header, &body) && verify(&first.secret, &header, &body),
+            "{backend}: {header}"
+        );
         h.finish().await;
     }
 }
@@ -220,7 +223,9 @@ async fn events_in_the_outbox_survive_a_restart_of_the_api() {
         // Every purchase's creation delivered after the restart (the failed ones retried by the new server).
         receiver
             .wait_for("all three after the restart", |events| {
-                ids.iter().all(|id| events.iter().any(|(_, _, e)| e["data"]["id"] == id.as_str() && e["type"] == "purchase.created"))
+                ids.iter().all(|id| {
+                    events.iter().any(|(_, _, e)| e["data"]["id"] == id.as_str() && e["type"] == "purchase.created")
+                })
             })
             .await;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -243,7 +248,12 @@ async fn an_endpoint_that_does_not_answer_does_not_hold_up_charging() {
         // While the endpoint sits on its requests, purchases are created and charged.
         let mut charged = 0;
         for i in 1..=5 {
-            let p = h.purchases().create_purchase(authed(&h.sp_key, purchase(&format!("s-{i}")))).await.unwrap().into_inner();
+            let p = h
+                .purchases()
+                .create_purchase(authed(&h.sp_key, purchase(&format!("s-{i}"))))
+                .await
+                .unwrap()
+                .into_inner();
             if outcome(&h.report(&p.token, "46700000012").await) == pb::SightingOutcome::Charged {
                 charged += 1;
             }

@@ -99,9 +99,15 @@ fn be16(data: &[u8], at: usize) -> Option<u16> {
 #[inline(always)]
 fn network_layer(linktype: i32, data: &[u8]) -> Result<&[u8], Undecoded> {
     let (mut ethertype, mut rest) = match linktype {
-        linktype::ETHERNET => (be16(data, 12).ok_or(Undecoded::LinkTruncated)?, data.get(14..).ok_or(Undecoded::LinkTruncated)?),
-        linktype::LINUX_SLL => (be16(data, 14).ok_or(Undecoded::LinkTruncated)?, data.get(16..).ok_or(Undecoded::LinkTruncated)?),
-        linktype::LINUX_SLL2 => (be16(data, 0).ok_or(Undecoded::LinkTruncated)?, data.get(20..).ok_or(Undecoded::LinkTruncated)?),
+        linktype::ETHERNET => {
+            (be16(data, 12).ok_or(Undecoded::LinkTruncated)?, data.get(14..).ok_or(Undecoded::LinkTruncated)?)
+        }
+        linktype::LINUX_SLL => {
+            (be16(data, 14).ok_or(Undecoded::LinkTruncated)?, data.get(16..).ok_or(Undecoded::LinkTruncated)?)
+        }
+        linktype::LINUX_SLL2 => {
+            (be16(data, 0).ok_or(Undecoded::LinkTruncated)?, data.get(20..).ok_or(Undecoded::LinkTruncated)?)
+        }
         linktype::RAW | linktype::RAW_OPENBSD | linktype::RAW_LINKTYPE | linktype::IPV4 | linktype::IPV6 => {
             return Ok(data)
         }
@@ -221,12 +227,7 @@ impl Decoder {
     /// Frames in a remote-mirror encapsulation: unwrapped (at most [`encap::DEPTH_MAX`] layers), then
     /// decoded as any other; and everything `decode_as`'s common case leaves.
     #[inline(never)]
-    fn decode_slow<'a>(
-        &'a mut self,
-        linktype: i32,
-        ts_us: u64,
-        data: &'a [u8],
-    ) -> Result<Option<Udp<'a>>, Undecoded> {
+    fn decode_slow<'a>(&'a mut self, linktype: i32, ts_us: u64, data: &'a [u8]) -> Result<Option<Udp<'a>>, Undecoded> {
         let (mut linktype, mut frame) = (linktype, data);
         let mut outermost = None;
         for _ in 0..=encap::DEPTH_MAX {
@@ -258,12 +259,7 @@ impl Decoder {
     /// Decodes one frame. `Ok(None)`: a fragment was held for reassembly. `Err(reason)`: dropped.
     /// Always inlined (the common case is short): as a call, its result went through memory.
     #[inline(always)]
-    pub fn decode<'a>(
-        &'a mut self,
-        linktype: i32,
-        ts_us: u64,
-        data: &'a [u8],
-    ) -> Result<Option<Udp<'a>>, Undecoded> {
+    pub fn decode<'a>(&'a mut self, linktype: i32, ts_us: u64, data: &'a [u8]) -> Result<Option<Udp<'a>>, Undecoded> {
         self.decode_as(linktype, ts_us, data, |udp| udp)
     }
 

@@ -6,11 +6,11 @@
 //! out (its docs say it is not safe against memory exhaustion): at most `packets_max` packets in
 //! progress, each at most 64 KiB, dropped `timeout_us` after their first fragment, and a pool of
 //! reusable buffers so steady state does not allocate.
+use crate::undecoded::Undecoded;
 use etherparse::defrag::{IpDefragBuf, IpFragRange};
 use etherparse::{IpFragOffset, IpNumber};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use crate::undecoded::Undecoded;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FragmentKey {

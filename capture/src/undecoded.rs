@@ -3,7 +3,9 @@
 //! `EnumCount`) and `usize::from` let a caller count them in an array.
 
 /// Why a frame was not decoded (a counted drop).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::Display, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::Display, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[strum(serialize_all = "kebab-case")]
 pub enum Undecoded {
     LinkTruncated,

@@ -20,8 +20,8 @@
 //! `u16` ids; IPv6 UE addresses and GTPv0 TIDs, which few sessions have, live in side maps. [`Session`]
 //! is the wide form the engine builds and reads; it is not what is stored. The storage is in
 //! `session/store.rs`, the types handed out in `session/types.rs`.
-use crate::reason::DropReason;
 use crate::event::{Identity, Interface};
+use crate::reason::DropReason;
 use crate::sharded::{shard_of, SHARDS};
 use crate::wire::{Apn, Tbcd};
 use crate::Map;

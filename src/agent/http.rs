@@ -75,7 +75,11 @@ pub(super) async fn serve(agent: Agent, args: &AgentServe) -> Result<()> {
             Err(error) => tracing::warn!(%address, %error, "cannot listen here"),
         }
     }
-    anyhow::ensure!(!listeners.is_empty(), "the pay agent could listen on neither 127.0.0.1 nor [::1] port {}", args.port);
+    anyhow::ensure!(
+        !listeners.is_empty(),
+        "the pay agent could listen on neither 127.0.0.1 nor [::1] port {}",
+        args.port
+    );
     for listener in listeners {
         tokio::spawn(accept(listener, shared.clone()));
     }

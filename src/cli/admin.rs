@@ -172,4 +172,3 @@ pub enum DeviceCommand {
     /// Revoke a device: its confirmations are refused from then on.
     Revoke { device_id: i64 },
 }
-

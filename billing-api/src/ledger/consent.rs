@@ -42,7 +42,8 @@ impl Ledger {
         .await?
         .ok_or(LedgerError::NotFound("purchase"))?;
         let purchase = PurchaseRow::from_row(&row)?;
-        let known = purchase.consent == Consent::Device && purchase.consent_nonce.as_deref().is_some_and(|n| same(n, nonce));
+        let known =
+            purchase.consent == Consent::Device && purchase.consent_nonce.as_deref().is_some_and(|n| same(n, nonce));
         if !known {
             return Err(LedgerError::NotFound("purchase"));
         }
@@ -51,8 +52,15 @@ impl Ledger {
 
     /// The subscriber's answer: `statement` signed by device `device_id`, with the payment PIN when it
     /// approves. See the ConsentService in the .proto for what must hold.
-    pub async fn confirm(&self, device_id: i64, statement: &[u8], signature: &[u8], pin: &str) -> Result<ConfirmOutcome> {
-        let parsed = ConsentStatement::parse(statement).ok_or_else(|| invalid("statement is not a consent statement"))?;
+    pub async fn confirm(
+        &self,
+        device_id: i64,
+        statement: &[u8],
+        signature: &[u8],
+        pin: &str,
+    ) -> Result<ConfirmOutcome> {
+        let parsed =
+            ConsentStatement::parse(statement).ok_or_else(|| invalid("statement is not a consent statement"))?;
         let device = self.device(device_id).await?;
         if device.revoked_at_us.is_some() {
             return Err(LedgerError::PermissionDenied("the device is revoked"));
@@ -89,7 +97,11 @@ impl Ledger {
         }
         let payer = purchase.charged_msisdn.clone().unwrap_or_default();
         let end = if device.msisdn != payer {
-            tracing::warn!(purchase = purchase.id, device = device.id, "a confirmation from a device of another subscriber");
+            tracing::warn!(
+                purchase = purchase.id,
+                device = device.id,
+                "a confirmation from a device of another subscriber"
+            );
             HoldEnd::Release(PurchaseState::Declined, Some(DeclineReason::SubscriberMismatch))
         } else if !parsed.approve {
             HoldEnd::Release(PurchaseState::Declined, Some(DeclineReason::ConsentRefused))

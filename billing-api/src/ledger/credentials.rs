@@ -14,8 +14,8 @@ impl Ledger {
         .bind(name)
         .bind(now_us())
         .bind(i64::from(network_consent))
-            .fetch_one(&mut *tx)
-            .await;
+        .fetch_one(&mut *tx)
+        .await;
         let id: i64 = match inserted {
             Ok(row) => row.try_get("id")?,
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {

@@ -41,7 +41,9 @@ pub enum EnrollmentOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PinCheck {
     Right,
-    Wrong { tries_left: i64 },
+    Wrong {
+        tries_left: i64,
+    },
     /// Locked now or before: nothing is approved with it.
     Locked,
 }
@@ -54,7 +56,9 @@ impl DeviceRow {
         Ok(DeviceRow {
             id: row.try_get("id")?,
             msisdn: row.try_get("msisdn")?,
-            public_key: HEXLOWER.decode(key.as_bytes()).map_err(|_| LedgerError::Invariant("a stored key is not hex".into()))?,
+            public_key: HEXLOWER
+                .decode(key.as_bytes())
+                .map_err(|_| LedgerError::Invariant("a stored key is not hex".into()))?,
             label: row.try_get("label")?,
             enrolled_at_us: row.try_get("enrolled_at_us")?,
             revoked_at_us: row.try_get::<Option<i64>, _>("revoked_at_us")?,
@@ -76,7 +80,8 @@ impl Ledger {
             .map_err(|_| LedgerError::Random)?;
         let now = now_us();
         let mut tx = self.db.pool.begin().await?;
-        let exists = sqlx::query("SELECT msisdn FROM accounts WHERE msisdn = $1").bind(msisdn).fetch_optional(&mut *tx).await?;
+        let exists =
+            sqlx::query("SELECT msisdn FROM accounts WHERE msisdn = $1").bind(msisdn).fetch_optional(&mut *tx).await?;
         if exists.is_none() {
             return Err(LedgerError::NotFound("account"));
         }
@@ -98,11 +103,14 @@ impl Ledger {
     /// ends), counting a wrong one; the fifth wrong one in a row locks it. No PIN set is a refusal.
     pub(super) async fn check_pin(&self, tx: &mut Tx<'_>, msisdn: &str, pin: &str, now: i64) -> Result<PinCheck> {
         let lock = self.db.for_update();
-        let row = sqlx::query(&format!("SELECT pin_hash, failures, locked_at_us FROM account_pins WHERE msisdn = $1{lock}"))
-            .bind(msisdn)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| LedgerError::Precondition("the account has no payment PIN (the operator sets it)".into()))?;
+        let row =
+            sqlx::query(&format!("SELECT pin_hash, failures, locked_at_us FROM account_pins WHERE msisdn = $1{lock}"))
+                .bind(msisdn)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| {
+                    LedgerError::Precondition("the account has no payment PIN (the operator sets it)".into())
+                })?;
         if row.try_get::<Option<i64>, _>("locked_at_us")?.is_some() {
             return Ok(PinCheck::Locked);
         }
@@ -143,7 +151,10 @@ impl Ledger {
         }
         validate_text("label", label, 0, 64)?;
         let key = HEXLOWER.encode(public_key);
-        let enrolled = sqlx::query("SELECT id FROM devices WHERE public_key = $1").bind(&key).fetch_optional(&self.db.pool).await?;
+        let enrolled = sqlx::query("SELECT id FROM devices WHERE public_key = $1")
+            .bind(&key)
+            .fetch_optional(&self.db.pool)
+            .await?;
         if enrolled.is_some() {
             return Err(LedgerError::AlreadyExists("this key is enrolled already; make a new one".into()));
         }
@@ -192,10 +203,11 @@ impl Ledger {
             found.push(true);
             let id: i64 = row.try_get("id")?;
             // Re-read: an earlier sighting in this batch may have bound or spoiled it.
-            let current = sqlx::query("SELECT sighted_msisdn, conflicted, expires_at_us FROM enrollments WHERE id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let current =
+                sqlx::query("SELECT sighted_msisdn, conflicted, expires_at_us FROM enrollments WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
             let sighted = opt_text(&current, "sighted_msisdn")?;
             let expires_at_us: i64 = current.try_get("expires_at_us")?;
             match sighted {
@@ -208,8 +220,14 @@ impl Ledger {
                         .await?;
                 }
                 Some(first) if first != *msisdn => {
-                    sqlx::query("UPDATE enrollments SET conflicted = 1 WHERE id = $1").bind(id).execute(&mut *tx).await?;
-                    tracing::warn!(enrollment = id, "an enrollment token was seen from a second subscriber: it binds nothing");
+                    sqlx::query("UPDATE enrollments SET conflicted = 1 WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tracing::warn!(
+                        enrollment = id,
+                        "an enrollment token was seen from a second subscriber: it binds nothing"
+                    );
                 }
                 _ => {}
             }
@@ -234,7 +252,9 @@ impl Ledger {
         .ok_or(LedgerError::NotFound("enrollment"))?;
         let token: String = row.try_get("token")?;
         let key_hex: String = row.try_get("public_key")?;
-        let key = HEXLOWER.decode(key_hex.as_bytes()).map_err(|_| LedgerError::Invariant("a stored key is not hex".into()))?;
+        let key = HEXLOWER
+            .decode(key_hex.as_bytes())
+            .map_err(|_| LedgerError::Invariant("a stored key is not hex".into()))?;
         if !signing::verify(&key, &signing::enrollment_statement(id, &token), signature) {
             return Err(LedgerError::PermissionDenied("the signature does not verify with the enrollment's key"));
         }
@@ -278,7 +298,11 @@ impl Ledger {
         .fetch_one(&mut *tx)
         .await?;
         let device = DeviceRow::from_row(&device)?;
-        sqlx::query("UPDATE enrollments SET device_id = $2 WHERE id = $1").bind(id).bind(device.id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE enrollments SET device_id = $2 WHERE id = $1")
+            .bind(id)
+            .bind(device.id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(EnrollmentOutcome::Enrolled(device))
     }

@@ -113,7 +113,9 @@ impl Ledger {
             }
             PurchaseState::Authorized => {}
             other => {
-                return Err(LedgerError::Precondition(format!("only an authorized purchase can be captured; it is {other}")))
+                return Err(LedgerError::Precondition(format!(
+                    "only an authorized purchase can be captured; it is {other}"
+                )))
             }
         }
         if amount > authorized {
@@ -134,7 +136,9 @@ impl Ledger {
             PurchaseState::Voided => return Ok(purchase),
             PurchaseState::Authorized => {}
             other => {
-                return Err(LedgerError::Precondition(format!("only an authorized purchase can be voided; it is {other}")))
+                return Err(LedgerError::Precondition(format!(
+                    "only an authorized purchase can be voided; it is {other}"
+                )))
             }
         }
         self.end_hold(&mut tx, &mut purchase, HoldEnd::Release(PurchaseState::Voided, None), now_us()).await?;
@@ -225,7 +229,8 @@ impl Ledger {
         .await?;
         // The payers' rows too, in MSISDN order before any is updated, as every transaction that locks
         // several accounts does.
-        let mut payers: Vec<String> = rows.iter().filter_map(|row| opt_text(row, "charged_msisdn").ok().flatten()).collect();
+        let mut payers: Vec<String> =
+            rows.iter().filter_map(|row| opt_text(row, "charged_msisdn").ok().flatten()).collect();
         payers.sort_unstable();
         payers.dedup();
         if !payers.is_empty() {

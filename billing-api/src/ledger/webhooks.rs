@@ -106,14 +106,17 @@ impl Ledger {
         let now = now_us();
         let lock = self.db.for_update();
         let mut tx = self.db.pool.begin().await?;
-        let exists = sqlx::query("SELECT id FROM service_providers WHERE id = $1").bind(sp).fetch_optional(&mut *tx).await?;
+        let exists =
+            sqlx::query("SELECT id FROM service_providers WHERE id = $1").bind(sp).fetch_optional(&mut *tx).await?;
         if exists.is_none() {
             return Err(LedgerError::NotFound("service provider"));
         }
-        let current = sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE service_provider_id = $1{lock}"))
-            .bind(sp)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let current = sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE service_provider_id = $1{lock}"
+        ))
+        .bind(sp)
+        .fetch_optional(&mut *tx)
+        .await?;
         if let Some(row) = current {
             let old = endpoint_from(&row)?;
             sqlx::query(
@@ -130,7 +133,8 @@ impl Ledger {
             .await?;
         } else {
             // From the newest change on: the SP's history before it registered is in WatchPurchases.
-            let last: Option<i64> = sqlx::query_scalar("SELECT MAX(cursor) FROM purchase_changes").fetch_one(&mut *tx).await?;
+            let last: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(cursor) FROM purchase_changes").fetch_one(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO webhook_endpoints (service_provider_id, url, secret, queued_cursor, created_at_us, updated_at_us) \
                  VALUES ($1, $2, $3, $4, $5, $5)",
@@ -143,10 +147,11 @@ impl Ledger {
             .execute(&mut *tx)
             .await?;
         }
-        let row = sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE service_provider_id = $1"))
-            .bind(sp)
-            .fetch_one(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE service_provider_id = $1"))
+                .bind(sp)
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         endpoint_from(&row)
     }
@@ -154,19 +159,21 @@ impl Ledger {
     /// Queues a delivery for every change made since each endpoint last queued (at most 1,000 an endpoint
     /// a call); returns how many. Replicas take turns on each endpoint's row lock.
     pub async fn queue_webhook_deliveries(&self) -> Result<u64> {
-        let endpoints: Vec<i64> = sqlx::query_scalar("SELECT service_provider_id FROM webhook_endpoints ORDER BY service_provider_id")
-            .fetch_all(&self.db.pool)
-            .await?;
+        let endpoints: Vec<i64> =
+            sqlx::query_scalar("SELECT service_provider_id FROM webhook_endpoints ORDER BY service_provider_id")
+                .fetch_all(&self.db.pool)
+                .await?;
         let lock = self.db.for_update();
         let mut queued = 0;
         for sp in endpoints {
             let now = now_us();
             let mut tx = self.db.pool.begin().await?;
-            let from: i64 =
-                sqlx::query_scalar(&format!("SELECT queued_cursor FROM webhook_endpoints WHERE service_provider_id = $1{lock}"))
-                    .bind(sp)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let from: i64 = sqlx::query_scalar(&format!(
+                "SELECT queued_cursor FROM webhook_endpoints WHERE service_provider_id = $1{lock}"
+            ))
+            .bind(sp)
+            .fetch_one(&mut *tx)
+            .await?;
             let cursors: Vec<i64> = sqlx::query_scalar(
                 "SELECT cursor FROM purchase_changes WHERE service_provider_id = $1 AND cursor > $2 ORDER BY cursor LIMIT 1000",
             )
@@ -247,10 +254,11 @@ impl Ledger {
         for row in &rows {
             let cursor: i64 = row.try_get("cursor")?;
             let Some((_, attempts, created_at_us)) = claimed.iter().find(|(c, _, _)| *c == cursor) else { continue };
-            let previous = match (opt_text(row, "previous_secret")?, row.try_get::<Option<i64>, _>("previous_until_us")?) {
-                (Some(secret), Some(until)) => Some((secret, until)),
-                _ => None,
-            };
+            let previous =
+                match (opt_text(row, "previous_secret")?, row.try_get::<Option<i64>, _>("previous_until_us")?) {
+                    (Some(secret), Some(until)) => Some((secret, until)),
+                    _ => None,
+                };
             due.push(DueDelivery {
                 cursor,
                 at_us: row.try_get("change_at_us")?,
@@ -332,7 +340,13 @@ impl Ledger {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(cursor, at_us, status, error, duration_us)| WebhookAttemptRow { cursor, at_us, status, error, duration_us })
+            .map(|(cursor, at_us, status, error, duration_us)| WebhookAttemptRow {
+                cursor,
+                at_us,
+                status,
+                error,
+                duration_us,
+            })
             .collect())
     }
 
@@ -355,7 +369,9 @@ mod tests {
         for url in ["https://sp.example/hooks", "http://127.0.0.1:8080/h", "http://[::1]:9/x", "http://localhost:1/x"] {
             assert!(validate_webhook_url(url).is_ok(), "{url}");
         }
-        for url in ["http://sp.example/hooks", "ftp://x.example/", "https://", "http://10.0.0.1/x", "https:// x.example"] {
+        for url in
+            ["http://sp.example/hooks", "ftp://x.example/", "https://", "http://10.0.0.1/x", "https:// x.example"]
+        {
             assert!(validate_webhook_url(url).is_err(), "{url}");
         }
     }

@@ -175,7 +175,8 @@ impl EntryWrite {
         first_amount: i64,
         (other_type, other_ref): (&str, &str),
     ) -> [EntryWrite; 2] {
-        let [mut first, mut other] = EntryWrite::pair(movement, Some(purchase_id), first_ref, first_amount, (other_type, other_ref));
+        let [mut first, mut other] =
+            EntryWrite::pair(movement, Some(purchase_id), first_ref, first_amount, (other_type, other_ref));
         first.account_type = first_type.to_owned();
         first.account_ref = first_ref.to_owned();
         other.account_ref = other_ref.to_owned();

@@ -207,4 +207,3 @@ pub fn sighting(token: &str, msisdn: &str) -> pb::Sighting {
 pub fn outcome(result: &pb::SightingResult) -> pb::SightingOutcome {
     pb::SightingOutcome::try_from(result.outcome).unwrap()
 }
-

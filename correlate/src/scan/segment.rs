@@ -2,9 +2,9 @@
 //! HTTP or other), the regions of an HTTP request a token may be in (request line, headers), the join of
 //! a token split across two segments (the flow's carry), the scan budget, and the token finder over each
 //! region. Notes (look-alikes, TLS without a server name) go to the caller's counter.
-use crate::reason::Note;
 use super::{dns, http, tls, Carrier, TokenFinder};
 use crate::flow::{FlowKind, FlowState, CARRY_LEN};
+use crate::reason::Note;
 use gtpcharge_proto::Token;
 
 /// The token finder and its per-packet budget.

@@ -99,9 +99,8 @@ impl<'a> Header<'a> {
         let mut at = Self::FIXED_LEN;
         if flags & flag::OPTIONAL != 0 {
             // In `field`'s order: SEQUENCE, N_PDU, NEXT_EXTENSION.
-            let Some(&[s0, s1, n, next_type]) = message
-                .get(field::MANDATORY_END..)
-                .and_then(|rest| rest.first_chunk::<{ field::OPTIONAL_LEN }>())
+            let Some(&[s0, s1, n, next_type]) =
+                message.get(field::MANDATORY_END..).and_then(|rest| rest.first_chunk::<{ field::OPTIONAL_LEN }>())
             else {
                 return Err(WireError::Truncated {
                     layer: "GTPv1 optional fields",
@@ -493,7 +492,9 @@ mod tests {
             } else {
                 cut_inside_an_ie += 1;
                 match result {
-                    Err(error @ WireError::TruncatedIe { .. }) => assert_eq!(error.reason().name(), "gtpc-ie-truncated"),
+                    Err(error @ WireError::TruncatedIe { .. }) => {
+                        assert_eq!(error.reason().name(), "gtpc-ie-truncated")
+                    }
                     other => panic!("cut {cut} inside an IE: {other:?}"),
                 }
             }

@@ -176,7 +176,8 @@ impl<'a> Iterator for IeIter<'a> {
         }
         self.walked += 1;
         let rest = self.data.get(self.at..).unwrap_or_default();
-        let item = match (rest.get(ie_field::TYPE), be_u16(rest, ie_field::LENGTH.start), rest.get(ie_field::INSTANCE)) {
+        let item = match (rest.get(ie_field::TYPE), be_u16(rest, ie_field::LENGTH.start), rest.get(ie_field::INSTANCE))
+        {
             _ if self.walked > IES_MAX => Err(WireError::BadIe("GTPv2-C: too many IEs")),
             (Some(&ie_type), Some(len), Some(&spare_instance)) => {
                 let end = ie_field::VALUE + usize::from(len);
@@ -454,7 +455,9 @@ mod tests {
             } else {
                 cut_inside_an_ie += 1;
                 match result {
-                    Err(error @ WireError::TruncatedIe { .. }) => assert_eq!(error.reason().name(), "gtpc-ie-truncated"),
+                    Err(error @ WireError::TruncatedIe { .. }) => {
+                        assert_eq!(error.reason().name(), "gtpc-ie-truncated")
+                    }
                     other => panic!("cut {cut} inside an IE: {other:?}"),
                 }
             }
