@@ -161,8 +161,8 @@ async fn send(client: &Client, delivery: &DueDelivery) -> (u16, String) {
     }
 }
 
-/// The sender: every half second, or sooner when the ledger commits a change, queue what is new and send
-/// what is due. Runs until the server stops.
+/// The sender: every half second, or sooner (but not within 100 ms of the last round) when the ledger
+/// commits a change, queue what is new and send what is due. Runs until the server stops.
 pub async fn run(ledger: Ledger, telemetry: Arc<Telemetry>) {
     let client = match client() {
         Ok(client) => client,
@@ -174,10 +174,12 @@ pub async fn run(ledger: Ledger, telemetry: Arc<Telemetry>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut counted = Instant::now() - Duration::from_secs(60);
     loop {
+        // At most ten rounds a second however fast charges commit (each commit wakes the sender).
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let changed = ledger.changed.notified();
         tokio::select! {
             () = changed => {}
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = tokio::time::sleep(Duration::from_millis(400)) => {}
         }
         if let Err(error) = ledger.queue_webhook_deliveries().await {
             tracing::warn!(%error, "queueing webhook deliveries failed; will retry");

@@ -21,11 +21,14 @@ enum Behaviour {
     Hold,
 }
 
+/// A request as received: its signature header and body.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 #[derive(Clone)]
 struct Receiver {
     url: String,
     /// Every request: its signature header and body.
-    received: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    received: Received,
     behaviour: Arc<Mutex<Behaviour>>,
     held: Arc<Mutex<usize>>,
     release: Arc<tokio::sync::Notify>,
