@@ -347,6 +347,20 @@ pub struct ProbeArgs {
     /// At the end of a replay, how long to keep trying to deliver before leaving the rest in the spool.
     #[arg(long, default_value_t = 60, env = "GTPCHARGE_DRAIN_TIMEOUT_S")]
     pub drain_timeout_s: u64,
+    /// Share subscriber state with other probes through this NATS JetStream server (README, "Running a
+    /// cluster"): session changes are published, and tokens on tunnels this probe has no signalling for
+    /// are attributed by them.
+    #[arg(long, value_name = "nats://HOST:PORT", env = "GTPCHARGE_CLUSTER")]
+    pub cluster: Option<String>,
+    /// The cluster's name: probes with the same name share one stream.
+    #[arg(long, default_value = "gtpcharge", env = "GTPCHARGE_CLUSTER_NAME")]
+    pub cluster_name: String,
+    /// This probe's name in the cluster (default: host name and process id).
+    #[arg(long, env = "GTPCHARGE_PROBE_ID")]
+    pub probe_id: Option<String>,
+    /// How long a token on a tunnel the cluster does not know yet waits before it is unattributed.
+    #[arg(long, default_value_t = 5000, env = "GTPCHARGE_CLUSTER_GRACE_MS")]
+    pub cluster_grace_ms: u64,
     /// PEM CA for an https:// billing URL.
     #[arg(long, env = "GTPCHARGE_BILLING_CA")]
     pub billing_ca: Option<PathBuf>,
@@ -458,6 +472,18 @@ impl ProbeArgs {
             );
         }
         Ok(probe)
+    }
+
+    /// `--cluster`'s configuration, when given.
+    pub fn cluster(&self) -> Option<crate::cluster::ClusterConfig> {
+        let url = self.cluster.clone()?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        Some(crate::cluster::ClusterConfig {
+            url,
+            name: self.cluster_name.clone(),
+            probe_id: self.probe_id.clone().unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id())),
+            grace: std::time::Duration::from_millis(self.cluster_grace_ms),
+        })
     }
 
     pub fn decoder(&self) -> DecoderConfig {

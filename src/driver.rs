@@ -144,6 +144,7 @@ pub fn drive(
                 Frames::Reader(_, shared) => shared.lock().ok().and_then(|stats| *stats),
             };
             run.watch_drops(libpcap);
+            run.tick();
             run.publish(libpcap, false);
             if let Some(bar) = progress {
                 bar.set_position(position);

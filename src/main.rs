@@ -6,6 +6,7 @@
 mod agent;
 mod api_commands;
 mod cli;
+mod cluster;
 mod config;
 mod delivery;
 mod demo;

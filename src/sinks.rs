@@ -1,5 +1,6 @@
 //! One probe run, shared by `replay` and `capture`: the frame loop's sinks (JSON lines on stdout,
 //! delivery to the billing API, debug logs, metrics) and the end of the run (flush, summary, drain).
+use crate::cluster::{Cluster, Verdict};
 use crate::delivery::{Delivery, SightingRecord};
 use crate::metrics::Exposition;
 use crate::probe::Probe;
@@ -64,6 +65,8 @@ pub struct ProbeRun {
     plaintext: bool,
     /// Live capture: how long each token waited between its packet's capture and its sighting.
     delays: Option<Delays>,
+    /// `--cluster`: the shared session view, and the tokens held for it.
+    cluster: Option<Cluster>,
 }
 
 /// Warns, at most every 10 s, when libpcap's or the interface's drop counter grew during the run.
@@ -149,6 +152,7 @@ impl ProbeRun {
             spool_dir: args.spool_dir.clone(),
             drops: DropWatch::default(),
             delays: None,
+            cluster: args.cluster().map(Cluster::join).transpose()?,
         })
     }
 
@@ -166,14 +170,34 @@ impl ProbeRun {
 
     /// One frame through the probe; its events to every sink.
     pub fn frame(&mut self, frame: &Frame<'_>) {
-        let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, .. } = self;
-        probe.frame(frame, |event| sink(out, delivery, skipped_no_msisdn, delays, event));
+        let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
+        probe.frame(frame, |event| {
+            if let Some(event) = clustered(cluster, event) {
+                sink(out, delivery, skipped_no_msisdn, delays, event.as_ref());
+            }
+        });
+    }
+
+    /// About once a second: the tokens the cluster's view now places, or whose grace is over.
+    pub fn tick(&mut self) {
+        let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
+        if let Some(cluster) = cluster {
+            let sees_signalling = !probe.correlator.stats().gtpc_messages.is_empty();
+            cluster.progress(probe.correlator.now_us(), sees_signalling);
+            for event in cluster.poll(Instant::now()) {
+                sink(out, delivery, skipped_no_msisdn, delays, &event);
+            }
+        }
     }
 
     /// A batch from the pipeline's reader thread, its events to every sink.
     pub fn batch(&mut self, batch: &crate::pipeline::Batch) {
-        let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, .. } = self;
-        probe.batch(batch, |event| sink(out, delivery, skipped_no_msisdn, delays, event));
+        let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
+        probe.batch(batch, |event| {
+            if let Some(event) = clustered(cluster, event) {
+                sink(out, delivery, skipped_no_msisdn, delays, event.as_ref());
+            }
+        });
     }
 
     /// Renders the metrics at most once a second (or now, when `force`).
@@ -191,8 +215,23 @@ impl ProbeRun {
     /// sightings were left in the spool or lost.
     pub fn finish(mut self, libpcap: Option<LiveStats>, drain: Duration) -> Result<bool> {
         self.publish(libpcap, true);
-        let ProbeRun { probe, out, delivery, skipped_no_msisdn, spool_dir, mut delays, plaintext, .. } = self;
+        let ProbeRun { probe, mut out, delivery, mut skipped_no_msisdn, spool_dir, mut delays, plaintext, cluster, .. } =
+            self;
+        let cluster_summary = match cluster {
+            Some(cluster) => {
+                let sees_signalling = !probe.correlator.stats().gtpc_messages.is_empty();
+                let (rest, summary) = cluster.finish(sees_signalling);
+                for event in &rest {
+                    sink(&mut out, &delivery, &mut skipped_no_msisdn, &mut delays, event);
+                }
+                Some(summary)
+            }
+            None => None,
+        };
         out.finish()?;
+        if let Some(summary) = cluster_summary {
+            eprintln!("{summary}");
+        }
         if plaintext {
             eprintln!("gtpcharge: WARNING: sightings went to the billing API in the clear, off the loopback (--allow-plaintext)");
         }
@@ -236,6 +275,16 @@ impl ProbeRun {
             return Ok(false);
         }
         Ok(true)
+    }
+}
+
+/// The event to sink for a correlator's event: itself, the cluster's sighting instead, or nothing (held).
+fn clustered<'e>(cluster: &mut Option<Cluster>, event: &'e Event) -> Option<std::borrow::Cow<'e, Event>> {
+    let Some(cluster) = cluster else { return Some(std::borrow::Cow::Borrowed(event)) };
+    match cluster.filter(event) {
+        Verdict::Pass => Some(std::borrow::Cow::Borrowed(event)),
+        Verdict::Held => None,
+        Verdict::Instead(event) => Some(std::borrow::Cow::Owned(event)),
     }
 }
 

@@ -217,6 +217,11 @@ impl Correlator {
         }
     }
 
+    /// The latest packet time seen (the correlator's clock).
+    pub fn now_us(&self) -> u64 {
+        self.now_us
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

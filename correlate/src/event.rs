@@ -1,6 +1,7 @@
 //! What the correlator reports. Events are produced on control messages and on sightings, never per
 //! ordinary user-plane packet; the binary turns them into JSON lines (or billing RPCs).
 use crate::scan::Carrier;
+use crate::session::TunnelKey;
 use crate::wire::location::Uli;
 use crate::wire::Tbcd;
 use gtpcharge_proto::Token;
@@ -95,6 +96,9 @@ pub struct SessionEvent {
     pub identity: Identity,
     /// The TEID uplink G-PDUs carry (the GGSN's / PGW's / SGW's S1-U), 0 if not yet known.
     pub teid_up: u32,
+    /// The uplink tunnel's key (GSN user-plane address + TEID), when known: what a probe that sees only
+    /// the user plane attributes by (`--cluster`).
+    pub tunnel_up: Option<TunnelKey>,
     /// The TEID downlink G-PDUs carry (the SGSN's / eNodeB's / SGW's S5), 0 if not yet known.
     pub teid_down: u32,
     /// GTP version of the signalling (0, 1 or 2).
@@ -140,6 +144,8 @@ pub struct Unattributed {
     pub token: Token,
     pub ue_ip: IpAddr,
     pub reason: &'static str,
+    /// The tunnel the packet came in (destination GSN address + TEID), when it was GTPv1-U.
+    pub tunnel: Option<TunnelKey>,
     pub carrier: Carrier,
     pub source: SocketAddr,
     pub destination: SocketAddr,

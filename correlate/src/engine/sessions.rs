@@ -127,6 +127,7 @@ pub(super) fn session_event(
         ts_us,
         identity: session.identity(),
         teid_up: session.teid_up(),
+        tunnel_up: session.core.user.filter(|_| session.tid.is_none()),
         teid_down: session.teid_down(),
         gtp_version: session.gtp_version,
         reason,

@@ -113,7 +113,7 @@ impl Correlator {
         let source = SocketAddr::new(packet.source, source_port);
         let destination = SocketAddr::new(packet.destination, destination_port);
         for (token, carrier) in found_tokens.into_iter().flatten() {
-            self.report(token, carrier, source, destination, attributed, unattributed_reason, out);
+            self.report(token, carrier, (source, destination), tunnel, attributed, unattributed_reason, out);
         }
     }
 
@@ -222,8 +222,8 @@ impl Correlator {
         &mut self,
         token: Token,
         carrier: Carrier,
-        source: SocketAddr,
-        destination: SocketAddr,
+        (source, destination): (SocketAddr, SocketAddr),
+        tunnel: Option<TunnelKey>,
         attributed: Option<(u64, Attribution)>,
         unattributed_reason: &'static str,
         out: &mut Vec<Event>,
@@ -266,6 +266,7 @@ impl Correlator {
                     token,
                     ue_ip: source.ip(),
                     reason: unattributed_reason,
+                    tunnel,
                     carrier,
                     source,
                     destination,

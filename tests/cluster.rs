@@ -1,0 +1,143 @@
+//! Probes that share subscriber state through NATS JetStream (`--cluster`), on the NATS server at
+//! 127.0.0.1:4222 (`GTPCHARGE_TEST_NATS`; `.ci/setup` checks it), with a stream per test. A generated
+//! capture is split as a packet broker would split a link: the control plane (GTP-C, and GTPv0, which
+//! carries both planes) to one file, the user plane to two by TEID parity, frames that are neither (IP
+//! fragments, malformed ones) to all three. Three `gtpcharge replay --cluster` processes deliver to one
+//! billing API, and every subscriber must be charged exactly what the capture's truth says, as one
+//! probe reading the whole link would.
+mod common;
+
+use common::not_run::not_run;
+use common::world::{wait_for, World};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn nats_url() -> Option<String> {
+    let url = std::env::var("GTPCHARGE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let address = url.trim_start_matches("nats://").to_owned();
+    if std::net::TcpStream::connect(&address).is_err() {
+        not_run("CLUSTER", &format!("no NATS server at {url} (set GTPCHARGE_TEST_NATS)"));
+        return None;
+    }
+    Some(url)
+}
+
+/// Splits a pcap: control plane, user plane by TEID parity (0 and 1); other frames to all three.
+fn split(capture: &Path, dir: &Path) -> [PathBuf; 3] {
+    let bytes = std::fs::read(capture).unwrap();
+    let header = &bytes[..24];
+    let names = ["control.pcap", "user-even.pcap", "user-odd.pcap"].map(|n| dir.join(n));
+    let mut outputs: Vec<Vec<u8>> = (0..3).map(|_| header.to_vec()).collect();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let caplen = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let record = &bytes[at..at + 16 + caplen];
+        let frame = &record[16..];
+        let targets: Vec<usize> = match etherparse::SlicedPacket::from_ethernet(frame) {
+            Ok(packet) => match packet.transport {
+                Some(etherparse::TransportSlice::Udp(udp)) => {
+                    let ports = [udp.source_port(), udp.destination_port()];
+                    let payload = udp.payload();
+                    if ports.contains(&2123) || ports.contains(&3386) {
+                        vec![0]
+                    } else if ports.contains(&2152) && payload.len() >= 8 {
+                        let teid = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+                        vec![1 + (teid % 2) as usize]
+                    } else {
+                        vec![0, 1, 2]
+                    }
+                }
+                _ => vec![0, 1, 2],
+            },
+            Err(_) => vec![0, 1, 2],
+        };
+        for target in targets {
+            outputs[target].extend_from_slice(record);
+        }
+        at += 16 + caplen;
+    }
+    for (name, output) in names.iter().zip(outputs) {
+        std::fs::write(name, output).unwrap();
+    }
+    names
+}
+
+/// `gtpcharge replay FILE --cluster ...` delivering to the world's API.
+fn probe(world: &World, file: &Path, cluster: (&str, &str), id: &str, extra: &[&str]) -> Child {
+    let log = std::fs::File::create(world.dir.path().join(format!("{id}.log"))).unwrap();
+    let spool = world.dir.path().join(format!("spool-{id}"));
+    Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["replay", file.to_str().unwrap(), "--billing-url", &world.url, "--probe-key", &world.probe_key])
+        .args(["--spool-dir", spool.to_str().unwrap(), "--cluster", cluster.0, "--cluster-name", cluster.1])
+        .args(["--probe-id", id])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// What each subscriber was charged, from the ledger, against what the capture's truth says.
+fn assert_charged_as_truth(world: &World, what: &str) {
+    wait_for("the charges", || world.charged() as usize >= world.truth.sightings.len());
+    world.check();
+    assert_eq!(world.charged() as usize, world.truth.sightings.len(), "{what}");
+}
+
+fn finish(world: &World, mut probes: Vec<(String, Child)>) {
+    for (id, child) in &mut probes {
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(world.dir.path().join(format!("{id}.log"))).unwrap();
+        assert!(status.success(), "probe {id} failed:\n{log}");
+    }
+}
+
+#[test]
+fn three_probes_on_a_split_link_charge_what_one_probe_would() {
+    let Some(url) = nats_url() else { return };
+    let world = World::new(61, 40);
+    let files = split(&world.capture, world.dir.path());
+    let name = format!("test-split-{}", std::process::id());
+    let probes: Vec<(String, Child)> = ["cp", "up0", "up1"]
+        .iter()
+        .zip(&files)
+        .map(|(id, file)| (id.to_string(), probe(&world, file, (&url, &name), id, &[])))
+        .collect();
+    finish(&world, probes);
+    assert_charged_as_truth(&world, "three probes started together");
+}
+
+#[test]
+fn user_plane_probes_started_before_the_control_plane_wait_for_it() {
+    let Some(url) = nats_url() else { return };
+    let world = World::new(62, 30);
+    let files = split(&world.capture, world.dir.path());
+    let name = format!("test-late-cp-{}", std::process::id());
+    let mut probes: Vec<(String, Child)> = vec![
+        ("up0".into(), probe(&world, &files[1], (&url, &name), "up0", &[])),
+        ("up1".into(), probe(&world, &files[2], (&url, &name), "up1", &[])),
+    ];
+    // The user plane is replayed first: its tokens wait (within the grace) for the control plane.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    probes.push(("cp".into(), probe(&world, &files[0], (&url, &name), "cp", &[])));
+    finish(&world, probes);
+    assert_charged_as_truth(&world, "user plane first");
+}
+
+#[test]
+fn a_probe_that_joins_late_reads_the_view_from_the_stream() {
+    let Some(url) = nats_url() else { return };
+    let world = World::new(63, 30);
+    let files = split(&world.capture, world.dir.path());
+    let name = format!("test-join-late-{}", std::process::id());
+    // The control plane first, to its end; then the user plane with no grace at all: every token must be
+    // placed by what the stream held when the probe joined, or it would be unattributed and uncharged.
+    finish(&world, vec![("cp".into(), probe(&world, &files[0], (&url, &name), "cp", &[]))]);
+    let probes = files[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, file)| (format!("up{i}"), probe(&world, file, (&url, &name), &format!("up{i}"), &["--cluster-grace-ms", "0"])))
+        .collect();
+    finish(&world, probes);
+    assert_charged_as_truth(&world, "late joiners");
+}
