@@ -408,17 +408,9 @@ async fn nats(
             .await
             .map_err(|e| format!("the stream {}: {e}", stream_name(&config.name)))?;
         let last = stream.info().await.map_err(|e| format!("the stream's state: {e}"))?.state.last_sequence;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("following the stream: {e}"))?;
-        let messages = consumer.messages().await.map_err(|e| format!("following the stream: {e}"))?;
-        Ok::<_, String>((js, messages, last))
+        Ok::<_, String>((js, stream, last))
     };
-    let (js, mut messages, last) = match setup.await {
+    let (js, stream, last) = match setup.await {
         Ok(parts) => parts,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -427,22 +419,49 @@ async fn nats(
     };
     let _ = ready.send(Ok(last));
     let subject = subject(&config.name);
+    // Follows the stream from its start; after an error (a restarted server forgets the consumer), again
+    // from the message after the last one read.
     let reader = tokio::spawn(async move {
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(message) => {
-                    let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-                    match serde_json::from_slice::<Message>(&message.payload) {
-                        Ok(parsed) => {
-                            if deliver.send((sequence, parsed)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(error) => tracing::warn!(%error, "a cluster message this probe does not read"),
-                    }
+        let mut next = 1u64;
+        loop {
+            let policy = if next <= 1 {
+                jetstream::consumer::DeliverPolicy::All
+            } else {
+                jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: next }
+            };
+            let config = jetstream::consumer::pull::OrderedConfig { deliver_policy: policy, ..Default::default() };
+            let messages = match stream.create_consumer(config).await {
+                Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let mut messages = match messages {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(%error, "following the cluster stream; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
                 }
-                Err(error) => tracing::warn!(%error, "reading the cluster stream"),
+            };
+            while let Some(message) = messages.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the cluster stream; following it again");
+                        break;
+                    }
+                };
+                let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(next);
+                next = sequence + 1;
+                match serde_json::from_slice::<Message>(&message.payload) {
+                    Ok(parsed) => {
+                        if deliver.send((sequence, parsed)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "a cluster message this probe does not read"),
+                }
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     while let Some(message) = to_publish.recv().await {

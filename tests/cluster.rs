@@ -141,3 +141,132 @@ fn a_probe_that_joins_late_reads_the_view_from_the_stream() {
     finish(&world, probes);
     assert_charged_as_truth(&world, "late joiners");
 }
+
+/// A probe fed the first half of `file` on its standard input (`replay -`), then killed with SIGKILL.
+fn killed_half_way(world: &World, file: &Path, cluster: (&str, &str), id: &str) {
+    use std::io::Write;
+    let bytes = std::fs::read(file).unwrap();
+    let mut cut = 24;
+    let mut records = 0;
+    while cut + 16 <= bytes.len() && records < 10_000 {
+        let caplen = u32::from_le_bytes(bytes[cut + 8..cut + 12].try_into().unwrap()) as usize;
+        if cut > bytes.len() / 2 {
+            break;
+        }
+        cut += 16 + caplen;
+        records += 1;
+    }
+    let spool = world.dir.path().join(format!("spool-{id}"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["replay", "-", "--single-thread", "--billing-url", &world.url, "--probe-key", &world.probe_key])
+        .args(["--spool-dir", spool.to_str().unwrap(), "--cluster", cluster.0, "--cluster-name", cluster.1])
+        .args(["--probe-id", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&bytes[..cut]).unwrap();
+    stdin.flush().unwrap();
+    // Long enough for the half to be read, correlated and published.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_control_plane_probe_killed_mid_run_and_restarted_loses_and_doubles_nothing() {
+    let Some(url) = nats_url() else { return };
+    let world = World::new(64, 30);
+    let files = split(&world.capture, world.dir.path());
+    let name = format!("test-kill-{}", std::process::id());
+    // The user plane waits long enough for the control plane's restart.
+    let wait = ["--cluster-grace-ms", "30000"];
+    let mut probes: Vec<(String, Child)> = vec![
+        ("up0".into(), probe(&world, &files[1], (&url, &name), "up0", &wait)),
+        ("up1".into(), probe(&world, &files[2], (&url, &name), "up1", &wait)),
+    ];
+    killed_half_way(&world, &files[0], (&url, &name), "cp");
+    // Restarted, it reads its link again from the start: the changes it had published are the same
+    // messages (same ids) and are stored once.
+    probes.push(("cp".into(), probe(&world, &files[0], (&url, &name), "cp", &[])));
+    finish(&world, probes);
+    assert_charged_as_truth(&world, "control plane killed and restarted");
+}
+
+#[test]
+fn the_same_link_replayed_by_two_probes_doubles_nothing() {
+    let Some(url) = nats_url() else { return };
+    let world = World::new(65, 30);
+    let name = format!("test-twice-{}", std::process::id());
+    let probes = ["a", "b"]
+        .iter()
+        .map(|id| (id.to_string(), probe(&world, &world.capture, (&url, &name), id, &[])))
+        .collect();
+    finish(&world, probes);
+    assert_charged_as_truth(&world, "one link, two probes");
+}
+
+/// A NATS server of this test's own (JetStream, its store in `dir`) on `port`.
+fn nats_server(dir: &Path, port: u16) -> Option<Child> {
+    let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].into_iter().find(|p| Path::new(p).exists())?;
+    let child = Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_for("the test's NATS server", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    Some(child)
+}
+
+#[test]
+fn a_restart_of_the_nats_server_mid_run_loses_nothing() {
+    use std::io::Write;
+    let world = World::new(66, 30);
+    let store = world.dir.path().join("nats");
+    let port = common::world::free_port();
+    let Some(mut server) = nats_server(&store, port) else {
+        not_run("NATS RESTART", "nats-server is not installed (.ci/setup installs it)");
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let files = split(&world.capture, world.dir.path());
+    let name = format!("test-nats-restart-{}", std::process::id());
+    let wait = ["--cluster-grace-ms", "30000"];
+    let mut probes: Vec<(String, Child)> = vec![
+        ("up0".into(), probe(&world, &files[1], (&url, &name), "up0", &wait)),
+        ("up1".into(), probe(&world, &files[2], (&url, &name), "up1", &wait)),
+    ];
+    // The control plane fed in two halves, the server killed and restarted between them.
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let mut cut = 24;
+    while cut + 16 <= bytes.len() && cut < bytes.len() / 2 {
+        cut += 16 + u32::from_le_bytes(bytes[cut + 8..cut + 12].try_into().unwrap()) as usize;
+    }
+    let spool = world.dir.path().join("spool-cp");
+    let mut cp = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
+        .args(["replay", "-", "--single-thread", "--billing-url", &world.url, "--probe-key", &world.probe_key])
+        .args(["--spool-dir", spool.to_str().unwrap(), "--cluster", &url, "--cluster-name", &name, "--probe-id", "cp"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(world.dir.path().join("cp.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = cp.stdin.take().unwrap();
+    stdin.write_all(&bytes[..cut]).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    stdin.write_all(&bytes[cut..]).unwrap();
+    drop(stdin);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let mut server = nats_server(&store, port).expect("the NATS server restarts");
+    probes.push(("cp".into(), cp));
+    finish(&world, probes);
+    assert_charged_as_truth(&world, "NATS restarted mid-run");
+    let _ = server.kill();
+    let _ = server.wait();
+}
