@@ -65,6 +65,10 @@ pub struct Change {
     pub gsn: IpAddr,
     pub teid: u32,
     pub probe: String,
+    /// The publisher's wall clock when it published (Unix microseconds): how long the change took to
+    /// reach each probe's view (`view-delay` in the summary). Not part of the message id.
+    #[serde(default)]
+    pub sent_us: u64,
 }
 
 impl Change {
@@ -88,6 +92,7 @@ impl Change {
             gsn: tunnel.address,
             teid: tunnel.teid,
             probe: probe.to_owned(),
+            sent_us: 0,
         })
     }
 
@@ -189,6 +194,18 @@ pub struct Cluster {
     pub resolved: u64,
     pub published: u64,
     pub released: u64,
+    /// Progress messages published.
+    pub progressed: u64,
+    /// From publication to this probe's view, in microseconds, for the changes read after joining (at most
+    /// [`DELAYS_KEPT`]).
+    delays: Vec<u64>,
+}
+
+/// Delay samples kept for the summary.
+const DELAYS_KEPT: usize = 1_000_000;
+
+fn wall_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 fn stream_name(name: &str) -> String {
@@ -234,6 +251,8 @@ impl Cluster {
             resolved: 0,
             published: 0,
             released: 0,
+            progressed: 0,
+            delays: Vec::new(),
         };
         // The view up to the stream's last message at start, before any token is attributed.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -262,8 +281,9 @@ impl Cluster {
     pub fn filter(&mut self, event: &Event) -> Verdict {
         match event {
             Event::SessionUp(_) | Event::SessionUpdate(_) | Event::SessionDown(_) => {
-                if let Some(change) = Change::of(event, &self.config.probe_id) {
+                if let Some(mut change) = Change::of(event, &self.config.probe_id) {
                     self.published += 1;
+                    change.sent_us = wall_us();
                     let _ = self.publish.send(Message::Change(change));
                 }
                 Verdict::Pass
@@ -319,6 +339,11 @@ impl Cluster {
     pub fn poll(&mut self, now: Instant) -> Vec<Event> {
         while let Ok((sequence, message)) = self.received.try_recv() {
             self.read_to = sequence;
+            if let (Message::Change(change), true) = (&message, self.delays.len() < DELAYS_KEPT) {
+                if change.sent_us > 0 {
+                    self.delays.push(wall_us().saturating_sub(change.sent_us));
+                }
+            }
             self.view.apply_message(message);
         }
         let mut out = Vec::new();
@@ -340,6 +365,7 @@ impl Cluster {
     /// for its changes up to there before placing a token).
     pub fn progress(&mut self, ts_us: u64, sees_signalling: bool) {
         if sees_signalling && ts_us > 0 {
+            self.progressed += 1;
             let _ = self.publish.send(Message::Progress { probe: self.config.probe_id.clone(), ts_us, done: false });
         }
     }
@@ -349,6 +375,7 @@ impl Cluster {
     /// still to sink.
     pub fn finish(mut self, sees_signalling: bool) -> (Vec<Event>, String) {
         if sees_signalling {
+            self.progressed += 1;
             let _ = self.publish.send(Message::Progress { probe: self.config.probe_id.clone(), ts_us: 0, done: true });
         }
         let mut out = Vec::new();
@@ -370,9 +397,22 @@ impl Cluster {
     }
 
     pub fn summary(&self) -> String {
+        let mut delays = self.delays.clone();
+        delays.sort_unstable();
+        let at = |q: f64| delays.get(((delays.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |us| *us as f64 / 1000.0);
         format!(
-            "cluster {} probe {}  view-changes {}  published {}  resolved-by-view {}  unresolved-after-grace {}",
-            self.config.name, self.config.probe_id, self.view.changes, self.published, self.resolved, self.released
+            "cluster {} probe {}  view-changes {}  published {} (+{} progress)  resolved-by-view {}  \
+             unresolved-after-grace {}  view-delay p50 {:.1} ms p99 {:.1} ms ({} changes)",
+            self.config.name,
+            self.config.probe_id,
+            self.view.changes,
+            self.published,
+            self.progressed,
+            self.resolved,
+            self.released,
+            at(0.5),
+            at(0.99),
+            delays.len()
         )
     }
 }
@@ -464,23 +504,44 @@ async fn nats(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    while let Some(message) = to_publish.recv().await {
-        let payload = match serde_json::to_vec(&message) {
-            Ok(payload) => payload,
-            Err(_) => continue,
-        };
+    // Published in batches of what is queued (at most 256), every acknowledgement of a batch awaited
+    // together: one connection keeps them in order. A batch with any failure is published again whole,
+    // in order (the ids make what was stored already a duplicate the server drops), so no progress
+    // message is ever stored before a change it covers.
+    while let Some(first) = to_publish.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match to_publish.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        let encoded: Vec<(String, Vec<u8>)> =
+            batch.iter().filter_map(|m| Some((m.id(), serde_json::to_vec(m).ok()?))).collect();
         let mut delay = Duration::from_millis(100);
         loop {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, message.id().as_str());
-            let stored = match js.publish_with_headers(subject.clone(), headers, payload.clone().into()).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match stored {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(%error, "publishing a session change failed; retrying");
+            let mut acks = Vec::with_capacity(encoded.len());
+            let mut failed = None;
+            for (id, payload) in &encoded {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                match js.publish_with_headers(subject.clone(), headers, payload.clone().into()).await {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            for ack in acks {
+                if let Err(e) = ack.await {
+                    failed.get_or_insert(e.to_string());
+                }
+            }
+            match failed {
+                None => break,
+                Some(error) => {
+                    tracing::warn!(%error, messages = encoded.len(), "publishing session changes failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -507,6 +568,7 @@ mod tests {
             gsn: [192, 0, 2, 1].into(),
             teid,
             probe: "cp".into(),
+            sent_us: 0,
         }
     }
 
