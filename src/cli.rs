@@ -101,6 +101,12 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// The memory a probe's copy of the cluster's session view takes: builds a view of N sessions (each
+    /// started, a third moved to another tunnel) and prints the resident bytes it added, per session.
+    ClusterViewBytes {
+        #[arg(long, default_value_t = 1_000_000)]
+        sessions: u32,
+    },
     /// An evidence file of `--evidence-dir` in words: each packet (frame, time, role, message, identity,
     /// tunnels, token), then what the packets alone give when replayed (exit 1 if they do not attribute
     /// the token to the subscriber recorded).

@@ -551,6 +551,48 @@ async fn nats(
     reader.abort();
 }
 
+/// `gtpcharge cluster-view-bytes`: the resident memory a view of `sessions` sessions adds (Linux
+/// `/proc/self/statm`), each session as a control-plane probe publishes it: started, a third of them
+/// then moved to another tunnel.
+pub fn view_bytes(sessions: u32) -> Result<()> {
+    fn resident() -> Result<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
+        let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).context("statm")?;
+        Ok(pages * 4096)
+    }
+    let before = resident()?;
+    let mut view = View::default();
+    for i in 0..sessions {
+        let change = |kind: &str, ts_us: u64, teid: u32| Change {
+            kind: kind.into(),
+            ts_us,
+            imsi: format!("00101{:010}", i),
+            msisdn: format!("4670{:08}", i),
+            imei: format!("35{:013}", i),
+            apn: Some("internet".into()),
+            ue_ipv4: Some(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+            ue_ipv6: None,
+            gsn: IpAddr::from([192, 0, 2, (i % 8) as u8]),
+            teid,
+            probe: "cp-1".into(),
+            sent_us: 0,
+        };
+        view.apply(change("up", u64::from(i), i));
+        if i % 3 == 0 {
+            view.apply(change("update", u64::from(i) + 1, i | 0x8000_0000));
+        }
+    }
+    let after = resident()?;
+    let added = after.saturating_sub(before);
+    println!(
+        "sessions {sessions}  changes {}  resident bytes added {added}  bytes per session {:.0}",
+        view.changes,
+        added as f64 / f64::from(sessions.max(1))
+    );
+    drop(view);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

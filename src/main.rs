@@ -119,6 +119,7 @@ fn main() -> std::process::ExitCode {
             None => agent::serve(agent.serve).map(|()| true),
         },
         Command::Inject { interface, pps, files } => inject(&interface, pps, &files).map(|()| true),
+        Command::ClusterViewBytes { sessions } => cluster::view_bytes(sessions).map(|()| true),
         Command::Floor { pipeline, plain, handover, files } => {
             floor(&files, pipeline, handover.forced(), plain).map(|()| true)
         }
