@@ -26,7 +26,8 @@ use anyhow::{Context, Result};
 use gtpcharge_correlate::wire::Tbcd;
 use gtpcharge_correlate::{Attribution, Event, Identity, SessionEvent, Sighting, Unattributed};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A message of the stream.
@@ -96,18 +97,74 @@ impl Change {
         })
     }
 
-    /// Which session of the view this is (a tunnel may move within one session).
-    fn session(&self) -> (String, Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>) {
-        (self.imsi.clone(), self.ue_ipv4, self.ue_ipv6)
+}
+
+/// Who a session is, as the view keeps it: shared by every entry of its tunnels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    pub imsi: Tbcd,
+    pub msisdn: Tbcd,
+    pub imei: Tbcd,
+    pub apn: Option<Arc<str>>,
+    pub ue_ipv4: Option<Ipv4Addr>,
+    pub ue_ipv6: Option<Ipv6Addr>,
+}
+
+/// A tunnel's entry: from `ts_us` on it carried `who` (an index into the view's `whos`), or nothing
+/// ([`ENDED`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    ts_us: u64,
+    who: u32,
+}
+
+const ENDED: u32 = u32::MAX;
+
+/// A tunnel's entries in capture order; most tunnels carry one session, kept without an allocation.
+#[derive(Debug)]
+enum Entries {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Entries::One(entry) => std::slice::from_ref(entry),
+            Entries::Many(entries) => entries,
+        }
+    }
+
+    /// Inserts in capture order (an entry arrives late when its probe is behind); an equal entry is kept once.
+    fn insert(&mut self, entry: Entry) {
+        if self.as_slice().contains(&entry) {
+            return;
+        }
+        let mut entries = match std::mem::replace(self, Entries::Many(Vec::new())) {
+            Entries::One(first) => vec![first],
+            Entries::Many(entries) => entries,
+        };
+        let at = entries.partition_point(|e| e.ts_us <= entry.ts_us);
+        entries.insert(at, entry);
+        *self = Entries::Many(entries);
     }
 }
 
-/// The cluster's session view: per uplink tunnel, what it carried since when, by capture time.
+/// A session's key in the view (a session may move between tunnels).
+type SessionKey = (Tbcd, Option<Ipv4Addr>, Option<Ipv6Addr>);
+
+/// The cluster's session view: per uplink tunnel, what it carried since when, by capture time. Compact
+/// (`gtpcharge cluster-view-bytes` measures it): GSN addresses interned to indices, identities stored
+/// once per session, a tunnel's single entry inline.
 #[derive(Default)]
 pub struct View {
-    tunnels: HashMap<(IpAddr, u32), Vec<Change>>,
-    /// Each session's current tunnel, to close it when the session moves.
-    current: HashMap<(String, Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>), (IpAddr, u32)>,
+    gsns: Vec<IpAddr>,
+    gsn_ids: HashMap<IpAddr, u32>,
+    tunnels: HashMap<(u32, u32), Entries>,
+    whos: Vec<Who>,
+    /// Each session's identity and current tunnel, to close the tunnel when the session moves.
+    current: HashMap<SessionKey, (u32, (u32, u32))>,
+    apns: std::collections::HashSet<Arc<str>>,
     /// How far each probe that sees signalling has published (`u64::MAX` once done).
     progress: HashMap<String, u64>,
     pub changes: u64,
@@ -130,38 +187,74 @@ impl View {
         self.progress.values().copied().min()
     }
 
+    fn gsn(&mut self, address: IpAddr) -> u32 {
+        if let Some(id) = self.gsn_ids.get(&address) {
+            return *id;
+        }
+        let id = self.gsns.len() as u32;
+        self.gsns.push(address);
+        self.gsn_ids.insert(address, id);
+        id
+    }
+
+    fn who(&mut self, change: &Change) -> Who {
+        let apn = change.apn.as_deref().map(|apn| match self.apns.get(apn) {
+            Some(interned) => interned.clone(),
+            None => {
+                let interned: Arc<str> = Arc::from(apn);
+                self.apns.insert(interned.clone());
+                interned
+            }
+        });
+        Who {
+            imsi: Tbcd::from_digits(&change.imsi).unwrap_or(Tbcd::EMPTY),
+            msisdn: Tbcd::from_digits(&change.msisdn).unwrap_or(Tbcd::EMPTY),
+            imei: Tbcd::from_digits(&change.imei).unwrap_or(Tbcd::EMPTY),
+            apn,
+            ue_ipv4: change.ue_ipv4,
+            ue_ipv6: change.ue_ipv6,
+        }
+    }
+
     pub fn apply(&mut self, change: Change) {
         self.changes += 1;
-        let key = (change.gsn, change.teid);
-        let session = change.session();
-        if change.kind != "down" {
-            if let Some(old) = self.current.insert(session, key).filter(|old| *old != key) {
-                // The session left its old tunnel: the old one carries nothing of it from now on.
-                let ended = Change { kind: "down".into(), gsn: old.0, teid: old.1, ..change.clone() };
-                insert(self.tunnels.entry(old).or_default(), ended);
+        let tunnel = (self.gsn(change.gsn), change.teid);
+        let who = self.who(&change);
+        let key: SessionKey = (who.imsi, who.ue_ipv4, who.ue_ipv6);
+        let insert = |tunnels: &mut HashMap<(u32, u32), Entries>, tunnel, entry| match tunnels.get_mut(&tunnel) {
+            Some(entries) => entries.insert(entry),
+            None => {
+                tunnels.insert(tunnel, Entries::One(entry));
             }
-        } else if self.current.get(&session) == Some(&key) {
-            self.current.remove(&session);
+        };
+        if change.kind == "down" {
+            if self.current.get(&key).is_some_and(|(_, at)| *at == tunnel) {
+                self.current.remove(&key);
+            }
+            insert(&mut self.tunnels, tunnel, Entry { ts_us: change.ts_us, who: ENDED });
+            return;
         }
-        insert(self.tunnels.entry(key).or_default(), change);
+        let index = match self.current.get(&key) {
+            Some((index, _)) if self.whos.get(*index as usize) == Some(&who) => *index,
+            _ => {
+                self.whos.push(who);
+                (self.whos.len() - 1) as u32
+            }
+        };
+        if let Some((_, old)) = self.current.insert(key, (index, tunnel)).filter(|(_, old)| *old != tunnel) {
+            // The session left its old tunnel: the old one carries nothing of it from now on.
+            insert(&mut self.tunnels, old, Entry { ts_us: change.ts_us, who: ENDED });
+        }
+        insert(&mut self.tunnels, tunnel, Entry { ts_us: change.ts_us, who: index });
     }
 
     /// The session a tunnel carried at `ts_us`: its last start or change at or before then, unless it
     /// ended between.
-    pub fn at(&self, gsn: IpAddr, teid: u32, ts_us: u64) -> Option<&Change> {
-        let changes = self.tunnels.get(&(gsn, teid))?;
-        let last = changes.iter().take_while(|c| c.ts_us <= ts_us).last()?;
-        (last.kind != "down").then_some(last)
+    pub fn at(&self, gsn: IpAddr, teid: u32, ts_us: u64) -> Option<&Who> {
+        let entries = self.tunnels.get(&(*self.gsn_ids.get(&gsn)?, teid))?;
+        let last = entries.as_slice().iter().take_while(|e| e.ts_us <= ts_us).last()?;
+        self.whos.get(last.who as usize)
     }
-}
-
-/// Keeps a tunnel's changes in capture order (a change arrives late when its probe is behind).
-fn insert(changes: &mut Vec<Change>, change: Change) {
-    if changes.contains(&change) {
-        return;
-    }
-    let at = changes.partition_point(|c| c.ts_us <= change.ts_us);
-    changes.insert(at, change);
 }
 
 /// What becomes of a correlator's event in a cluster.
@@ -308,23 +401,24 @@ impl Cluster {
         if self.view.complete_until().is_none_or(|until| until < u.ts_us) {
             return None;
         }
-        let Some(change) = self.view.at(tunnel.address, tunnel.teid, u.ts_us) else {
+        let Some(who) = self.view.at(tunnel.address, tunnel.teid, u.ts_us) else {
             self.released += 1;
             return Some(Event::Unattributed(u.clone()));
+        };
+        let identity = Identity {
+            session_id: 0,
+            imsi: who.imsi,
+            msisdn: who.msisdn,
+            imei: who.imei,
+            apn: who.apn.clone(),
+            ue_ipv4: who.ue_ipv4,
+            ue_ipv6: who.ue_ipv6,
         };
         self.resolved += 1;
         Some(Event::Sighting(Sighting {
             ts_us: u.ts_us,
             token: u.token,
-            identity: Identity {
-                session_id: 0,
-                imsi: Tbcd::from_digits(&change.imsi).unwrap_or_default(),
-                msisdn: Tbcd::from_digits(&change.msisdn).unwrap_or_default(),
-                imei: Tbcd::from_digits(&change.imei).unwrap_or_default(),
-                apn: change.apn.as_deref().map(std::sync::Arc::from),
-                ue_ipv4: change.ue_ipv4,
-                ue_ipv6: change.ue_ipv6,
-            },
+            identity,
             carrier: u.carrier,
             source: u.source,
             destination: u.destination,
@@ -622,19 +716,20 @@ mod tests {
         view.apply(change("down", 300, "1", 7));
         view.apply(change("up", 100, "1", 7));
         assert_eq!(view.at(gsn, 7, 99), None, "before the session");
-        assert_eq!(view.at(gsn, 7, 200).map(|c| c.imsi.as_str()), Some("1"), "while it lived");
+        let imsi = |digits: &str| Some(Tbcd::from_digits(digits).unwrap());
+        assert_eq!(view.at(gsn, 7, 200).map(|w| w.imsi), imsi("1"), "while it lived");
         assert_eq!(view.at(gsn, 7, 300), None, "from its end on");
         // A later session on the same tunnel is another subscriber's.
         view.apply(change("up", 400, "2", 7));
-        assert_eq!(view.at(gsn, 7, 200).map(|c| c.imsi.as_str()), Some("1"));
-        assert_eq!(view.at(gsn, 7, 500).map(|c| c.imsi.as_str()), Some("2"));
+        assert_eq!(view.at(gsn, 7, 200).map(|w| w.imsi), imsi("1"));
+        assert_eq!(view.at(gsn, 7, 500).map(|w| w.imsi), imsi("2"));
         // A session that moves to another tunnel leaves the old one.
         view.apply(change("update", 600, "2", 8));
         assert_eq!(view.at(gsn, 7, 700), None);
-        assert_eq!(view.at(gsn, 8, 700).map(|c| c.imsi.as_str()), Some("2"));
-        // The same change twice (two probes on one link) is one.
+        assert_eq!(view.at(gsn, 8, 700).map(|w| w.imsi), imsi("2"));
+        // The same change twice (two probes on one link) is one entry.
         view.apply(change("update", 600, "2", 8));
-        assert_eq!(view.tunnels[&(gsn, 8)].len(), 1);
+        assert_eq!(view.tunnels[&(view.gsn_ids[&gsn], 8)].as_slice().len(), 1);
         assert_eq!(Message::Change(change("up", 1, "9", 3)).id(), Message::Change(change("up", 1, "9", 3)).id());
         // Complete only as far as every probe that sees signalling has said.
         assert_eq!(view.complete_until(), None);
