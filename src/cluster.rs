@@ -37,7 +37,11 @@ pub enum Message {
     Change(Change),
     /// A probe that sees signalling has published every change up to `ts_us` of its capture (`done`: all
     /// of them; its capture has ended).
-    Progress { probe: String, ts_us: u64, done: bool },
+    Progress {
+        probe: String,
+        ts_us: u64,
+        done: bool,
+    },
 }
 
 impl Message {
@@ -96,7 +100,6 @@ impl Change {
             sent_us: 0,
         })
     }
-
 }
 
 /// Who a session is, as the view keeps it: shared by every entry of its tunnels.
@@ -381,7 +384,9 @@ impl Cluster {
                 }
                 Verdict::Pass
             }
-            Event::Unattributed(u) if u.tunnel.is_some() && matches!(u.reason, "unknown-tunnel" | "no-live-session") => {
+            Event::Unattributed(u)
+                if u.tunnel.is_some() && matches!(u.reason, "unknown-tunnel" | "no-live-session") =>
+            {
                 match self.resolve(u) {
                     Some(sighting) => Verdict::Instead(sighting),
                     None => {
@@ -493,7 +498,9 @@ impl Cluster {
     pub fn summary(&self) -> String {
         let mut delays = self.delays.clone();
         delays.sort_unstable();
-        let at = |q: f64| delays.get(((delays.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |us| *us as f64 / 1000.0);
+        let at = |q: f64| {
+            delays.get(((delays.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |us| *us as f64 / 1000.0)
+        };
         format!(
             "cluster {} probe {}  view-changes {}  published {} (+{} progress)  resolved-by-view {}  \
              unresolved-after-grace {}  view-delay p50 {:.1} ms p99 {:.1} ms ({} changes)",

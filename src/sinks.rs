@@ -215,8 +215,9 @@ impl ProbeRun {
     /// sightings were left in the spool or lost.
     pub fn finish(mut self, libpcap: Option<LiveStats>, drain: Duration) -> Result<bool> {
         self.publish(libpcap, true);
-        let ProbeRun { probe, mut out, delivery, mut skipped_no_msisdn, spool_dir, mut delays, plaintext, cluster, .. } =
-            self;
+        let ProbeRun {
+            probe, mut out, delivery, mut skipped_no_msisdn, spool_dir, mut delays, plaintext, cluster, ..
+        } = self;
         let cluster_summary = match cluster {
             Some(cluster) => {
                 let sees_signalling = !probe.correlator.stats().gtpc_messages.is_empty();

@@ -136,7 +136,9 @@ fn a_probe_that_joins_late_reads_the_view_from_the_stream() {
     let probes = files[1..]
         .iter()
         .enumerate()
-        .map(|(i, file)| (format!("up{i}"), probe(&world, file, (&url, &name), &format!("up{i}"), &["--cluster-grace-ms", "0"])))
+        .map(|(i, file)| {
+            (format!("up{i}"), probe(&world, file, (&url, &name), &format!("up{i}"), &["--cluster-grace-ms", "0"]))
+        })
         .collect();
     finish(&world, probes);
     assert_charged_as_truth(&world, "late joiners");
@@ -200,10 +202,8 @@ fn the_same_link_replayed_by_two_probes_doubles_nothing() {
     let Some(url) = nats_url() else { return };
     let world = World::new(65, 30);
     let name = format!("test-twice-{}", std::process::id());
-    let probes = ["a", "b"]
-        .iter()
-        .map(|id| (id.to_string(), probe(&world, &world.capture, (&url, &name), id, &[])))
-        .collect();
+    let probes =
+        ["a", "b"].iter().map(|id| (id.to_string(), probe(&world, &world.capture, (&url, &name), id, &[]))).collect();
     finish(&world, probes);
     assert_charged_as_truth(&world, "one link, two probes");
 }
