@@ -285,7 +285,7 @@ fn clustered<'e>(cluster: &mut Option<Cluster>, event: &'e Event) -> Option<std:
     match cluster.filter(event) {
         Verdict::Pass => Some(std::borrow::Cow::Borrowed(event)),
         Verdict::Held => None,
-        Verdict::Instead(event) => Some(std::borrow::Cow::Owned(event)),
+        Verdict::Instead(event) => Some(std::borrow::Cow::Owned(*event)),
     }
 }
 

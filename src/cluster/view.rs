@@ -1,0 +1,334 @@
+//! The cluster's messages (session changes, progress marks) and the session view a probe builds from
+//! them: per uplink tunnel, its sessions by capture time.
+use anyhow::{Context, Result};
+use gtpcharge_correlate::wire::Tbcd;
+use gtpcharge_correlate::{Event, SessionEvent};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+/// A message of the stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Message {
+    Change(Change),
+    /// A probe that sees signalling has published every change up to `ts_us` of its capture (`done`: all
+    /// of them; its capture has ended).
+    Progress {
+        probe: String,
+        ts_us: u64,
+        done: bool,
+    },
+}
+
+impl Message {
+    /// The message id: what the message says, so two probes that saw the same change publish it once.
+    pub fn id(&self) -> String {
+        match self {
+            Message::Change(c) => format!("{}-{}-{}-{}-{}", c.kind, c.ts_us, c.imsi, c.gsn, c.teid),
+            Message::Progress { probe, ts_us, done } => format!("progress-{probe}-{ts_us}-{done}"),
+        }
+    }
+}
+
+/// What a probe says of a session on the stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Change {
+    /// `up`, `update` or `down`.
+    pub kind: String,
+    pub ts_us: u64,
+    pub imsi: String,
+    pub msisdn: String,
+    pub imei: String,
+    pub apn: Option<String>,
+    pub ue_ipv4: Option<std::net::Ipv4Addr>,
+    pub ue_ipv6: Option<std::net::Ipv6Addr>,
+    /// The uplink tunnel: GSN user-plane address and TEID.
+    pub gsn: IpAddr,
+    pub teid: u32,
+    pub probe: String,
+    /// The publisher's wall clock when it published (Unix microseconds): how long the change took to
+    /// reach each probe's view (`view-delay` in the summary). Not part of the message id.
+    #[serde(default)]
+    pub sent_us: u64,
+}
+
+impl Change {
+    pub(super) fn of(event: &Event, probe: &str) -> Option<Change> {
+        let (kind, s): (&str, &SessionEvent) = match event {
+            Event::SessionUp(s) => ("up", s),
+            Event::SessionUpdate(s) => ("update", s),
+            Event::SessionDown(s) => ("down", s),
+            _ => return None,
+        };
+        let tunnel = s.tunnel_up?;
+        Some(Change {
+            kind: kind.to_owned(),
+            ts_us: s.ts_us,
+            imsi: s.identity.imsi.to_string(),
+            msisdn: s.identity.msisdn.to_string(),
+            imei: s.identity.imei.to_string(),
+            apn: s.identity.apn.as_deref().map(str::to_owned),
+            ue_ipv4: s.identity.ue_ipv4,
+            ue_ipv6: s.identity.ue_ipv6,
+            gsn: tunnel.address,
+            teid: tunnel.teid,
+            probe: probe.to_owned(),
+            sent_us: 0,
+        })
+    }
+}
+
+/// Who a session is, as the view keeps it: shared by every entry of its tunnels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    pub imsi: Tbcd,
+    pub msisdn: Tbcd,
+    pub imei: Tbcd,
+    pub apn: Option<Arc<str>>,
+    pub ue_ipv4: Option<Ipv4Addr>,
+    pub ue_ipv6: Option<Ipv6Addr>,
+}
+
+/// A tunnel's entry: from `ts_us` on it carried `who` (an index into the view's `whos`), or nothing
+/// ([`ENDED`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    ts_us: u64,
+    who: u32,
+}
+
+const ENDED: u32 = u32::MAX;
+
+/// A tunnel's entries in capture order; most tunnels carry one session, kept without an allocation.
+#[derive(Debug)]
+enum Entries {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Entries::One(entry) => std::slice::from_ref(entry),
+            Entries::Many(entries) => entries,
+        }
+    }
+
+    /// Inserts in capture order (an entry arrives late when its probe is behind); an equal entry is kept once.
+    fn insert(&mut self, entry: Entry) {
+        if self.as_slice().contains(&entry) {
+            return;
+        }
+        let mut entries = match std::mem::replace(self, Entries::Many(Vec::new())) {
+            Entries::One(first) => vec![first],
+            Entries::Many(entries) => entries,
+        };
+        let at = entries.partition_point(|e| e.ts_us <= entry.ts_us);
+        entries.insert(at, entry);
+        *self = Entries::Many(entries);
+    }
+}
+
+/// A session's key in the view (a session may move between tunnels).
+type SessionKey = (Tbcd, Option<Ipv4Addr>, Option<Ipv6Addr>);
+
+/// The cluster's session view: per uplink tunnel, what it carried since when, by capture time. Compact
+/// (`gtpcharge cluster-view-bytes` measures it): GSN addresses interned to indices, identities stored
+/// once per session, a tunnel's single entry inline.
+#[derive(Default)]
+pub struct View {
+    gsns: Vec<IpAddr>,
+    gsn_ids: HashMap<IpAddr, u32>,
+    tunnels: HashMap<(u32, u32), Entries>,
+    whos: Vec<Who>,
+    /// Each session's identity and current tunnel, to close the tunnel when the session moves.
+    current: HashMap<SessionKey, (u32, (u32, u32))>,
+    apns: std::collections::HashSet<Arc<str>>,
+    /// How far each probe that sees signalling has published (`u64::MAX` once done).
+    progress: HashMap<String, u64>,
+    pub changes: u64,
+}
+
+impl View {
+    pub fn apply_message(&mut self, message: Message) {
+        match message {
+            Message::Change(change) => self.apply(change),
+            Message::Progress { probe, ts_us, done } => {
+                let at = self.progress.entry(probe).or_default();
+                *at = if done { u64::MAX } else { (*at).max(ts_us) };
+            }
+        }
+    }
+
+    /// Up to which capture time the view holds every change: the least progress of the probes that see
+    /// signalling; none before one has said anything.
+    pub fn complete_until(&self) -> Option<u64> {
+        self.progress.values().copied().min()
+    }
+
+    fn gsn(&mut self, address: IpAddr) -> u32 {
+        if let Some(id) = self.gsn_ids.get(&address) {
+            return *id;
+        }
+        let id = self.gsns.len() as u32;
+        self.gsns.push(address);
+        self.gsn_ids.insert(address, id);
+        id
+    }
+
+    fn who(&mut self, change: &Change) -> Who {
+        let apn = change.apn.as_deref().map(|apn| match self.apns.get(apn) {
+            Some(interned) => interned.clone(),
+            None => {
+                let interned: Arc<str> = Arc::from(apn);
+                self.apns.insert(interned.clone());
+                interned
+            }
+        });
+        Who {
+            imsi: Tbcd::from_digits(&change.imsi).unwrap_or(Tbcd::EMPTY),
+            msisdn: Tbcd::from_digits(&change.msisdn).unwrap_or(Tbcd::EMPTY),
+            imei: Tbcd::from_digits(&change.imei).unwrap_or(Tbcd::EMPTY),
+            apn,
+            ue_ipv4: change.ue_ipv4,
+            ue_ipv6: change.ue_ipv6,
+        }
+    }
+
+    pub fn apply(&mut self, change: Change) {
+        self.changes += 1;
+        let tunnel = (self.gsn(change.gsn), change.teid);
+        let who = self.who(&change);
+        let key: SessionKey = (who.imsi, who.ue_ipv4, who.ue_ipv6);
+        let insert = |tunnels: &mut HashMap<(u32, u32), Entries>, tunnel, entry| match tunnels.get_mut(&tunnel) {
+            Some(entries) => entries.insert(entry),
+            None => {
+                tunnels.insert(tunnel, Entries::One(entry));
+            }
+        };
+        if change.kind == "down" {
+            if self.current.get(&key).is_some_and(|(_, at)| *at == tunnel) {
+                self.current.remove(&key);
+            }
+            insert(&mut self.tunnels, tunnel, Entry { ts_us: change.ts_us, who: ENDED });
+            return;
+        }
+        let index = match self.current.get(&key) {
+            Some((index, _)) if self.whos.get(*index as usize) == Some(&who) => *index,
+            _ => {
+                self.whos.push(who);
+                (self.whos.len() - 1) as u32
+            }
+        };
+        if let Some((_, old)) = self.current.insert(key, (index, tunnel)).filter(|(_, old)| *old != tunnel) {
+            // The session left its old tunnel: the old one carries nothing of it from now on.
+            insert(&mut self.tunnels, old, Entry { ts_us: change.ts_us, who: ENDED });
+        }
+        insert(&mut self.tunnels, tunnel, Entry { ts_us: change.ts_us, who: index });
+    }
+
+    /// The session a tunnel carried at `ts_us`: its last start or change at or before then, unless it
+    /// ended between.
+    pub fn at(&self, gsn: IpAddr, teid: u32, ts_us: u64) -> Option<&Who> {
+        let entries = self.tunnels.get(&(*self.gsn_ids.get(&gsn)?, teid))?;
+        let last = entries.as_slice().iter().take_while(|e| e.ts_us <= ts_us).last()?;
+        self.whos.get(last.who as usize)
+    }
+}
+
+/// `gtpcharge cluster-view-bytes`: the resident memory a view of `sessions` sessions adds (Linux
+/// `/proc/self/statm`), each session as a control-plane probe publishes it: started, a third of them
+/// then moved to another tunnel.
+pub fn view_bytes(sessions: u32) -> Result<()> {
+    fn resident() -> Result<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
+        let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).context("statm")?;
+        Ok(pages * 4096)
+    }
+    let before = resident()?;
+    let mut view = View::default();
+    for i in 0..sessions {
+        let change = |kind: &str, ts_us: u64, teid: u32| Change {
+            kind: kind.into(),
+            ts_us,
+            imsi: format!("00101{:010}", i),
+            msisdn: format!("4670{:08}", i),
+            imei: format!("35{:013}", i),
+            apn: Some("internet".into()),
+            ue_ipv4: Some(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+            ue_ipv6: None,
+            gsn: IpAddr::from([192, 0, 2, (i % 8) as u8]),
+            teid,
+            probe: "cp-1".into(),
+            sent_us: 0,
+        };
+        view.apply(change("up", u64::from(i), i));
+        if i % 3 == 0 {
+            view.apply(change("update", u64::from(i) + 1, i | 0x8000_0000));
+        }
+    }
+    let after = resident()?;
+    let added = after.saturating_sub(before);
+    println!(
+        "sessions {sessions}  changes {}  resident bytes added {added}  bytes per session {:.0}",
+        view.changes,
+        added as f64 / f64::from(sessions.max(1))
+    );
+    drop(view);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(kind: &str, ts_us: u64, imsi: &str, teid: u32) -> Change {
+        Change {
+            kind: kind.into(),
+            ts_us,
+            imsi: imsi.into(),
+            msisdn: format!("4670{imsi}"),
+            imei: String::new(),
+            apn: None,
+            ue_ipv4: Some([10, 0, 0, 1].into()),
+            ue_ipv6: None,
+            gsn: [192, 0, 2, 1].into(),
+            teid,
+            probe: "cp".into(),
+            sent_us: 0,
+        }
+    }
+
+    #[test]
+    fn the_view_answers_by_capture_time_whatever_the_arrival_order() {
+        let gsn: IpAddr = [192, 0, 2, 1].into();
+        let mut view = View::default();
+        // The end arrives before the start (its probe was ahead).
+        view.apply(change("down", 300, "1", 7));
+        view.apply(change("up", 100, "1", 7));
+        assert_eq!(view.at(gsn, 7, 99), None, "before the session");
+        let imsi = |digits: &str| Some(Tbcd::from_digits(digits).unwrap());
+        assert_eq!(view.at(gsn, 7, 200).map(|w| w.imsi), imsi("1"), "while it lived");
+        assert_eq!(view.at(gsn, 7, 300), None, "from its end on");
+        // A later session on the same tunnel is another subscriber's.
+        view.apply(change("up", 400, "2", 7));
+        assert_eq!(view.at(gsn, 7, 200).map(|w| w.imsi), imsi("1"));
+        assert_eq!(view.at(gsn, 7, 500).map(|w| w.imsi), imsi("2"));
+        // A session that moves to another tunnel leaves the old one.
+        view.apply(change("update", 600, "2", 8));
+        assert_eq!(view.at(gsn, 7, 700), None);
+        assert_eq!(view.at(gsn, 8, 700).map(|w| w.imsi), imsi("2"));
+        // The same change twice (two probes on one link) is one entry.
+        view.apply(change("update", 600, "2", 8));
+        assert_eq!(view.tunnels[&(view.gsn_ids[&gsn], 8)].as_slice().len(), 1);
+        assert_eq!(Message::Change(change("up", 1, "9", 3)).id(), Message::Change(change("up", 1, "9", 3)).id());
+        // Complete only as far as every probe that sees signalling has said.
+        assert_eq!(view.complete_until(), None);
+        view.apply_message(Message::Progress { probe: "a".into(), ts_us: 500, done: false });
+        view.apply_message(Message::Progress { probe: "b".into(), ts_us: 300, done: false });
+        assert_eq!(view.complete_until(), Some(300));
+        view.apply_message(Message::Progress { probe: "b".into(), ts_us: 0, done: true });
+        assert_eq!(view.complete_until(), Some(500));
+    }
+}
