@@ -2,6 +2,19 @@
 use super::writes::*;
 use super::*;
 
+/// A purchase's columns as one of its change rows (`c`, joined to `p`, the purchase) shows it: the state,
+/// refunds and decline of the change, the rest of the purchase.
+pub(super) fn change_columns() -> String {
+    PURCHASE_COLUMNS
+        .split(", ")
+        .map(|c| match c {
+            "state" | "refunded_amount" | "decline_reason" => format!("c.{c} AS {c}"),
+            other => format!("p.{other} AS {other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Ledger {
     pub(super) async fn record_change(&self, tx: &mut Tx<'_>, purchase: &PurchaseRow, now: i64) -> Result<()> {
         self.insert_changes(tx, &[ChangeWrite::of(purchase, now)]).await
@@ -30,14 +43,7 @@ impl Ledger {
 
     /// The caller's purchase changes after `cursor`, oldest first: (cursor, purchase as it was then).
     pub async fn changes_after(&self, sp: i64, cursor: i64, limit: i64) -> Result<Vec<(i64, PurchaseRow)>> {
-        let columns: String = PURCHASE_COLUMNS
-            .split(", ")
-            .map(|c| match c {
-                "state" | "refunded_amount" | "decline_reason" => format!("c.{c} AS {c}"),
-                other => format!("p.{other} AS {other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = change_columns();
         let rows = sqlx::query(&format!(
             "SELECT c.cursor AS cursor, {columns} FROM purchase_changes c JOIN purchases p ON p.id = c.purchase_id \
              WHERE c.service_provider_id = $1 AND c.cursor > $2 ORDER BY c.cursor LIMIT $3"

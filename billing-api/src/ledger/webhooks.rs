@@ -2,6 +2,7 @@
 //! in the transaction of every state change): an endpoint remembers up to which change it has queued
 //! deliveries ([`Ledger::queue_webhook_deliveries`]), and a delivery row per change carries the retry state
 //! until the SP answers 2xx or 72 hours have passed. Sending is `webhooks.rs`.
+use super::changes::change_columns;
 use super::*;
 
 /// How long deliveries are retried before they are abandoned.
@@ -230,14 +231,7 @@ impl Ledger {
         .bind(now + CLAIM_LEASE_US)
         .execute(&mut *tx)
         .await?;
-        let columns: String = PURCHASE_COLUMNS
-            .split(", ")
-            .map(|c| match c {
-                "state" | "refunded_amount" | "decline_reason" => format!("c.{c} AS {c}"),
-                other => format!("p.{other} AS {other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = change_columns();
         let rows = sqlx::query(&format!(
             "SELECT c.cursor AS cursor, c.at_us AS change_at_us, {columns}, e.url AS url, e.secret AS secret, \
              e.previous_secret AS previous_secret, e.previous_until_us AS previous_until_us, \
