@@ -173,7 +173,7 @@ impl Cluster {
     /// time; then the sighting, or the token itself, unattributed.
     fn resolve(&mut self, u: &Unattributed) -> Option<Event> {
         let tunnel = u.tunnel?;
-        if self.view.complete_until().is_none_or(|until| until < u.ts_us) {
+        if self.view.complete_until(wall_us()).is_none_or(|until| until < u.ts_us) {
             return None;
         }
         let Some(who) = self.view.at(tunnel.address, tunnel.teid, u.ts_us) else {
@@ -235,17 +235,22 @@ impl Cluster {
     pub fn progress(&mut self, ts_us: u64, sees_signalling: bool) {
         if sees_signalling && ts_us > 0 {
             self.progressed += 1;
-            let _ = self.publish.send(Message::Progress { probe: self.config.probe_id.clone(), ts_us, done: false });
+            let progress =
+                Message::Progress { probe: self.config.probe_id.clone(), ts_us, done: false, sent_us: wall_us() };
+            let _ = self.publish.send(progress);
         }
     }
 
-    /// At the end of the run: says this probe's changes are all published (when it saw signalling),
-    /// waits for the held tokens (at most the grace), and for the queue to be stored. Returns the events
-    /// still to sink.
-    pub fn finish(mut self, sees_signalling: bool) -> (Vec<Event>, String) {
-        if sees_signalling {
+    /// At the end of the run: at the end of a replay (`done`), says this probe's changes are all
+    /// published (when it saw signalling: a replayed link has nothing more to say; a live probe that stops
+    /// says nothing, and stops holding the others back once it is stale); waits for the held tokens (at
+    /// most the grace), and for the queue to be stored. Returns the events still to sink and the summary.
+    pub fn finish(mut self, sees_signalling: bool, done: bool) -> (Vec<Event>, String) {
+        if sees_signalling && done {
             self.progressed += 1;
-            let _ = self.publish.send(Message::Progress { probe: self.config.probe_id.clone(), ts_us: 0, done: true });
+            let done =
+                Message::Progress { probe: self.config.probe_id.clone(), ts_us: 0, done: true, sent_us: wall_us() };
+            let _ = self.publish.send(done);
         }
         let mut out = Vec::new();
         while !self.held.is_empty() {

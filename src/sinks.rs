@@ -221,7 +221,8 @@ impl ProbeRun {
         let cluster_summary = match cluster {
             Some(cluster) => {
                 let sees_signalling = !probe.correlator.stats().gtpc_messages.is_empty();
-                let (rest, summary) = cluster.finish(sees_signalling);
+                // A replay's link has ended; a live capture that stops may start again.
+                let (rest, summary) = cluster.finish(sees_signalling, libpcap.is_none());
                 for event in &rest {
                     sink(&mut out, &delivery, &mut skipped_no_msisdn, &mut delays, event);
                 }

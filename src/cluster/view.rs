@@ -18,6 +18,10 @@ pub enum Message {
         probe: String,
         ts_us: u64,
         done: bool,
+        /// The publisher's wall clock (Unix microseconds): a probe not heard from for [`PROGRESS_STALE_US`]
+        /// has left, and no longer holds the view back. Not part of the message id.
+        #[serde(default)]
+        sent_us: u64,
     },
 }
 
@@ -26,7 +30,7 @@ impl Message {
     pub fn id(&self) -> String {
         match self {
             Message::Change(c) => format!("{}-{}-{}-{}-{}", c.kind, c.ts_us, c.imsi, c.gsn, c.teid),
-            Message::Progress { probe, ts_us, done } => format!("progress-{probe}-{ts_us}-{done}"),
+            Message::Progress { probe, ts_us, done, .. } => format!("progress-{probe}-{ts_us}-{done}"),
         }
     }
 }
@@ -130,6 +134,10 @@ impl Entries {
     }
 }
 
+/// A signalling probe that has not published progress for this long (wall clock) has left the cluster:
+/// its sessions stay in the view, but it no longer holds tokens back.
+pub const PROGRESS_STALE_US: u64 = 30_000_000;
+
 /// A session's key in the view (a session may move between tunnels).
 type SessionKey = (Tbcd, Option<Ipv4Addr>, Option<Ipv6Addr>);
 
@@ -145,8 +153,9 @@ pub struct View {
     /// Each session's identity and current tunnel, to close the tunnel when the session moves.
     current: HashMap<SessionKey, (u32, (u32, u32))>,
     apns: std::collections::HashSet<Arc<str>>,
-    /// How far each probe that sees signalling has published (`u64::MAX` once done).
-    progress: HashMap<String, u64>,
+    /// How far each probe that sees signalling has published (`u64::MAX` once done), and when it said so
+    /// (its wall clock).
+    progress: HashMap<String, (u64, u64)>,
     pub changes: u64,
 }
 
@@ -154,17 +163,30 @@ impl View {
     pub fn apply_message(&mut self, message: Message) {
         match message {
             Message::Change(change) => self.apply(change),
-            Message::Progress { probe, ts_us, done } => {
-                let at = self.progress.entry(probe).or_default();
-                *at = if done { u64::MAX } else { (*at).max(ts_us) };
+            Message::Progress { probe, ts_us, done, sent_us } => {
+                let (at, heard) = self.progress.entry(probe).or_default();
+                // A probe that said it was done and speaks again was started anew: it is behind again.
+                *at = if done {
+                    u64::MAX
+                } else if *at == u64::MAX {
+                    ts_us
+                } else {
+                    (*at).max(ts_us)
+                };
+                *heard = (*heard).max(sent_us);
             }
         }
     }
 
-    /// Up to which capture time the view holds every change: the least progress of the probes that see
-    /// signalling; none before one has said anything.
-    pub fn complete_until(&self) -> Option<u64> {
-        self.progress.values().copied().min()
+    /// Up to which capture time the view holds every change, at wall time `now_us`: the least progress of
+    /// the probes that see signalling and were heard from within [`PROGRESS_STALE_US`] (or are done);
+    /// none while no such probe has said anything.
+    pub fn complete_until(&self, now_us: u64) -> Option<u64> {
+        self.progress
+            .values()
+            .filter(|(at, heard)| *at == u64::MAX || now_us.saturating_sub(*heard) <= PROGRESS_STALE_US)
+            .map(|(at, _)| *at)
+            .min()
     }
 
     fn gsn(&mut self, address: IpAddr) -> u32 {
@@ -323,12 +345,20 @@ mod tests {
         view.apply(change("update", 600, "2", 8));
         assert_eq!(view.tunnels[&(view.gsn_ids[&gsn], 8)].as_slice().len(), 1);
         assert_eq!(Message::Change(change("up", 1, "9", 3)).id(), Message::Change(change("up", 1, "9", 3)).id());
-        // Complete only as far as every probe that sees signalling has said.
-        assert_eq!(view.complete_until(), None);
-        view.apply_message(Message::Progress { probe: "a".into(), ts_us: 500, done: false });
-        view.apply_message(Message::Progress { probe: "b".into(), ts_us: 300, done: false });
-        assert_eq!(view.complete_until(), Some(300));
-        view.apply_message(Message::Progress { probe: "b".into(), ts_us: 0, done: true });
-        assert_eq!(view.complete_until(), Some(500));
+        // Complete only as far as every probe that sees signalling has said, while it is heard from.
+        let now = 100_000_000;
+        let progress =
+            |probe: &str, ts_us, done, sent_us| Message::Progress { probe: probe.into(), ts_us, done, sent_us };
+        assert_eq!(view.complete_until(now), None);
+        view.apply_message(progress("a", 500, false, now));
+        view.apply_message(progress("b", 300, false, now));
+        assert_eq!(view.complete_until(now), Some(300));
+        view.apply_message(progress("b", 0, true, now));
+        assert_eq!(view.complete_until(now), Some(500));
+        // A probe silent for longer than the staleness holds nothing back; one that speaks again does.
+        view.apply_message(progress("c", 100, false, now - PROGRESS_STALE_US - 1));
+        assert_eq!(view.complete_until(now), Some(500));
+        view.apply_message(progress("b", 200, false, now));
+        assert_eq!(view.complete_until(now), Some(200), "b started anew is behind again");
     }
 }
