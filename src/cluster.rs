@@ -52,7 +52,8 @@ pub struct ClusterConfig {
 pub struct Cluster {
     config: ClusterConfig,
     publish: tokio::sync::mpsc::UnboundedSender<Message>,
-    received: crossbeam_channel::Receiver<(u64, Message)>,
+    /// Each message with its stream sequence and when the NATS thread received it (wall clock, µs).
+    received: crossbeam_channel::Receiver<(u64, Message, u64)>,
     /// The stream sequence of the last message read.
     read_to: u64,
     view: View,
@@ -62,8 +63,9 @@ pub struct Cluster {
     pub released: u64,
     /// Progress messages published.
     pub progressed: u64,
-    /// From publication to this probe's view, in microseconds, for the changes read after joining (at most
-    /// [`DELAYS_KEPT`]).
+    /// From a change's publication to its arrival on this probe (its NATS thread), in microseconds, for
+    /// the changes read after joining (at most [`DELAYS_KEPT`]); the probe's thread applies what arrived at
+    /// its next tick (about once a second) or at the end of the run.
     delays: Vec<u64>,
 }
 
@@ -86,7 +88,7 @@ impl Cluster {
     /// Connects, makes sure the stream exists, and reads it up to its last message before returning.
     pub fn join(config: ClusterConfig) -> Result<Cluster> {
         let (publish, to_publish) = tokio::sync::mpsc::unbounded_channel::<Message>();
-        let (deliver, received) = crossbeam_channel::unbounded::<(u64, Message)>();
+        let (deliver, received) = crossbeam_channel::unbounded::<(u64, Message, u64)>();
         let (ready_tx, ready) = crossbeam_channel::bounded::<Result<u64, String>>(1);
         let thread_config = config.clone();
         std::thread::Builder::new()
@@ -124,7 +126,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         while cluster.read_to < caught_up {
             match cluster.received.recv_timeout(Duration::from_millis(200)) {
-                Ok((sequence, message)) => {
+                Ok((sequence, message, _)) => {
                     cluster.read_to = sequence;
                     cluster.view.apply_message(message);
                 }
@@ -206,11 +208,11 @@ impl Cluster {
     /// What the stream brought since, then the held tokens it places, and those whose grace is over
     /// (unattributed). Called about every second and at the end of the run.
     pub fn poll(&mut self, now: Instant) -> Vec<Event> {
-        while let Ok((sequence, message)) = self.received.try_recv() {
+        while let Ok((sequence, message, received_us)) = self.received.try_recv() {
             self.read_to = sequence;
             if let (Message::Change(change), true) = (&message, self.delays.len() < DELAYS_KEPT) {
                 if change.sent_us > 0 {
-                    self.delays.push(wall_us().saturating_sub(change.sent_us));
+                    self.delays.push(received_us.saturating_sub(change.sent_us));
                 }
             }
             self.view.apply_message(message);
@@ -252,10 +254,10 @@ impl Cluster {
                 Message::Progress { probe: self.config.probe_id.clone(), ts_us: 0, done: true, sent_us: wall_us() };
             let _ = self.publish.send(done);
         }
-        let mut out = Vec::new();
+        let mut out = self.poll(Instant::now());
         while !self.held.is_empty() {
-            out.extend(self.poll(Instant::now()));
             std::thread::sleep(Duration::from_millis(50));
+            out.extend(self.poll(Instant::now()));
         }
         let summary = self.summary();
         drop(self.publish);

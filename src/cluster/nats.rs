@@ -9,7 +9,7 @@ use std::time::Duration;
 pub(super) async fn run(
     config: ClusterConfig,
     mut to_publish: tokio::sync::mpsc::UnboundedReceiver<Message>,
-    deliver: crossbeam_channel::Sender<(u64, Message)>,
+    deliver: crossbeam_channel::Sender<(u64, Message, u64)>,
     ready: crossbeam_channel::Sender<Result<u64, String>>,
 ) {
     use async_nats::jetstream;
@@ -80,7 +80,10 @@ pub(super) async fn run(
                 next = sequence + 1;
                 match serde_json::from_slice::<Message>(&message.payload) {
                     Ok(parsed) => {
-                        if deliver.send((sequence, parsed)).is_err() {
+                        let received_us = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_micros() as u64);
+                        if deliver.send((sequence, parsed, received_us)).is_err() {
                             return;
                         }
                     }
