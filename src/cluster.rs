@@ -23,7 +23,7 @@
 //! NATS runs on its own thread with a tokio runtime; the probe's thread only sends to and reads from
 //! channels, and never waits on the network.
 use anyhow::{Context, Result};
-use gtpcharge_correlate::{Attribution, Event, Identity, Sighting, Unattributed};
+use gtpcharge_correlate::{Attribution, Event, Sighting, Unattributed};
 use std::time::{Duration, Instant};
 
 mod nats;
@@ -182,15 +182,7 @@ impl Cluster {
             self.released += 1;
             return Some(Event::Unattributed(u.clone()));
         };
-        let identity = Identity {
-            session_id: 0,
-            imsi: who.imsi,
-            msisdn: who.msisdn,
-            imei: who.imei,
-            apn: who.apn.clone(),
-            ue_ipv4: who.ue_ipv4,
-            ue_ipv6: who.ue_ipv6,
-        };
+        let identity = who.clone();
         self.resolved += 1;
         Some(Event::Sighting(Sighting {
             ts_us: u.ts_us,

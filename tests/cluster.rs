@@ -144,20 +144,17 @@ fn a_probe_that_joins_late_reads_the_view_from_the_stream() {
     assert_charged_as_truth(&world, "late joiners");
 }
 
-/// A probe fed the first half of `file` on its standard input (`replay -`), then killed with SIGKILL.
-fn killed_half_way(world: &World, file: &Path, cluster: (&str, &str), id: &str) {
-    use std::io::Write;
-    let bytes = std::fs::read(file).unwrap();
+/// Where a capture's first half ends: the first record boundary past the middle of its bytes.
+fn half(bytes: &[u8]) -> usize {
     let mut cut = 24;
-    let mut records = 0;
-    while cut + 16 <= bytes.len() && records < 10_000 {
-        let caplen = u32::from_le_bytes(bytes[cut + 8..cut + 12].try_into().unwrap()) as usize;
-        if cut > bytes.len() / 2 {
-            break;
-        }
-        cut += 16 + caplen;
-        records += 1;
+    while cut + 16 <= bytes.len() && cut < bytes.len() / 2 {
+        cut += 16 + u32::from_le_bytes(bytes[cut + 8..cut + 12].try_into().unwrap()) as usize;
     }
+    cut
+}
+
+/// `gtpcharge replay -` in the cluster, its capture fed by the test on its standard input.
+fn fed_probe(world: &World, cluster: (&str, &str), id: &str) -> (Child, std::process::ChildStdin) {
     let spool = world.dir.path().join(format!("spool-{id}"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
         .args(["replay", "-", "--single-thread", "--billing-url", &world.url, "--probe-key", &world.probe_key])
@@ -165,11 +162,19 @@ fn killed_half_way(world: &World, file: &Path, cluster: (&str, &str), id: &str) 
         .args(["--probe-id", id])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(world.dir.path().join(format!("{id}.log"))).unwrap())
         .spawn()
         .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&bytes[..cut]).unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin)
+}
+
+/// A probe fed the first half of `file`, then killed with SIGKILL.
+fn killed_half_way(world: &World, file: &Path, cluster: (&str, &str), id: &str) {
+    use std::io::Write;
+    let bytes = std::fs::read(file).unwrap();
+    let (mut child, mut stdin) = fed_probe(world, cluster, id);
+    stdin.write_all(&bytes[..half(&bytes)]).unwrap();
     stdin.flush().unwrap();
     // Long enough for the half to be read, correlated and published.
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -241,20 +246,8 @@ fn a_restart_of_the_nats_server_mid_run_loses_nothing() {
     ];
     // The control plane fed in two halves, the server killed and restarted between them.
     let bytes = std::fs::read(&files[0]).unwrap();
-    let mut cut = 24;
-    while cut + 16 <= bytes.len() && cut < bytes.len() / 2 {
-        cut += 16 + u32::from_le_bytes(bytes[cut + 8..cut + 12].try_into().unwrap()) as usize;
-    }
-    let spool = world.dir.path().join("spool-cp");
-    let mut cp = Command::new(env!("CARGO_BIN_EXE_gtpcharge"))
-        .args(["replay", "-", "--single-thread", "--billing-url", &world.url, "--probe-key", &world.probe_key])
-        .args(["--spool-dir", spool.to_str().unwrap(), "--cluster", &url, "--cluster-name", &name, "--probe-id", "cp"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(world.dir.path().join("cp.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut stdin = cp.stdin.take().unwrap();
+    let cut = half(&bytes);
+    let (cp, mut stdin) = fed_probe(&world, (&url, &name), "cp");
     stdin.write_all(&bytes[..cut]).unwrap();
     stdin.flush().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));

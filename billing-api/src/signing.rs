@@ -46,10 +46,7 @@ impl ConsentStatement {
         let body = text.strip_prefix(CONSENT_V1)?.strip_prefix('\n')?.strip_suffix('\n')?;
         let mut lines = body.split('\n');
         let mut field = |key: &str| lines.next()?.strip_prefix(key)?.strip_prefix('=').map(str::to_owned);
-        let number = |text: String| -> Option<i64> {
-            let value: i64 = text.parse().ok()?;
-            (value.to_string() == text).then_some(value)
-        };
+        let number = |text: String| text.parse::<i64>().ok();
         let statement = ConsentStatement {
             purchase_id: number(field("purchase")?)?,
             amount: number(field("amount")?)?,
@@ -63,7 +60,8 @@ impl ConsentStatement {
             },
             at_us: number(field("at_us")?)?,
         };
-        (lines.next().is_none() && statement.to_bytes() == bytes).then_some(statement)
+        // Written back, it must be these very bytes: no other spelling, nothing left over.
+        (statement.to_bytes() == bytes).then_some(statement)
     }
 }
 

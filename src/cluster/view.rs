@@ -2,7 +2,7 @@
 //! them: per uplink tunnel, its sessions by capture time.
 use anyhow::{Context, Result};
 use gtpcharge_correlate::wire::Tbcd;
-use gtpcharge_correlate::{Event, SessionEvent};
+use gtpcharge_correlate::{Event, Identity, SessionEvent};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -83,17 +83,6 @@ impl Change {
     }
 }
 
-/// Who a session is, as the view keeps it: shared by every entry of its tunnels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Who {
-    pub imsi: Tbcd,
-    pub msisdn: Tbcd,
-    pub imei: Tbcd,
-    pub apn: Option<Arc<str>>,
-    pub ue_ipv4: Option<Ipv4Addr>,
-    pub ue_ipv6: Option<Ipv6Addr>,
-}
-
 /// A tunnel's entry: from `ts_us` on it carried `who` (an index into the view's `whos`), or nothing
 /// ([`ENDED`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +138,8 @@ pub struct View {
     gsns: Vec<IpAddr>,
     gsn_ids: HashMap<IpAddr, u32>,
     tunnels: HashMap<(u32, u32), Entries>,
-    whos: Vec<Who>,
+    /// Who each session is (the correlator's `Identity`, no session id): shared by its tunnels' entries.
+    whos: Vec<Identity>,
     /// Each session's identity and current tunnel, to close the tunnel when the session moves.
     current: HashMap<SessionKey, (u32, (u32, u32))>,
     apns: std::collections::HashSet<Arc<str>>,
@@ -199,7 +189,7 @@ impl View {
         id
     }
 
-    fn who(&mut self, change: &Change) -> Who {
+    fn who(&mut self, change: &Change) -> Identity {
         let apn = change.apn.as_deref().map(|apn| match self.apns.get(apn) {
             Some(interned) => interned.clone(),
             None => {
@@ -208,7 +198,8 @@ impl View {
                 interned
             }
         });
-        Who {
+        Identity {
+            session_id: 0,
             imsi: Tbcd::from_digits(&change.imsi).unwrap_or(Tbcd::EMPTY),
             msisdn: Tbcd::from_digits(&change.msisdn).unwrap_or(Tbcd::EMPTY),
             imei: Tbcd::from_digits(&change.imei).unwrap_or(Tbcd::EMPTY),
@@ -252,7 +243,7 @@ impl View {
 
     /// The session a tunnel carried at `ts_us`: its last start or change at or before then, unless it
     /// ended between.
-    pub fn at(&self, gsn: IpAddr, teid: u32, ts_us: u64) -> Option<&Who> {
+    pub fn at(&self, gsn: IpAddr, teid: u32, ts_us: u64) -> Option<&Identity> {
         let entries = self.tunnels.get(&(*self.gsn_ids.get(&gsn)?, teid))?;
         let last = entries.as_slice().iter().take_while(|e| e.ts_us <= ts_us).last()?;
         self.whos.get(last.who as usize)

@@ -188,44 +188,42 @@ impl Ledger {
         let lock = self.db.for_update();
         let mut tx = self.db.pool.begin().await?;
         let rows = sqlx::query(&format!(
-            "SELECT id, token, expires_at_us, sighted_msisdn, conflicted FROM enrollments WHERE {} ORDER BY id{lock}",
+            "SELECT id, token, expires_at_us, sighted_msisdn FROM enrollments WHERE {} ORDER BY id{lock}",
             self.db.backend.json_in("token", 1, None)
         ))
         .bind(super::writes::json(&tokens)?)
         .fetch_all(&mut *tx)
         .await?;
+        // Each enrollment as this batch leaves it: an earlier sighting in it may bind or spoil it.
+        let mut enrollments: HashMap<String, (i64, i64, Option<String>)> = HashMap::new();
+        for row in &rows {
+            let state = (row.try_get("id")?, row.try_get("expires_at_us")?, opt_text(row, "sighted_msisdn")?);
+            enrollments.insert(row.try_get("token")?, state);
+        }
         let mut found = Vec::with_capacity(seen.len());
         for (token, msisdn) in seen {
-            let Some(row) = rows.iter().find(|row| row.try_get::<String, _>("token").is_ok_and(|t| t == *token)) else {
+            let Some((id, expires_at_us, sighted)) = enrollments.get_mut(*token) else {
                 found.push(false);
                 continue;
             };
             found.push(true);
-            let id: i64 = row.try_get("id")?;
-            // Re-read: an earlier sighting in this batch may have bound or spoiled it.
-            let current =
-                sqlx::query("SELECT sighted_msisdn, conflicted, expires_at_us FROM enrollments WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let sighted = opt_text(&current, "sighted_msisdn")?;
-            let expires_at_us: i64 = current.try_get("expires_at_us")?;
             match sighted {
-                None if expires_at_us > now => {
+                None if *expires_at_us > now => {
                     sqlx::query("UPDATE enrollments SET sighted_msisdn = $2, sighted_at_us = $3 WHERE id = $1")
-                        .bind(id)
+                        .bind(*id)
                         .bind(*msisdn)
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
+                    *sighted = Some((*msisdn).to_owned());
                 }
-                Some(first) if first != *msisdn => {
+                Some(first) if first != msisdn => {
                     sqlx::query("UPDATE enrollments SET conflicted = 1 WHERE id = $1")
-                        .bind(id)
+                        .bind(*id)
                         .execute(&mut *tx)
                         .await?;
                     tracing::warn!(
-                        enrollment = id,
+                        enrollment = *id,
                         "an enrollment token was seen from a second subscriber: it binds nothing"
                     );
                 }

@@ -93,6 +93,11 @@ fn endpoint_from(row: &AnyRow) -> Result<WebhookEndpoint> {
     })
 }
 
+/// Change cursors as the JSON rows the set-based statements take (`{"c": cursor}`).
+fn cursor_rows(cursors: &[i64]) -> Result<String> {
+    super::writes::json(&cursors.iter().map(|c| serde_json::json!({ "c": c })).collect::<Vec<_>>())
+}
+
 const ENDPOINT_COLUMNS: &str = "service_provider_id, url, secret, previous_secret, previous_until_us";
 
 impl Ledger {
@@ -188,7 +193,7 @@ impl Ledger {
                      SELECT v.c, $2, $3, $3 FROM {} WHERE true ON CONFLICT (change_cursor) DO NOTHING",
                     self.db.backend.json_rows(1, &[("c", JsonColumn::BigInt)])
                 ))
-                .bind(super::writes::json(&cursors.iter().map(|c| serde_json::json!({ "c": c })).collect::<Vec<_>>())?)
+                .bind(cursor_rows(&cursors)?)
                 .bind(sp)
                 .bind(now)
                 .execute(&mut *tx)
@@ -227,20 +232,19 @@ impl Ledger {
             "UPDATE webhook_deliveries SET next_attempt_us = $2 WHERE {}",
             self.db.backend.json_in("change_cursor", 1, Some(("c", JsonColumn::BigInt)))
         ))
-        .bind(super::writes::json(&cursors.iter().map(|c| serde_json::json!({ "c": c })).collect::<Vec<_>>())?)
+        .bind(cursor_rows(&cursors)?)
         .bind(now + CLAIM_LEASE_US)
         .execute(&mut *tx)
         .await?;
         let columns = change_columns();
         let rows = sqlx::query(&format!(
             "SELECT c.cursor AS cursor, c.at_us AS change_at_us, {columns}, e.url AS url, e.secret AS secret, \
-             e.previous_secret AS previous_secret, e.previous_until_us AS previous_until_us, \
-             e.service_provider_id AS endpoint_sp \
+             e.previous_secret AS previous_secret, e.previous_until_us AS previous_until_us \
              FROM purchase_changes c JOIN purchases p ON p.id = c.purchase_id \
              JOIN webhook_endpoints e ON e.service_provider_id = c.service_provider_id WHERE {} ORDER BY c.cursor",
             self.db.backend.json_in("c.cursor", 1, Some(("c", JsonColumn::BigInt)))
         ))
-        .bind(super::writes::json(&cursors.iter().map(|c| serde_json::json!({ "c": c })).collect::<Vec<_>>())?)
+        .bind(cursor_rows(&cursors)?)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -248,23 +252,14 @@ impl Ledger {
         for row in &rows {
             let cursor: i64 = row.try_get("cursor")?;
             let Some((_, attempts, created_at_us)) = claimed.iter().find(|(c, _, _)| *c == cursor) else { continue };
-            let previous =
-                match (opt_text(row, "previous_secret")?, row.try_get::<Option<i64>, _>("previous_until_us")?) {
-                    (Some(secret), Some(until)) => Some((secret, until)),
-                    _ => None,
-                };
             due.push(DueDelivery {
                 cursor,
                 at_us: row.try_get("change_at_us")?,
                 attempts: *attempts,
                 created_at_us: *created_at_us,
                 purchase: PurchaseRow::from_row(row)?,
-                endpoint: WebhookEndpoint {
-                    service_provider_id: row.try_get("endpoint_sp")?,
-                    url: row.try_get("url")?,
-                    secret: row.try_get("secret")?,
-                    previous,
-                },
+                // The endpoint's columns under their own names; its SP is the change's, the purchase's.
+                endpoint: endpoint_from(row)?,
             });
         }
         Ok(due)
