@@ -380,6 +380,13 @@ pub struct ProbeArgs {
     /// check at start, logged, which also picks the hand-over); one thread otherwise.
     #[arg(long, env = "GTPCHARGE_SINGLE_THREAD")]
     pub single_thread: bool,
+    /// Correlate on N shard threads: this thread decodes and dispatches (G-PDUs by their inner source
+    /// address, everything else to every shard), the shards' events come back in capture order, the same
+    /// as one thread's. Default: the cores less one (one where there are two); one with --evidence-dir,
+    /// which needs a single correlating thread. More than one always reads on a thread of its own.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256), conflicts_with = "single_thread",
+          env = "GTPCHARGE_WORKERS")]
+    pub workers: Option<u16>,
     /// Always use the two threads, whatever the check at start finds.
     #[arg(long, conflicts_with = "single_thread", env = "GTPCHARGE_PIPELINE")]
     pub pipeline: bool,
@@ -430,9 +437,11 @@ impl ProbeArgs {
     /// One thread or two: what the flags force, or what this machine favours (logged when it decided).
     pub fn threads(&self) -> pipeline::Threads {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Shards need this thread for decoding and dispatching: libpcap reads on another.
+        let sharded = self.workers().unwrap_or(1) > 1;
         let (threads, why) = pipeline::choose(
             self.single_thread,
-            self.pipeline,
+            self.pipeline || sharded,
             self.handover.forced(),
             cores,
             pipeline::cross_core_round_trip,
@@ -470,7 +479,12 @@ impl ProbeArgs {
         config.t3_response_ms = self.t3_response_ms;
         config.attribute_by_ue_ip = self.attribute_by_ue_ip;
         config.n3_requests = self.n3_requests;
-        let mut probe = Probe::new(config, self.decoder());
+        let workers = self.workers()?;
+        let mut probe = if workers > 1 {
+            Probe::sharded(config, self.decoder(), workers).context("starting the correlating shards")?
+        } else {
+            Probe::new(config, self.decoder())
+        };
         if let Some(dir) = &self.evidence_dir {
             probe.evidence = Some(
                 evidence::Evidence::open(dir, self.evidence_max_bytes)
@@ -478,6 +492,21 @@ impl ProbeArgs {
             );
         }
         Ok(probe)
+    }
+
+    /// How many threads correlate: `--workers`, else the cores less one; one with `--single-thread` or
+    /// `--evidence-dir` (refused with more, said so).
+    pub fn workers(&self) -> Result<usize> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match self.workers.map(usize::from) {
+            Some(n) if n > 1 && self.evidence_dir.is_some() => anyhow::bail!(
+                "--evidence-dir needs one correlating thread (it tags sessions as their events pass): \
+                 use --workers 1 or leave --workers out"
+            ),
+            Some(n) => Ok(n),
+            None if self.single_thread || self.evidence_dir.is_some() => Ok(1),
+            None => Ok(cores.saturating_sub(1).max(1)),
+        }
     }
 
     /// `--cluster`'s configuration, when given.

@@ -127,7 +127,11 @@ pub fn drive(
                     reader.recycle(batch);
                     true
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => true,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    // A quiet link: what the shards still hold goes out now, not at the next batch.
+                    run.drain();
+                    true
+                }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => false,
             },
         };

@@ -21,6 +21,7 @@ mod pipeline;
 mod prefetch;
 mod probe;
 mod secrets;
+mod shards;
 mod sinks;
 mod tools;
 

@@ -1,16 +1,28 @@
 //! The probe's per-packet work: frames → decode → correlate → events, with the counters the summary and
 //! the metrics show. `frame` does it all; with the pipeline (`pipeline.rs`) the reader thread only
-//! copies frames and `batch` runs `frame` on each.
+//! copies frames and `batch` runs `frame` on each. With `--workers N` (N > 1) this thread decodes and
+//! dispatches, and N shard threads correlate (`shards.rs`); their events come back in capture order.
+use crate::shards::{Shards, ROUNDS_IN_FLIGHT};
 use gtpcharge_capture::{Decoder, DecoderConfig, Frame, Undecoded};
 use gtpcharge_correlate::reason::Counts;
-use gtpcharge_correlate::{Config, Correlator, Datagram, Event};
+use gtpcharge_correlate::{Config, Correlator, Datagram, Event, Stats};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Instant;
 use strum::EnumCount;
 
+/// A round's frames, at most, before it goes to the shards (when frames come one by one).
+const ROUND_FRAMES: u64 = 512;
+
+/// Who correlates: this thread, or shard threads.
+enum Correlating {
+    One(Box<Correlator>),
+    Shards(Box<Shards>),
+}
+
 pub struct Probe {
     decoder: Decoder,
-    pub correlator: Correlator,
+    correlating: Correlating,
     /// The evidence store, with `--evidence-dir`.
     pub evidence: Option<crate::evidence::Evidence>,
     events: Vec<Event>,
@@ -26,7 +38,7 @@ impl Probe {
     pub fn new(config: Config, decoder: DecoderConfig) -> Probe {
         Probe {
             decoder: Decoder::new(&decoder),
-            correlator: Correlator::new(config),
+            correlating: Correlating::One(Box::new(Correlator::new(config))),
             evidence: None,
             events: Vec::with_capacity(64),
             packets: 0,
@@ -37,8 +49,70 @@ impl Probe {
         }
     }
 
+    /// The same probe, correlating on `workers` shard threads (more than one; see `shards.rs`). The
+    /// evidence store needs one correlating thread (it tags sessions as their events pass).
+    pub fn sharded(config: Config, decoder: DecoderConfig, workers: usize) -> std::io::Result<Probe> {
+        let shards = Shards::start(&config, workers)?;
+        let mut probe = Probe::new(config, decoder);
+        probe.correlating = Correlating::Shards(Box::new(shards));
+        Ok(probe)
+    }
+
+    /// How many threads correlate.
+    pub fn workers(&self) -> usize {
+        match &self.correlating {
+            Correlating::One(_) => 1,
+            Correlating::Shards(shards) => shards.count(),
+        }
+    }
+
+    /// The correlators' counters (with shards: added up, see `Shards::stats`).
+    pub fn stats(&self) -> Cow<'_, Stats> {
+        match &self.correlating {
+            Correlating::One(correlator) => Cow::Borrowed(correlator.stats()),
+            Correlating::Shards(shards) => Cow::Owned(shards.stats()),
+        }
+    }
+
+    /// The latest packet time correlated (dispatched, with shards).
+    pub fn now_us(&self) -> u64 {
+        match &self.correlating {
+            Correlating::One(correlator) => correlator.now_us(),
+            Correlating::Shards(shards) => shards.now_us(),
+        }
+    }
+
+    pub fn sessions_live(&self) -> usize {
+        match &self.correlating {
+            Correlating::One(correlator) => correlator.sessions().len(),
+            Correlating::Shards(shards) => shards.sessions_live(),
+        }
+    }
+
+    /// Whether any GTP-C was seen (a signalling probe, for the cluster).
+    pub fn sees_signalling(&self) -> bool {
+        !self.stats().gtpc_messages.is_empty()
+    }
+
+    /// With shards: every event of what was dispatched so far, to `emit` (a tick, a quiet link).
+    pub fn drain(&mut self, mut emit: impl FnMut(&Event)) {
+        if let Correlating::Shards(shards) = &mut self.correlating {
+            shards.flush(0, &mut emit);
+        }
+    }
+
+    /// With shards: the last events, then the shards stopped (their counters final).
+    pub fn finish(&mut self, mut emit: impl FnMut(&Event)) {
+        if let Correlating::Shards(shards) = &mut self.correlating {
+            shards.finish(&mut emit);
+        }
+    }
+
     /// Processes one frame; hands each resulting event to `emit`.
     pub fn frame(&mut self, frame: &Frame<'_>, mut emit: impl FnMut(&Event)) {
+        if matches!(self.correlating, Correlating::Shards(_)) {
+            return self.dispatch(frame, &mut emit);
+        }
         self.packets += 1;
         self.bytes += u64::from(frame.wire_len);
         let ts_us = frame.ts_us;
@@ -50,18 +124,19 @@ impl Probe {
             destination: udp.destination,
             payload: udp.payload,
         });
+        let Correlating::One(correlator) = &mut self.correlating else { return };
         let mut tunnel = None;
         match &decoded {
             Ok(Some(datagram)) => {
                 if let Some(evidence) = &mut self.evidence {
-                    if self.correlator.carries_signalling(datagram) {
+                    if correlator.carries_signalling(datagram) {
                         evidence.keep_signalling(number, frame);
                     } else {
                         tunnel = tunnel_of(datagram);
                         evidence.keep_user_plane(number, tunnel, frame);
                     }
                 }
-                self.correlator.on_datagram(datagram, &mut self.events)
+                correlator.on_datagram(datagram, &mut self.events)
             }
             Ok(None) if self.evidence.is_some() => {
                 self.fragments_held += 1;
@@ -75,7 +150,7 @@ impl Probe {
         for _ in 0..self.decoder.take_fragment_timeouts() {
             self.undecoded.add(Undecoded::FragmentTimeout);
         }
-        let Probe { events, evidence, correlator, .. } = self;
+        let Probe { events, evidence, .. } = self;
         for mut event in events.drain(..) {
             if let Some(evidence) = evidence {
                 match &mut event {
@@ -92,16 +167,48 @@ impl Probe {
         }
     }
 
-    /// Processes a batch of frames copied by the reader thread, as `frame` would one by one.
+    /// Processes a batch of frames copied by the reader thread, as `frame` would one by one (with
+    /// shards, as one round).
     pub fn batch(&mut self, batch: &crate::pipeline::Batch, mut emit: impl FnMut(&Event)) {
         for frame in batch.frames() {
             self.frame(&frame, &mut emit);
+        }
+        if let Correlating::Shards(shards) = &mut self.correlating {
+            shards.flush(ROUNDS_IN_FLIGHT, &mut emit);
+        }
+    }
+
+    /// With shards: decodes a frame here and dispatches its datagram (`frame`'s other half).
+    fn dispatch(&mut self, frame: &Frame<'_>, emit: &mut impl FnMut(&Event)) {
+        let Correlating::Shards(shards) = &mut self.correlating else { return };
+        self.packets += 1;
+        self.bytes += u64::from(frame.wire_len);
+        let (ts_us, number) = (frame.ts_us, self.packets);
+        let decoded = self.decoder.decode_as(frame.linktype, ts_us, frame.data, |udp| {
+            shards.dispatch(&Datagram {
+                ts_us,
+                frame: number,
+                source: udp.source,
+                destination: udp.destination,
+                payload: udp.payload,
+            })
+        });
+        match decoded {
+            Ok(Some(())) => {}
+            Ok(None) => self.fragments_held += 1,
+            Err(reason) => self.undecoded.add(reason),
+        }
+        for _ in 0..self.decoder.take_fragment_timeouts() {
+            self.undecoded.add(Undecoded::FragmentTimeout);
+        }
+        if number % ROUND_FRAMES == 0 {
+            shards.flush(ROUNDS_IN_FLIGHT, emit);
         }
     }
 
     /// Every drop by reason: the frames that did not decode and the datagrams the correlator dropped.
     pub fn drops(&self) -> BTreeMap<&'static str, u64> {
-        let mut drops = self.correlator.stats().drops.by_name();
+        let mut drops = self.stats().drops.by_name();
         for (reason, count) in self.undecoded.by_name() {
             *drops.entry(reason).or_default() += count;
         }
@@ -114,7 +221,7 @@ impl Probe {
         delivery: Option<&crate::delivery::DeliveryStats>,
         libpcap: Option<gtpcharge_capture::source::LiveStats>,
     ) -> String {
-        let stats = self.correlator.stats();
+        let stats = self.stats();
         let mut text = crate::metrics::Text::default();
         text.counter("gtpcharge_packets_total", "Frames read from libpcap.", self.packets);
         text.counter("gtpcharge_bytes_total", "Bytes on the wire of the frames read.", self.bytes);
@@ -147,7 +254,7 @@ impl Probe {
                 .map(|((kind, id), count)| (format!("{}:{id}", kind.as_str()), *count))
                 .chain((other > 0).then(|| ("others".to_string(), other))),
         );
-        text.gauge("gtpcharge_sessions_live", "Live sessions in the table.", self.correlator.sessions().len() as u64);
+        text.gauge("gtpcharge_sessions_live", "Live sessions in the table.", self.sessions_live() as u64);
         text.counter("gtpcharge_sessions_up_total", "Sessions set up.", stats.sessions_up);
         text.counter("gtpcharge_sessions_down_total", "Sessions ended.", stats.sessions_down);
         text.counter("gtpcharge_sightings_total", "Tokens attributed to a subscriber.", stats.sightings);
@@ -207,7 +314,7 @@ impl Probe {
 
     /// The human summary printed on stderr at the end.
     pub fn summary(&self) -> String {
-        let stats = self.correlator.stats();
+        let stats = self.stats();
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
         let mut out = String::new();
         let mut line = |s: String| {
@@ -234,7 +341,7 @@ impl Probe {
             stats.sessions_up,
             stats.sessions_updated,
             stats.sessions_down,
-            self.correlator.sessions().len()
+            self.sessions_live()
         ));
         line(format!("sightings {}  unattributed {}", stats.sightings, stats.unattributed));
         let (sessions, other) = self.decoder.mirror_sessions();

@@ -141,9 +141,13 @@ impl ProbeRun {
         for url in args.billing_urls() {
             plaintext |= crate::secrets::check_client_url(&url, args.allow_plaintext)?;
         }
+        let probe = args.probe()?;
+        if probe.workers() > 1 {
+            tracing::info!(workers = probe.workers(), "correlating on shards (--workers)");
+        }
         Ok(ProbeRun {
             plaintext,
-            probe: args.probe()?,
+            probe,
             out: EventOut::new(args.emit),
             delivery: args.delivery()?,
             exposition: args.metrics()?,
@@ -178,12 +182,22 @@ impl ProbeRun {
         });
     }
 
+    /// With shards: every event of the frames read so far (a quiet link, a tick).
+    pub fn drain(&mut self) {
+        let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
+        probe.drain(|event| {
+            if let Some(event) = clustered(cluster, event) {
+                sink(out, delivery, skipped_no_msisdn, delays, event.as_ref());
+            }
+        });
+    }
+
     /// About once a second: the tokens the cluster's view now places, or whose grace is over.
     pub fn tick(&mut self) {
+        self.drain();
         let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
         if let Some(cluster) = cluster {
-            let sees_signalling = !probe.correlator.stats().gtpc_messages.is_empty();
-            cluster.progress(probe.correlator.now_us(), sees_signalling);
+            cluster.progress(probe.now_us(), probe.sees_signalling());
             for event in cluster.poll(Instant::now()) {
                 sink(out, delivery, skipped_no_msisdn, delays, &event);
             }
@@ -214,13 +228,21 @@ impl ProbeRun {
     /// Flushes the events, prints the summary, drains delivery for at most `drain`. `false` when
     /// sightings were left in the spool or lost.
     pub fn finish(mut self, libpcap: Option<LiveStats>, drain: Duration) -> Result<bool> {
+        {
+            let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = &mut self;
+            probe.finish(|event| {
+                if let Some(event) = clustered(cluster, event) {
+                    sink(out, delivery, skipped_no_msisdn, delays, event.as_ref());
+                }
+            });
+        }
         self.publish(libpcap, true);
         let ProbeRun {
             probe, mut out, delivery, mut skipped_no_msisdn, spool_dir, mut delays, plaintext, cluster, ..
         } = self;
         let cluster_summary = match cluster {
             Some(cluster) => {
-                let sees_signalling = !probe.correlator.stats().gtpc_messages.is_empty();
+                let sees_signalling = probe.sees_signalling();
                 // A replay's link has ended; a live capture that stops may start again.
                 let (rest, summary) = cluster.finish(sees_signalling, libpcap.is_none());
                 for event in &rest {

@@ -8,6 +8,8 @@
 //! This file holds the configuration, the counters and the correlator's state and clock; one file a
 //! concern holds the rest of its methods: `control.rs` (GTP-C pairing and each version's messages),
 //! `sessions.rs` (a session's events), `user.rs` (GTP-U attribution, TCP flows and the carriers).
+use crate::clock::{Clock, Due};
+use crate::dedupe::Dedupe;
 use crate::event::{Attachment, Attribution, Event, Interface, SessionEvent, Sighting, Unattributed};
 use crate::flow::{self, FlowKey, FlowState, FlowTable, SegmentOrder};
 use crate::pending::{Added, Matched, Pending, PendingTable};
@@ -15,7 +17,6 @@ use crate::reason::{DropCounts, DropReason, Note, NoteCounts};
 use crate::scan::segment::{collect, scan_segment, Scanner};
 use crate::scan::{dns, Carrier, TokenFinder};
 use crate::session::{Direction, Endpoint, Session, SessionTable, TunnelKey, SHARED_KEY_MAX};
-use crate::sharded::ShardedMap;
 use crate::wire::gtpu::{self, Transport};
 use crate::wire::{gtpv0, gtpv1, gtpv2, Tbcd, WireError};
 use gtpcharge_proto::Token;
@@ -109,6 +110,25 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Adds another correlator's counters (the probe's shards: each counts what it alone processed).
+    pub fn merge(&mut self, other: &Stats) {
+        self.datagrams += other.datagrams;
+        for (message, count) in &other.gtpc_messages {
+            *self.gtpc_messages.entry(*message).or_default() += count;
+        }
+        for (message, count) in &other.gtpu_messages {
+            *self.gtpu_messages.entry(*message).or_default() += count;
+        }
+        self.g_pdus += other.g_pdus;
+        self.sessions_up += other.sessions_up;
+        self.sessions_updated += other.sessions_updated;
+        self.sessions_down += other.sessions_down;
+        self.sightings += other.sightings;
+        self.unattributed += other.unattributed;
+        self.drops.merge(&other.drops);
+        self.notes.merge(&other.notes);
+    }
+
     #[inline(always)]
     fn drop(&mut self, reason: DropReason) {
         self.drops.add(reason);
@@ -129,14 +149,6 @@ enum PendingKind {
     DeleteV2 { session: u64 },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct DedupeKey {
-    token: Token,
-    who: u128,
-}
-
-const SWEEP_INTERVAL_US: u64 = 1_000_000;
-const SESSION_SWEEP_INTERVAL_US: u64 = 60_000_000;
 /// At most this many piggybacked GTPv2 messages are read from one datagram.
 const PIGGYBACK_MAX: usize = 2;
 
@@ -177,25 +189,70 @@ impl PortClasses {
     }
 }
 
+/// Where the probe's dispatcher sends a datagram when several shards correlate (`src/shards.rs`).
+pub struct ShardRouter {
+    ports: PortClasses,
+}
+
+impl ShardRouter {
+    pub fn new(config: &Config) -> ShardRouter {
+        ShardRouter { ports: PortClasses::new(config) }
+    }
+
+    /// The key a G-PDU is sharded by: its inner source address (the UE's, uplink), so a UE address's
+    /// flows meet on one shard whatever tunnel they take. `None` for everything else (GTP-C, GTPv0,
+    /// other GTP-U messages, what does not parse): every shard follows it, one counts it.
+    pub fn key(&self, datagram: &Datagram<'_>) -> Option<u128> {
+        if route(&self.ports, datagram) != Route::UserPlane {
+            return None;
+        }
+        let header = gtpv1::Header::parse(datagram.payload).ok()?;
+        if header.message_type != gtpv1::message::G_PDU {
+            return None;
+        }
+        gtpu::inner_source(header.body).map(crate::ip_word)
+    }
+}
+
+/// Which path a datagram takes, by its ports.
+#[inline(always)]
+fn route(ports: &PortClasses, datagram: &Datagram<'_>) -> Route {
+    let destination = ports.of(datagram.destination.port());
+    let either = destination | ports.of(datagram.source.port());
+    if destination & PortClasses::GTPU != 0 || (either & PortClasses::GTPC == 0 && either & PortClasses::GTPU != 0) {
+        Route::UserPlane
+    } else if either & PortClasses::GTPC != 0 {
+        Route::Control
+    } else if either & PortClasses::GTPV0 != 0 {
+        Route::Gtpv0
+    } else {
+        Route::Other
+    }
+}
+
 pub struct Correlator {
     config: Config,
     ports: PortClasses,
     sessions: SessionTable,
     pending: PendingTable<PendingKind>,
     flows: FlowTable,
-    dedupe: ShardedMap<DedupeKey, u64>,
+    /// `None` where the events are deduplicated after this correlator (the probe's shards).
+    dedupe: Option<Dedupe>,
     scanner: Scanner,
     stats: Stats,
+    /// Where the counters go while [`Correlator::uncounted`] runs.
+    set_aside: Box<Stats>,
     now_us: u64,
+    clock: Clock,
     /// The frame of the datagram being processed.
     frame: u64,
-    next_sweep_us: u64,
-    /// When the flows, the sighting dedupe and the tombstones are next swept.
-    next_table_sweep_us: [u64; 3],
-    next_session_sweep_us: u64,
-    /// The earliest of the three above: until then a packet's time moves no sweep (one test per packet).
-    next_due_us: u64,
+    /// With shards: which of this correlator's idle sessions every shard agrees are idle.
+    idle_agreement: Option<IdleAgreement>,
 }
+
+/// Given the ids of the sessions one shard found idle (ascending), the ids every shard found idle: a
+/// session is idle only if no shard saw its traffic, and each shard sees only its own share of it.
+pub type IdleAgreement = Box<dyn FnMut(Vec<u64>) -> Vec<u64> + Send>;
 
 impl Correlator {
     pub fn new(config: Config) -> Correlator {
@@ -204,15 +261,14 @@ impl Correlator {
             sessions: SessionTable::new(config.sessions_max),
             flows: FlowTable::new(config.flows_max),
             pending: PendingTable::new(config.pending_max),
-            dedupe: ShardedMap::default(),
+            dedupe: Some(Dedupe::new(config.sighting_dedupe_window_s, config.sighting_dedupe_max)),
             scanner: Scanner { finder: TokenFinder::default(), bytes_max: config.scan_bytes_max },
             stats: Stats::default(),
+            set_aside: Box::default(),
             now_us: 0,
+            clock: Clock::new(&config),
             frame: 0,
-            next_sweep_us: 0,
-            next_table_sweep_us: [0; 3],
-            next_session_sweep_us: 0,
-            next_due_us: 0,
+            idle_agreement: None,
             config,
         }
     }
@@ -247,18 +303,7 @@ impl Correlator {
     /// Which path a datagram takes, by its ports.
     #[inline(always)]
     fn route(&self, datagram: &Datagram<'_>) -> Route {
-        let destination = self.ports.of(datagram.destination.port());
-        let either = destination | self.ports.of(datagram.source.port());
-        if destination & PortClasses::GTPU != 0 || (either & PortClasses::GTPC == 0 && either & PortClasses::GTPU != 0)
-        {
-            Route::UserPlane
-        } else if either & PortClasses::GTPC != 0 {
-            Route::Control
-        } else if either & PortClasses::GTPV0 != 0 {
-            Route::Gtpv0
-        } else {
-            Route::Other
-        }
+        route(&self.ports, datagram)
     }
 
     /// Whether a datagram goes the signalling way (GTP-C, or GTPv0 on its own port): what an evidence
@@ -287,53 +332,68 @@ impl Correlator {
     }
 
     fn advance_time(&mut self, ts_us: u64, out: &mut Vec<Event>) {
-        if ts_us <= self.now_us {
-            return;
+        let due = self.clock.advance(ts_us);
+        self.now_us = self.clock.now_us();
+        if let Some(due) = due {
+            self.sweep(due, out);
         }
-        self.now_us = ts_us;
-        if self.now_us < self.next_due_us {
-            return;
-        }
-        if self.now_us >= self.next_sweep_us {
-            self.next_sweep_us = self.now_us + SWEEP_INTERVAL_US;
+    }
+
+    #[inline(never)]
+    fn sweep(&mut self, due: Due, out: &mut Vec<Event>) {
+        self.sessions.set_now(self.now_us);
+        if due.pending {
             let since = self.window_start();
             for _ in 0..self.pending.expire(since) {
                 self.stats.note(Note::GtpcRequestUnanswered);
             }
         }
-        // The big tables are swept every eighth of their own timeout: a full pass over a million flows each
-        // second of packet time would cost more than the packets. Between sweeps, lookups check the age
-        // themselves (`flow_idle_cutoff`, `dedupe_cutoff`, `tombstone_cutoff`), so an entry past its
-        // timeout is never used, only not yet freed.
-        let due = |next: &mut u64, timeout_s: u64, now: u64| {
-            let due = now >= *next;
-            if due {
-                *next = now + timeout_s.saturating_mul(1_000_000 / 8).max(SWEEP_INTERVAL_US);
-            }
-            due
-        };
-        let mut next = self.next_table_sweep_us;
-        let [flows, dedupe, tombstones] = &mut next;
-        if due(flows, self.config.flow_idle_timeout_s, self.now_us) {
+        if due.flows {
             self.flows.expire(self.flow_idle_cutoff());
         }
-        if due(dedupe, self.config.sighting_dedupe_window_s, self.now_us) {
-            let dedupe_cutoff = self.dedupe_cutoff();
-            self.dedupe.retain(|_, seen| *seen >= dedupe_cutoff);
+        if let (true, Some(dedupe)) = (due.dedupe, &mut self.dedupe) {
+            dedupe.sweep(self.now_us);
         }
-        if due(tombstones, self.config.tombstone_s, self.now_us) {
+        if due.tombstones {
             self.sessions.expire_tombstones(self.tombstone_cutoff());
         }
-        self.next_table_sweep_us = next;
-        if self.now_us >= self.next_session_sweep_us {
-            self.next_session_sweep_us = self.now_us + SESSION_SWEEP_INTERVAL_US;
+        if due.sessions {
             let cutoff = self.now_us.saturating_sub(self.config.session_idle_timeout_s * 1_000_000);
-            for session in self.sessions.expire(cutoff) {
-                self.session_down(&session, "idle-timeout", [0, 0], out);
+            let mut idle = self.sessions.idle(cutoff);
+            if let Some(agree) = &mut self.idle_agreement {
+                idle = agree(idle);
+            }
+            for id in idle {
+                if let Some(session) = self.sessions.remove(id) {
+                    self.session_down(&session, "idle-timeout", [0, 0], out);
+                }
             }
         }
-        let tables = self.next_table_sweep_us.iter().copied().min().unwrap_or(0);
-        self.next_due_us = self.next_sweep_us.min(self.next_session_sweep_us).min(tables);
+    }
+
+    /// Moves the clock to `now_us` without a datagram, running the sweeps that fall due (a shard is
+    /// told the time of the packets other shards process when a sweep falls on one).
+    pub fn advance(&mut self, now_us: u64, out: &mut Vec<Event>) {
+        self.advance_time(now_us, out);
+    }
+
+    /// Runs `work` with the counters set aside: a shard's copy of what another shard counts (every
+    /// shard follows the whole control plane; one counts it).
+    pub fn uncounted<R>(&mut self, work: impl FnOnce(&mut Correlator) -> R) -> R {
+        std::mem::swap(&mut self.stats, &mut self.set_aside);
+        let result = work(self);
+        std::mem::swap(&mut self.stats, &mut self.set_aside);
+        result
+    }
+
+    /// Leaves the sighting dedupe to whoever reads this correlator's events (the shards' merge).
+    pub fn without_sighting_dedupe(&mut self) {
+        self.dedupe = None;
+    }
+
+    /// With shards: how idle sessions are agreed on (see [`IdleAgreement`]).
+    pub fn set_idle_agreement(&mut self, agreement: IdleAgreement) {
+        self.idle_agreement = Some(agreement);
     }
 
     /// Flows last seen before this are idle: forgotten.
@@ -341,21 +401,9 @@ impl Correlator {
         self.now_us.saturating_sub(self.config.flow_idle_timeout_s * 1_000_000)
     }
 
-    /// Sightings before this no longer suppress a repeat.
-    fn dedupe_cutoff(&self) -> u64 {
-        self.now_us.saturating_sub(self.config.sighting_dedupe_window_s * 1_000_000)
-    }
-
     /// Tunnel ends of sessions that ended before this are no longer marked.
     fn tombstone_cutoff(&self) -> u64 {
         self.now_us.saturating_sub(self.config.tombstone_s * 1_000_000)
-    }
-}
-
-fn ip_bits(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6) >> 2,
     }
 }
 

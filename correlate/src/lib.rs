@@ -13,6 +13,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+pub mod clock;
+pub mod dedupe;
 pub mod engine;
 pub mod event;
 pub mod flow;
@@ -23,7 +25,7 @@ pub mod session;
 pub mod sharded;
 pub mod wire;
 
-pub use engine::{Config, Correlator, Datagram, Stats};
+pub use engine::{Config, Correlator, Datagram, ShardRouter, Stats};
 
 /// Every table keyed by wire data uses foldhash: several times faster than SipHash on these small keys,
 /// and seeded per process, so an attacker who picks TEIDs and addresses cannot aim at one bucket.

@@ -145,6 +145,13 @@ impl<R: Reason, const N: usize> Counts<R, N> {
         self.counts.get(index(reason)).copied().unwrap_or(0)
     }
 
+    /// Adds another set of counters to these, reason by reason.
+    pub fn merge(&mut self, other: &Self) {
+        for (count, more) in self.counts.iter_mut().zip(&other.counts) {
+            *count += more;
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }

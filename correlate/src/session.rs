@@ -86,6 +86,8 @@ pub struct SessionTable {
     /// to nobody, and must not fall back to the UE address (which may already be someone else's).
     tombstones: Map<TunnelKey, u64>,
     tombstones_max: usize,
+    /// The packet time a session removed now ends at (its tombstones' time), set by the correlator.
+    now_us: u64,
     next_seq: u64,
     sessions_max: usize,
     apns_max: usize,
@@ -112,6 +114,7 @@ impl SessionTable {
             ue_ip_crowded: Map::default(),
             tombstones: Map::default(),
             tombstones_max: 262_144,
+            now_us: 0,
             next_seq: 1,
             sessions_max: sessions_max.min(SLOTS_MAX),
             apns_max: 4096,
@@ -493,7 +496,7 @@ impl SessionTable {
             let user_key =
                 if kind == ACCESS_USER || kind == CORE_USER { self.store.key_at(&record, kind) } else { None };
             if let (true, Some(key)) = (tombstone && self.tombstones.len() < self.tombstones_max, user_key) {
-                self.tombstones.insert(key, record.last_seen_us);
+                self.tombstones.insert(key, self.now_us);
             }
         }
         let v4 = (record.flags & (HAS_V4 | INDEXED_V4) == HAS_V4).then(|| IpAddr::V4(record.ue_ipv4.into()));
@@ -541,14 +544,23 @@ impl SessionTable {
         Some(session)
     }
 
-    /// Removes and returns sessions not seen since `cutoff_us`.
-    pub fn expire(&mut self, cutoff_us: u64) -> Vec<Session> {
-        let idle: Vec<u32> = (0u32..)
+    /// The packet time now: a session removed from here on ended then (its tunnel ends' tombstones).
+    pub fn set_now(&mut self, now_us: u64) {
+        self.now_us = now_us;
+    }
+
+    /// The ids of the live sessions not seen since `cutoff_us`, in slot order.
+    pub fn idle(&self, cutoff_us: u64) -> Vec<u64> {
+        (0u32..)
             .zip(&self.store.records)
             .filter(|(_, r)| r.live() && r.last_seen_us < cutoff_us)
-            .map(|(slot, _)| slot)
-            .collect();
-        idle.into_iter().filter_map(|slot| self.remove_slot(slot)).collect()
+            .map(|(slot, r)| r.id(slot))
+            .collect()
+    }
+
+    /// Removes and returns sessions not seen since `cutoff_us`.
+    pub fn expire(&mut self, cutoff_us: u64) -> Vec<Session> {
+        self.idle(cutoff_us).into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
     /// All live sessions, oldest first (for end-of-run reporting and tests).

@@ -4,6 +4,7 @@ use super::*;
 
 impl Correlator {
     pub(super) fn on_gtpc(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
+        self.sessions.set_now(self.now_us);
         match datagram.payload.first().map(|flags| flags >> 5) {
             Some(1) => self.on_gtpv1c(datagram, out),
             Some(2) => {
@@ -374,6 +375,7 @@ impl Correlator {
     }
 
     pub(super) fn on_gtpv0(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
+        self.sessions.set_now(self.now_us);
         let header = match gtpv0::Header::parse(datagram.payload) {
             Ok(header) => header,
             Err(error) => return self.stats.drop(error.reason()),

@@ -229,25 +229,9 @@ impl Correlator {
         out: &mut Vec<Event>,
     ) {
         let session = attributed.and_then(|(id, how)| self.sessions.get(id).map(|s| (s, how)));
-        let who = match &session {
-            Some((s, _)) if !s.imsi.is_empty() => u128::from(u64::from_le_bytes(s.imsi.packed())),
-            Some((s, _)) if !s.msisdn.is_empty() => u128::from(u64::from_le_bytes(s.msisdn.packed())) | 1 << 64,
-            Some((s, _)) => u128::from(s.id) | 2 << 64,
-            None => ip_bits(source.ip()) | 3 << 126,
-        };
-        let key = DedupeKey { token, who };
-        if self.dedupe.get(&key).is_some_and(|seen| *seen >= self.dedupe_cutoff()) {
-            self.stats.note(Note::SightingDuplicate);
-            return;
-        }
-        let room = self.dedupe.len() < self.config.sighting_dedupe_max;
-        if let Some(seen) = self.dedupe.get_or_insert_with(key, room, || 0) {
-            *seen = self.now_us;
-        }
         match session {
             Some((session, attribution)) => {
-                self.stats.sightings += 1;
-                out.push(Event::Sighting(Sighting {
+                let event = Event::Sighting(Sighting {
                     ts_us: self.now_us,
                     token,
                     identity: session.identity(),
@@ -257,11 +241,14 @@ impl Correlator {
                     attribution,
                     evidence_tag: session.evidence_tag,
                     evidence: None,
-                }));
+                });
+                if self.admit(&event) {
+                    self.stats.sightings += 1;
+                    out.push(event);
+                }
             }
             None => {
-                self.stats.unattributed += 1;
-                out.push(Event::Unattributed(Unattributed {
+                let event = Event::Unattributed(Unattributed {
                     ts_us: self.now_us,
                     token,
                     ue_ip: source.ip(),
@@ -270,8 +257,21 @@ impl Correlator {
                     carrier,
                     source,
                     destination,
-                }));
+                });
+                if self.admit(&event) {
+                    self.stats.unattributed += 1;
+                    out.push(event);
+                }
             }
         }
+    }
+
+    /// Whether the dedupe lets a token event through (counted when it does not).
+    fn admit(&mut self, event: &Event) -> bool {
+        let admitted = self.dedupe.as_mut().is_none_or(|dedupe| dedupe.admit(event, self.now_us));
+        if !admitted {
+            self.stats.note(Note::SightingDuplicate);
+        }
+        admitted
     }
 }

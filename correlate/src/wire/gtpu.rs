@@ -53,6 +53,24 @@ impl InnerError {
     }
 }
 
+/// The source address of a G-PDU's inner IP packet, read from the fixed header alone (no checksum,
+/// options or payload): what the probe's dispatcher shards the user plane by. `None` where the header
+/// is not there; the shard that gets the packet then says why.
+#[inline]
+pub fn inner_source(data: &[u8]) -> Option<IpAddr> {
+    match data.first()? >> 4 {
+        4 if data.len() >= 20 => {
+            let octets: [u8; 4] = data.get(12..16)?.try_into().ok()?;
+            Some(IpAddr::from(octets))
+        }
+        6 if data.len() >= 40 => {
+            let octets: [u8; 16] = data.get(8..24)?.try_into().ok()?;
+            Some(IpAddr::from(octets))
+        }
+        _ => None,
+    }
+}
+
 /// Decodes the subscriber's packet of a G-PDU. Always inlined, as `gtpv1::Header::parse` (why there).
 #[inline(always)]
 pub fn inner_packet(data: &[u8]) -> Result<InnerPacket<'_>, InnerError> {
