@@ -209,15 +209,15 @@ pub struct Reader<T> {
 impl<T> Reader<T> {
     /// The next batch; `None` once the reader has finished and every batch was taken.
     pub fn next(&self) -> Option<Batch> {
-        spin(&self.batches).or_else(|| self.batches.recv().ok())
+        waiting(|| spin(&self.batches).or_else(|| self.batches.recv().ok()))
     }
 
     /// The next batch, waiting at most `timeout`; `Err(Disconnected)` once the reader has finished.
     pub fn next_timeout(&self, timeout: Duration) -> Result<Batch, crossbeam_channel::RecvTimeoutError> {
-        match spin(&self.batches) {
+        waiting(|| match spin(&self.batches) {
             Some(batch) => Ok(batch),
             None => self.batches.recv_timeout(timeout),
-        }
+        })
     }
 
     /// Hands a processed batch back for reuse.
@@ -230,6 +230,15 @@ impl<T> Reader<T> {
         drop(self.batches);
         self.thread.join()
     }
+}
+
+/// Runs a wait of one of the probe's threads (spinning or blocked on a channel or a barrier). Never
+/// inlined: every wait is this one symbol, which `benches/workers.sh` leaves out of its instruction
+/// counts (callgrind's `--toggle-collect`), so that a thread spinning under valgrind's one-at-a-time
+/// scheduling does not count as work.
+#[inline(never)]
+pub fn waiting<T>(wait: impl FnOnce() -> T) -> T {
+    wait()
 }
 
 /// Takes what `channel` holds, spinning for up to [`SPIN_MAX`] while it is empty; `None` when nothing
@@ -261,7 +270,7 @@ struct Lanes {
 
 impl Lanes {
     fn next_empty(&self) -> Option<Batch> {
-        spin(&self.empty).or_else(|| self.empty.recv().ok()).map(|mut b| {
+        waiting(|| spin(&self.empty).or_else(|| self.empty.recv().ok())).map(|mut b| {
             b.clear();
             b
         })
@@ -282,7 +291,7 @@ impl Lanes {
         if self.handover == Handover::Streaming {
             prefetch::publish();
         }
-        let _ = self.full.send(batch);
+        let _ = waiting(|| self.full.send(batch));
     }
 }
 

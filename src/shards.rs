@@ -21,6 +21,7 @@
 //! events, tagged with their frames. A round's answers are merged by (frame, shard): shard 0's events
 //! of a frame (its ticks' sweeps) come before the owner's, as one thread's sweep came before the packet.
 //! At most [`ROUNDS_IN_FLIGHT`] rounds are out at once.
+use crate::pipeline::waiting;
 use gtpcharge_correlate::clock::Clock;
 use gtpcharge_correlate::dedupe::Dedupe;
 use gtpcharge_correlate::reason::Note;
@@ -54,8 +55,8 @@ struct Item {
     source: SocketAddr,
     destination: SocketAddr,
     what: What,
-    start: usize,
-    end: usize,
+    start: u32,
+    end: u32,
 }
 
 /// One round's items for one shard, the payloads copied behind each other.
@@ -68,7 +69,7 @@ struct Work {
 
 impl Work {
     fn push(&mut self, datagram: &Datagram<'_>, now_us: u64, what: What) {
-        let start = self.bytes.len();
+        let start = self.bytes.len() as u32;
         if what != What::Tick {
             self.bytes.extend_from_slice(datagram.payload);
         }
@@ -80,7 +81,7 @@ impl Work {
             destination: datagram.destination,
             what,
             start,
-            end: self.bytes.len(),
+            end: self.bytes.len() as u32,
         });
     }
 }
@@ -104,7 +105,7 @@ impl Agreement {
         if let Some(list) = self.lists.get(shard) {
             list.lock().unwrap_or_else(PoisonError::into_inner).clone_from(&mine);
         }
-        self.barrier.wait();
+        waiting(|| self.barrier.wait());
         let mut found: HashMap<u64, usize> = HashMap::with_capacity(mine.len());
         for list in &self.lists {
             for id in list.lock().unwrap_or_else(PoisonError::into_inner).iter() {
@@ -112,7 +113,7 @@ impl Agreement {
             }
         }
         // Everyone has read every list before anyone writes the next sweep's.
-        self.barrier.wait();
+        waiting(|| self.barrier.wait());
         mine.into_iter().filter(|id| found.get(id) == Some(&self.lists.len())).collect()
     }
 }
@@ -215,12 +216,12 @@ impl Shards {
         match self.router.key(datagram) {
             Some(key) => {
                 let owner = shard_of(key, count);
-                for (index, work) in self.filling.iter_mut().enumerate() {
-                    if index == owner {
-                        work.push(datagram, now, What::Own);
-                    } else if due.is_some() {
-                        work.push(datagram, now, What::Tick);
+                if due.is_some() {
+                    for (index, work) in self.filling.iter_mut().enumerate() {
+                        work.push(datagram, now, if index == owner { What::Own } else { What::Tick });
                     }
+                } else if let Some(work) = self.filling.get_mut(owner) {
+                    work.push(datagram, now, What::Own);
                 }
             }
             None => self.filling.iter_mut().for_each(|work| work.push(datagram, now, What::Follow)),
@@ -243,7 +244,7 @@ impl Shards {
             if self.out.len() <= in_flight {
                 return;
             }
-            match self.done.recv() {
+            match waiting(|| self.done.recv()) {
                 Ok(done) => self.answer(done),
                 // Every shard has gone (only after `finish`): nothing more will come.
                 Err(_) => return,
@@ -258,7 +259,7 @@ impl Shards {
         let round = self.next_round;
         self.next_round += 1;
         let mut answers = Vec::with_capacity(self.shards.len());
-        let mut waiting = 0;
+        let mut expected = 0;
         for (shard, work) in self.shards.iter_mut().zip(self.filling.iter_mut()) {
             if work.items.is_empty() {
                 answers.push(Some(Vec::new()));
@@ -268,14 +269,14 @@ impl Shards {
             std::mem::swap(work, &mut next);
             next.round = round;
             // A shard that has gone cannot answer: its round is merged without it (and `finish` says so).
-            if shard.work.send(next).is_ok() {
+            if waiting(|| shard.work.send(next)).is_ok() {
                 answers.push(None);
-                waiting += 1;
+                expected += 1;
             } else {
                 answers.push(Some(Vec::new()));
             }
         }
-        self.out.push_back(Round { sweeps: std::mem::take(&mut self.sweeps), answers, waiting });
+        self.out.push_back(Round { sweeps: std::mem::take(&mut self.sweeps), answers, waiting: expected });
     }
 
     fn answer(&mut self, done: Done) {
@@ -386,7 +387,7 @@ fn run(
     let mut out = Vec::new();
     let mut set_aside = Vec::new();
     let mut copied = Instant::now();
-    for work in inbox {
+    while let Ok(work) = waiting(|| inbox.recv()) {
         let mut events = Vec::new();
         for item in &work.items {
             let datagram = Datagram {
@@ -394,7 +395,7 @@ fn run(
                 frame: item.frame,
                 source: item.source,
                 destination: item.destination,
-                payload: work.bytes.get(item.start..item.end).unwrap_or_default(),
+                payload: work.bytes.get(item.start as usize..item.end as usize).unwrap_or_default(),
             };
             if item.now_us > correlator.now_us() {
                 if counts_shared {
@@ -409,8 +410,12 @@ fn run(
                 What::Follow if counts_shared => correlator.on_datagram(&datagram, &mut out),
                 What::Follow => correlator.uncounted(|c| c.on_datagram(&datagram, &mut set_aside)),
             }
-            set_aside.clear();
-            events.extend(out.drain(..).map(|event| (item.frame, event)));
+            if !set_aside.is_empty() {
+                set_aside.clear();
+            }
+            if !out.is_empty() {
+                events.extend(out.drain(..).map(|event| (item.frame, event)));
+            }
         }
         if copied.elapsed() >= SNAPSHOT_EVERY {
             copied = Instant::now();

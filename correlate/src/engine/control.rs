@@ -19,14 +19,14 @@ impl Correlator {
                             data = header.next;
                         }
                         Err(error) => {
-                            self.stats.drop(error.reason());
+                            self.stats.dropped(error.reason());
                             break;
                         }
                     }
                 }
             }
             Some(0) => self.on_gtpv0(datagram, out),
-            _ => self.stats.drop(DropReason::GtpcBadVersion),
+            _ => self.stats.dropped(DropReason::GtpcBadVersion),
         }
     }
 
@@ -55,7 +55,7 @@ impl Correlator {
             Added::New => {}
             Added::Retransmission => self.stats.note(Note::GtpcRequestRetransmitted),
             Added::Crowded => self.stats.note(Note::PendingSequenceCrowded),
-            Added::TableFull => self.stats.drop(DropReason::PendingTableFull),
+            Added::TableFull => self.stats.dropped(DropReason::PendingTableFull),
         }
     }
 
@@ -91,7 +91,7 @@ impl Correlator {
     pub(super) fn on_gtpv1c(&mut self, datagram: &Datagram<'_>, out: &mut Vec<Event>) {
         let header = match gtpv1::Header::parse(datagram.payload) {
             Ok(header) => header,
-            Err(error) => return self.stats.drop(error.reason()),
+            Err(error) => return self.stats.dropped(error.reason()),
         };
         *self.stats.gtpc_messages.entry((1, header.message_type)).or_default() += 1;
         use gtpv1::message::*;
@@ -108,12 +108,12 @@ impl Correlator {
             return;
         }
         let Some(sequence) = header.sequence else {
-            return self.stats.drop(DropReason::GtpcNoSequence);
+            return self.stats.dropped(DropReason::GtpcNoSequence);
         };
         let sequence = u32::from(sequence);
         let fields = match gtpv1::ControlFields::parse(header.body) {
             Ok(fields) => fields,
-            Err(error) => return self.stats.drop(error.reason()),
+            Err(error) => return self.stats.dropped(error.reason()),
         };
         let receiver = TunnelKey { address: datagram.destination.ip(), teid: header.teid };
         match header.message_type {
@@ -254,7 +254,7 @@ impl Correlator {
         }
         let fields = match gtpv2::ControlFields::parse(header.body) {
             Ok(fields) => fields,
-            Err(error) => return self.stats.drop(error.reason()),
+            Err(error) => return self.stats.dropped(error.reason()),
         };
         let sequence = header.sequence;
         let receiver = TunnelKey { address: datagram.destination.ip(), teid: header.teid.unwrap_or(0) };
@@ -378,7 +378,7 @@ impl Correlator {
         self.sessions.set_now(self.now_us);
         let header = match gtpv0::Header::parse(datagram.payload) {
             Ok(header) => header,
-            Err(error) => return self.stats.drop(error.reason()),
+            Err(error) => return self.stats.dropped(error.reason()),
         };
         *self.stats.gtpc_messages.entry((0, header.message_type)).or_default() += 1;
         use gtpv1::message::*;
@@ -398,7 +398,7 @@ impl Correlator {
             CREATE_PDP_REQUEST => {
                 let mut fields = match gtpv0::control_fields(header.body) {
                     Ok(fields) => fields,
-                    Err(error) => return self.stats.drop(error.reason()),
+                    Err(error) => return self.stats.dropped(error.reason()),
                 };
                 fields.imsi = Some(header.imsi());
                 fields.nsapi = Some(header.nsapi());
@@ -408,7 +408,7 @@ impl Correlator {
             CREATE_PDP_RESPONSE => {
                 let fields = match gtpv0::control_fields(header.body) {
                     Ok(fields) => fields,
-                    Err(error) => return self.stats.drop(error.reason()),
+                    Err(error) => return self.stats.dropped(error.reason()),
                 };
                 let Some(request) = self.response(datagram, 0, sequence, proof) else { return };
                 let accepted = fields.cause.is_some_and(gtpv1::cause_accepted);

@@ -65,7 +65,7 @@ impl Correlator {
                     });
                 }
             }
-            Err(reason) => self.stats.drop(reason),
+            Err(reason) => self.stats.dropped(reason),
         }
     }
 
@@ -80,7 +80,7 @@ impl Correlator {
     ) {
         let displaced = match self.sessions.update(id, change) {
             Ok(displaced) => displaced,
-            Err(reason) => return self.stats.drop(reason),
+            Err(reason) => return self.stats.dropped(reason),
         };
         for old in displaced {
             self.session_down(&old, "replaced", frames, out);

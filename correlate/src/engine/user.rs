@@ -10,7 +10,7 @@ impl Correlator {
             Err(WireError::Version(_)) if datagram.payload.first().map(|f| f >> 5) == Some(0) => {
                 return self.on_gtpv0(datagram, out);
             }
-            Err(error) => return self.stats.drop(error.reason()),
+            Err(error) => return self.stats.dropped(error.reason()),
         };
         if header.message_type != gtpv1::message::G_PDU {
             *self.stats.gtpu_messages.entry(header.message_type).or_default() += 1;
@@ -53,7 +53,7 @@ impl Correlator {
         let now = self.now_us;
         let packet = match gtpu::inner_packet(inner) {
             Ok(packet) => packet,
-            Err(error) => return self.stats.drop(error.reason()),
+            Err(error) => return self.stats.dropped(error.reason()),
         };
         let mut unattributed_reason = "unknown-tunnel";
         let attributed = match found {
@@ -173,7 +173,7 @@ impl Correlator {
         if syn {
             // A new connection: any older state under this key is from a previous one.
             if !self.flows.insert(key, FlowState::new(sequence.wrapping_add(1), now)) {
-                self.stats.drop(DropReason::FlowTableFull);
+                self.stats.dropped(DropReason::FlowTableFull);
             }
             return;
         }
