@@ -64,8 +64,9 @@ pub struct Cluster {
     /// Progress messages published.
     pub progressed: u64,
     /// From a change's publication to its arrival on this probe (its NATS thread), in microseconds, for
-    /// the changes read after joining (at most [`DELAYS_KEPT`]); the probe's thread applies what arrived at
-    /// its next tick (about once a second) or at the end of the run.
+    /// the changes read after joining (at most [`DELAYS_KEPT`]); the probe's thread applies what arrived
+    /// after its next batch of frames (a live batch is at most 20 ms old), or within 200 ms on a quiet
+    /// link, or at its tick.
     delays: Vec<u64>,
 }
 
@@ -197,8 +198,14 @@ impl Cluster {
         }))
     }
 
+    /// Whether the stream brought anything not yet applied to the view.
+    pub fn has_news(&self) -> bool {
+        !self.received.is_empty()
+    }
+
     /// What the stream brought since, then the held tokens it places, and those whose grace is over
-    /// (unattributed). Called about every second and at the end of the run.
+    /// (unattributed). Called about every second, after a batch of frames when the stream brought
+    /// something, and at the end of the run.
     pub fn poll(&mut self, now: Instant) -> Vec<Event> {
         while let Ok((sequence, message, received_us)) = self.received.try_recv() {
             self.read_to = sequence;

@@ -119,7 +119,11 @@ pub fn drive(
     let mut checked = Instant::now();
     loop {
         let more = match &mut frames {
-            Frames::Inline(feed) => feed.read(|frame| run.frame(frame)) != Read::End,
+            Frames::Inline(feed) => {
+                let read = feed.read(|frame| run.frame(frame));
+                run.drain();
+                read != Read::End
+            }
             Frames::Reader(reader, _) => match reader.next_timeout(WAKE) {
                 Ok(batch) => {
                     run.batch(&batch);

@@ -182,7 +182,8 @@ impl ProbeRun {
         });
     }
 
-    /// With shards: every event of the frames read so far (a quiet link, a tick).
+    /// With shards: every event of the frames read so far (a quiet link, a tick); then what the cluster's
+    /// stream brought.
     pub fn drain(&mut self) {
         let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
         probe.drain(|event| {
@@ -190,6 +191,16 @@ impl ProbeRun {
                 sink(out, delivery, skipped_no_msisdn, delays, event.as_ref());
             }
         });
+        self.follow_cluster();
+    }
+
+    /// What the cluster's stream brought, applied now (not at the next tick): the held tokens it places.
+    fn follow_cluster(&mut self) {
+        let ProbeRun { out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
+        let Some(cluster) = cluster.as_mut().filter(|c| c.has_news()) else { return };
+        for event in cluster.poll(Instant::now()) {
+            sink(out, delivery, skipped_no_msisdn, delays, &event);
+        }
     }
 
     /// About once a second: the tokens the cluster's view now places, or whose grace is over.
@@ -212,6 +223,7 @@ impl ProbeRun {
                 sink(out, delivery, skipped_no_msisdn, delays, event.as_ref());
             }
         });
+        self.follow_cluster();
     }
 
     /// Renders the metrics at most once a second (or now, when `force`).

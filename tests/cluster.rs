@@ -113,13 +113,14 @@ fn user_plane_probes_started_before_the_control_plane_wait_for_it() {
     let world = World::new(62, 30);
     let files = split(&world.capture, world.dir.path());
     let name = format!("test-late-cp-{}", std::process::id());
+    // Two of the probes correlate on shards (`--workers`): what they publish and place is the same.
     let mut probes: Vec<(String, Child)> = vec![
-        ("up0".into(), probe(&world, &files[1], (&url, &name), "up0", &[])),
+        ("up0".into(), probe(&world, &files[1], (&url, &name), "up0", &["--workers", "2"])),
         ("up1".into(), probe(&world, &files[2], (&url, &name), "up1", &[])),
     ];
     // The user plane is replayed first: its tokens wait (within the grace) for the control plane.
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    probes.push(("cp".into(), probe(&world, &files[0], (&url, &name), "cp", &[])));
+    probes.push(("cp".into(), probe(&world, &files[0], (&url, &name), "cp", &["--workers", "3"])));
     finish(&world, probes);
     assert_charged_as_truth(&world, "user plane first");
 }
