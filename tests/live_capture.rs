@@ -36,7 +36,67 @@ fn a_full_speed_burst_is_captured_without_loss_by_the_defaults() {
     file.finish().unwrap();
     assert!(truth.frames > 100_000);
 
-    let veth = VethPair::new("live");
+    let (summary, events) = capture_while_injecting("live", &path, truth.frames, &[], None);
+    let received = counter(&summary, "libpcap received ");
+    assert!(received >= truth.frames, "{summary}");
+    assert_eq!(counter(&summary, "  dropped "), 0, "libpcap dropped packets of the burst:\n{summary}");
+    assert_eq!(counter(&summary, "interface dropped "), 0, "{summary}");
+    assert!(!summary.contains("were not read"), "{summary}");
+    let sightings = events.lines().filter(|l| l.contains("\"sighting\"")).count();
+    assert_eq!(sightings, truth.sightings.len(), "{summary}");
+    assert!(summary.contains("sighting delay (capture to sighting) p50 "), "{summary}");
+}
+
+/// Live capture on shards (`--workers 2`): a capture played onto the interface at a steady rate gives the
+/// sightings and sessions its replay on one thread gives (the times differ: live, they are the capture's).
+#[test]
+fn shards_capturing_live_find_what_one_thread_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("steady.pcap");
+    let scenario = Scenario {
+        seed: 13,
+        subscribers: 150,
+        traffic_rounds: 3,
+        background_per_round: 4,
+        edge_cases: false,
+        tokens: Vec::new(),
+    };
+    let mut file = PcapFile::create(&path).unwrap();
+    let truth = generate(&scenario, &mut file);
+    file.finish().unwrap();
+    let (summary, events) = capture_while_injecting("shrd", &path, truth.frames, &["--workers", "2"], Some(20_000));
+    assert!(!summary.contains("were not read"), "{summary}");
+    let replay = common::gtpcharge(&["replay", "--emit", "jsonl", "--single-thread", path.to_str().unwrap()]);
+    assert!(replay.status.success());
+    let found = |events: &str, kind: &str| -> Vec<String> {
+        let mut found: Vec<String> = events
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["event"] == kind)
+            .map(|e| format!("{} {} {}", e["token"], e["msisdn"], e["reason"]))
+            .collect();
+        found.sort();
+        found
+    };
+    let replayed = String::from_utf8(replay.stdout).unwrap();
+    assert_eq!(found(&events, "sighting").len(), truth.sightings.len(), "{summary}");
+    assert_eq!(found(&events, "sighting"), found(&replayed, "sighting"), "{summary}");
+    assert_eq!(found(&events, "session_up"), found(&replayed, "session_up"), "{summary}");
+    assert_eq!(found(&events, "session_down"), found(&replayed, "session_down"), "{summary}");
+}
+
+/// Runs `gtpcharge capture` (with `extra` flags) on a fresh veth pair (named by `tag`), plays `path` onto it (at `pps`, or
+/// at full speed), waits until the probe has read `frames` packets (its metrics say), stops it with
+/// SIGTERM; returns its summary and its events.
+fn capture_while_injecting(
+    tag: &str,
+    path: &std::path::Path,
+    frames: u64,
+    extra: &[&str],
+    pps: Option<u32>,
+) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let veth = VethPair::new(tag);
     let metrics_port = common::world::free_port();
     // Events to a file: a pipe nobody reads until the end would stop the probe once it is full.
     let events = dir.path().join("events.jsonl");
@@ -44,6 +104,7 @@ fn a_full_speed_burst_is_captured_without_loss_by_the_defaults() {
         .args(["capture", "--interface", &veth.probe_end, "--emit", "jsonl"])
         .args(["--spool-dir", dir.path().join("spool").to_str().unwrap()])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(extra)
         .stdout(std::fs::File::create(&events).unwrap())
         .stderr(Stdio::piped())
         .spawn()
@@ -53,12 +114,13 @@ fn a_full_speed_burst_is_captured_without_loss_by_the_defaults() {
         assert!(started.elapsed() < Duration::from_secs(20), "gtpcharge capture did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let inject = Command::new("ip")
-        .args(["netns", "exec", &veth.namespace, env!("CARGO_BIN_EXE_gtpcharge"), "inject", "--interface"])
-        .arg(&veth.wire_end)
-        .arg(&path)
-        .output()
-        .unwrap();
+    let mut inject = Command::new("ip");
+    inject.args(["netns", "exec", &veth.namespace, env!("CARGO_BIN_EXE_gtpcharge"), "inject", "--interface"]);
+    inject.arg(&veth.wire_end);
+    if let Some(pps) = pps {
+        inject.args(["--pps", &pps.to_string()]);
+    }
+    let inject = inject.arg(path).output().unwrap();
     let injected = String::from_utf8_lossy(&inject.stderr).into_owned();
     assert!(inject.status.success(), "inject: {injected}");
     // Wait until the probe has read the whole burst (a debug build on a busy machine reads more slowly
@@ -75,20 +137,12 @@ fn a_full_speed_burst_is_captured_without_loss_by_the_defaults() {
             .unwrap_or(0)
     };
     let waited = Instant::now();
-    while read() < truth.frames && waited.elapsed() < Duration::from_secs(120) {
+    while read() < frames && waited.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(Command::new("kill").args(["-TERM", &capture.id().to_string()]).status().unwrap().success());
     let output = capture.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&output.stderr);
+    let summary = format!("{injected}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{summary}");
-    let received = counter(&summary, "libpcap received ");
-    assert!(received >= truth.frames, "{injected}\n{summary}");
-    assert_eq!(counter(&summary, "  dropped "), 0, "libpcap dropped packets of the burst:\n{injected}\n{summary}");
-    assert_eq!(counter(&summary, "interface dropped "), 0, "{summary}");
-    assert!(!summary.contains("were not read"), "{summary}");
-    let events = std::fs::read_to_string(&events).unwrap();
-    let sightings = events.lines().filter(|l| l.contains("\"sighting\"")).count();
-    assert_eq!(sightings, truth.sightings.len(), "{summary}");
-    assert!(summary.contains("sighting delay (capture to sighting) p50 "), "{summary}");
+    (summary, std::fs::read_to_string(&events).unwrap())
 }
