@@ -4,9 +4,15 @@
 //! for by what the stream says that tunnel was at the packet's capture time. The user plane never crosses
 //! the engine; only session changes do.
 //!
-//! - **One stream per cluster** (`GTPCHARGE_<NAME>`, subject `gtpcharge.<name>.sessions`), file storage,
-//!   kept 7 days. Each message carries `Nats-Msg-Id` made of what it says (kind, capture time, IMSI,
-//!   tunnel), so the same change published by two probes that saw the same packet is stored once.
+//! - **One stream per cluster** (`GTPCHARGE_<NAME>`), file storage, kept 7 days, compacted as a key-value
+//!   bucket is: a change is published under its tunnel's subject (`gtpcharge.<name>.tunnel.<key>`), a
+//!   progress mark under its probe's, and the stream keeps the last [`SUBJECT_HISTORY`] messages of each
+//!   subject, so a late joiner reads a few changes a tunnel, not every change of the week. A session that
+//!   moves is said under both tunnels (`update` under the new, `left` under the old), so compaction only
+//!   ever forgets a tunnel's older holders, never keeps a session on a tunnel it left (a unit test holds
+//!   a compacted view to the whole one). Each message carries `Nats-Msg-Id` made of what it says (kind,
+//!   capture time, IMSI, tunnel), so the same change published by two probes that saw the same packet is
+//!   stored once.
 //! - **By capture time.** The view keeps, per uplink tunnel, its changes ordered by capture time; a token
 //!   belongs to the session the tunnel held at the packet's time, even when that session's later end
 //!   reached this probe first. A session that moved to another tunnel closes its old one then.
@@ -28,7 +34,7 @@ use std::time::{Duration, Instant};
 
 mod nats;
 mod view;
-pub use view::{view_bytes, Change, Message, View};
+pub use view::{view_bytes, Change, Message, View, SUBJECT_HISTORY};
 
 /// What becomes of a correlator's event in a cluster.
 pub enum Verdict {
@@ -81,8 +87,9 @@ fn stream_name(name: &str) -> String {
     format!("GTPCHARGE_{}", name.to_ascii_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
 }
 
-fn subject(name: &str) -> String {
-    format!("gtpcharge.{}.sessions", name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"))
+/// The prefix of the cluster's subjects (`Message::subject` adds the tunnel's or the probe's).
+fn subject_prefix(name: &str) -> String {
+    format!("gtpcharge.{}", name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"))
 }
 
 impl Cluster {
@@ -150,7 +157,7 @@ impl Cluster {
     pub fn filter(&mut self, event: &Event) -> Verdict {
         match event {
             Event::SessionUp(_) | Event::SessionUpdate(_) | Event::SessionDown(_) => {
-                if let Some(mut change) = Change::of(event, &self.config.probe_id) {
+                for mut change in Change::of(event, &self.config.probe_id) {
                     self.published += 1;
                     change.sent_us = wall_us();
                     let _ = self.publish.send(Message::Change(change));

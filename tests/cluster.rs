@@ -105,6 +105,16 @@ fn three_probes_on_a_split_link_charge_what_one_probe_would() {
         .collect();
     finish(&world, probes);
     assert_charged_as_truth(&world, "three probes started together");
+    // The stream is compacted per tunnel: a subject a tunnel (and a probe), a few messages each.
+    let stream = format!("GTPCHARGE_TEST_SPLIT_{}", std::process::id());
+    let info = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let client = async_nats::connect(url.trim_start_matches("nats://")).await.unwrap();
+        let mut stream = async_nats::jetstream::new(client).get_stream(&stream).await.unwrap();
+        stream.info().await.unwrap().clone()
+    });
+    assert_eq!(info.config.max_messages_per_subject, 4);
+    assert_eq!(info.config.subjects, [format!("gtpcharge.{name}.>")]);
+    assert!(info.state.subjects_count > 20, "one subject a tunnel: {:?}", info.state);
 }
 
 #[test]

@@ -99,6 +99,9 @@ pub struct SessionEvent {
     /// The uplink tunnel's key (GSN user-plane address + TEID), when known: what a probe that sees only
     /// the user plane attributes by (`--cluster`).
     pub tunnel_up: Option<TunnelKey>,
+    /// On an update that moved the uplink tunnel: the tunnel the session left (`--cluster` says so under
+    /// that tunnel's own subject, so a compacted stream never keeps the session there).
+    pub tunnel_up_before: Option<TunnelKey>,
     /// The TEID downlink G-PDUs carry (the SGSN's / eNodeB's / SGW's S5), 0 if not yet known.
     pub teid_down: u32,
     /// GTP version of the signalling (0, 1 or 2).

@@ -1,6 +1,6 @@
 //! The NATS side of a cluster member, on its own thread (a tokio runtime): the stream, the publishing
 //! of what the probe sends, and the following of what the stream holds.
-use super::{stream_name, subject, ClusterConfig, Message};
+use super::{stream_name, subject_prefix, ClusterConfig, Message, SUBJECT_HISTORY};
 use std::time::Duration;
 
 /// The NATS side: connect, stream, then publish what the probe sends and deliver what the stream has.
@@ -22,15 +22,21 @@ pub(super) async fn run(
             .await
             .map_err(|e| format!("connecting: {e}"))?;
         let js = jetstream::new(client);
+        // Created, or brought to this configuration (a stream of an earlier version kept every message
+        // under one subject).
+        js.create_or_update_stream(jetstream::stream::Config {
+            name: stream_name(&config.name),
+            subjects: vec![format!("{}.>", subject_prefix(&config.name))],
+            max_age: Duration::from_secs(7 * 86_400),
+            max_messages_per_subject: SUBJECT_HISTORY,
+            duplicate_window: Duration::from_secs(120),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("the stream {}: {e}", stream_name(&config.name)))?;
         let mut stream = js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: stream_name(&config.name),
-                subjects: vec![subject(&config.name)],
-                max_age: Duration::from_secs(7 * 86_400),
-                duplicate_window: Duration::from_secs(120),
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
+            .get_stream(stream_name(&config.name))
             .await
             .map_err(|e| format!("the stream {}: {e}", stream_name(&config.name)))?;
         let last = stream.info().await.map_err(|e| format!("the stream's state: {e}"))?.state.last_sequence;
@@ -44,7 +50,7 @@ pub(super) async fn run(
         }
     };
     let _ = ready.send(Ok(last));
-    let subject = subject(&config.name);
+    let prefix = subject_prefix(&config.name);
     // Follows the stream from its start; after an error (a restarted server forgets the consumer), again
     // from the message after the last one read.
     let reader = tokio::spawn(async move {
@@ -105,13 +111,13 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        let encoded: Vec<(String, Vec<u8>)> =
-            batch.iter().filter_map(|m| Some((m.id(), serde_json::to_vec(m).ok()?))).collect();
+        let encoded: Vec<(String, String, Vec<u8>)> =
+            batch.iter().filter_map(|m| Some((m.subject(&prefix), m.id(), serde_json::to_vec(m).ok()?))).collect();
         let mut delay = Duration::from_millis(100);
         loop {
             let mut acks = Vec::with_capacity(encoded.len());
             let mut failed = None;
-            for (id, payload) in &encoded {
+            for (subject, id, payload) in &encoded {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
                 match js.publish_with_headers(subject.clone(), headers, payload.clone().into()).await {

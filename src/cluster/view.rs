@@ -25,7 +25,31 @@ pub enum Message {
     },
 }
 
+/// How many messages the stream keeps per subject: per tunnel, its last changes (a late joiner reads no
+/// more than that of each); per probe, its last progress marks.
+pub const SUBJECT_HISTORY: i64 = 4;
+
 impl Message {
+    /// The subject it is published under: a change under its tunnel's (`<prefix>.tunnel.<GSN
+    /// address in hex>-<TEID in hex>`), a progress mark under its probe's (`<prefix>.progress.<id>`), so
+    /// that the stream, keeping [`SUBJECT_HISTORY`] a subject, is compacted as a key-value bucket is.
+    pub fn subject(&self, prefix: &str) -> String {
+        match self {
+            Message::Change(c) => {
+                let address: String = match c.gsn {
+                    IpAddr::V4(v4) => v4.octets().iter().map(|b| format!("{b:02x}")).collect(),
+                    IpAddr::V6(v6) => v6.octets().iter().map(|b| format!("{b:02x}")).collect(),
+                };
+                format!("{prefix}.tunnel.{address}-{:08x}", c.teid)
+            }
+            Message::Progress { probe, .. } => {
+                let probe: String =
+                    probe.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+                format!("{prefix}.progress.{probe}")
+            }
+        }
+    }
+
     /// The message id: what the message says, so two probes that saw the same change publish it once.
     pub fn id(&self) -> String {
         match self {
@@ -38,7 +62,8 @@ impl Message {
 /// What a probe says of a session on the stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
-    /// `up`, `update` or `down`.
+    /// `up`, `update` or `down` (of the session on this tunnel), or `left`: the session moved from this
+    /// tunnel to another (its `update` is under the other tunnel's subject).
     pub kind: String,
     pub ts_us: u64,
     pub imsi: String,
@@ -58,15 +83,18 @@ pub struct Change {
 }
 
 impl Change {
-    pub(super) fn of(event: &Event, probe: &str) -> Option<Change> {
+    /// What a session event says on the stream: its change under its uplink tunnel, and, when it moved
+    /// the session off another tunnel, that it `left` that one (after the update, so that a view applies
+    /// the move first).
+    pub(super) fn of(event: &Event, probe: &str) -> Vec<Change> {
         let (kind, s): (&str, &SessionEvent) = match event {
             Event::SessionUp(s) => ("up", s),
             Event::SessionUpdate(s) => ("update", s),
             Event::SessionDown(s) => ("down", s),
-            _ => return None,
+            _ => return Vec::new(),
         };
-        let tunnel = s.tunnel_up?;
-        Some(Change {
+        let Some(tunnel) = s.tunnel_up else { return Vec::new() };
+        let change = |kind: &str, tunnel: gtpcharge_correlate::session::TunnelKey| Change {
             kind: kind.to_owned(),
             ts_us: s.ts_us,
             imsi: s.identity.imsi.to_string(),
@@ -79,7 +107,12 @@ impl Change {
             teid: tunnel.teid,
             probe: probe.to_owned(),
             sent_us: 0,
-        })
+        };
+        let mut changes = vec![change(kind, tunnel)];
+        if let Some(before) = s.tunnel_up_before.filter(|_| kind == "update") {
+            changes.push(change("left", before));
+        }
+        changes
     }
 }
 
@@ -220,7 +253,7 @@ impl View {
                 tunnels.insert(tunnel, Entries::One(entry));
             }
         };
-        if change.kind == "down" {
+        if change.kind == "down" || change.kind == "left" {
             if self.current.get(&key).is_some_and(|(_, at)| *at == tunnel) {
                 self.current.remove(&key);
             }
@@ -311,6 +344,141 @@ mod tests {
             probe: "cp".into(),
             sent_us: 0,
         }
+    }
+
+    /// Keeps the last `history` messages of each subject, in stream order: what the stream holds once
+    /// its per-subject limit has acted.
+    fn compacted(messages: &[Message], history: usize) -> Vec<Message> {
+        let mut kept: HashMap<String, usize> = HashMap::new();
+        let mut out: Vec<Message> = messages
+            .iter()
+            .rev()
+            .filter(|m| {
+                let count = kept.entry(m.subject("p")).or_default();
+                *count += 1;
+                *count <= history
+            })
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Where `view` answers a tunnel at a time and differs from the whole stream's `truth`: a session it
+    /// invented. Returns (invented, forgotten).
+    fn compare(view: &View, truth: &View, probes: &[(IpAddr, u32, u64)]) -> (usize, usize) {
+        let who = |v: &View, (gsn, teid, ts): (IpAddr, u32, u64)| v.at(gsn, teid, ts).map(|w| (w.imsi, w.msisdn));
+        let (mut invented, mut forgotten) = (0, 0);
+        for &probe in probes {
+            match (who(view, probe), who(truth, probe)) {
+                (Some(a), Some(b)) if a == b => {}
+                (None, Some(_)) => forgotten += 1,
+                (None, None) => {}
+                _ => invented += 1,
+            }
+        }
+        (invented, forgotten)
+    }
+
+    /// The stream keeps [`SUBJECT_HISTORY`] messages a subject (a tunnel): a late joiner's view may have
+    /// forgotten a tunnel's older holders (a token then goes unattributed: a lost sale), but never says a
+    /// tunnel carried a session it did not (a wrong bill). The session events come from the correlator on
+    /// a generated capture, plus tunnels reused over and over and sessions moving between them.
+    #[test]
+    fn a_compacted_stream_forgets_but_never_invents() {
+        let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
+        let scenario =
+            gtpcharge_pcapgen::Scenario { seed: 5, subscribers: 120, ..gtpcharge_pcapgen::Scenario::sample() };
+        gtpcharge_pcapgen::generate(&scenario, &mut frames);
+        let mut probe = crate::probe::Probe::new(gtpcharge_correlate::Config::default(), Default::default());
+        let mut messages = Vec::new();
+        for (ts_us, data) in &frames {
+            let frame = gtpcharge_capture::Frame { ts_us: *ts_us, wire_len: data.len() as u32, linktype: 1, data };
+            probe.frame(&frame, |event| messages.extend(Change::of(event, "cp").into_iter().map(Message::Change)));
+        }
+        assert!(messages.len() > 200, "the capture's sessions");
+        // Ten tunnels taken by one session after another, each moving to one of three others and ending.
+        for i in 0..300u32 {
+            let imsi = format!("{:06}", 500 + i);
+            let t = 10_000_000 + u64::from(i) * 10;
+            let mut moved = change("update", t + 4, &imsi, 100 + i % 3);
+            moved.gsn = [192, 0, 2, 9].into();
+            let mut up = change("up", t, &imsi, i % 10);
+            up.gsn = moved.gsn;
+            let mut left = change("left", t + 4, &imsi, i % 10);
+            left.gsn = moved.gsn;
+            let mut down = change("down", t + 7, &imsi, 100 + i % 3);
+            down.gsn = moved.gsn;
+            messages.extend([up, moved, left, down].map(Message::Change));
+        }
+        let mut probes = Vec::new();
+        for message in &messages {
+            if let Message::Change(c) = message {
+                for ts in [c.ts_us.saturating_sub(1), c.ts_us, c.ts_us + 1, c.ts_us + 3] {
+                    probes.push((c.gsn, c.teid, ts));
+                }
+            }
+        }
+        let view_of = |messages: &[Message]| {
+            let mut view = View::default();
+            messages.iter().cloned().for_each(|m| view.apply_message(m));
+            view
+        };
+        let truth = view_of(&messages);
+        for history in [1, 2, SUBJECT_HISTORY as usize] {
+            let kept = compacted(&messages, history);
+            let (invented, forgotten) = compare(&view_of(&kept), &truth, &probes);
+            assert_eq!(invented, 0, "history {history}: a compacted view placed a token on the wrong session");
+            if history < SUBJECT_HISTORY as usize {
+                assert!(forgotten > 0 && kept.len() < messages.len(), "history {history} forgot something");
+            }
+        }
+        // Without the `left` marks a compacted view would keep a moved session on its old tunnel.
+        let without: Vec<Message> =
+            messages.iter().filter(|m| !matches!(m, Message::Change(c) if c.kind == "left")).cloned().collect();
+        let (invented, _) = compare(&view_of(&compacted(&without, 1)), &truth, &probes);
+        assert!(invented > 0, "the test sees what the left marks prevent");
+    }
+
+    /// An update that moved the session's uplink tunnel is published under the new tunnel, then as
+    /// `left` under the old one.
+    #[test]
+    fn a_move_is_said_under_both_tunnels() {
+        use gtpcharge_correlate::session::TunnelKey;
+        let tunnel = |teid| TunnelKey { address: [192, 0, 2, 1].into(), teid };
+        let mut event = gtpcharge_correlate::SessionEvent {
+            ts_us: 5,
+            identity: Identity {
+                session_id: 1,
+                imsi: Tbcd::from_digits("001010123456789").unwrap(),
+                msisdn: Tbcd::from_digits("46701234567").unwrap(),
+                imei: Tbcd::EMPTY,
+                apn: None,
+                ue_ipv4: Some([10, 0, 0, 1].into()),
+                ue_ipv6: None,
+            },
+            teid_up: 8,
+            tunnel_up: Some(tunnel(8)),
+            tunnel_up_before: Some(tunnel(7)),
+            teid_down: 0,
+            gtp_version: 1,
+            reason: "updated",
+            interface: gtpcharge_correlate::Interface::Gn,
+            attachment: Default::default(),
+            frames: [0, 0],
+            evidence_tag: 0,
+        };
+        let said = |event: &Event| -> Vec<(String, u32)> {
+            Change::of(event, "cp").into_iter().map(|c| (c.kind, c.teid)).collect()
+        };
+        let update = Event::SessionUpdate(event.clone());
+        assert_eq!(said(&update), [("update".to_string(), 8), ("left".to_string(), 7)]);
+        let subjects: Vec<String> =
+            Change::of(&update, "cp").into_iter().map(|c| Message::Change(c).subject("gtpcharge.a")).collect();
+        assert_eq!(subjects, ["gtpcharge.a.tunnel.c0000201-00000008", "gtpcharge.a.tunnel.c0000201-00000007"]);
+        event.tunnel_up_before = None;
+        assert_eq!(said(&Event::SessionUpdate(event.clone())), [("update".to_string(), 8)]);
+        assert_eq!(said(&Event::SessionDown(event)), [("down".to_string(), 8)]);
     }
 
     #[test]

@@ -78,6 +78,8 @@ impl Correlator {
         out: &mut Vec<Event>,
         change: impl FnOnce(&mut Session),
     ) {
+        let uplink = |s: &Session| s.core.user.filter(|_| s.tid.is_none());
+        let before = self.sessions.get(id).and_then(|s| uplink(&s));
         let displaced = match self.sessions.update(id, change) {
             Ok(displaced) => displaced,
             Err(reason) => return self.stats.dropped(reason),
@@ -88,7 +90,9 @@ impl Correlator {
         self.sessions.touch(id, self.now_us);
         if let Some(session) = self.sessions.get(id) {
             self.stats.sessions_updated += 1;
-            out.push(Event::SessionUpdate(session_event(&session, self.now_us, reason, attachment, frames)));
+            let mut event = session_event(&session, self.now_us, reason, attachment, frames);
+            event.tunnel_up_before = before.filter(|before| Some(*before) != event.tunnel_up);
+            out.push(Event::SessionUpdate(event));
         }
         self.note_crowding();
     }
@@ -128,6 +132,7 @@ pub(super) fn session_event(
         identity: session.identity(),
         teid_up: session.teid_up(),
         tunnel_up: session.core.user.filter(|_| session.tid.is_none()),
+        tunnel_up_before: None,
         teid_down: session.teid_down(),
         gtp_version: session.gtp_version,
         reason,
