@@ -11,18 +11,12 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 use strum::EnumCount;
 
-/// A round's frames, at most, before it goes to the shards (when frames come one by one).
-const ROUND_FRAMES: u64 = 512;
-
-/// Who correlates: this thread, or shard threads.
-enum Correlating {
-    One(Box<Correlator>),
-    Shards(Box<Shards>),
-}
-
 pub struct Probe {
     decoder: Decoder,
-    correlating: Correlating,
+    /// Correlates on this thread; unused with shards.
+    correlator: Correlator,
+    /// With `--workers N` (N > 1): the shards that correlate instead.
+    shards: Option<Box<Shards>>,
     /// The evidence store, with `--evidence-dir`.
     pub evidence: Option<crate::evidence::Evidence>,
     events: Vec<Event>,
@@ -38,7 +32,8 @@ impl Probe {
     pub fn new(config: Config, decoder: DecoderConfig) -> Probe {
         Probe {
             decoder: Decoder::new(&decoder),
-            correlating: Correlating::One(Box::new(Correlator::new(config))),
+            correlator: Correlator::new(config),
+            shards: None,
             evidence: None,
             events: Vec::with_capacity(64),
             packets: 0,
@@ -54,39 +49,30 @@ impl Probe {
     pub fn sharded(config: Config, decoder: DecoderConfig, workers: usize) -> std::io::Result<Probe> {
         let shards = Shards::start(&config, workers)?;
         let mut probe = Probe::new(config, decoder);
-        probe.correlating = Correlating::Shards(Box::new(shards));
+        probe.shards = Some(Box::new(shards));
         Ok(probe)
     }
 
     /// How many threads correlate.
     pub fn workers(&self) -> usize {
-        match &self.correlating {
-            Correlating::One(_) => 1,
-            Correlating::Shards(shards) => shards.count(),
-        }
+        self.shards.as_ref().map_or(1, |shards| shards.count())
     }
 
     /// The correlators' counters (with shards: added up, see `Shards::stats`).
     pub fn stats(&self) -> Cow<'_, Stats> {
-        match &self.correlating {
-            Correlating::One(correlator) => Cow::Borrowed(correlator.stats()),
-            Correlating::Shards(shards) => Cow::Owned(shards.stats()),
+        match &self.shards {
+            None => Cow::Borrowed(self.correlator.stats()),
+            Some(shards) => Cow::Owned(shards.stats()),
         }
     }
 
     /// The latest packet time correlated (dispatched, with shards).
     pub fn now_us(&self) -> u64 {
-        match &self.correlating {
-            Correlating::One(correlator) => correlator.now_us(),
-            Correlating::Shards(shards) => shards.now_us(),
-        }
+        self.shards.as_ref().map_or(self.correlator.now_us(), |shards| shards.now_us())
     }
 
     pub fn sessions_live(&self) -> usize {
-        match &self.correlating {
-            Correlating::One(correlator) => correlator.sessions().len(),
-            Correlating::Shards(shards) => shards.sessions_live(),
-        }
+        self.shards.as_ref().map_or(self.correlator.sessions().len(), |shards| shards.sessions_live())
     }
 
     /// Whether any GTP-C was seen (a signalling probe, for the cluster).
@@ -96,22 +82,23 @@ impl Probe {
 
     /// With shards: every event of what was dispatched so far, to `emit` (a tick, a quiet link).
     pub fn drain(&mut self, mut emit: impl FnMut(&Event)) {
-        if let Correlating::Shards(shards) = &mut self.correlating {
+        if let Some(shards) = &mut self.shards {
             shards.flush(0, &mut emit);
         }
     }
 
     /// With shards: the last events, then the shards stopped (their counters final).
     pub fn finish(&mut self, mut emit: impl FnMut(&Event)) {
-        if let Correlating::Shards(shards) = &mut self.correlating {
+        if let Some(shards) = &mut self.shards {
             shards.finish(&mut emit);
         }
     }
 
     /// Processes one frame; hands each resulting event to `emit`.
     pub fn frame(&mut self, frame: &Frame<'_>, mut emit: impl FnMut(&Event)) {
-        if matches!(self.correlating, Correlating::Shards(_)) {
-            return self.dispatch(frame, &mut emit);
+        if self.shards.is_some() {
+            // Its events come out of `batch` or `drain` (the driver drains after each read).
+            return self.dispatch(frame);
         }
         self.packets += 1;
         self.bytes += u64::from(frame.wire_len);
@@ -124,19 +111,18 @@ impl Probe {
             destination: udp.destination,
             payload: udp.payload,
         });
-        let Correlating::One(correlator) = &mut self.correlating else { return };
         let mut tunnel = None;
         match &decoded {
             Ok(Some(datagram)) => {
                 if let Some(evidence) = &mut self.evidence {
-                    if correlator.carries_signalling(datagram) {
+                    if self.correlator.carries_signalling(datagram) {
                         evidence.keep_signalling(number, frame);
                     } else {
                         tunnel = tunnel_of(datagram);
                         evidence.keep_user_plane(number, tunnel, frame);
                     }
                 }
-                correlator.on_datagram(datagram, &mut self.events)
+                self.correlator.on_datagram(datagram, &mut self.events)
             }
             Ok(None) if self.evidence.is_some() => {
                 self.fragments_held += 1;
@@ -150,7 +136,7 @@ impl Probe {
         for _ in 0..self.decoder.take_fragment_timeouts() {
             self.undecoded.add(Undecoded::FragmentTimeout);
         }
-        let Probe { events, evidence, .. } = self;
+        let Probe { events, evidence, correlator, .. } = self;
         for mut event in events.drain(..) {
             if let Some(evidence) = evidence {
                 match &mut event {
@@ -173,14 +159,14 @@ impl Probe {
         for frame in batch.frames() {
             self.frame(&frame, &mut emit);
         }
-        if let Correlating::Shards(shards) = &mut self.correlating {
+        if let Some(shards) = &mut self.shards {
             shards.flush(ROUNDS_IN_FLIGHT, &mut emit);
         }
     }
 
     /// With shards: decodes a frame here and dispatches its datagram (`frame`'s other half).
-    fn dispatch(&mut self, frame: &Frame<'_>, emit: &mut impl FnMut(&Event)) {
-        let Correlating::Shards(shards) = &mut self.correlating else { return };
+    fn dispatch(&mut self, frame: &Frame<'_>) {
+        let Some(shards) = &mut self.shards else { return };
         self.packets += 1;
         self.bytes += u64::from(frame.wire_len);
         let (ts_us, number) = (frame.ts_us, self.packets);
@@ -200,9 +186,6 @@ impl Probe {
         }
         for _ in 0..self.decoder.take_fragment_timeouts() {
             self.undecoded.add(Undecoded::FragmentTimeout);
-        }
-        if number % ROUND_FRAMES == 0 {
-            shards.flush(ROUNDS_IN_FLIGHT, emit);
         }
     }
 
