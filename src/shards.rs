@@ -202,6 +202,7 @@ impl Shards {
         })
     }
 
+    /// How many shards correlate.
     pub fn count(&self) -> usize {
         self.shards.len().max(self.ended.len())
     }
@@ -211,8 +212,8 @@ impl Shards {
         self.clock.now_us()
     }
 
-    /// One datagram to its shard, or to every shard. Out of line: inlined into the decoder's closure it
-    /// cost the dispatching thread about 50 instructions a frame more (callgrind).
+    /// One datagram to its shard, or to every shard. Out of line: inlined into the decoder's closure, it
+    /// made the dispatching thread run more instructions a frame (`benches/workers.sh instructions`).
     #[inline(never)]
     pub fn dispatch(&mut self, datagram: &Datagram<'_>) {
         let due = self.clock.advance(datagram.ts_us);
