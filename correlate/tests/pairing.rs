@@ -401,3 +401,51 @@ fn the_s5_view_takes_the_msisdn_of_the_s11_view() {
     p.send(1, SGW_S5, PGW, 2152, &dns_g_pdu(0xA300, ue, &token(3)));
     assert_eq!(p.charges().0, vec![(token(3), msisdn(3))]);
 }
+
+/// An Update PDP Context Request from the SGSN to the GGSN's TEID-C `to_teid`, naming the SGSN's TEIDs
+/// `teid` and NSAPI 5.
+fn update_pdp_request(to_teid: u32, teid: u32, sequence: u16) -> Vec<u8> {
+    let mut ies = vec![16];
+    ies.extend(teid.to_be_bytes());
+    ies.extend([17]);
+    ies.extend(teid.to_be_bytes());
+    ies.extend([20, 5]);
+    v1(18, to_teid, sequence, &ies)
+}
+
+/// An accepting Update PDP Context Response to the SGSN's TEID-C `to_teid`, giving the GGSN's TEIDs `teid`.
+fn update_pdp_response(to_teid: u32, sequence: u16, teid: u32) -> Vec<u8> {
+    let mut ies = vec![1, 128, 16];
+    ies.extend(teid.to_be_bytes());
+    ies.extend([17]);
+    ies.extend(teid.to_be_bytes());
+    v1(19, to_teid, sequence, &ies)
+}
+
+/// An update whose response gives the GGSN a new TEID for user data moves the session's uplink tunnel:
+/// its event names the tunnel it left (a cluster says so under that tunnel's subject), an update that
+/// keeps the tunnel names none, and the token on the new tunnel is the subscriber's.
+#[test]
+fn an_update_that_moves_the_uplink_tunnel_names_the_tunnel_it_left() {
+    let mut p = Probe::new();
+    p.send(0, SGSN, GGSN, 2123, &create_pdp_request(1, 0x100, 1));
+    p.send(1, GGSN, SGSN, 2123, &create_pdp_response(0x100, 1, [10, 0, 0, 1], 0x900));
+    p.send(1, SGSN, GGSN, 2123, &update_pdp_request(0x900, 0x100, 2));
+    p.send(1, GGSN, SGSN, 2123, &update_pdp_response(0x100, 2, 0x901));
+    p.send(1, SGSN, GGSN, 2123, &update_pdp_request(0x901, 0x100, 3));
+    p.send(1, GGSN, SGSN, 2123, &update_pdp_response(0x100, 3, 0x901));
+    let updates: Vec<_> = p
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SessionUpdate(s) => {
+                Some((s.tunnel_up.map(|t| t.teid), s.tunnel_up_before.map(|t| (t.address, t.teid))))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(updates, [(Some(0x901), Some((IpAddr::from(GGSN), 0x900))), (Some(0x901), None)]);
+    p.send(1, SGSN, GGSN, 2152, &dns_g_pdu(0x901, [10, 0, 0, 1], &token(1)));
+    p.send(1, SGSN, GGSN, 2152, &dns_g_pdu(0x900, [10, 0, 0, 1], &token(2)));
+    assert_eq!(p.charges(), (vec![(token(1), msisdn(1))], vec![token(2)]), "the old tunnel attributes nothing");
+}
