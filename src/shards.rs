@@ -318,12 +318,7 @@ impl Shards {
             while let Some((_, now)) = sweeps.next_if(|(at, _)| *at <= frame) {
                 self.dedupe.sweep(now);
             }
-            let ts_us = match &event {
-                Event::Sighting(s) => s.ts_us,
-                Event::Unattributed(u) => u.ts_us,
-                _ => 0,
-            };
-            if self.dedupe.admit(&event, ts_us) {
+            if self.dedupe.admit(&event) {
                 emit(&event);
             } else if matches!(event, Event::Sighting(_)) {
                 self.duplicates.0 += 1;

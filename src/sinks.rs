@@ -174,6 +174,8 @@ impl ProbeRun {
 
     /// One frame through the probe; its events to every sink.
     pub fn frame(&mut self, frame: &Frame<'_>) {
+        // Spelt out rather than through `probe_and_sinks`: returned from a method, the closure cost the
+        // one-thread loop instructions a frame (`benches/instructions.sh`).
         let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
         probe.frame(frame, |event| {
             if let Some(event) = clustered(cluster, event) {
@@ -182,15 +184,22 @@ impl ProbeRun {
         });
     }
 
-    /// With shards: every event of the frames read so far (a quiet link, a tick); then what the cluster's
-    /// stream brought.
-    pub fn drain(&mut self) {
+    /// The probe, and where its events go: through the cluster (when joined) to every sink.
+    fn probe_and_sinks(&mut self) -> (&mut Probe, impl FnMut(&Event) + '_) {
         let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
-        probe.drain(|event| {
+        let emit = move |event: &Event| {
             if let Some(event) = clustered(cluster, event) {
                 sink(out, delivery, skipped_no_msisdn, delays, event.as_ref());
             }
-        });
+        };
+        (probe, emit)
+    }
+
+    /// With shards: every event of the frames read so far (a quiet link, a tick); then what the cluster's
+    /// stream brought.
+    pub fn drain(&mut self) {
+        let (probe, emit) = self.probe_and_sinks();
+        probe.drain(emit);
         self.follow_cluster();
     }
 
@@ -217,12 +226,8 @@ impl ProbeRun {
 
     /// A batch from the pipeline's reader thread, its events to every sink.
     pub fn batch(&mut self, batch: &crate::pipeline::Batch) {
-        let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = self;
-        probe.batch(batch, |event| {
-            if let Some(event) = clustered(cluster, event) {
-                sink(out, delivery, skipped_no_msisdn, delays, event.as_ref());
-            }
-        });
+        let (probe, emit) = self.probe_and_sinks();
+        probe.batch(batch, emit);
         self.follow_cluster();
     }
 
@@ -240,14 +245,8 @@ impl ProbeRun {
     /// Flushes the events, prints the summary, drains delivery for at most `drain`. `false` when
     /// sightings were left in the spool or lost.
     pub fn finish(mut self, libpcap: Option<LiveStats>, drain: Duration) -> Result<bool> {
-        {
-            let ProbeRun { probe, out, delivery, skipped_no_msisdn, delays, cluster, .. } = &mut self;
-            probe.finish(|event| {
-                if let Some(event) = clustered(cluster, event) {
-                    sink(out, delivery, skipped_no_msisdn, delays, event.as_ref());
-                }
-            });
-        }
+        let (probe, emit) = self.probe_and_sinks();
+        probe.finish(emit);
         self.publish(libpcap, true);
         let ProbeRun {
             probe, mut out, delivery, mut skipped_no_msisdn, spool_dir, mut delays, plaintext, cluster, ..

@@ -14,9 +14,10 @@ struct Key {
 }
 
 impl Key {
-    /// The subscriber (IMSI, else MSISDN, else the session) or, unattributed, the sender's address.
-    fn of(event: &Event) -> Option<Key> {
-        let (token, who) = match event {
+    /// The subscriber (IMSI, else MSISDN, else the session) or, unattributed, the sender's address; and
+    /// the token's time.
+    fn of(event: &Event) -> Option<(Key, u64)> {
+        let (token, who, ts_us) = match event {
             Event::Sighting(s) => {
                 let id = &s.identity;
                 let who = if !id.imsi.is_empty() {
@@ -26,12 +27,12 @@ impl Key {
                 } else {
                     u128::from(id.session_id) | 2 << 64
                 };
-                (s.token, who)
+                (s.token, who, s.ts_us)
             }
-            Event::Unattributed(u) => (u.token, ip_bits(u.source.ip()) | 3 << 126),
+            Event::Unattributed(u) => (u.token, ip_bits(u.source.ip()) | 3 << 126, u.ts_us),
             _ => return None,
         };
-        Some(Key { token, who })
+        Some((Key { token, who }, ts_us))
     }
 }
 
@@ -50,10 +51,11 @@ impl Dedupe {
         now_us.saturating_sub(self.window_us)
     }
 
-    /// Whether a sighting or unattributed token at `now_us` is reported (`false`: a repeat within the
-    /// window). Other events always are. The table is bounded: when full, new keys are not remembered.
-    pub fn admit(&mut self, event: &Event, now_us: u64) -> bool {
-        let Some(key) = Key::of(event) else { return true };
+    /// Whether a sighting or unattributed token is reported (`false`: a repeat within the window of the
+    /// event's time). Other events always are. The table is bounded: when full, new keys are not
+    /// remembered.
+    pub fn admit(&mut self, event: &Event) -> bool {
+        let Some((key, now_us)) = Key::of(event) else { return true };
         if self.seen.get(&key).is_some_and(|seen| *seen >= self.cutoff(now_us)) {
             return false;
         }
@@ -68,14 +70,6 @@ impl Dedupe {
     pub fn sweep(&mut self, now_us: u64) {
         let cutoff = self.cutoff(now_us);
         self.seen.retain(|_, seen| *seen >= cutoff);
-    }
-
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
     }
 }
 

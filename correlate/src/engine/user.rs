@@ -268,7 +268,7 @@ impl Correlator {
 
     /// Whether the dedupe lets a token event through (counted when it does not).
     fn admit(&mut self, event: &Event) -> bool {
-        let admitted = self.dedupe.as_mut().is_none_or(|dedupe| dedupe.admit(event, self.now_us));
+        let admitted = self.dedupe.as_mut().is_none_or(|dedupe| dedupe.admit(event));
         if !admitted {
             self.stats.note(Note::SightingDuplicate);
         }
