@@ -82,6 +82,21 @@ fn shards_give_one_threads_events_on_generated_captures() {
     let events = same_for_every_n(&plain, &[], 1..=8);
     assert!(events.contains("\"event\":\"sighting\""), "the capture carries sightings");
 
+    // Every frame twice, as a mirror that copies a link twice delivers it: tokens in DNS queries come again
+    // and only the dedupe after the shards' merge keeps them from being reported twice.
+    let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
+    generate(&scenario(78, 200, 3), &mut frames);
+    let doubled = dir.path().join("doubled.pcap");
+    let mut file = PcapFile::create(&doubled).unwrap();
+    for (ts, data) in &frames {
+        file.frame(*ts, data);
+        file.frame(*ts, data);
+    }
+    file.finish().unwrap();
+    same_for_every_n(&doubled, &[], [2, 3, 8]);
+    let one = gtpcharge(&["replay", "--single-thread", doubled.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&one.stderr).contains("sighting-duplicate="), "repeats were suppressed");
+
     let long = overlaid(dir.path());
     // Idle sessions time out every minute of packet time; the shards must agree on which.
     let events = same_for_every_n(&long, &["--session-idle-timeout-s", "30"], 1..=8);
