@@ -88,8 +88,17 @@ pub fn capture(live: LiveConfig, args: &ProbeArgs) -> Result<()> {
 pub struct End {
     /// Per file, the error that ended it early; for a live capture, the error that stopped it.
     pub errors: Vec<CaptureError>,
-    /// libpcap's last counters of a live capture.
-    pub libpcap: Option<LiveStats>,
+    /// libpcap's last counters of a live capture, and what it had passed on at the stop.
+    pub libpcap: Option<LiveEnd>,
+}
+
+/// libpcap's counters at the end of a live capture.
+#[derive(Clone, Copy)]
+pub struct LiveEnd {
+    pub stats: LiveStats,
+    /// Packets libpcap had passed on when the stop was seen ([`Feed::passed_at_stop`]); the counters at
+    /// the end when the stop never came (a read error ended the capture).
+    pub passed_at_stop: u64,
 }
 
 /// Where the driver takes frames from.
@@ -163,6 +172,9 @@ pub fn drive(
         Frames::Inline(feed) => feed,
         Frames::Reader(reader, _) => reader.join().map_err(|_| anyhow::anyhow!("the reader thread failed"))?,
     };
-    let libpcap = feed.stats();
+    let libpcap = feed.stats().map(|stats| LiveEnd {
+        stats,
+        passed_at_stop: feed.passed_at_stop().unwrap_or_else(|| crate::feed::passed(&stats)),
+    });
     Ok(End { errors: feed.into_errors(), libpcap })
 }

@@ -88,9 +88,12 @@ impl Feed {
             Input::Live { source, stop, stopping } => {
                 // The flag as it was before the read: a stop raised during it still gets a read after.
                 let stop_now = stop.load(Ordering::SeqCst);
+                if stop_now && !stopping.stopped() {
+                    stopping.stop(source.stats().ok().map(|stats| passed(&stats)));
+                }
                 match source.dispatch(each) {
                     Ok(count) => {
-                        if stopping.done(stop_now, count) {
+                        if stopping.done(count) {
                             self.ended = true;
                         }
                         if count > 0 {
@@ -127,41 +130,119 @@ impl Feed {
         }
     }
 
+    /// How many packets libpcap had passed on (received less dropped) when the feed first saw the stop:
+    /// the ring is first in, first out, so a probe that read at least that many read every packet
+    /// captured before the stop. (Packets that arrive during the drain after it are not owed.)
+    pub fn passed_at_stop(&self) -> Option<u64> {
+        match &self.input {
+            Input::Live { stopping, .. } => stopping.owed,
+            Input::Files { .. } => None,
+        }
+    }
+
     /// The errors that ended a file early, or the live capture.
     pub fn into_errors(self) -> Vec<CaptureError> {
         self.errors
     }
 }
 
+/// Packets libpcap passed on to the ring: received less dropped.
+pub fn passed(stats: &LiveStats) -> u64 {
+    u64::from(stats.received).saturating_sub(u64::from(stats.dropped))
+}
+
 /// How long a live capture keeps reading after it was told to stop, to empty the kernel ring of what
 /// was captured before the stop.
 pub const STOP_DRAIN_MAX: Duration = Duration::from_secs(2);
-/// Once stopped, reads must find nothing for this long before the ring counts as empty: a partly
-/// filled block is handed over only when libpcap's block timeout (`--read-timeout-ms`) retires it.
+/// Once stopped, and where libpcap could not say what it had passed on, reads must find nothing for this
+/// long before the ring counts as empty: a partly filled block is handed over only when libpcap's block
+/// timeout (`--read-timeout-ms`) retires it.
 const STOP_SETTLE: Duration = Duration::from_millis(100);
 
-/// The end of a live capture: once stopped, reading goes on until the ring has stayed empty for
-/// [`STOP_SETTLE`] or [`STOP_DRAIN_MAX`] has passed, so the packets captured before the stop are not
-/// silently left behind. (A read returns within the read timeout whatever the traffic: `LiveSource`.)
+/// The end of a live capture. When the stop is seen, libpcap says how many packets it had passed on to
+/// the ring; the ring is first in, first out, so once that many were read, everything captured before
+/// the stop was, and the feed ends at once, however busy the link. Where libpcap cannot say, reading
+/// goes on until the ring has stayed empty for [`STOP_SETTLE`]. Either way it ends after
+/// [`STOP_DRAIN_MAX`]; what was owed and not read by then is reported as a loss (`sinks.rs`). (A read
+/// returns within the read timeout whatever the traffic: `LiveSource`.)
 #[derive(Default)]
 pub struct Stopping {
+    /// Packets read so far.
+    read: u64,
     since: Option<Instant>,
+    /// Packets libpcap had passed on when the stop was seen.
+    owed: Option<u64>,
     empty_since: Option<Instant>,
 }
 
 impl Stopping {
-    /// Whether to stop reading, given the stop flag (as it was before the last read) and what that read
-    /// returned.
-    pub fn done(&mut self, stop: bool, read: usize) -> bool {
-        if !stop {
-            return false;
-        }
-        let since = *self.since.get_or_insert_with(Instant::now);
-        if read > 0 {
-            self.empty_since = None;
-        } else if self.empty_since.get_or_insert_with(Instant::now).elapsed() >= STOP_SETTLE {
-            return true;
+    /// Whether the stop was seen.
+    pub fn stopped(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// The stop is seen, before the next read; `owed` is what libpcap had passed on by then.
+    pub fn stop(&mut self, owed: Option<u64>) {
+        self.since = Some(Instant::now());
+        self.owed = owed;
+    }
+
+    /// Whether to stop reading, given what the last read returned.
+    pub fn done(&mut self, read: usize) -> bool {
+        self.read += read as u64;
+        let Some(since) = self.since else { return false };
+        match self.owed {
+            Some(owed) if self.read >= owed => return true,
+            Some(_) => {}
+            None if read > 0 => self.empty_since = None,
+            None => {
+                if self.empty_since.get_or_insert_with(Instant::now).elapsed() >= STOP_SETTLE {
+                    return true;
+                }
+            }
         }
         since.elapsed() >= STOP_DRAIN_MAX
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_goes_on_until_the_stop() {
+        let mut stopping = Stopping::default();
+        assert!(!stopping.done(0));
+        assert!(!stopping.done(500));
+        assert!(!stopping.stopped());
+    }
+
+    #[test]
+    fn once_stopped_the_feed_ends_when_what_was_owed_is_read() {
+        let mut stopping = Stopping::default();
+        assert!(!stopping.done(300));
+        stopping.stop(Some(1_000));
+        assert!(!stopping.done(600), "900 of 1,000 read");
+        assert!(!stopping.done(0), "an empty read does not end a drain that is owed packets");
+        assert!(stopping.done(250), "1,150 read: the rest came after the stop");
+    }
+
+    #[test]
+    fn a_stop_with_nothing_owed_ends_at_the_next_read() {
+        let mut stopping = Stopping::default();
+        assert!(!stopping.done(40));
+        stopping.stop(Some(40));
+        assert!(stopping.done(0));
+    }
+
+    #[test]
+    fn without_libpcap_s_count_the_ring_must_stay_empty_for_the_settle_time() {
+        let mut stopping = Stopping::default();
+        stopping.stop(None);
+        assert!(!stopping.done(0));
+        assert!(!stopping.done(10), "a read with packets starts the settle time again");
+        assert!(!stopping.done(0));
+        std::thread::sleep(STOP_SETTLE + Duration::from_millis(20));
+        assert!(stopping.done(0));
     }
 }

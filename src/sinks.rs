@@ -2,6 +2,7 @@
 //! delivery to the billing API, debug logs, metrics) and the end of the run (flush, summary, drain).
 use crate::cluster::{Cluster, Verdict};
 use crate::delivery::{Delivery, SightingRecord};
+use crate::driver::LiveEnd;
 use crate::metrics::Exposition;
 use crate::probe::Probe;
 use crate::{jsonl, logging, Emit, ProbeArgs};
@@ -244,10 +245,10 @@ impl ProbeRun {
 
     /// Flushes the events, prints the summary, drains delivery for at most `drain`. `false` when
     /// sightings were left in the spool or lost.
-    pub fn finish(mut self, libpcap: Option<LiveStats>, drain: Duration) -> Result<bool> {
+    pub fn finish(mut self, libpcap: Option<LiveEnd>, drain: Duration) -> Result<bool> {
         let (probe, emit) = self.probe_and_sinks();
         probe.finish(emit);
-        self.publish(libpcap, true);
+        self.publish(libpcap.map(|end| end.stats), true);
         let ProbeRun {
             probe, mut out, delivery, mut skipped_no_msisdn, spool_dir, mut delays, plaintext, cluster, ..
         } = self;
@@ -277,15 +278,14 @@ impl ProbeRun {
         if let Some(evidence) = &probe.evidence {
             eprintln!("{}", evidence.summary());
         }
-        if let Some(stats) = libpcap {
+        if let Some(LiveEnd { stats, passed_at_stop }) = libpcap {
             eprintln!(
                 "libpcap received {}  dropped {}  interface dropped {}",
                 stats.received, stats.dropped, stats.interface_dropped
             );
-            // What libpcap passed on but the probe never read (still in the ring when the stop's drain
-            // ended): a loss too, so it is said.
-            let unread =
-                u64::from(stats.received).saturating_sub(u64::from(stats.dropped)).saturating_sub(probe.packets);
+            // What libpcap had passed on before the stop but the probe never read (still in the ring
+            // when the stop's drain ended): a loss too, so it is said.
+            let unread = passed_at_stop.saturating_sub(probe.packets);
             if unread > 0 {
                 eprintln!("gtpcharge: WARNING: {unread} packets captured before the stop were not read");
             }
