@@ -192,16 +192,24 @@ impl Stopping {
         self.read += read as u64;
         let Some(since) = self.since else { return false };
         match self.owed {
-            Some(owed) if self.read >= owed => return true,
+            Some(owed) if self.read >= owed => {
+                tracing::info!(owed, read = self.read, "stopped: every packet captured before the stop was read");
+                return true;
+            }
             Some(_) => {}
             None if read > 0 => self.empty_since = None,
             None => {
                 if self.empty_since.get_or_insert_with(Instant::now).elapsed() >= STOP_SETTLE {
+                    tracing::info!(read = self.read, "stopped: the ring stayed empty after the stop");
                     return true;
                 }
             }
         }
-        since.elapsed() >= STOP_DRAIN_MAX
+        let over = since.elapsed() >= STOP_DRAIN_MAX;
+        if over {
+            tracing::warn!(owed = self.owed, read = self.read, "stopped at the drain limit (2 s)");
+        }
+        over
     }
 }
 
