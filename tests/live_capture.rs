@@ -5,7 +5,7 @@
 mod common;
 
 use common::VethPair;
-use gtpcharge_pcapgen::{generate, PcapFile, Scenario};
+use gtpcharge_pcapgen::{generate, PcapFile, Scenario, Truth};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,18 +22,7 @@ fn counter(summary: &str, label: &str) -> u64 {
 #[test]
 fn a_full_speed_burst_is_captured_without_loss_by_the_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("burst.pcap");
-    let scenario = Scenario {
-        seed: 11,
-        subscribers: 2000,
-        traffic_rounds: 3,
-        background_per_round: 10,
-        edge_cases: false,
-        tokens: Vec::new(),
-    };
-    let mut file = PcapFile::create(&path).unwrap();
-    let truth = generate(&scenario, &mut file);
-    file.finish().unwrap();
+    let (path, truth) = written(dir.path(), "burst", 11, 2000, 3, 10);
     assert!(truth.frames > 100_000);
 
     let (summary, events) = capture_while_injecting("live", &path, truth.frames, &[], None);
@@ -52,18 +41,7 @@ fn a_full_speed_burst_is_captured_without_loss_by_the_defaults() {
 #[test]
 fn shards_capturing_live_find_what_one_thread_replays() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("steady.pcap");
-    let scenario = Scenario {
-        seed: 13,
-        subscribers: 150,
-        traffic_rounds: 3,
-        background_per_round: 4,
-        edge_cases: false,
-        tokens: Vec::new(),
-    };
-    let mut file = PcapFile::create(&path).unwrap();
-    let truth = generate(&scenario, &mut file);
-    file.finish().unwrap();
+    let (path, truth) = written(dir.path(), "steady", 13, 150, 3, 4);
     let (summary, events) = capture_while_injecting("shrd", &path, truth.frames, &["--workers", "2"], Some(20_000));
     assert!(!summary.contains("were not read"), "{summary}");
     let replay = common::gtpcharge(&["replay", "--emit", "jsonl", "--single-thread", path.to_str().unwrap()]);
@@ -93,18 +71,7 @@ fn shards_capturing_live_find_what_one_thread_replays() {
 #[test]
 fn a_stop_on_a_busy_link_owes_only_what_came_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("busy.pcap");
-    let scenario = Scenario {
-        seed: 17,
-        subscribers: 2500,
-        traffic_rounds: 3,
-        background_per_round: 4,
-        edge_cases: false,
-        tokens: Vec::new(),
-    };
-    let mut file = PcapFile::create(&path).unwrap();
-    let truth = generate(&scenario, &mut file);
-    file.finish().unwrap();
+    let (path, truth) = written(dir.path(), "busy", 17, 2500, 3, 4);
     // 20,000 packets a second: the file lasts longer than the stop's drain, the probe is stopped after
     // its first 1,000 packets.
     assert!(truth.frames > 70_000, "{}", truth.frames);
@@ -123,6 +90,30 @@ fn a_stop_on_a_busy_link_owes_only_what_came_before_it() {
     // link that never goes quiet would otherwise hold it to.
     assert!(summary.contains("stopped: every packet captured before the stop was read"), "{summary}");
     assert!(took < Duration::from_secs(8), "the stop took {took:?}:\n{summary}");
+}
+
+/// A generated capture (no edge cases) written to `dir/name.pcap`, and what it holds.
+fn written(
+    dir: &std::path::Path,
+    name: &str,
+    seed: u64,
+    subscribers: u32,
+    rounds: u32,
+    background: u32,
+) -> (std::path::PathBuf, Truth) {
+    let path = dir.join(format!("{name}.pcap"));
+    let scenario = Scenario {
+        seed,
+        subscribers,
+        traffic_rounds: rounds,
+        background_per_round: background,
+        edge_cases: false,
+        tokens: Vec::new(),
+    };
+    let mut file = PcapFile::create(&path).unwrap();
+    let truth = generate(&scenario, &mut file);
+    file.finish().unwrap();
+    (path, truth)
 }
 
 /// Runs `gtpcharge capture` (with `extra` flags) on a fresh veth pair (named by `tag`), plays `path` onto it (at `pps`, or
