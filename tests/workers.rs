@@ -1,5 +1,5 @@
 //! `--workers N`: the shards' events and counters are one thread's, for every N from 1 to 8, on
-//! generated captures (one long enough for idle sessions to time out while others carry traffic, with
+//! generated captures (one damaged as a mirror damages a link, one long enough for idle sessions to time out while others carry traffic, with
 //! tunnels ended under live traffic) and on the public captures in `GTPCHARGE_SHARED_PCAPS`.
 mod common;
 
@@ -36,6 +36,49 @@ fn overlaid(dir: &Path) -> PathBuf {
     }
     file.finish().unwrap();
     path
+}
+
+fn generate_frames(seed: u64, subscribers: u32, rounds: u32) -> Vec<(u64, Vec<u8>)> {
+    let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
+    generate(&scenario(seed, subscribers, rounds), &mut frames);
+    frames
+}
+
+/// Damage as a mirror does it, fixed by a seed: of every 100 frames about 4 are lost, 4 swapped with the
+/// next (their times kept, so time goes backwards), 3 sent again 50 frames later and 2 cut to a
+/// random length.
+fn damage(frames: Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::with_capacity(frames.len());
+    let mut again: Vec<(usize, (u64, Vec<u8>))> = Vec::new();
+    for (index, mut frame) in frames.into_iter().enumerate() {
+        while again.first().is_some_and(|(at, _)| *at <= index) {
+            out.push(again.remove(0).1);
+        }
+        match next() % 100 {
+            0..=3 => continue,
+            4..=7 if !out.is_empty() => {
+                let last = out.len() - 1;
+                out.insert(last, frame);
+                continue;
+            }
+            8..=10 => again.push((index + 50, frame.clone())),
+            11..=12 => {
+                let keep = (next() as usize) % frame.1.len().max(1);
+                frame.1.truncate(keep.max(1));
+            }
+            _ => {}
+        }
+        out.push(frame);
+    }
+    out.extend(again.into_iter().map(|(_, frame)| frame));
+    out
 }
 
 /// The summary without the line of timings.
@@ -84,8 +127,7 @@ fn shards_give_one_threads_events_on_generated_captures() {
 
     // Every frame twice, as a mirror that copies a link twice delivers it: tokens in DNS queries come again
     // and only the dedupe after the shards' merge keeps them from being reported twice.
-    let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
-    generate(&scenario(78, 200, 3), &mut frames);
+    let frames = generate_frames(78, 200, 3);
     let doubled = dir.path().join("doubled.pcap");
     let mut file = PcapFile::create(&doubled).unwrap();
     for (ts, data) in &frames {
@@ -96,6 +138,22 @@ fn shards_give_one_threads_events_on_generated_captures() {
     same_for_every_n(&doubled, &[], [2, 3, 8]);
     let one = gtpcharge(&["replay", "--single-thread", doubled.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&one.stderr).contains("sighting-duplicate="), "repeats were suppressed");
+
+    // A damaged link: frames lost, swapped with their neighbour (time going backwards), repeated
+    // later (a retransmission), cut short. The dispatcher's clock and the shards' sweeps must still
+    // give each shard the moment one thread would have had.
+    let damaged = dir.path().join("damaged.pcap");
+    let mut file = PcapFile::create(&damaged).unwrap();
+    let frames = damage(generate_frames(79, 250, 3));
+    frames.iter().for_each(|(ts, data)| file.frame(*ts, data));
+    file.finish().unwrap();
+    let events = same_for_every_n(&damaged, &["--session-idle-timeout-s", "30"], [2, 3, 8]);
+    assert!(events.contains("\"event\":\"sighting\""), "the damaged capture still carries sightings");
+    let one = gtpcharge(&["replay", "--single-thread", damaged.to_str().unwrap()]);
+    let one = String::from_utf8_lossy(&one.stderr);
+    for mark in ["gtpc-response-without-request=", "ip-malformed=", "sighting-duplicate="] {
+        assert!(one.contains(mark), "the damage shows ({mark}):\n{one}");
+    }
 
     let long = overlaid(dir.path());
     // Idle sessions time out every minute of packet time; the shards must agree on which.
