@@ -134,8 +134,8 @@ pub fn drive(
                 read != Read::End
             }
             Frames::Reader(reader, _) => match reader.next_timeout(WAKE) {
-                Ok(batch) => {
-                    run.batch(&batch);
+                Ok(mut batch) => {
+                    run.batch(&mut batch);
                     position = batch.position;
                     reader.recycle(batch);
                     true

@@ -169,30 +169,42 @@ impl Batch {
 
     /// The frames, in capture order, borrowed from the batch.
     pub fn frames(&self) -> impl Iterator<Item = Frame<'_>> {
+        self.frames_in(&self.bytes)
+    }
+
+    /// The batch's bytes, for keeping beyond the batch (the shards read their payloads there); `spare`
+    /// takes their place, emptied. Their frames are then read with [`Batch::frames_in`].
+    pub fn take_bytes(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
+        spare.clear();
+        std::mem::replace(&mut self.bytes, spare)
+    }
+
+    /// The frames, in capture order, from `bytes`: the batch's own, or what [`Batch::take_bytes`] took.
+    pub fn frames_in<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = Frame<'a>> {
         let (mut item, mut at) = (0usize, 0usize);
         std::iter::from_fn(move || match self.handover? {
             Handover::Cached => {
                 let this = self.items.get(item)?;
                 if let Some(ahead) = self.items.get(item + READ_AHEAD) {
-                    prefetch::read_lines(self.bytes.as_ptr().wrapping_add(ahead.start), READ_HINT_BYTES);
+                    prefetch::read_lines(bytes.as_ptr().wrapping_add(ahead.start), READ_HINT_BYTES);
                 }
                 item += 1;
                 Some(Frame {
                     ts_us: this.ts_us,
                     wire_len: this.wire_len,
                     linktype: this.linktype,
-                    data: self.bytes.get(this.start..this.end).unwrap_or_default(),
+                    data: bytes.get(this.start..this.end).unwrap_or_default(),
                 })
             }
             Handover::Streaming => {
                 // Each frame's head and padded bytes take a multiple of 16 (`stream_append`): the next head
                 // follows directly.
-                let head = Head::from_bytes(self.bytes.get(at..)?)?;
+                let head = Head::from_bytes(bytes.get(at..)?)?;
                 let data_start = at + prefetch::STREAM_HEAD;
                 let len = usize::try_from(head.len).ok()?;
-                let data = self.bytes.get(data_start..data_start.checked_add(len)?)?;
+                let data = bytes.get(data_start..data_start.checked_add(len)?)?;
                 at = data_start + len.div_ceil(16) * 16;
-                prefetch::read_lines(self.bytes.as_ptr().wrapping_add(at + STREAM_READ_AHEAD), READ_HINT_BYTES);
+                prefetch::read_lines(bytes.as_ptr().wrapping_add(at + STREAM_READ_AHEAD), READ_HINT_BYTES);
                 Some(Frame { ts_us: head.ts_us, wire_len: head.wire_len, linktype: head.linktype, data })
             }
         })

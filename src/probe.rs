@@ -155,10 +155,22 @@ impl Probe {
 
     /// Processes a batch of frames copied by the reader thread, as `frame` would one by one (with
     /// shards, as one round).
-    pub fn batch(&mut self, batch: &crate::pipeline::Batch, mut emit: impl FnMut(&Event)) {
-        for frame in batch.frames() {
-            self.frame(&frame, &mut emit);
+    pub fn batch(&mut self, batch: &mut crate::pipeline::Batch, mut emit: impl FnMut(&Event)) {
+        let Some(shards) = &mut self.shards else {
+            for frame in batch.frames() {
+                self.frame(&frame, &mut emit);
+            }
+            return;
+        };
+        // The shards read the payloads in the batch's bytes: they stay with the round, and the batch goes
+        // back to the reader with other bytes.
+        let spare = shards.spare_bytes();
+        let bytes = shards.hold(batch.take_bytes(spare));
+        for frame in batch.frames_in(&bytes) {
+            self.dispatch(&frame);
         }
+        // The round holds them now; once it is merged they are spare again (held here, they would not be).
+        drop(bytes);
         if let Some(shards) = &mut self.shards {
             shards.flush(ROUNDS_IN_FLIGHT, &mut emit);
         }

@@ -17,7 +17,8 @@
 //! only its own share of the user plane). The sighting dedupe runs after the merge, in capture order
 //! (a subscriber's two PDN connections can be on two shards), its sweeps at the same packets.
 //!
-//! Rounds: what one batch of frames gives each shard is sent as one `Work`; each shard answers with its
+//! Rounds: what one batch of frames gives each shard is sent as one `Work`, its payloads read where the
+//! reader put them (the round keeps the batch's bytes: [`Shards::hold`]); each shard answers with its
 //! events, tagged with their frames. A round's answers are merged by (frame, shard): shard 0's events
 //! of a frame (its ticks' sweeps) come before the owner's, as one thread's sweep came before the packet.
 //! At most [`ROUNDS_IN_FLIGHT`] rounds are out at once.
@@ -55,24 +56,40 @@ struct Item {
     source: SocketAddr,
     destination: SocketAddr,
     what: What,
+    /// Whether the payload is in the round's batch (else in the work's own bytes).
+    in_batch: bool,
     start: u32,
     end: u32,
 }
 
-/// One round's items for one shard, the payloads copied behind each other.
+/// One round's items for one shard: their payloads in the batch the round was read from, or, where a
+/// payload is not in it (a reassembled datagram), copied behind each other.
 #[derive(Default)]
 struct Work {
     round: u64,
     items: Vec<Item>,
     bytes: Vec<u8>,
+    batch: Option<Arc<Vec<u8>>>,
 }
 
 impl Work {
-    fn push(&mut self, datagram: &Datagram<'_>, now_us: u64, what: What) {
-        let start = self.bytes.len() as u32;
-        if what != What::Tick {
-            self.bytes.extend_from_slice(datagram.payload);
-        }
+    fn push(&mut self, datagram: &Datagram<'_>, now_us: u64, what: What, batch: Option<&[u8]>) {
+        let payload = datagram.payload;
+        let in_batch = batch.and_then(|batch| {
+            // Where the payload lies in the batch, if it does.
+            let start = (payload.as_ptr() as usize).checked_sub(batch.as_ptr() as usize)?;
+            (start + payload.len() <= batch.len()).then_some(start as u32)
+        });
+        let (in_batch, start, end) = match in_batch {
+            Some(start) => (true, start, start + payload.len() as u32),
+            None => {
+                let start = self.bytes.len() as u32;
+                if what != What::Tick {
+                    self.bytes.extend_from_slice(payload);
+                }
+                (false, start, self.bytes.len() as u32)
+            }
+        };
         self.items.push(Item {
             frame: datagram.frame,
             ts_us: datagram.ts_us,
@@ -80,9 +97,16 @@ impl Work {
             source: datagram.source,
             destination: datagram.destination,
             what,
+            in_batch,
             start,
-            end: self.bytes.len() as u32,
+            end,
         });
+    }
+
+    /// An item's payload.
+    fn payload(&self, item: &Item) -> &[u8] {
+        let bytes = if item.in_batch { self.batch.as_deref().map(Vec::as_slice) } else { Some(self.bytes.as_slice()) };
+        bytes.and_then(|bytes| bytes.get(item.start as usize..item.end as usize)).unwrap_or_default()
     }
 }
 
@@ -136,6 +160,8 @@ struct Shard {
 /// A round out: which shards got work, and the answers so far.
 struct Round {
     sweeps: Vec<(u64, u64)>,
+    /// The batch the round was read from, while its shards read payloads in it.
+    batch: Option<Arc<Vec<u8>>>,
     answers: Vec<Option<Vec<(u64, Event)>>>,
     waiting: usize,
 }
@@ -146,6 +172,10 @@ pub struct Shards {
     clock: Clock,
     /// The round being filled: one `Work` per shard.
     filling: Vec<Work>,
+    /// The bytes of the batch being dispatched ([`Shards::hold`]).
+    batch: Option<Arc<Vec<u8>>>,
+    /// Batches' bytes no round reads any more, for the reader's next batches.
+    spare_bytes: Vec<Vec<u8>>,
     /// Packets in the round being filled at which the sighting dedupe is swept (frame, time).
     sweeps: Vec<(u64, u64)>,
     next_round: u64,
@@ -189,6 +219,8 @@ impl Shards {
         }
         Ok(Shards {
             filling: (0..count).map(|_| Work::default()).collect(),
+            batch: None,
+            spare_bytes: Vec::new(),
             shards,
             router: ShardRouter::new(config),
             clock: Clock::new(config),
@@ -212,6 +244,24 @@ impl Shards {
         self.clock.now_us()
     }
 
+    /// Keeps a batch's bytes while the frames read from them are dispatched and their round is out, so
+    /// the shards read the payloads where the reader put them, without a copy. The bytes go back to
+    /// [`Shards::spare_bytes`] once the round is merged.
+    pub fn hold(&mut self, bytes: Vec<u8>) -> Arc<Vec<u8>> {
+        if self.filling.iter().any(|work| !work.items.is_empty()) {
+            // A round holds one batch: what an earlier batch left unsent goes now.
+            self.send_round();
+        }
+        let bytes = Arc::new(bytes);
+        self.batch = Some(bytes.clone());
+        bytes
+    }
+
+    /// Bytes for the reader's next batch: a merged round's, or new.
+    pub fn spare_bytes(&mut self) -> Vec<u8> {
+        self.spare_bytes.pop().unwrap_or_default()
+    }
+
     /// One datagram to its shard, or to every shard. Out of line: inlined into the decoder's closure, it
     /// made the dispatching thread run more instructions a frame (`benches/workers.sh instructions`).
     #[inline(never)]
@@ -222,18 +272,19 @@ impl Shards {
             self.sweeps.push((datagram.frame, now));
         }
         let count = self.filling.len();
+        let batch = self.batch.as_deref().map(Vec::as_slice);
         match self.router.key(datagram) {
             Some(key) => {
                 let owner = shard_of(key, count);
                 if due.is_some() {
                     for (index, work) in self.filling.iter_mut().enumerate() {
-                        work.push(datagram, now, if index == owner { What::Own } else { What::Tick });
+                        work.push(datagram, now, if index == owner { What::Own } else { What::Tick }, batch);
                     }
                 } else if let Some(work) = self.filling.get_mut(owner) {
-                    work.push(datagram, now, What::Own);
+                    work.push(datagram, now, What::Own, batch);
                 }
             }
-            None => self.filling.iter_mut().for_each(|work| work.push(datagram, now, What::Follow)),
+            None => self.filling.iter_mut().for_each(|work| work.push(datagram, now, What::Follow, batch)),
         }
     }
 
@@ -265,6 +316,8 @@ impl Shards {
         if self.filling.iter().all(|work| work.items.is_empty()) {
             return;
         }
+        // The batch stays with this round; the next one is read from another.
+        let batch = self.batch.take();
         let round = self.next_round;
         self.next_round += 1;
         let mut answers = Vec::with_capacity(self.shards.len());
@@ -277,6 +330,7 @@ impl Shards {
             let mut next = shard.spare.pop().unwrap_or_default();
             std::mem::swap(work, &mut next);
             next.round = round;
+            next.batch = batch.clone();
             // A shard that has gone cannot answer: its round is merged without it (and `finish` says so).
             if waiting(|| shard.work.send(next)).is_ok() {
                 answers.push(None);
@@ -285,7 +339,7 @@ impl Shards {
                 answers.push(Some(Vec::new()));
             }
         }
-        self.out.push_back(Round { sweeps: std::mem::take(&mut self.sweeps), answers, waiting: expected });
+        self.out.push_back(Round { sweeps: std::mem::take(&mut self.sweeps), batch, answers, waiting: expected });
     }
 
     fn answer(&mut self, done: Done) {
@@ -300,13 +354,20 @@ impl Shards {
         }
         work.items.clear();
         work.bytes.clear();
+        work.batch = None;
         if let Some(shard) = self.shards.get_mut(shard) {
             shard.spare.push(work);
         }
     }
 
     /// A round's answers in capture order (by frame, then shard), through the dedupe, to `emit`.
-    fn merge(&mut self, round: Round, emit: &mut impl FnMut(&Event)) {
+    fn merge(&mut self, mut round: Round, emit: &mut impl FnMut(&Event)) {
+        // Every shard has answered and let go of the batch: its bytes serve a next one.
+        if let Some(bytes) = round.batch.take().and_then(|batch| Arc::try_unwrap(batch).ok()) {
+            if self.spare_bytes.len() <= ROUNDS_IN_FLIGHT {
+                self.spare_bytes.push(bytes);
+            }
+        }
         let mut events: Vec<(u64, usize, Event)> = Vec::new();
         for (shard, answer) in round.answers.into_iter().enumerate() {
             events.extend(answer.unwrap_or_default().into_iter().map(|(frame, event)| (frame, shard, event)));
@@ -399,7 +460,7 @@ fn run(
                 frame: item.frame,
                 source: item.source,
                 destination: item.destination,
-                payload: work.bytes.get(item.start as usize..item.end as usize).unwrap_or_default(),
+                payload: work.payload(item),
             };
             if item.now_us > correlator.now_us() {
                 if counts_shared {
@@ -450,6 +511,26 @@ mod tests {
             let fair = 4096 / count as u32;
             assert!(seen.iter().all(|&n| n > fair / 2 && n < fair * 3 / 2), "{count} shards: {seen:?}");
         }
+    }
+
+    #[test]
+    fn a_payload_in_the_batch_is_read_there_and_any_other_is_copied() {
+        let batch = Arc::new((0u8..200).collect::<Vec<u8>>());
+        let reassembled = vec![9u8; 40];
+        let address: SocketAddr = "10.0.0.1:2152".parse().unwrap();
+        let datagram = |payload| Datagram { ts_us: 5, frame: 1, source: address, destination: address, payload };
+        let mut work = Work { batch: Some(batch.clone()), ..Work::default() };
+        work.push(&datagram(&batch[20..60]), 5, What::Own, Some(&batch));
+        work.push(&datagram(&reassembled), 5, What::Follow, Some(&batch));
+        work.push(&datagram(&batch[150..200]), 5, What::Own, None);
+        work.push(&datagram(&batch[0..0]), 5, What::Tick, Some(&batch));
+        let [first, second, third, tick] = &work.items[..] else { panic!("four items") };
+        assert!(first.in_batch && !second.in_batch && !third.in_batch && tick.in_batch);
+        assert_eq!(work.payload(first), &batch[20..60]);
+        assert_eq!(work.payload(second), &reassembled[..]);
+        assert_eq!(work.payload(third), &batch[150..200], "without a batch, copied");
+        assert_eq!(work.bytes.len(), 40 + 50, "only what is not in the batch is copied");
+        assert!(work.payload(tick).is_empty());
     }
 
     #[test]

@@ -226,7 +226,7 @@ impl ProbeRun {
     }
 
     /// A batch from the pipeline's reader thread, its events to every sink.
-    pub fn batch(&mut self, batch: &crate::pipeline::Batch) {
+    pub fn batch(&mut self, batch: &mut crate::pipeline::Batch) {
         let (probe, emit) = self.probe_and_sinks();
         probe.batch(batch, emit);
         self.follow_cluster();
