@@ -320,7 +320,7 @@ fn bench_sessions(c: &mut Criterion) {
     // stops reading packets for that long).
     let mut group = c.benchmark_group("sweep");
     group.sample_size(10);
-    group.bench_function("idle-sessions/1M-live", |b| b.iter(|| black_box(table.expire(black_box(0)).len())));
+    group.bench_function("idle-sessions/1M-live", |b| b.iter(|| black_box(table.idle(black_box(0)).len())));
     let mut flows = FlowTable::new(N as usize);
     for i in 0..N {
         let key = FlowKey::new(

@@ -89,7 +89,13 @@ fn stream_name(name: &str) -> String {
 
 /// The prefix of the cluster's subjects (`Message::subject` adds the tunnel's or the probe's).
 fn subject_prefix(name: &str) -> String {
-    format!("gtpcharge.{}", name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"))
+    format!("gtpcharge.{}", subject_token(name))
+}
+
+/// A name as one token of a NATS subject: what is not a letter, a digit or `-` (dots, wildcards,
+/// spaces) becomes `_`.
+fn subject_token(name: &str) -> String {
+    name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
 }
 
 impl Cluster {

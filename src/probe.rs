@@ -100,10 +100,8 @@ impl Probe {
             // Its events come out of `batch` or `drain` (the driver drains after each read).
             return self.dispatch(frame);
         }
-        self.packets += 1;
-        self.bytes += u64::from(frame.wire_len);
         let ts_us = frame.ts_us;
-        let number = self.packets;
+        let number = self.count(frame);
         let decoded = self.decoder.decode_as(frame.linktype, ts_us, frame.data, |udp| Datagram {
             ts_us,
             frame: number,
@@ -133,9 +131,7 @@ impl Probe {
             Ok(None) => self.fragments_held += 1,
             Err(reason) => self.undecoded.add(*reason),
         }
-        for _ in 0..self.decoder.take_fragment_timeouts() {
-            self.undecoded.add(Undecoded::FragmentTimeout);
-        }
+        self.count_fragment_timeouts();
         let Probe { events, evidence, correlator, .. } = self;
         for mut event in events.drain(..) {
             if let Some(evidence) = evidence {
@@ -178,10 +174,8 @@ impl Probe {
 
     /// With shards: decodes a frame here and dispatches its datagram (`frame`'s other half).
     fn dispatch(&mut self, frame: &Frame<'_>) {
+        let (ts_us, number) = (frame.ts_us, self.count(frame));
         let Some(shards) = &mut self.shards else { return };
-        self.packets += 1;
-        self.bytes += u64::from(frame.wire_len);
-        let (ts_us, number) = (frame.ts_us, self.packets);
         let decoded = self.decoder.decode_as(frame.linktype, ts_us, frame.data, |udp| {
             shards.dispatch(&Datagram {
                 ts_us,
@@ -196,6 +190,20 @@ impl Probe {
             Ok(None) => self.fragments_held += 1,
             Err(reason) => self.undecoded.add(reason),
         }
+        self.count_fragment_timeouts();
+    }
+
+    /// Counts a frame read; its number (the frame's place in the capture, from 1).
+    #[inline(always)]
+    fn count(&mut self, frame: &Frame<'_>) -> u64 {
+        self.packets += 1;
+        self.bytes += u64::from(frame.wire_len);
+        self.packets
+    }
+
+    /// The fragments the decoder gave up on (their datagram never completed), counted.
+    #[inline(always)]
+    fn count_fragment_timeouts(&mut self) {
         for _ in 0..self.decoder.take_fragment_timeouts() {
             self.undecoded.add(Undecoded::FragmentTimeout);
         }

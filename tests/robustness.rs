@@ -1,24 +1,13 @@
 //! Bytes from the wire never panic or hang the probe: every frame of generated captures, mutated in
 //! seeded random ways (bit flips, truncation, splices), goes through the same decode and correlate
 //! path as `gtpcharge replay`. The test asserts that the run completes and that damage is counted.
+mod common;
+
+use common::XorShift;
 use gtpcharge_capture::{Decoder, DecoderConfig};
 use gtpcharge_correlate::reason::DropReason;
 use gtpcharge_correlate::{Config, Correlator, Datagram};
 use gtpcharge_pcapgen::{generate, Scenario};
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 #[test]
 fn mutated_frames_never_panic_and_are_counted() {

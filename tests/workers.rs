@@ -3,7 +3,7 @@
 //! tunnels ended under live traffic) and on the public captures in `GTPCHARGE_SHARED_PCAPS`.
 mod common;
 
-use common::gtpcharge;
+use common::{gtpcharge, XorShift};
 use gtpcharge_pcapgen::{generate, FrameSink, PcapFile, Scenario};
 use std::path::{Path, PathBuf};
 
@@ -48,20 +48,14 @@ fn generate_frames(seed: u64, subscribers: u32, rounds: u32) -> Vec<(u64, Vec<u8
 /// next (their times kept, so time goes backwards), 3 sent again 50 frames later and 2 cut to a
 /// random length.
 fn damage(frames: Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let mut out: Vec<(u64, Vec<u8>)> = Vec::with_capacity(frames.len());
     let mut again: Vec<(usize, (u64, Vec<u8>))> = Vec::new();
     for (index, mut frame) in frames.into_iter().enumerate() {
         while again.first().is_some_and(|(at, _)| *at <= index) {
             out.push(again.remove(0).1);
         }
-        match next() % 100 {
+        match rng.below(100) {
             0..=3 => continue,
             4..=7 if !out.is_empty() => {
                 let last = out.len() - 1;
@@ -70,7 +64,7 @@ fn damage(frames: Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
             }
             8..=10 => again.push((index + 50, frame.clone())),
             11..=12 => {
-                let keep = (next() as usize) % frame.1.len().max(1);
+                let keep = rng.below(frame.1.len());
                 frame.1.truncate(keep.max(1));
             }
             _ => {}

@@ -558,11 +558,6 @@ impl SessionTable {
             .collect()
     }
 
-    /// Removes and returns sessions not seen since `cutoff_us`.
-    pub fn expire(&mut self, cutoff_us: u64) -> Vec<Session> {
-        self.idle(cutoff_us).into_iter().filter_map(|id| self.remove(id)).collect()
-    }
-
     /// All live sessions, oldest first (for end-of-run reporting and tests).
     pub fn sessions(&self) -> Vec<Session> {
         let mut all: Vec<(u64, Session)> = (0u32..)

@@ -42,11 +42,7 @@ impl Message {
                 };
                 format!("{prefix}.tunnel.{address}-{:08x}", c.teid)
             }
-            Message::Progress { probe, .. } => {
-                let probe: String =
-                    probe.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-                format!("{prefix}.progress.{probe}")
-            }
+            Message::Progress { probe, .. } => format!("{prefix}.progress.{}", super::subject_token(probe)),
         }
     }
 

@@ -11,6 +11,24 @@ pub fn gtpcharge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gtpcharge")).args(args).output().expect("run gtpcharge")
 }
 
+/// A seeded pseudo-random sequence (xorshift64) for tests that damage or invent wire bytes: the same
+/// seed, the same damage on every run.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
 /// The text of `GET /metrics` on a local Prometheus endpoint (the probe's or the API's).
 pub fn metrics(port: u16) -> String {
     use std::io::{Read, Write};
