@@ -39,7 +39,7 @@ done
 # best-covered instance of each (generic functions have one per caller). Names demangled by c++filt.
 rustup component list --installed 2>/dev/null | grep -q llvm-tools || rustup component add llvm-tools
 LLVM_BIN="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/host: //p')/bin"
-KEY='^(Correlator::(session_up|session_update|session_down|on_user_packet|on_tcp|report|on_v1_response|on_v2_response|on_gtpv0|fallback)|SessionTable::(expire|expire_tombstones)|PendingTable::take|engine::scan_segment)$'
+KEY='^(Correlator::(session_up|session_update|session_down|on_user_packet|on_tcp|report|on_v1_response|on_v2_response|on_gtpv0|fallback)|SessionTable::(idle|remove|expire_tombstones)|PendingTable::take|engine::scan_segment)$'
 for target in signalling flow correlate; do
   (cd fuzz && cargo fuzz coverage "$target" "corpus/$target" >/dev/null 2>&1)
   binary=$(ls fuzz/target/*/coverage/*/release/"$target")
